@@ -1,0 +1,9 @@
+package cli
+
+import "github.com/spf13/cobra"
+
+// commandList returns the constructors of the top-level commands, in help order.
+// Each lives in its own file of this package.
+func commandList() []func(*globals) *cobra.Command {
+	return []func(*globals) *cobra.Command{}
+}
