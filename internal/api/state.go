@@ -1,0 +1,295 @@
+package api
+
+import (
+	"regexp"
+	"time"
+)
+
+// Data replication states, as AWS DRS names them (DESIGN §3.6).
+const (
+	StateStopped          = "STOPPED"
+	StateInitiating       = "INITIATING"
+	StateInitialSync      = "INITIAL_SYNC"
+	StateBacklog          = "BACKLOG"
+	StateCreatingSnapshot = "CREATING_SNAPSHOT"
+	StateContinuous       = "CONTINUOUS"
+	StatePaused           = "PAUSED"
+	StateRescan           = "RESCAN"
+	StateStalled          = "STALLED"
+	StateDisconnected     = "DISCONNECTED"
+)
+
+// DataReplicationStates lists every state, in the order of a server's life.
+var DataReplicationStates = []string{
+	StateStopped, StateInitiating, StateInitialSync, StateBacklog, StateCreatingSnapshot,
+	StateContinuous, StatePaused, StateRescan, StateStalled, StateDisconnected,
+}
+
+// ValidState reports whether s is a data replication state.
+func ValidState(s string) bool {
+	for _, v := range DataReplicationStates {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Replication error codes a person can act on. Reporters may use others of the same form.
+const (
+	ErrAgentNotSeen          = "AGENT_NOT_SEEN"
+	ErrNotConverging         = "NOT_CONVERGING"
+	ErrUnstableNetwork       = "UNSTABLE_NETWORK"
+	ErrSnapshotsFailure      = "SNAPSHOTS_FAILURE"
+	ErrStagingStorageFull    = "STAGING_STORAGE_FULL"
+	ErrReplicatorNotAssigned = "REPLICATOR_NOT_ASSIGNED"
+	ErrFreezeFailed          = "FREEZE_FAILED"
+	ErrTrackerEventsLost     = "TRACKER_EVENTS_LOST"
+	ErrVolumeNotAccessible   = "VOLUME_NOT_ACCESSIBLE"
+)
+
+// Consistency levels of a consistency point (DESIGN §1).
+const (
+	LevelFilesystem = "filesystem" // taken under freeze
+	LevelCrash      = "crash"      // write-ordered
+	LevelNone       = "none"       // fuzzy; never offered silently
+)
+
+// ValidLevel reports whether s is a consistency level.
+func ValidLevel(s string) bool {
+	return s == LevelFilesystem || s == LevelCrash || s == LevelNone
+}
+
+// Initiation step statuses.
+const (
+	StepNotStarted = "NOT_STARTED"
+	StepInProgress = "IN_PROGRESS"
+	StepSucceeded  = "SUCCEEDED"
+	StepFailed     = "FAILED"
+	StepSkipped    = "SKIPPED"
+)
+
+// ReplicationState is a source server's replication as its agent and replicator report
+// it (DESIGN §3.6). ReadyForRecovery is derived by the control plane, never reported.
+type ReplicationState struct {
+	DataReplicationState string `json:"dataReplicationState"`
+	// ReadyForRecovery: a consistent recovery snapshot exists and the initial sync is
+	// done, so a recovery launched now has a point to start from.
+	ReadyForRecovery         bool                  `json:"readyForRecovery"`
+	InitiationSteps          []InitiationStep      `json:"initiationSteps,omitempty"`
+	InitialSyncPercent       *float64              `json:"initialSyncPercent,omitempty"`
+	Error                    *ReplicationError     `json:"error,omitempty"`
+	LagSeconds               *float64              `json:"lagSeconds,omitempty"` // time since the replica last matched the source
+	BacklogBytes             int64                 `json:"backlogBytes"`
+	ETASeconds               *float64              `json:"etaSeconds,omitempty"`
+	LastConsistencyPoint     *ConsistencyPointInfo `json:"lastConsistencyPoint,omitempty"`
+	LastFreezeMs             *float64              `json:"lastFreezeMs,omitempty"`
+	Tracker                  string                `json:"tracker,omitempty"` // ebpf or scan
+	ThroughputBytesPerSecond int64                 `json:"throughputBytesPerSecond"`
+	ReplicatedBytes          int64                 `json:"replicatedBytes"`
+	TotalBytes               int64                 `json:"totalBytes"`
+	UpdatedAt                time.Time             `json:"updatedAt"`
+}
+
+// InitiationStep is one step of INITIATING.
+type InitiationStep struct {
+	Name   string `json:"name"`   // e.g. CONNECT_AGENT_TO_REPLICATION_SERVER
+	Status string `json:"status"` // NOT_STARTED, IN_PROGRESS, SUCCEEDED, FAILED or SKIPPED
+}
+
+// ReplicationError says why replication is not healthy, in words a person can act on.
+type ReplicationError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// ConsistencyPointInfo is the last consistency point sealed as a recovery snapshot.
+type ConsistencyPointInfo struct {
+	Time       time.Time `json:"time"`
+	Level      string    `json:"level"`
+	SnapshotID string    `json:"snapshotId,omitempty"`
+}
+
+// ReplicationStateUpdate changes part of a source server's state: fields that are absent
+// keep their value. ClearError removes the error.
+type ReplicationStateUpdate struct {
+	DataReplicationState     *string               `json:"dataReplicationState,omitempty"`
+	InitiationSteps          []InitiationStep      `json:"initiationSteps,omitempty"`
+	InitialSyncPercent       *float64              `json:"initialSyncPercent,omitempty"`
+	Error                    *ReplicationError     `json:"error,omitempty"`
+	ClearError               bool                  `json:"clearError,omitempty"`
+	LagSeconds               *float64              `json:"lagSeconds,omitempty"`
+	BacklogBytes             *int64                `json:"backlogBytes,omitempty"`
+	ETASeconds               *float64              `json:"etaSeconds,omitempty"`
+	LastConsistencyPoint     *ConsistencyPointInfo `json:"lastConsistencyPoint,omitempty"`
+	LastFreezeMs             *float64              `json:"lastFreezeMs,omitempty"`
+	Tracker                  *string               `json:"tracker,omitempty"`
+	ThroughputBytesPerSecond *int64                `json:"throughputBytesPerSecond,omitempty"`
+	ReplicatedBytes          *int64                `json:"replicatedBytes,omitempty"`
+	TotalBytes               *int64                `json:"totalBytes,omitempty"`
+}
+
+var (
+	errorCodeRE = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,63}$`)
+	stepNameRE  = errorCodeRE
+)
+
+// Validate checks every field that is present.
+func (u ReplicationStateUpdate) Validate() error {
+	if u.DataReplicationState != nil && !ValidState(*u.DataReplicationState) {
+		return Invalid("dataReplicationState %q is not a state: use one of %v", *u.DataReplicationState, DataReplicationStates)
+	}
+	if len(u.InitiationSteps) > 32 {
+		return Invalid("at most 32 initiation steps are allowed, not %d", len(u.InitiationSteps))
+	}
+	for _, s := range u.InitiationSteps {
+		if !stepNameRE.MatchString(s.Name) {
+			return Invalid("initiation step name %q must be UPPER_CASE letters, digits and '_'", s.Name)
+		}
+		switch s.Status {
+		case StepNotStarted, StepInProgress, StepSucceeded, StepFailed, StepSkipped:
+		default:
+			return Invalid("initiation step %s status must be NOT_STARTED, IN_PROGRESS, SUCCEEDED, FAILED or SKIPPED, not %q", s.Name, s.Status)
+		}
+	}
+	if p := u.InitialSyncPercent; p != nil && !(*p >= 0 && *p <= 100) {
+		return Invalid("initialSyncPercent must be 0 to 100, not %v", *p)
+	}
+	if u.Error != nil {
+		if u.ClearError {
+			return Invalid("error and clearError cannot be given together")
+		}
+		if !errorCodeRE.MatchString(u.Error.Code) {
+			return Invalid("error code %q must be UPPER_CASE letters, digits and '_', such as AGENT_NOT_SEEN", u.Error.Code)
+		}
+		if u.Error.Message == "" || len(u.Error.Message) > 1024 {
+			return Invalid("error %s needs a message of 1 to 1024 bytes saying what to do", u.Error.Code)
+		}
+	}
+	for name, v := range map[string]*float64{"lagSeconds": u.LagSeconds, "etaSeconds": u.ETASeconds, "lastFreezeMs": u.LastFreezeMs} {
+		if v != nil && !(*v >= 0 && *v < 1e12) {
+			return Invalid("%s must be a number of 0 or more, not %v", name, *v)
+		}
+	}
+	for name, v := range map[string]*int64{"backlogBytes": u.BacklogBytes, "throughputBytesPerSecond": u.ThroughputBytesPerSecond, "replicatedBytes": u.ReplicatedBytes, "totalBytes": u.TotalBytes} {
+		if v != nil && *v < 0 {
+			return Invalid("%s must be 0 or more, not %d", name, *v)
+		}
+	}
+	if c := u.LastConsistencyPoint; c != nil {
+		if !ValidLevel(c.Level) || c.Time.IsZero() {
+			return Invalid("lastConsistencyPoint needs a time and a level of filesystem, crash or none")
+		}
+		if c.SnapshotID != "" && !ValidID(PrefixSnapshot, c.SnapshotID) {
+			return Invalid("lastConsistencyPoint.snapshotId %q is not a snapshot id (pit-…)", c.SnapshotID)
+		}
+	}
+	if t := u.Tracker; t != nil && *t != "" && *t != "ebpf" && *t != "scan" {
+		return Invalid("tracker must be ebpf or scan, not %q", *t)
+	}
+	return nil
+}
+
+// Apply returns s with the update applied and ReadyForRecovery derived again.
+func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) ReplicationState {
+	if u.DataReplicationState != nil {
+		s.DataReplicationState = *u.DataReplicationState
+	}
+	if u.InitiationSteps != nil {
+		s.InitiationSteps = u.InitiationSteps
+	}
+	if u.InitialSyncPercent != nil {
+		s.InitialSyncPercent = u.InitialSyncPercent
+	}
+	if u.ClearError {
+		s.Error = nil
+	}
+	if u.Error != nil {
+		s.Error = u.Error
+	}
+	if u.LagSeconds != nil {
+		s.LagSeconds = u.LagSeconds
+	}
+	if u.BacklogBytes != nil {
+		s.BacklogBytes = *u.BacklogBytes
+	}
+	if u.ETASeconds != nil {
+		s.ETASeconds = u.ETASeconds
+	}
+	if u.LastConsistencyPoint != nil && (s.LastConsistencyPoint == nil || !u.LastConsistencyPoint.Time.Before(s.LastConsistencyPoint.Time)) {
+		s.LastConsistencyPoint = u.LastConsistencyPoint
+	}
+	if u.LastFreezeMs != nil {
+		s.LastFreezeMs = u.LastFreezeMs
+	}
+	if u.Tracker != nil {
+		s.Tracker = *u.Tracker
+	}
+	if u.ThroughputBytesPerSecond != nil {
+		s.ThroughputBytesPerSecond = *u.ThroughputBytesPerSecond
+	}
+	if u.ReplicatedBytes != nil {
+		s.ReplicatedBytes = *u.ReplicatedBytes
+	}
+	if u.TotalBytes != nil {
+		s.TotalBytes = *u.TotalBytes
+	}
+	s.UpdatedAt = now
+	s.ReadyForRecovery = s.Ready()
+	return s
+}
+
+// Ready derives ReadyForRecovery: a filesystem- or crash-consistent point exists and the
+// server is past its initial sync.
+func (s ReplicationState) Ready() bool {
+	c := s.LastConsistencyPoint
+	if c == nil || (c.Level != LevelFilesystem && c.Level != LevelCrash) {
+		return false
+	}
+	return s.DataReplicationState != StateInitiating && s.DataReplicationState != StateInitialSync
+}
+
+// NewReplicationState is the state of a source server just registered: INITIATING, with
+// its agent's registration done and the rest to come.
+func NewReplicationState(now time.Time) ReplicationState {
+	return ReplicationState{
+		DataReplicationState: StateInitiating,
+		InitiationSteps: []InitiationStep{
+			{Name: "REGISTER_AGENT", Status: StepSucceeded},
+			{Name: "ASSIGN_REPLICATION_SERVER", Status: StepNotStarted},
+			{Name: "CONNECT_AGENT_TO_REPLICATION_SERVER", Status: StepNotStarted},
+			{Name: "START_DATA_TRANSFER", Status: StepNotStarted},
+		},
+		UpdatedAt: now,
+	}
+}
+
+// Validate checks a snapshot record sent by a replicator.
+func (r CreateRecoverySnapshotRequest) Validate() error {
+	if r.ID != "" && !ValidID(PrefixSnapshot, r.ID) {
+		return Invalid("id %q is not a snapshot id: use pit- and 17 lowercase hex digits, or leave it empty", r.ID)
+	}
+	if r.Time.IsZero() {
+		return Invalid("time, the consistency point of the snapshot, is required")
+	}
+	if !ValidLevel(r.Level) {
+		return Invalid("level must be filesystem, crash or none, not %q", r.Level)
+	}
+	if len(r.Volumes) == 0 || len(r.Volumes) > 256 {
+		return Invalid("a snapshot needs 1 to 256 volumes, not %d", len(r.Volumes))
+	}
+	seen := map[string]bool{}
+	for _, v := range r.Volumes {
+		if v.Name == "" || len(v.Name) > 255 || v.SizeBytes < 0 || len(v.Ref) > 1024 {
+			return Invalid("snapshot volume %q needs a name (at most 255 bytes), a size of 0 or more and a ref of at most 1024 bytes", v.Name)
+		}
+		if seen[v.Name] {
+			return Invalid("snapshot volume %q is listed twice", v.Name)
+		}
+		seen[v.Name] = true
+	}
+	if r.SizeBytes < 0 {
+		return Invalid("sizeBytes must be 0 or more, not %d", r.SizeBytes)
+	}
+	return nil
+}

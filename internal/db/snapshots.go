@@ -1,0 +1,174 @@
+package db
+
+import (
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// Snapshot is a recovery snapshot row.
+type Snapshot struct {
+	api.RecoverySnapshot
+	AccountID string
+}
+
+const snapshotCols = `id, account_id, source_server_id, replicator_id, taken_at, level, volumes, size_bytes, lock_until, created_at`
+
+func scanSnapshot(row interface{ Scan(...any) error }) (Snapshot, error) {
+	var s Snapshot
+	var taken, created int64
+	var volumes string
+	var lock sql.NullInt64
+	err := row.Scan(&s.ID, &s.AccountID, &s.SourceServerID, &s.ReplicatorID, &taken, &s.Level, &volumes, &s.SizeBytes,
+		&lock, &created)
+	if err != nil {
+		return s, classify(err)
+	}
+	s.Time = fromMS(taken)
+	s.CreatedAt = fromMS(created)
+	s.LockUntil = optTime(lock)
+	if err := json.Unmarshal([]byte(volumes), &s.Volumes); err != nil {
+		return s, fmt.Errorf("snapshot %s: unreadable volumes: %w", s.ID, err)
+	}
+	return s, nil
+}
+
+// CreateSnapshot inserts a recovery snapshot. ErrConflict if its id exists.
+func (t *Tx) CreateSnapshot(s Snapshot) error {
+	volumes, err := jsonText(s.Volumes)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(`INSERT INTO recovery_snapshots (`+snapshotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		s.ID, s.AccountID, s.SourceServerID, s.ReplicatorID, ms(s.Time), s.Level, volumes, s.SizeBytes,
+		nullMS(s.LockUntil), ms(s.CreatedAt))
+	return err
+}
+
+// Snapshot returns a recovery snapshot by id.
+func (t *Tx) Snapshot(id string) (Snapshot, error) {
+	return scanSnapshot(t.queryRow(`SELECT `+snapshotCols+` FROM recovery_snapshots WHERE id = ?`, id))
+}
+
+// DeleteSnapshot deletes a recovery snapshot.
+func (t *Tx) DeleteSnapshot(id string) error {
+	return t.execOne(`DELETE FROM recovery_snapshots WHERE id = ?`, id)
+}
+
+// CountSnapshots counts a source server's recovery snapshots.
+func (t *Tx) CountSnapshots(sourceServerID string) (int, error) {
+	var n int
+	err := t.queryRow(`SELECT COUNT(*) FROM recovery_snapshots WHERE source_server_id = ?`, sourceServerID).Scan(&n)
+	return n, classify(err)
+}
+
+// CountLockedSnapshots counts a source server's snapshots locked beyond now.
+func (t *Tx) CountLockedSnapshots(sourceServerID string, now time.Time) (int, error) {
+	var n int
+	err := t.queryRow(`SELECT COUNT(*) FROM recovery_snapshots WHERE source_server_id = ? AND lock_until > ?`,
+		sourceServerID, ms(now)).Scan(&n)
+	return n, classify(err)
+}
+
+// ListSnapshots returns a page of a source server's snapshots, newest first.
+func (t *Tx) ListSnapshots(sourceServerID string, limit int, pageToken string) ([]Snapshot, string, error) {
+	args := []any{sourceServerID}
+	cond := ""
+	if pageToken != "" {
+		at, id, err := decodeTimeCursor(pageToken, api.PrefixSnapshot)
+		if err != nil {
+			return nil, "", err
+		}
+		cond = ` AND (taken_at < ? OR (taken_at = ? AND id > ?))`
+		args = append(args, at, at, id)
+	}
+	if limit <= 0 {
+		limit = api.DefaultPageSize
+	}
+	args = append(args, limit+1)
+	rows, err := t.query(`SELECT `+snapshotCols+` FROM recovery_snapshots WHERE source_server_id = ?`+cond+
+		` ORDER BY taken_at DESC, id LIMIT ?`, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var out []Snapshot
+	for rows.Next() {
+		s, err := scanSnapshot(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", classify(err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		last := out[limit-1]
+		next = encodeTimeCursor(ms(last.Time), last.ID)
+	}
+	return out, next, nil
+}
+
+func encodeTimeCursor(at int64, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(at, 10) + "|" + id))
+}
+
+func decodeTimeCursor(tok, prefix string) (int64, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, "", ErrBadPageToken
+	}
+	a, id, ok := strings.Cut(string(b), "|")
+	at, err := strconv.ParseInt(a, 10, 64)
+	if !ok || err != nil || !api.ValidID(prefix, id) {
+		return 0, "", ErrBadPageToken
+	}
+	return at, id, nil
+}
+
+// LaunchSettings returns a source server's launch settings and when they last changed;
+// ErrNotFound when none were stored.
+func (t *Tx) LaunchSettings(sourceServerID string) (api.LaunchSettings, time.Time, error) {
+	var l api.LaunchSettings
+	var doc string
+	var updated int64
+	err := t.queryRow(`SELECT settings, updated_at FROM launch_settings WHERE source_server_id = ?`, sourceServerID).
+		Scan(&doc, &updated)
+	if err != nil {
+		return l, time.Time{}, classify(err)
+	}
+	if err := json.Unmarshal([]byte(doc), &l); err != nil {
+		return l, time.Time{}, fmt.Errorf("launch settings of %s are unreadable: %w", sourceServerID, err)
+	}
+	return l, fromMS(updated), nil
+}
+
+// SetLaunchSettings stores a source server's launch settings.
+func (t *Tx) SetLaunchSettings(sourceServerID string, l api.LaunchSettings, now time.Time) error {
+	doc, err := jsonText(l)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(`INSERT INTO launch_settings (source_server_id, settings, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (source_server_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at`,
+		sourceServerID, doc, ms(now))
+	return err
+}
+
+// CountActiveRecoveryInstances counts a source server's recovery instances that are not
+// terminated.
+func (t *Tx) CountActiveRecoveryInstances(sourceServerID string) (int, error) {
+	var n int
+	err := t.queryRow(`SELECT COUNT(*) FROM recovery_instances WHERE source_server_id = ? AND terminated_at IS NULL`,
+		sourceServerID).Scan(&n)
+	return n, classify(err)
+}

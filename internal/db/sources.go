@@ -1,0 +1,295 @@
+package db
+
+import (
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// SourceServer is a source server row: the API's view plus what only the server uses.
+type SourceServer struct {
+	api.SourceServer
+	Overrides           api.ReplicationSettingsOverrides
+	DedicatedReplicator string // effective dedicated replicator name
+	CertSerial          string // the current certificate's serial (hex)
+	PrevCertSerial      string // the certificate before the last renewal, still accepted
+}
+
+const sourceCols = `id, account_id, machine_id, hostname, os, arch, agent_version, cpus, memory_bytes,
+	volumes, settings_overrides, site_id, dedicated_replicator, replicator_id, replication,
+	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at`
+
+func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
+	var s SourceServer
+	var volumes, overrides, replication string
+	var replicator sql.NullString
+	var certNotAfter, created, updated int64
+	var lastSeen sql.NullInt64
+	err := row.Scan(&s.ID, &s.AccountID, &s.MachineID, &s.Hostname, &s.OS, &s.Arch, &s.AgentVersion, &s.CPUs,
+		&s.MemoryBytes, &volumes, &overrides, &s.SiteID, &s.DedicatedReplicator, &replicator, &replication,
+		&s.CertSerial, &s.PrevCertSerial, &certNotAfter, &lastSeen, &created, &updated)
+	if err != nil {
+		return s, classify(err)
+	}
+	s.ReplicatorID = replicator.String
+	s.CertificateExpiresAt = fromMS(certNotAfter)
+	s.LastSeenAt = optTime(lastSeen)
+	s.CreatedAt = fromMS(created)
+	s.UpdatedAt = fromMS(updated)
+	if err := json.Unmarshal([]byte(volumes), &s.Volumes); err != nil {
+		return s, fmt.Errorf("source server %s: unreadable volumes: %w", s.ID, err)
+	}
+	if err := json.Unmarshal([]byte(overrides), &s.Overrides); err != nil {
+		return s, fmt.Errorf("source server %s: unreadable settings overrides: %w", s.ID, err)
+	}
+	if err := json.Unmarshal([]byte(replication), &s.Replication); err != nil {
+		return s, fmt.Errorf("source server %s: unreadable replication state: %w", s.ID, err)
+	}
+	if s.Volumes == nil {
+		s.Volumes = []api.Volume{}
+	}
+	return s, nil
+}
+
+func jsonText(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// CreateSourceServer inserts a source server. ErrConflict when its machine id is
+// already registered in the account.
+func (t *Tx) CreateSourceServer(s SourceServer) error {
+	volumes, err := jsonText(nonNilVolumes(s.Volumes))
+	if err != nil {
+		return err
+	}
+	overrides, err := jsonText(s.Overrides)
+	if err != nil {
+		return err
+	}
+	replication, err := jsonText(s.Replication)
+	if err != nil {
+		return err
+	}
+	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		s.ID, s.AccountID, s.MachineID, s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes,
+		volumes, overrides, s.SiteID, s.DedicatedReplicator, nullString(s.ReplicatorID), replication,
+		s.CertSerial, s.PrevCertSerial, ms(s.CertificateExpiresAt), nullMS(s.LastSeenAt), ms(s.CreatedAt), ms(s.UpdatedAt),
+		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery))
+	return err
+}
+
+func nonNilVolumes(v []api.Volume) []api.Volume {
+	if v == nil {
+		return []api.Volume{}
+	}
+	return v
+}
+
+// SourceServer returns a source server by id, whatever its account (callers check).
+func (t *Tx) SourceServer(id string) (SourceServer, error) {
+	return scanSource(t.queryRow(`SELECT `+sourceCols+` FROM source_servers WHERE id = ?`, id))
+}
+
+// SourceServerByMachine returns the source server of a machine id in an account.
+func (t *Tx) SourceServerByMachine(accountID, machineID string) (SourceServer, error) {
+	return scanSource(t.queryRow(`SELECT `+sourceCols+` FROM source_servers WHERE account_id = ? AND machine_id = ?`,
+		accountID, machineID))
+}
+
+// ReregisterSourceServer replaces the registration of an existing source server (same
+// id): new host facts and certificate; the previous certificate stops working.
+func (t *Tx) ReregisterSourceServer(s SourceServer) error {
+	volumes, err := jsonText(nonNilVolumes(s.Volumes))
+	if err != nil {
+		return err
+	}
+	return t.execOne(`UPDATE source_servers SET hostname = ?, os = ?, arch = ?, agent_version = ?, cpus = ?,
+		memory_bytes = ?, volumes = ?, cert_serial = ?, prev_cert_serial = '', cert_not_after = ?, updated_at = ?
+		WHERE id = ?`,
+		s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes, volumes, s.CertSerial,
+		ms(s.CertificateExpiresAt), ms(s.UpdatedAt), s.ID)
+}
+
+// SetSourceCertificate records a renewed certificate; the current one stays accepted
+// as the previous one until it expires.
+func (t *Tx) SetSourceCertificate(id, serial string, notAfter, now time.Time) error {
+	return t.execOne(`UPDATE source_servers SET prev_cert_serial = cert_serial, cert_serial = ?, cert_not_after = ?,
+		updated_at = ? WHERE id = ?`, serial, ms(notAfter), ms(now), id)
+}
+
+// SetReplicationState stores a source server's replication state.
+func (t *Tx) SetReplicationState(id string, st api.ReplicationState, now time.Time) error {
+	b, err := jsonText(st)
+	if err != nil {
+		return err
+	}
+	return t.execOne(`UPDATE source_servers SET replication = ?, data_replication_state = ?, ready_for_recovery = ?,
+		updated_at = ? WHERE id = ?`, b, st.DataReplicationState, boolInt(st.ReadyForRecovery), ms(now), id)
+}
+
+// SetVolumes stores a source server's volumes.
+func (t *Tx) SetVolumes(id string, vs []api.Volume, now time.Time) error {
+	b, err := jsonText(nonNilVolumes(vs))
+	if err != nil {
+		return err
+	}
+	return t.execOne(`UPDATE source_servers SET volumes = ?, updated_at = ? WHERE id = ?`, b, ms(now), id)
+}
+
+// TouchSourceServer records that its agent called at now.
+func (t *Tx) TouchSourceServer(id string, now time.Time) error {
+	return t.execOne(`UPDATE source_servers SET last_seen_at = ? WHERE id = ?`, ms(now), id)
+}
+
+// SetSourceSettings stores a source server's overrides and the effective target site and
+// dedicated replicator they give.
+func (t *Tx) SetSourceSettings(id string, o api.ReplicationSettingsOverrides, siteID, dedicated string, now time.Time) error {
+	b, err := jsonText(o)
+	if err != nil {
+		return err
+	}
+	return t.execOne(`UPDATE source_servers SET settings_overrides = ?, site_id = ?, dedicated_replicator = ?,
+		updated_at = ? WHERE id = ?`, b, siteID, dedicated, ms(now), id)
+}
+
+// SetAssignment assigns a source server to a replicator ("" for none).
+func (t *Tx) SetAssignment(id, replicatorID string, now time.Time) error {
+	return t.execOne(`UPDATE source_servers SET replicator_id = ?, updated_at = ? WHERE id = ?`,
+		nullString(replicatorID), ms(now), id)
+}
+
+// DeleteSourceServer deletes a source server with its snapshots and launch settings.
+func (t *Tx) DeleteSourceServer(id string) error {
+	return t.execOne(`DELETE FROM source_servers WHERE id = ?`, id)
+}
+
+// SourceServerOverrides returns the overrides of each of an account's source servers (for
+// recomputing effective settings when the template changes).
+func (t *Tx) SourceServerOverrides(accountID string) (map[string]api.ReplicationSettingsOverrides, error) {
+	rows, err := t.query(`SELECT id, settings_overrides FROM source_servers WHERE account_id = ?`, accountID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]api.ReplicationSettingsOverrides{}
+	for rows.Next() {
+		var id, o string
+		if err := rows.Scan(&id, &o); err != nil {
+			return nil, err
+		}
+		var ov api.ReplicationSettingsOverrides
+		if err := json.Unmarshal([]byte(o), &ov); err != nil {
+			return nil, fmt.Errorf("source server %s: unreadable settings overrides: %w", id, err)
+		}
+		out[id] = ov
+	}
+	return out, rows.Err()
+}
+
+// SetEffectiveSite updates the effective site and dedicated replicator of a server
+// whose overrides did not change (the template did).
+func (t *Tx) SetEffectiveSite(id, siteID, dedicated string, now time.Time) error {
+	return t.execOne(`UPDATE source_servers SET site_id = ?, dedicated_replicator = ?, updated_at = ?
+		WHERE id = ? AND (site_id <> ? OR dedicated_replicator <> ?)`, siteID, dedicated, ms(now), id, siteID, dedicated)
+}
+
+// ListSourceServers returns a page of an account's source servers matching f, ready for
+// recovery first, then by id, and the token of the next page ("" at the end).
+func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]SourceServer, string, error) {
+	var where strings.Builder
+	args := []any{accountID}
+	where.WriteString(`account_id = ?`)
+	if len(f.States) > 0 {
+		where.WriteString(` AND data_replication_state IN (?` + strings.Repeat(`, ?`, len(f.States)-1) + `)`)
+		for _, s := range f.States {
+			args = append(args, s)
+		}
+	}
+	if f.Hostname != "" {
+		where.WriteString(` AND LOWER(hostname) LIKE ? ESCAPE '\'`)
+		args = append(args, "%"+escapeLike(strings.ToLower(f.Hostname))+"%")
+	}
+	if f.ReplicatorID != "" {
+		where.WriteString(` AND replicator_id = ?`)
+		args = append(args, f.ReplicatorID)
+	}
+	if f.ReadyForRecovery != nil {
+		where.WriteString(` AND ready_for_recovery = ?`)
+		args = append(args, boolInt(*f.ReadyForRecovery))
+	}
+	if f.PageToken != "" {
+		ready, id, err := decodeSourceCursor(f.PageToken)
+		if err != nil {
+			return nil, "", err
+		}
+		where.WriteString(` AND (ready_for_recovery < ? OR (ready_for_recovery = ? AND id > ?))`)
+		args = append(args, ready, ready, id)
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = api.DefaultPageSize
+	}
+	args = append(args, limit+1)
+	rows, err := t.query(`SELECT `+sourceCols+` FROM source_servers WHERE `+where.String()+
+		` ORDER BY ready_for_recovery DESC, id LIMIT ?`, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	out := make([]SourceServer, 0, min(limit, 1024))
+	for rows.Next() {
+		s, err := scanSource(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", classify(err)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		last := out[limit-1]
+		next = encodeSourceCursor(last.Replication.ReadyForRecovery, last.ID)
+	}
+	return out, next, nil
+}
+
+// ErrBadPageToken is returned for a page token this server did not produce.
+var ErrBadPageToken = fmt.Errorf("the page token is not valid: start again without page_token")
+
+func encodeSourceCursor(ready bool, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(boolInt(ready), 10) + "|" + id))
+}
+
+func decodeSourceCursor(tok string) (int64, string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, "", ErrBadPageToken
+	}
+	r, id, ok := strings.Cut(string(b), "|")
+	if !ok || (r != "0" && r != "1") || !api.ValidID(api.PrefixSourceServer, id) {
+		return 0, "", ErrBadPageToken
+	}
+	return int64(r[0] - '0'), id, nil
+}
+
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
