@@ -1,0 +1,355 @@
+// Package pki is Lifeboat's own certificate authority and its credentials: the CA created
+// at the control plane's first start, the control plane's server certificate, client
+// certificates signed from the CSRs of agents and replicators (with the identity they
+// carry), and the install and API tokens, including the CA pin an install token embeds so
+// a fresh agent can trust a self-signed control plane on first contact.
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Lifetimes of what the CA issues.
+const (
+	CAValidity          = 10 * 365 * 24 * time.Hour
+	ServerCertValidity  = 397 * 24 * time.Hour
+	ClientCertValidity  = 365 * 24 * time.Hour
+	serverRenewBefore   = 60 * 24 * time.Hour
+	certificateBackdate = 5 * time.Minute // tolerate clocks a little behind
+)
+
+// File names under the PKI directory.
+const (
+	CACertFile     = "ca.crt"
+	caKeyFile      = "ca.key"
+	ServerCertFile = "server.crt"
+	serverKeyFile  = "server.key"
+)
+
+// CA is the control plane's certificate authority.
+type CA struct {
+	cert    *x509.Certificate
+	key     crypto.Signer
+	certPEM []byte
+}
+
+// LoadOrCreateCA loads the CA from dir, or creates it there (ECDSA P-256, 10 years) when
+// dir has none. The key file is written with mode 0600.
+func LoadOrCreateCA(dir string) (*CA, error) {
+	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, caKeyFile)
+	certPEM, err := os.ReadFile(certPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return createCA(dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the CA certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("read the CA key (%s exists, so its key must too): %w", certPath, err)
+	}
+	cert, err := ParseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate %s: %w", certPath, err)
+	}
+	key, err := ParseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA key %s: %w", keyPath, err)
+	}
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, fmt.Errorf("CA key %s does not belong to certificate %s: restore the pair from backup", keyPath, certPath)
+	}
+	return &CA{cert: cert, key: key, certPEM: certPEM}, nil
+}
+
+func createCA(dir string) (*CA, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the PKI directory: %w", err)
+	}
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          newSerial(),
+		Subject:               pkix.Name{CommonName: "Lifeboat CA", Organization: []string{"Lifeboat"}},
+		NotBefore:             now.Add(-certificateBackdate),
+		NotAfter:              now.Add(CAValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("create the CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := EncodeKeyPEM(key)
+	if err != nil {
+		return nil, err
+	}
+	certPEM := EncodeCertificatePEM(der)
+	// Key first: a crash between the two writes leaves no certificate, so the next
+	// start creates a new pair instead of finding a certificate without its key.
+	if err := WriteFileAtomic(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
+		return nil, err
+	}
+	return &CA{cert: cert, key: key, certPEM: certPEM}, nil
+}
+
+// Certificate returns the CA certificate.
+func (c *CA) Certificate() *x509.Certificate { return c.cert }
+
+// CertPEM returns the CA certificate in PEM form.
+func (c *CA) CertPEM() []byte { return slices.Clone(c.certPEM) }
+
+// Pool returns a pool holding the CA certificate.
+func (c *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.cert)
+	return p
+}
+
+// Verify checks that cert was issued by this CA for the given use and is valid at now.
+func (c *CA) Verify(cert *x509.Certificate, usage x509.ExtKeyUsage, now time.Time) error {
+	_, err := cert.Verify(x509.VerifyOptions{Roots: c.Pool(), CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
+	return err
+}
+
+// IssueServer issues a server certificate for hosts (DNS names and IP addresses) for a
+// key it generates, and returns the certificate chain (leaf, then CA) and key in PEM.
+func (c *CA) IssueServer(hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: newSerial(),
+		Subject:      pkix.Name{CommonName: "lifeboat control plane"},
+		NotBefore:    now.Add(-certificateBackdate),
+		NotAfter:     now.Add(ServerCertValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	addHosts(tmpl, hosts)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue the server certificate: %w", err)
+	}
+	keyPEM, err = EncodeKeyPEM(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(EncodeCertificatePEM(der), c.certPEM...), keyPEM, nil
+}
+
+// LoadOrIssueServerCertificate returns the control plane's TLS certificate from dir,
+// issuing a new one when there is none, when it does not name every host, when it was
+// not issued by this CA, or when it expires within 60 days.
+func (c *CA) LoadOrIssueServerCertificate(dir string, hosts []string, now time.Time) (tls.Certificate, error) {
+	certPath, keyPath := filepath.Join(dir, ServerCertFile), filepath.Join(dir, serverKeyFile)
+	if tc, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		leaf, err := x509.ParseCertificate(tc.Certificate[0])
+		if err == nil && c.Verify(leaf, x509.ExtKeyUsageServerAuth, now) == nil &&
+			leaf.NotAfter.Sub(now) > serverRenewBefore && namesAll(leaf, hosts) {
+			tc.Leaf = leaf
+			return tc, nil
+		}
+	}
+	certPEM, keyPEM, err := c.IssueServer(hosts, now)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	tc, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tc.Leaf, err = x509.ParseCertificate(tc.Certificate[0])
+	return tc, err
+}
+
+func namesAll(cert *x509.Certificate, hosts []string) bool {
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			if !slices.ContainsFunc(cert.IPAddresses, ip.Equal) {
+				return false
+			}
+		} else if !slices.Contains(cert.DNSNames, h) {
+			return false
+		}
+	}
+	return true
+}
+
+func addHosts(tmpl *x509.Certificate, hosts []string) {
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			if !slices.ContainsFunc(tmpl.IPAddresses, ip.Equal) {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			}
+		} else if h != "" && !slices.Contains(tmpl.DNSNames, h) {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+}
+
+// Fingerprint returns the SHA-256 of a certificate's DER encoding, in lowercase hex.
+func Fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// SerialHex returns a certificate's serial number in lowercase hex.
+func SerialHex(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }
+
+func newSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic("lifeboat: the system's random source failed: " + err.Error())
+	}
+	return n.Add(n, big.NewInt(1))
+}
+
+// NewKey generates an ECDSA P-256 private key.
+func NewKey() (*ecdsa.PrivateKey, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate a key: %w", err)
+	}
+	return k, nil
+}
+
+// EncodeKeyPEM encodes a private key as a PKCS #8 PEM block.
+func EncodeKeyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode the private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseKeyPEM decodes a PKCS #8 or SEC 1 private key.
+func ParseKeyPEM(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM private key found")
+	}
+	if k, err := x509.ParsePKCS8PrivateKey(block.Bytes); err == nil {
+		if s, ok := k.(crypto.Signer); ok {
+			return s, nil
+		}
+		return nil, errors.New("the private key cannot sign")
+	}
+	if k, err := x509.ParseECPrivateKey(block.Bytes); err == nil {
+		return k, nil
+	}
+	return nil, errors.New("the private key is neither PKCS #8 nor SEC 1")
+}
+
+// EncodeCertificatePEM encodes a DER certificate as PEM.
+func EncodeCertificatePEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// ParseCertificatePEM decodes the first certificate of a PEM bundle.
+func ParseCertificatePEM(data []byte) (*x509.Certificate, error) {
+	certs, err := ParseCertificatesPEM(data)
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
+}
+
+// ParseCertificatesPEM decodes every certificate of a PEM bundle (at least one).
+func ParseCertificatesPEM(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parse certificate: %w", err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate found")
+	}
+	return out, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}
+
+// WriteFileAtomic writes data to path through a synced temporary file and a rename, so
+// a crash leaves the old content or the new, never a part.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
