@@ -8,21 +8,21 @@ import (
 // Error codes of the API. The HTTP status says the class of failure; the code says which
 // failure; the message says, in one sentence, what was wrong and what to do.
 const (
-	CodeInvalid          = "invalid_request"   // 400: the request is malformed or a field is out of range
-	CodeUnauthenticated  = "unauthenticated"   // 401: no credentials, or unknown ones
-	CodeTokenExpired     = "token_expired"     // 401
-	CodeTokenUsedUp      = "token_used_up"     // 401
-	CodeTokenRevoked     = "token_revoked"     // 401
-	CodeForbidden        = "forbidden"         // 403: authenticated, but not allowed to do this
-	CodeNotFound         = "not_found"         // 404
+	CodeInvalid          = "invalid_request"    // 400: the request is malformed or a field is out of range
+	CodeUnauthenticated  = "unauthenticated"    // 401: no credentials, or unknown ones
+	CodeTokenExpired     = "token_expired"      // 401
+	CodeTokenUsedUp      = "token_used_up"      // 401
+	CodeTokenRevoked     = "token_revoked"      // 401
+	CodeForbidden        = "forbidden"          // 403: authenticated, but not allowed to do this
+	CodeNotFound         = "not_found"          // 404
 	CodeMethodNotAllowed = "method_not_allowed" // 405
-	CodeConflict         = "conflict"          // 409: the state of the target refuses the change
-	CodeQuotaExceeded    = "quota_exceeded"    // 409
-	CodeDuplicateMachine = "duplicate_machine" // 409
-	CodeTooLarge         = "too_large"         // 413
-	CodeTooManyRequests  = "too_many_requests" // 429
-	CodeInternal         = "internal"          // 500
-	CodeUnavailable      = "unavailable"       // 503
+	CodeConflict         = "conflict"           // 409: the state of the target refuses the change
+	CodeQuotaExceeded    = "quota_exceeded"     // 409
+	CodeDuplicateMachine = "duplicate_machine"  // 409
+	CodeTooLarge         = "too_large"          // 413
+	CodeTooManyRequests  = "too_many_requests"  // 429
+	CodeInternal         = "internal"           // 500
+	CodeUnavailable      = "unavailable"        // 503
 )
 
 // Error is an API error: returned by the client for every non-2xx answer, and used by

@@ -278,7 +278,7 @@ func TestEnginesAgree(t *testing.T) {
 			st := api.NewReplicationState(t0).Apply(api.ReplicationStateUpdate{
 				DataReplicationState: ptr(api.StateContinuous), LagSeconds: ptr(0.5), BacklogBytes: ptr(int64(42)),
 				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: api.LevelFilesystem, SnapshotID: "pit-00000000000000001"},
-				Error: &api.ReplicationError{Code: api.ErrUnstableNetwork, Message: "check the link"},
+				Error:                &api.ReplicationError{Code: api.ErrUnstableNetwork, Message: "check the link"},
 			}, t0)
 			if err := tx.SetReplicationState("s-00000000000000000", st, t0); err != nil {
 				return nil, err

@@ -172,3 +172,10 @@ func (t *Tx) CountActiveRecoveryInstances(sourceServerID string) (int, error) {
 		sourceServerID).Scan(&n)
 	return n, classify(err)
 }
+
+// InstanceExists reports whether an account has a registered instance with this id.
+func (t *Tx) InstanceExists(accountID, id string) (bool, error) {
+	var n int
+	err := t.queryRow(`SELECT COUNT(*) FROM instances WHERE account_id = ? AND id = ?`, accountID, id).Scan(&n)
+	return n > 0, classify(err)
+}

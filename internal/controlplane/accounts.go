@@ -1,0 +1,291 @@
+package controlplane
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// CAResponse carries the CA certificate.
+type CAResponse struct {
+	CACertificates string `json:"caCertificates"`
+}
+
+func (cp *ControlPlane) health(c *call) (api.Health, error) {
+	if err := cp.db.Ping(c.ctx); err != nil {
+		return api.Health{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "the database does not answer: %v", err)
+	}
+	return api.Health{Status: "ok", Version: cp.cfg.Version, Database: string(cp.db.Kind())}, nil
+}
+
+func (cp *ControlPlane) caCert(*call) (CAResponse, error) {
+	return CAResponse{CACertificates: string(cp.ca.CertPEM())}, nil
+}
+
+func whoami(c *call) (api.Whoami, error) {
+	return api.Whoami{Kind: c.p.Kind, AccountID: c.p.AccountID, ID: c.p.ID, Role: c.p.Role, System: c.p.System}, nil
+}
+
+// accountView adds the live count of replicating servers to an account row.
+func accountView(tx *db.Tx, a db.Account) (api.Account, error) {
+	n, err := tx.CountReplicating(a.ID)
+	a.ReplicatingSourceServers = n
+	return a.Account, err
+}
+
+func (c *call) getAccount() (api.Account, error) {
+	var out api.Account
+	err := c.view(func(tx *db.Tx) error {
+		a, err := tx.Account(c.p.AccountID)
+		if err != nil {
+			return err
+		}
+		out, err = accountView(tx, a)
+		return err
+	})
+	return out, err
+}
+
+func (c *call) listAccounts() (api.AccountList, error) {
+	out := api.AccountList{Items: []api.Account{}}
+	err := c.view(func(tx *db.Tx) error {
+		as, err := tx.Accounts()
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			v, err := accountView(tx, a)
+			if err != nil {
+				return err
+			}
+			out.Items = append(out.Items, v)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (c *call) createAccount(req *api.CreateAccountRequest) (api.CreateAccountResponse, error) {
+	now := c.cp.cfg.Now()
+	quota := api.DefaultQuotaSourceServers
+	if req.QuotaSourceServers != nil {
+		quota = *req.QuotaSourceServers
+	}
+	var sys db.Account
+	if err := c.view(func(tx *db.Tx) (err error) { sys, err = tx.Account(c.cp.system); return err }); err != nil {
+		return api.CreateAccountResponse{}, err
+	}
+	// A new account starts from the system account's template (its staging store).
+	a := db.Account{Account: api.Account{ID: api.NewID(api.PrefixAccount), Name: req.Name, QuotaSourceServers: quota, CreatedAt: now},
+		Template: sys.Template}
+	a.Template.TargetSite = api.DefaultSite
+	a.Template.DedicatedReplicator = ""
+	tok, row, err := c.cp.newToken(a.ID, api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin,
+		Description: "first admin token of account " + req.Name}, c.p, now)
+	if err != nil {
+		return api.CreateAccountResponse{}, err
+	}
+	err = c.update(func(tx *db.Tx) error {
+		if err := tx.CreateAccount(a); err != nil {
+			if errors.Is(err, db.ErrConflict) {
+				return api.Conflict("an account named %q exists already: choose another name", req.Name)
+			}
+			return err
+		}
+		if err := tx.CreateSite(a.ID, api.Site{ID: api.DefaultSite, Description: "created with the account", CreatedAt: now}); err != nil {
+			return err
+		}
+		if err := tx.CreateToken(row); err != nil {
+			return err
+		}
+		detail := map[string]any{"name": a.Name, "quotaSourceServers": quota}
+		if err := c.record(tx, a.ID, "account.create", "account", a.ID, detail, nil); err != nil {
+			return err
+		}
+		return c.record(tx, c.p.AccountID, "account.create", "account", a.ID, detail, nil)
+	})
+	if err != nil {
+		return api.CreateAccountResponse{}, err
+	}
+	return api.CreateAccountResponse{Account: a.Account, AdminToken: tok.String()}, nil
+}
+
+func (c *call) updateAccount(req *api.UpdateAccountRequest) (api.Account, error) {
+	var out api.Account
+	err := c.update(func(tx *db.Tx) error {
+		a, err := tx.Account(c.pathID())
+		if errors.Is(err, db.ErrNotFound) {
+			return api.NotFound("account %s was not found: see lifeboat accounts list", c.pathID())
+		}
+		if err != nil {
+			return err
+		}
+		if err := tx.SetAccountQuota(a.ID, *req.QuotaSourceServers, c.cp.cfg.Now()); err != nil {
+			return err
+		}
+		detail := map[string]any{"quotaSourceServers": *req.QuotaSourceServers, "previous": a.QuotaSourceServers}
+		if err := c.record(tx, a.ID, "account.set-quota", "account", a.ID, detail, nil); err != nil {
+			return err
+		}
+		if a.ID != c.p.AccountID {
+			if err := c.record(tx, c.p.AccountID, "account.set-quota", "account", a.ID, detail, nil); err != nil {
+				return err
+			}
+		}
+		a.QuotaSourceServers = *req.QuotaSourceServers
+		out, err = accountView(tx, a)
+		return err
+	})
+	return out, err
+}
+
+func (c *call) listSites() (api.SiteList, error) {
+	var out api.SiteList
+	err := c.view(func(tx *db.Tx) (err error) { out.Items, err = tx.Sites(c.p.AccountID); return err })
+	return out, err
+}
+
+func (c *call) createSite(req *api.CreateSiteRequest) (api.Site, error) {
+	s := api.Site{ID: req.ID, Description: req.Description, CreatedAt: c.cp.cfg.Now()}
+	err := c.update(func(tx *db.Tx) error {
+		if err := tx.CreateSite(c.p.AccountID, s); err != nil {
+			if errors.Is(err, db.ErrConflict) {
+				return api.Conflict("site %q exists already", s.ID)
+			}
+			return err
+		}
+		return c.record(tx, c.p.AccountID, "site.create", "site", s.ID, map[string]any{"description": s.Description}, s)
+	})
+	return s, err
+}
+
+func (c *call) deleteSite() (noBody, error) {
+	id := c.pathID()
+	return noBody{}, c.update(func(tx *db.Tx) error {
+		err := tx.DeleteSite(c.p.AccountID, id)
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			return api.NotFound("site %s was not found: see lifeboat sites list", id)
+		case errors.Is(err, db.ErrReferenced):
+			return api.Conflict("site %s is used by source servers, replicators or instances: move them to another site first", id)
+		case err != nil:
+			return err
+		}
+		return c.record(tx, c.p.AccountID, "site.delete", "site", id, nil, nil)
+	})
+}
+
+// newToken makes a token and its row (not stored yet) from a validated request.
+func (cp *ControlPlane) newToken(accountID string, req api.CreateTokenRequest, by principal, now time.Time) (pki.Token, db.Token, error) {
+	tok, err := pki.NewToken(req.Kind == api.TokenInstall, cp.pin)
+	if err != nil {
+		return tok, db.Token{}, err
+	}
+	kind, id := by.actor()
+	row := db.Token{Token: api.Token{ID: tok.ID, Kind: req.Kind, Role: req.Role, Scope: req.Scope, Description: req.Description,
+		CreatedBy: kind + ":" + id, CreatedAt: now}, AccountID: accountID, SecretHash: tok.Hash()}
+	ttl := time.Duration(req.TTLSeconds) * time.Second
+	if req.Kind == api.TokenInstall {
+		if row.Scope == "" {
+			row.Scope = api.ScopeSourceServer
+		}
+		if ttl == 0 {
+			ttl = api.DefaultInstallTokenTTL
+		}
+	}
+	if ttl > 0 {
+		exp := now.Add(ttl)
+		row.ExpiresAt = &exp
+	}
+	if req.Uses > 0 {
+		n := req.Uses
+		row.UsesLeft = &n
+	}
+	return tok, row, nil
+}
+
+func (c *call) createToken(req api.CreateTokenRequest) (api.CreateTokenResponse, error) {
+	if err := req.Validate(); err != nil {
+		return api.CreateTokenResponse{}, err
+	}
+	tok, row, err := c.cp.newToken(c.p.AccountID, req, c.p, c.cp.cfg.Now())
+	if err != nil {
+		return api.CreateTokenResponse{}, err
+	}
+	err = c.update(func(tx *db.Tx) error {
+		if err := tx.CreateToken(row); err != nil {
+			return err
+		}
+		detail := map[string]any{"kind": row.Kind}
+		if row.Role != "" {
+			detail["role"] = row.Role
+		}
+		if row.Scope != "" {
+			detail["scope"] = row.Scope
+		}
+		if row.ExpiresAt != nil {
+			detail["expiresAt"] = row.ExpiresAt
+		}
+		if row.UsesLeft != nil {
+			detail["uses"] = *row.UsesLeft
+		}
+		return c.record(tx, c.p.AccountID, "token.create", "token", row.ID, detail, nil)
+	})
+	return api.CreateTokenResponse{Token: row.Token, Secret: tok.String()}, err
+}
+
+func (c *call) listTokens() (api.TokenList, error) {
+	out := api.TokenList{Items: []api.Token{}}
+	err := c.view(func(tx *db.Tx) error {
+		ts, err := tx.Tokens(c.p.AccountID)
+		for _, t := range ts {
+			out.Items = append(out.Items, t.Token)
+		}
+		return err
+	})
+	return out, err
+}
+
+func (c *call) revokeToken() (noBody, error) {
+	id := c.pathID()
+	return noBody{}, c.update(func(tx *db.Tx) error {
+		if err := tx.RevokeToken(c.p.AccountID, id, c.cp.cfg.Now()); errors.Is(err, db.ErrNotFound) {
+			return api.NotFound("token %s was not found or is revoked already: see lifeboat tokens list", id)
+		} else if err != nil {
+			return err
+		}
+		return c.record(tx, c.p.AccountID, "token.revoke", "token", id, nil, nil)
+	})
+}
+
+func (c *call) listAudit() (api.AuditList, error) {
+	q := c.r.URL.Query()
+	limit, err := limitParam(q.Get("limit"))
+	if err != nil {
+		return api.AuditList{}, err
+	}
+	f := api.AuditFilter{TargetID: q.Get("target"), Action: q.Get("action"), Limit: limit, PageToken: q.Get("page_token")}
+	var out api.AuditList
+	err = c.view(func(tx *db.Tx) (err error) {
+		out.Items, out.NextPageToken, err = tx.ListAudit(c.p.AccountID, f)
+		return err
+	})
+	return out, err
+}
+
+// limitParam parses ?limit=.
+func limitParam(s string) (int, error) {
+	if s == "" {
+		return api.DefaultPageSize, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > api.MaxPageSize {
+		return 0, api.Invalid("limit must be 1 to %d, not %q", api.MaxPageSize, s)
+	}
+	return n, nil
+}

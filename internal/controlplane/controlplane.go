@@ -1,0 +1,312 @@
+// Package controlplane is `lifeboat server`: the HTTP API over the state database, with
+// its own CA, authentication (API tokens, install tokens, client certificates),
+// authorization from one route table, the audit log, the event stream, the assignment
+// of source servers to replicators, and a minimal read-only console page.
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// Config configures a control plane.
+type Config struct {
+	// DataDir holds the CA and server certificate (DataDir/pki) and, unless DBURL says
+	// otherwise, the SQLite database (DataDir/lifeboat.db). Required.
+	DataDir string
+	// DBURL is a postgres:// URL, or the path of an SQLite file; empty: DataDir/lifeboat.db.
+	DBURL string
+	// Listen is the TCP address of the API; empty: 127.0.0.1:8443.
+	Listen string
+	// Hosts are extra DNS names and IP addresses the server certificate names, beside
+	// 127.0.0.1, ::1, localhost and the host of Listen.
+	Hosts []string
+	// TLSCertFile and TLSKeyFile replace the CA-issued server certificate with the
+	// operator's (PEM chain, leaf first). Client certificates are still the CA's.
+	TLSCertFile, TLSKeyFile string
+	// DefaultStoreURL is the staging store recorded in the system account's replication
+	// template when the database is created; empty: file://DataDir/staging.
+	DefaultStoreURL string
+	// HeartbeatInterval is how often replicators beat (default 10s); a replicator that
+	// has not beaten for ReplicatorTimeout (default 45s) is lost and its servers move.
+	HeartbeatInterval time.Duration
+	ReplicatorTimeout time.Duration
+	// Version is reported by the health endpoint.
+	Version string
+	// Logger receives the control plane's logs; nil: discard.
+	Logger *slog.Logger
+	// Now is the clock; nil: time.Now. Tests move it.
+	Now func() time.Time
+}
+
+// DefaultListen is the API address of `lifeboat server` and `lifeboat up`.
+const DefaultListen = "127.0.0.1:8443"
+
+// ControlPlane is a running control plane.
+type ControlPlane struct {
+	cfg      Config
+	log      *slog.Logger
+	db       *db.DB
+	ca       *pki.CA
+	tlsCert  tls.Certificate
+	pin      string // pin of the anchor of the served chain, put in install tokens
+	system   string // id of the system account
+	routes   []*route
+	handler  http.Handler
+	events   *broker
+	listener net.Listener
+	server   *http.Server
+	stopping chan struct{} // closed when shutdown begins: ends event streams
+	stopOnce sync.Once
+}
+
+// Open opens (creating on first start) the data directory, database, CA and server
+// certificate, and builds the API. It does not listen yet: call Listen, then Serve.
+func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("the control plane needs a data directory (--data)")
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = abs
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the data directory: %w", err)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.DBURL == "" {
+		cfg.DBURL = filepath.Join(cfg.DataDir, "lifeboat.db")
+	}
+	if cfg.DefaultStoreURL == "" {
+		cfg.DefaultStoreURL = (&url.URL{Scheme: "file", Path: filepath.Join(cfg.DataDir, "staging")}).String()
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 10 * time.Second
+	}
+	if cfg.ReplicatorTimeout <= 0 {
+		cfg.ReplicatorTimeout = 45 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(), stopping: make(chan struct{})}
+
+	pkiDir := filepath.Join(cfg.DataDir, "pki")
+	if cp.ca, err = pki.LoadOrCreateCA(pkiDir); err != nil {
+		return nil, err
+	}
+	if err := cp.loadServerCertificate(pkiDir); err != nil {
+		return nil, err
+	}
+	if cp.db, err = db.Open(ctx, cfg.DBURL); err != nil {
+		return nil, err
+	}
+	if err := cp.bootstrap(ctx); err != nil {
+		cp.db.Close()
+		return nil, err
+	}
+	cp.routes = cp.routeTable()
+	cp.handler = cp.buildHandler()
+	return cp, nil
+}
+
+func (cp *ControlPlane) loadServerCertificate(pkiDir string) error {
+	if (cp.cfg.TLSCertFile == "") != (cp.cfg.TLSKeyFile == "") {
+		return errors.New("give both --tls-cert and --tls-key, or neither")
+	}
+	var err error
+	if cp.cfg.TLSCertFile != "" {
+		cp.tlsCert, err = tls.LoadX509KeyPair(cp.cfg.TLSCertFile, cp.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("load the TLS certificate %s and key %s: %w", cp.cfg.TLSCertFile, cp.cfg.TLSKeyFile, err)
+		}
+	} else {
+		hosts := []string{"127.0.0.1", "::1", "localhost"}
+		if h, _, err := net.SplitHostPort(cp.cfg.Listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+			hosts = append(hosts, h)
+		}
+		hosts = append(hosts, cp.cfg.Hosts...)
+		if cp.tlsCert, err = cp.ca.LoadOrIssueServerCertificate(pkiDir, hosts, cp.cfg.Now()); err != nil {
+			return err
+		}
+	}
+	cp.pin, err = pki.AnchorPin(cp.tlsCert.Certificate)
+	return err
+}
+
+// bootstrap creates the system account with its default site on first start.
+func (cp *ControlPlane) bootstrap(ctx context.Context) error {
+	return cp.db.Update(ctx, func(tx *db.Tx) error {
+		a, err := tx.SystemAccount()
+		if err == nil {
+			cp.system = a.ID
+			return nil
+		}
+		if !errors.Is(err, db.ErrNotFound) {
+			return fmt.Errorf("read the system account: %w", err)
+		}
+		now := cp.cfg.Now()
+		tmpl := api.DefaultReplicationSettings(cp.cfg.DefaultStoreURL)
+		if err := tmpl.Validate(); err != nil {
+			return fmt.Errorf("the default staging store: %s", err)
+		}
+		acct := db.Account{Account: api.Account{ID: api.NewID(api.PrefixAccount), Name: "default", System: true,
+			QuotaSourceServers: api.DefaultQuotaSourceServers, CreatedAt: now}, Template: tmpl}
+		if err := tx.CreateAccount(acct); err != nil {
+			return fmt.Errorf("create the system account: %w", err)
+		}
+		if err := tx.CreateSite(acct.ID, api.Site{ID: api.DefaultSite, Description: "created at first start", CreatedAt: now}); err != nil {
+			return err
+		}
+		if _, err := tx.AddAudit(acct.ID, api.AuditEntry{Time: now, ActorKind: "system", ActorID: "bootstrap",
+			Action: "account.create", TargetKind: "account", TargetID: acct.ID}); err != nil {
+			return err
+		}
+		cp.system = acct.ID
+		return nil
+	})
+}
+
+// TLSConfig is the server's TLS configuration: TLS 1.3 only; client certificates are
+// optional (API tokens work without one) but verified against the CA when sent.
+func (cp *ControlPlane) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cp.tlsCert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    cp.ca.Pool(),
+	}
+}
+
+// Listen binds the API address (so the URL is known, even with port 0).
+func (cp *ControlPlane) Listen() error {
+	l, err := net.Listen("tcp", cp.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another lifeboat running? choose another address with --listen)", cp.cfg.Listen, err)
+	}
+	cp.listener = l
+	return nil
+}
+
+// Serve serves the API until ctx is cancelled, then shuts down gracefully (requests in
+// flight get 10 seconds) and returns. Background work (replicator assignment) runs
+// while it serves.
+func (cp *ControlPlane) Serve(ctx context.Context) error {
+	if cp.listener == nil {
+		if err := cp.Listen(); err != nil {
+			return err
+		}
+	}
+	cp.server = &http.Server{
+		Handler:           cp.handler,
+		TLSConfig:         cp.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cp.log.Handler(), slog.LevelDebug),
+	}
+	bgCtx, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { cp.assignLoop(bgCtx) })
+
+	errc := make(chan error, 1)
+	go func() { errc <- cp.server.Serve(tls.NewListener(cp.listener, cp.server.TLSConfig)) }()
+	cp.log.Info("control plane serving", "url", cp.URL(), "database", cp.db.Kind())
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		cp.stopOnce.Do(func() { close(cp.stopping) })
+		shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = cp.server.Shutdown(shutCtx)
+		cancel()
+		<-errc
+	}
+	stopBG()
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close closes the database. Call it after Serve returned.
+func (cp *ControlPlane) Close() error {
+	cp.stopOnce.Do(func() { close(cp.stopping) })
+	if cp.listener != nil {
+		cp.listener.Close()
+	}
+	return cp.db.Close()
+}
+
+// URL is the API's base URL, https://host:port.
+func (cp *ControlPlane) URL() string {
+	addr := cp.cfg.Listen
+	if cp.listener != nil {
+		addr = cp.listener.Addr().String()
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "https://" + addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "https://" + net.JoinHostPort(host, port)
+}
+
+// Handler is the API and console as an http.Handler (TLS is the server's business).
+func (cp *ControlPlane) Handler() http.Handler { return cp.handler }
+
+// CACertPEM returns the CA certificate that signs agents' and replicators' certificates.
+func (cp *ControlPlane) CACertPEM() []byte { return cp.ca.CertPEM() }
+
+// CAPool returns a pool with the CA certificate.
+func (cp *ControlPlane) CAPool() *x509.CertPool { return cp.ca.Pool() }
+
+// Pin is the pin install tokens carry: of the certificate anchoring the served chain.
+func (cp *ControlPlane) Pin() string { return cp.pin }
+
+// SystemAccountID is the id of the system account, created at first start.
+func (cp *ControlPlane) SystemAccountID() string { return cp.system }
+
+// DataDir is the absolute data directory.
+func (cp *ControlPlane) DataDir() string { return cp.cfg.DataDir }
+
+// DefaultStoreURL is the staging store URL of the system account's template at creation.
+func (cp *ControlPlane) DefaultStoreURL() string { return cp.cfg.DefaultStoreURL }
+
+// DB gives in-process callers (lifeboat up, benchmarks) the database.
+func (cp *ControlPlane) DB() *db.DB { return cp.db }
+
+// CreateToken creates a token in an account on behalf of the process itself (actor
+// "system"), as lifeboat up does for the admin token and the first install token.
+func (cp *ControlPlane) CreateToken(ctx context.Context, accountID string, req api.CreateTokenRequest) (api.CreateTokenResponse, error) {
+	c := &call{cp: cp, ctx: ctx, p: principal{Kind: "system", ID: "lifeboat", AccountID: accountID, Role: api.RoleAdmin}}
+	return c.createToken(req)
+}
+
+func (cp *ControlPlane) liveSince() time.Time { return cp.cfg.Now().Add(-cp.cfg.ReplicatorTimeout) }

@@ -1,0 +1,229 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+// call is one API request being served: who asked, and the changes it made, whose events
+// are published once their transaction commits.
+type call struct {
+	cp      *ControlPlane
+	ctx     context.Context
+	r       *http.Request
+	p       principal
+	pending []pendingEvent
+}
+
+type pendingEvent struct {
+	account string
+	ev      api.Event
+}
+
+// endpoint adapts a typed handler to the route table: it knows the request and response
+// types (for decoding and the OpenAPI document) and how to serve.
+type endpoint struct {
+	req, resp reflect.Type // nil: no body
+	raw       bool         // serve writes the answer itself
+	serve     func(c *call, w http.ResponseWriter) (any, error)
+}
+
+// noBody is the request type of endpoints that take no body.
+type noBody struct{}
+
+// withBody is an endpoint whose JSON body decodes into Req.
+func withBody[Req, Resp any](fn func(*call, *Req) (Resp, error)) endpoint {
+	return endpoint{
+		req:  reflect.TypeFor[Req](),
+		resp: respType[Resp](),
+		serve: func(c *call, _ http.ResponseWriter) (any, error) {
+			var req Req
+			if err := decodeBody(c.r.Body, &req); err != nil {
+				return nil, err
+			}
+			return fn(c, &req)
+		},
+	}
+}
+
+// noBodyEndpoint is an endpoint without a request body.
+func noBodyEndpoint[Resp any](fn func(*call) (Resp, error)) endpoint {
+	return endpoint{
+		resp: respType[Resp](),
+		serve: func(c *call, _ http.ResponseWriter) (any, error) {
+			if err := expectNoBody(c.r.Body); err != nil {
+				return nil, err
+			}
+			return fn(c)
+		},
+	}
+}
+
+// rawEndpoint writes its own answer (the event stream).
+func rawEndpoint(fn func(*call, http.ResponseWriter) error) endpoint {
+	return endpoint{raw: true, serve: func(c *call, w http.ResponseWriter) (any, error) { return nil, fn(c, w) }}
+}
+
+func respType[Resp any]() reflect.Type {
+	t := reflect.TypeFor[Resp]()
+	if t == reflect.TypeFor[noBody]() {
+		return nil
+	}
+	return t
+}
+
+// decodeBody decodes one JSON value into v, refusing unknown fields, trailing data and
+// bodies over MaxBodyBytes, then validates it when v has a Validate method.
+func decodeBody(body io.Reader, v any) error {
+	data, err := io.ReadAll(io.LimitReader(body, MaxBodyBytes+1))
+	if err != nil {
+		return api.Invalid("the request body could not be read: %v", err)
+	}
+	return DecodeRequest(data, v)
+}
+
+// DecodeRequest is the API's request decoding: exactly one JSON value, no unknown
+// fields, at most MaxBodyBytes, and the type's own validation when it has one. Every
+// body the API accepts goes through it (and its fuzz target).
+func DecodeRequest(data []byte, v any) error {
+	if len(data) > MaxBodyBytes {
+		return api.Errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return api.Invalid("the request needs a JSON body")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return api.Invalid("the request body is not valid: %s", jsonErrorText(err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return api.Invalid("the request body has data after its JSON value: send exactly one JSON object")
+	}
+	if val, ok := v.(interface{ Validate() error }); ok {
+		return val.Validate()
+	}
+	return nil
+}
+
+func jsonErrorText(err error) string {
+	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) {
+		return fmt.Sprintf("field %q must be a %s, not a JSON %s", ute.Field, jsonKind(ute.Type), ute.Value)
+	}
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	if strings.HasPrefix(msg, "unknown field") {
+		return msg + " (check the field name against /api/openapi.json)"
+	}
+	return msg
+}
+
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Float64:
+		return "number"
+	case reflect.Bool:
+		return "boolean"
+	case reflect.String:
+		return "string"
+	case reflect.Slice:
+		return "list"
+	}
+	if t.String() == "time.Time" {
+		return "RFC 3339 time string"
+	}
+	return "JSON object"
+}
+
+func expectNoBody(body io.Reader) error {
+	n, _ := io.Copy(io.Discard, io.LimitReader(body, 1))
+	if n > 0 {
+		return api.Invalid("this endpoint takes no request body")
+	}
+	return nil
+}
+
+// writeJSON writes v with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+// writeError answers with the API error shape.
+func writeError(w http.ResponseWriter, e *api.Error) {
+	writeJSON(w, e.Status, api.ErrorBody{Error: api.ErrorDetail{Code: e.Code, Message: e.Message}})
+}
+
+// apiError turns any handler error into an API error; unexpected ones become 500s that
+// point at the log.
+func (cp *ControlPlane) apiError(r *http.Request, err error) *api.Error {
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, db.ErrBadPageToken):
+		return api.Invalid("%s", db.ErrBadPageToken)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "the request was cancelled or timed out: retry it")
+	}
+	cp.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return api.Errorf(http.StatusInternalServerError, api.CodeInternal,
+		"the control plane failed to serve this request; its log has the details (%s %s)", r.Method, r.URL.Path)
+}
+
+// update runs fn in a write transaction and, once it committed, publishes the events
+// the change queued.
+func (c *call) update(fn func(tx *db.Tx) error) error {
+	c.pending = c.pending[:0]
+	if err := c.cp.db.Update(c.ctx, fn); err != nil {
+		c.pending = nil
+		return err
+	}
+	for _, e := range c.pending {
+		c.cp.events.publish(e.account, e.ev)
+	}
+	c.pending = nil
+	return nil
+}
+
+// view runs fn in a read-only transaction.
+func (c *call) view(fn func(tx *db.Tx) error) error { return c.cp.db.View(c.ctx, fn) }
+
+// record adds an audit entry for a change (inside its transaction) and queues its event.
+func (c *call) record(tx *db.Tx, account, action, targetKind, targetID string, detail map[string]any, data any) error {
+	kind, id := c.p.actor()
+	e, err := tx.AddAudit(account, api.AuditEntry{Time: c.cp.cfg.Now(), ActorKind: kind, ActorID: id, Action: action,
+		TargetKind: targetKind, TargetID: targetID, Detail: detail})
+	if err != nil {
+		return err
+	}
+	if data == nil && len(detail) > 0 {
+		data = detail
+	}
+	c.emit(account, e.Action, targetKind, targetID, data)
+	return nil
+}
+
+// emit queues an event that is not an audited change (progress reports, heartbeats).
+func (c *call) emit(account, typ, targetKind, targetID string, data any) {
+	c.pending = append(c.pending, pendingEvent{account: account, ev: api.Event{Type: typ, Time: c.cp.cfg.Now(),
+		TargetKind: targetKind, TargetID: targetID, Data: data}})
+}
+
+// pathID returns the {id} path value.
+func (c *call) pathID() string { return c.r.PathValue("id") }

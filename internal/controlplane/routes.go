@@ -1,0 +1,231 @@
+package controlplane
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// route is one API operation. The route table is the single source of the mux, the
+// authorization rules and the OpenAPI document.
+type route struct {
+	method, path string
+	summary      string
+	access       access
+	status       int // success status: 200, 201 or 204
+	query        []queryParam
+	endpoint
+}
+
+type queryParam struct{ name, typ, doc string }
+
+// Access rules used by many routes.
+var (
+	viewer    = access{role: api.RoleViewer}
+	admin     = access{role: api.RoleAdmin}
+	sysAdmin  = access{role: api.RoleAdmin, system: true}
+	pagingQry = []queryParam{{"limit", "integer", "page size, 1 to 10000 (default 100)"}, {"page_token", "string", "nextPageToken of the previous page"}}
+)
+
+func (cp *ControlPlane) routeTable() []*route {
+	serverSelf := access{role: api.RoleViewer, agent: true, replicator: true, target: targetSourceServer}
+	return []*route{
+		{method: "GET", path: "/api/openapi.json", summary: "This API's OpenAPI 3.1 document", access: access{public: true},
+			endpoint: noBodyEndpoint(cp.openAPI)},
+		{method: "GET", path: "/api/v1/health", summary: "Health of the control plane and its database", access: access{public: true},
+			endpoint: noBodyEndpoint(cp.health)},
+		{method: "GET", path: "/api/v1/ca", summary: "The CA certificate that signs agents and replicators", access: access{public: true},
+			endpoint: noBodyEndpoint(cp.caCert)},
+		{method: "GET", path: "/api/v1/whoami", summary: "Who the caller is",
+			access:   access{role: api.RoleViewer, install: "*", agent: true, replicator: true},
+			endpoint: noBodyEndpoint(whoami)},
+
+		{method: "GET", path: "/api/v1/account", summary: "The caller's account", access: viewer,
+			endpoint: noBodyEndpoint((*call).getAccount)},
+		{method: "GET", path: "/api/v1/accounts", summary: "List all accounts", access: sysAdmin,
+			endpoint: noBodyEndpoint((*call).listAccounts)},
+		{method: "POST", path: "/api/v1/accounts", summary: "Create an account and its first admin token", access: sysAdmin, status: 201,
+			endpoint: withBody((*call).createAccount)},
+		{method: "PATCH", path: "/api/v1/accounts/{id}", summary: "Change an account's quota", access: sysAdmin,
+			endpoint: withBody((*call).updateAccount)},
+
+		{method: "GET", path: "/api/v1/sites", summary: "List sites", access: viewer,
+			endpoint: noBodyEndpoint((*call).listSites)},
+		{method: "POST", path: "/api/v1/sites", summary: "Create a site", access: admin, status: 201,
+			endpoint: withBody((*call).createSite)},
+		{method: "DELETE", path: "/api/v1/sites/{id}", summary: "Delete an unused site", access: admin, status: 204,
+			endpoint: noBodyEndpoint((*call).deleteSite)},
+
+		{method: "GET", path: "/api/v1/tokens", summary: "List tokens (never their secrets)", access: admin,
+			endpoint: noBodyEndpoint((*call).listTokens)},
+		{method: "POST", path: "/api/v1/tokens", summary: "Create an API or install token", access: admin, status: 201,
+			endpoint: withBody(func(c *call, req *api.CreateTokenRequest) (api.CreateTokenResponse, error) {
+				return c.createToken(*req)
+			})},
+		{method: "DELETE", path: "/api/v1/tokens/{id}", summary: "Revoke a token", access: admin, status: 204,
+			endpoint: noBodyEndpoint((*call).revokeToken)},
+
+		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install)",
+			access: access{install: api.ScopeSourceServer}, status: 201, endpoint: withBody((*call).registerSourceServer)},
+		{method: "GET", path: "/api/v1/source-servers", summary: "List source servers, ready for recovery first", access: viewer,
+			query: append([]queryParam{
+				{"state", "string", "data replication states, comma-separated"},
+				{"hostname", "string", "hostname substring, case-insensitive"},
+				{"replicator", "string", "assigned replicator id"},
+				{"ready", "boolean", "only servers ready (true) or not ready (false) for recovery"},
+			}, pagingQry...),
+			endpoint: noBodyEndpoint((*call).listSourceServers)},
+		{method: "GET", path: "/api/v1/source-servers/{id}", summary: "Describe a source server", access: serverSelf,
+			endpoint: noBodyEndpoint((*call).getSourceServer)},
+		{method: "DELETE", path: "/api/v1/source-servers/{id}", summary: "Delete a source server record", access: admin, status: 204,
+			query:    []queryParam{{"force", "boolean", "delete even though recovery snapshots are recorded (their staging data is kept)"}},
+			endpoint: noBodyEndpoint((*call).deleteSourceServer)},
+		{method: "POST", path: "/api/v1/source-servers/{id}/certificate", summary: "Renew the agent's certificate",
+			access: access{agent: true, target: targetSourceServer}, endpoint: withBody((*call).renewSourceCertificate)},
+		{method: "PUT", path: "/api/v1/source-servers/{id}/volumes", summary: "Report the source server's volumes",
+			access: access{agent: true, target: targetSourceServer}, endpoint: withBody((*call).setVolumes)},
+		{method: "PATCH", path: "/api/v1/source-servers/{id}/replication-state", summary: "Report replication state and progress",
+			access:   access{agent: true, replicator: true, target: targetSourceServer},
+			endpoint: withBody((*call).updateReplicationState)},
+		{method: "GET", path: "/api/v1/source-servers/{id}/replication-config", summary: "Effective settings and assigned replicator, for the agent",
+			access: access{role: api.RoleViewer, agent: true, target: targetSourceServer}, endpoint: noBodyEndpoint((*call).replicationConfig)},
+		{method: "GET", path: "/api/v1/source-servers/{id}/replication-settings", summary: "A source server's overrides and effective settings",
+			access: serverSelf, endpoint: noBodyEndpoint((*call).getServerSettings)},
+		{method: "PUT", path: "/api/v1/source-servers/{id}/replication-settings", summary: "Replace a source server's overrides",
+			access: access{role: api.RoleAdmin, target: targetSourceServer}, endpoint: withBody((*call).putServerSettings)},
+		{method: "GET", path: "/api/v1/source-servers/{id}/launch-settings", summary: "A source server's launch settings",
+			access: access{role: api.RoleViewer, target: targetSourceServer}, endpoint: noBodyEndpoint((*call).getLaunchSettings)},
+		{method: "PUT", path: "/api/v1/source-servers/{id}/launch-settings", summary: "Replace a source server's launch settings",
+			access: access{role: api.RoleAdmin, target: targetSourceServer}, endpoint: withBody((*call).putLaunchSettings)},
+		{method: "GET", path: "/api/v1/source-servers/{id}/recovery-snapshots", summary: "List a source server's recovery snapshots, newest first",
+			access: access{role: api.RoleViewer, replicator: true, target: targetSourceServer}, query: pagingQry,
+			endpoint: noBodyEndpoint((*call).listSnapshots)},
+		{method: "POST", path: "/api/v1/source-servers/{id}/recovery-snapshots", summary: "Record a recovery snapshot the replicator sealed",
+			access: access{replicator: true, target: targetSourceServer}, status: 201, endpoint: withBody((*call).createSnapshot)},
+		{method: "POST", path: "/api/v1/source-servers/{id}/recovery-snapshots/delete", summary: "Delete expired recovery snapshots",
+			access: access{replicator: true, target: targetSourceServer}, endpoint: withBody((*call).deleteSnapshots)},
+		{method: "GET", path: "/api/v1/recovery-snapshots/{id}", summary: "Describe a recovery snapshot",
+			access: access{role: api.RoleViewer, replicator: true, target: targetSnapshot}, endpoint: noBodyEndpoint((*call).getSnapshot)},
+		{method: "DELETE", path: "/api/v1/recovery-snapshots/{id}", summary: "Delete a recovery snapshot that is not locked",
+			access: access{role: api.RoleAdmin, replicator: true, target: targetSnapshot}, status: 204,
+			endpoint: noBodyEndpoint((*call).deleteSnapshot)},
+
+		{method: "GET", path: "/api/v1/settings/replication", summary: "The account's replication settings template", access: viewer,
+			endpoint: noBodyEndpoint((*call).getTemplate)},
+		{method: "PUT", path: "/api/v1/settings/replication", summary: "Replace the account's replication settings template", access: admin,
+			endpoint: withBody((*call).putTemplate)},
+
+		{method: "POST", path: "/api/v1/replicators/register", summary: "Register a replicator",
+			access: access{install: api.ScopeReplicator}, status: 201, endpoint: withBody((*call).registerReplicator)},
+		{method: "GET", path: "/api/v1/replicators", summary: "List replicators", access: viewer,
+			endpoint: noBodyEndpoint((*call).listReplicators)},
+		{method: "GET", path: "/api/v1/replicators/{id}", summary: "Describe a replicator",
+			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator}, endpoint: noBodyEndpoint((*call).getReplicator)},
+		{method: "DELETE", path: "/api/v1/replicators/{id}", summary: "Delete a replicator; its servers are reassigned",
+			access: access{role: api.RoleAdmin, target: targetReplicator}, status: 204, endpoint: noBodyEndpoint((*call).deleteReplicator)},
+		{method: "POST", path: "/api/v1/replicators/{id}/heartbeat", summary: "Replicator heartbeat with metrics",
+			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).heartbeat)},
+		{method: "GET", path: "/api/v1/replicators/{id}/source-servers", summary: "Source servers assigned to a replicator, with their effective settings",
+			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator}, endpoint: noBodyEndpoint((*call).assignedServers)},
+		{method: "POST", path: "/api/v1/replicators/{id}/certificate", summary: "Renew the replicator's certificate",
+			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
+
+		{method: "GET", path: "/api/v1/audit", summary: "The audit log, newest first", access: admin,
+			query:    append([]queryParam{{"target", "string", "target id"}, {"action", "string", "action, e.g. source-server.register"}}, pagingQry...),
+			endpoint: noBodyEndpoint((*call).listAudit)},
+		{method: "GET", path: "/api/v1/events", summary: "Server-sent events: one per change (resume with Last-Event-ID)", access: viewer,
+			endpoint: rawEndpoint((*call).streamEvents)},
+	}
+}
+
+// buildHandler builds the mux from the route table, plus the console page, and answers
+// unknown paths and methods with the API's error shape.
+func (cp *ControlPlane) buildHandler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range cp.routes {
+		mux.Handle(rt.method+" "+rt.path, cp.serveRoute(rt))
+	}
+	mux.HandleFunc("GET /{$}", cp.console)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if _, pattern := mux.Handler(r); pattern == "" {
+			rec := &statusRecorder{header: http.Header{}}
+			h, _ := mux.Handler(r)
+			h.ServeHTTP(rec, r)
+			if rec.status == http.StatusMethodNotAllowed {
+				w.Header().Set("Allow", rec.header.Get("Allow"))
+				writeError(w, api.Errorf(http.StatusMethodNotAllowed, api.CodeMethodNotAllowed,
+					"%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, rec.header.Get("Allow")))
+				return
+			}
+			writeError(w, api.NotFound("there is no API endpoint %s %s: see /api/openapi.json", r.Method, r.URL.Path))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// statusRecorder captures what the mux would answer for an unmatched request.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (s *statusRecorder) Header() http.Header         { return s.header }
+func (s *statusRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusRecorder) WriteHeader(code int)        { s.status = code }
+
+func (cp *ControlPlane) serveRoute(rt *route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-cp.stopping:
+			w.Header().Set("Connection", "close")
+			writeError(w, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "the control plane is shutting down: retry in a moment"))
+			return
+		default:
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes+1)
+		c := &call{cp: cp, ctx: r.Context(), r: r}
+		if !rt.access.public {
+			p, err := cp.authenticate(c)
+			if err != nil {
+				writeError(w, cp.apiError(r, err))
+				return
+			}
+			c.p = p
+			if err := cp.authorize(c, rt.access); err != nil {
+				writeError(w, cp.apiError(r, err))
+				return
+			}
+		}
+		resp, err := rt.serve(c, w)
+		if err != nil {
+			writeError(w, cp.apiError(r, err))
+			return
+		}
+		if rt.raw {
+			return // the endpoint wrote its own answer
+		}
+		status := rt.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		if status == http.StatusNoContent {
+			w.WriteHeader(status)
+			return
+		}
+		writeJSON(w, status, resp)
+	})
+}
+
+// pathParams lists the {name} parameters of a route path.
+func pathParams(path string) []string {
+	var out []string
+	for _, seg := range strings.Split(path, "/") {
+		if strings.HasPrefix(seg, "{") && strings.HasSuffix(seg, "}") {
+			out = append(out, strings.Trim(seg, "{}"))
+		}
+	}
+	return out
+}

@@ -1,0 +1,489 @@
+package controlplane
+
+import (
+	"crypto/x509"
+	"errors"
+
+	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// parseCSR reads a CSR from a request, as a 400 when it is bad.
+func parseCSR(pemText string) (*x509.CertificateRequest, error) {
+	csr, err := pki.ParseCSR([]byte(pemText))
+	if err != nil {
+		return nil, api.Invalid("%s", err)
+	}
+	return csr, nil
+}
+
+// consumeInstallToken counts one use of the caller's install token, inside the
+// registration's transaction.
+func (c *call) consumeInstallToken(tx *db.Tx) error {
+	if err := tx.ConsumeToken(c.p.ID, c.cp.cfg.Now()); errors.Is(err, db.ErrNotFound) {
+		return unauthenticated(api.CodeTokenUsedUp, "install token %s has no use left or expired meanwhile: create a new one with lifeboat tokens create --kind install", c.p.ID)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c *call) registerSourceServer(req *api.RegisterSourceServerRequest) (api.RegisterSourceServerResponse, error) {
+	var out api.RegisterSourceServerResponse
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		return out, err
+	}
+	now := c.cp.cfg.Now()
+	err = c.update(func(tx *db.Tx) error {
+		if err := c.consumeInstallToken(tx); err != nil {
+			return err
+		}
+		acct, err := tx.LockAccount(c.p.AccountID)
+		if err != nil {
+			return err
+		}
+		existing, err := tx.SourceServerByMachine(acct.ID, req.MachineID)
+		found := err == nil
+		if err != nil && !errors.Is(err, db.ErrNotFound) {
+			return err
+		}
+		if found && !req.Replace {
+			return api.Errorf(409, api.CodeDuplicateMachine,
+				"machine %s is already registered as source server %s (hostname %s): delete it first (lifeboat source-servers delete %s) or re-register it under the same id with lifeboat agent install --replace",
+				req.MachineID, existing.ID, existing.Hostname, existing.ID)
+		}
+		s := existing
+		if !found {
+			n, err := tx.CountReplicating(acct.ID)
+			if err != nil {
+				return err
+			}
+			if n >= acct.QuotaSourceServers {
+				return api.Errorf(409, api.CodeQuotaExceeded,
+					"account %s has reached its quota of %d replicating source servers: raise it with lifeboat accounts set-quota %s <N> (a system admin), or stop replication of a server",
+					acct.Name, acct.QuotaSourceServers, acct.ID)
+			}
+			eff := acct.Template
+			s = db.SourceServer{SourceServer: api.SourceServer{ID: api.NewID(api.PrefixSourceServer), AccountID: acct.ID,
+				MachineID: req.MachineID, SiteID: eff.TargetSite, Replication: api.NewReplicationState(now), CreatedAt: now},
+				DedicatedReplicator: eff.DedicatedReplicator}
+		}
+		s.Hostname, s.OS, s.Arch, s.AgentVersion = req.Hostname, req.OS, req.Arch, req.AgentVersion
+		s.CPUs, s.MemoryBytes, s.Volumes, s.UpdatedAt = req.CPUs, req.MemoryBytes, req.Volumes, now
+		if s.Volumes == nil {
+			s.Volumes = []api.Volume{}
+		}
+		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: acct.ID, ID: s.ID}, nil, now)
+		if err != nil {
+			return err
+		}
+		s.CertSerial, s.PrevCertSerial, s.CertificateExpiresAt = pki.SerialHex(cert), "", cert.NotAfter.UTC()
+		action := "source-server.register"
+		if found {
+			action = "source-server.reregister"
+			err = tx.ReregisterSourceServer(s)
+		} else {
+			err = tx.CreateSourceServer(s)
+			if err == nil {
+				err = tx.SetLaunchSettings(s.ID, api.DefaultLaunchSettings(s.CPUs, s.MemoryBytes), now)
+			}
+		}
+		if errors.Is(err, db.ErrReferenced) {
+			return api.Conflict("the account's target site %q does not exist: create it (lifeboat sites create %s) or change the replication settings", s.SiteID, s.SiteID)
+		}
+		if err != nil {
+			return err
+		}
+		detail := map[string]any{"machineId": s.MachineID, "hostname": s.Hostname, "installToken": c.p.ID}
+		if err := c.record(tx, acct.ID, action, "source-server", s.ID, detail, nil); err != nil {
+			return err
+		}
+		if !found {
+			if err := c.assignAccount(tx, acct.ID); err != nil {
+				return err
+			}
+		}
+		s, err = tx.SourceServer(s.ID)
+		out = api.RegisterSourceServerResponse{SourceServer: s.SourceServer, Certificate: string(certPEM),
+			CACertificates: string(c.cp.ca.CertPEM()), Replaced: found}
+		return err
+	})
+	return out, err
+}
+
+// loadServer reads a source server of the caller's account (404 otherwise).
+func (c *call) loadServer(tx *db.Tx, id string) (db.SourceServer, error) {
+	s, err := tx.SourceServer(id)
+	if errors.Is(err, db.ErrNotFound) || (err == nil && s.AccountID != c.p.AccountID) {
+		return s, api.NotFound("source server %s was not found: see lifeboat source-servers list", id)
+	}
+	return s, err
+}
+
+func (c *call) listSourceServers() (api.SourceServerList, error) {
+	q := c.r.URL.Query()
+	limit, err := limitParam(q.Get("limit"))
+	if err != nil {
+		return api.SourceServerList{}, err
+	}
+	f := api.SourceServerFilter{Hostname: q.Get("hostname"), ReplicatorID: q.Get("replicator"), Limit: limit, PageToken: q.Get("page_token")}
+	for _, v := range q["state"] {
+		for _, s := range strings.Split(v, ",") {
+			s = strings.ToUpper(strings.TrimSpace(s))
+			if !api.ValidState(s) {
+				return api.SourceServerList{}, api.Invalid("state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
+			}
+			f.States = append(f.States, s)
+		}
+	}
+	switch r := q.Get("ready"); r {
+	case "":
+	case "true", "false":
+		b := r == "true"
+		f.ReadyForRecovery = &b
+	default:
+		return api.SourceServerList{}, api.Invalid("ready must be true or false, not %q", r)
+	}
+	out := api.SourceServerList{Items: []api.SourceServer{}}
+	err = c.view(func(tx *db.Tx) error {
+		rows, next, err := tx.ListSourceServers(c.p.AccountID, f)
+		if err != nil {
+			return err
+		}
+		out.Items = make([]api.SourceServer, len(rows))
+		for i := range rows {
+			out.Items[i] = rows[i].SourceServer
+		}
+		out.NextPageToken = next
+		return nil
+	})
+	return out, err
+}
+
+func (c *call) getSourceServer() (api.SourceServer, error) {
+	var out api.SourceServer
+	err := c.view(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		out = s.SourceServer
+		return err
+	})
+	return out, err
+}
+
+func (c *call) deleteSourceServer() (noBody, error) {
+	force := c.r.URL.Query().Get("force") == "true"
+	return noBody{}, c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if n, err := tx.CountActiveRecoveryInstances(s.ID); err != nil {
+			return err
+		} else if n > 0 {
+			return api.Conflict("source server %s has %d recovery instances: terminate them first (lifeboat recovery-instances list)", s.ID, n)
+		}
+		if n, err := tx.CountLockedSnapshots(s.ID, c.cp.cfg.Now()); err != nil {
+			return err
+		} else if n > 0 {
+			return api.Conflict("source server %s has %d locked recovery snapshots: they cannot be deleted before their locks end", s.ID, n)
+		}
+		n, err := tx.CountSnapshots(s.ID)
+		if err != nil {
+			return err
+		}
+		if n > 0 && !force {
+			return api.Conflict("source server %s has %d recovery snapshots: stop its replication and let retention remove them, or delete with --force (their staging data stays until the store's garbage collection)", s.ID, n)
+		}
+		if err := tx.DeleteSourceServer(s.ID); err != nil {
+			return err
+		}
+		return c.record(tx, s.AccountID, "source-server.delete", "source-server", s.ID,
+			map[string]any{"hostname": s.Hostname, "machineId": s.MachineID, "snapshots": n}, nil)
+	})
+}
+
+func (c *call) renewSourceCertificate(req *api.RenewCertificateRequest) (api.RenewCertificateResponse, error) {
+	var out api.RenewCertificateResponse
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		return out, err
+	}
+	now := c.cp.cfg.Now()
+	err = c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: s.AccountID, ID: s.ID}, nil, now)
+		if err != nil {
+			return err
+		}
+		if err := tx.SetSourceCertificate(s.ID, pki.SerialHex(cert), cert.NotAfter, now); err != nil {
+			return err
+		}
+		out = api.RenewCertificateResponse{Certificate: string(certPEM), CACertificates: string(c.cp.ca.CertPEM()), ExpiresAt: cert.NotAfter.UTC()}
+		return c.record(tx, s.AccountID, "source-server.renew-certificate", "source-server", s.ID,
+			map[string]any{"expiresAt": out.ExpiresAt}, nil)
+	})
+	return out, err
+}
+
+func (c *call) setVolumes(req *api.UpdateVolumesRequest) (api.SourceServer, error) {
+	var out api.SourceServer
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if err := tx.SetVolumes(s.ID, req.Volumes, now); err != nil {
+			return err
+		}
+		if err := tx.TouchSourceServer(s.ID, now); err != nil {
+			return err
+		}
+		s, err = tx.SourceServer(s.ID)
+		out = s.SourceServer
+		names := make([]string, len(req.Volumes))
+		for i, v := range req.Volumes {
+			names[i] = v.Name
+		}
+		if err != nil {
+			return err
+		}
+		return c.record(tx, s.AccountID, "source-server.set-volumes", "source-server", s.ID, map[string]any{"volumes": names}, out)
+	})
+	return out, err
+}
+
+// updateReplicationState merges a report from the agent or the replicator. Transitions of
+// the state or of the error are audited; every report is an event.
+func (c *call) updateReplicationState(req *api.ReplicationStateUpdate) (api.ReplicationState, error) {
+	var out api.ReplicationState
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		before := s.Replication
+		out = before.Apply(*req, now)
+		if err := tx.SetReplicationState(s.ID, out, now); err != nil {
+			return err
+		}
+		if c.p.Kind == api.CallerSourceServer {
+			if err := tx.TouchSourceServer(s.ID, now); err != nil {
+				return err
+			}
+		}
+		if before.DataReplicationState != out.DataReplicationState || errorCode(before.Error) != errorCode(out.Error) ||
+			before.ReadyForRecovery != out.ReadyForRecovery {
+			detail := map[string]any{"from": before.DataReplicationState, "to": out.DataReplicationState, "readyForRecovery": out.ReadyForRecovery}
+			if out.Error != nil {
+				detail["error"] = out.Error.Code
+			}
+			return c.record(tx, s.AccountID, "source-server.replication-state", "source-server", s.ID, detail, out)
+		}
+		c.emit(s.AccountID, "source-server.replication", "source-server", s.ID, out)
+		return nil
+	})
+	return out, err
+}
+
+func errorCode(e *api.ReplicationError) string {
+	if e == nil {
+		return ""
+	}
+	return e.Code
+}
+
+// effective returns a server's effective settings (template + overrides).
+func effective(tx *db.Tx, s db.SourceServer) (api.ReplicationSettings, error) {
+	a, err := tx.Account(s.AccountID)
+	if err != nil {
+		return api.ReplicationSettings{}, err
+	}
+	return a.Template.Apply(s.Overrides), nil
+}
+
+func (c *call) replicationConfig() (api.ReplicationConfig, error) {
+	var out api.ReplicationConfig
+	err := c.view(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		out.SourceServerID = s.ID
+		out.CACertificates = string(c.cp.ca.CertPEM())
+		if out.Settings, err = effective(tx, s); err != nil {
+			return err
+		}
+		if s.ReplicatorID != "" {
+			r, err := tx.Replicator(s.ReplicatorID, c.cp.liveSince())
+			if err != nil {
+				return err
+			}
+			out.Replicator = &api.ReplicatorEndpoint{ID: r.ID, Name: r.Name, Address: r.Address}
+		}
+		return nil
+	})
+	if err == nil && c.p.Kind == api.CallerSourceServer {
+		_ = c.cp.db.Update(c.ctx, func(tx *db.Tx) error { return tx.TouchSourceServer(out.SourceServerID, c.cp.cfg.Now()) })
+	}
+	return out, err
+}
+
+func (c *call) getServerSettings() (api.ServerReplicationSettings, error) {
+	var out api.ServerReplicationSettings
+	err := c.view(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		out.Overrides = s.Overrides
+		out.Effective, err = effective(tx, s)
+		return err
+	})
+	return out, err
+}
+
+// checkSettingRefs checks that the site and dedicated replicator of effective settings exist.
+func (c *call) checkSettingRefs(tx *db.Tx, eff api.ReplicationSettings) error {
+	if _, err := tx.Site(c.p.AccountID, eff.TargetSite); errors.Is(err, db.ErrNotFound) {
+		return api.Invalid("targetSite %q does not exist: create it with lifeboat sites create %s", eff.TargetSite, eff.TargetSite)
+	} else if err != nil {
+		return err
+	}
+	if eff.DedicatedReplicator != "" {
+		r, err := tx.ReplicatorByName(c.p.AccountID, eff.DedicatedReplicator, c.cp.liveSince())
+		if errors.Is(err, db.ErrNotFound) {
+			return api.Invalid("dedicatedReplicator %q is not a registered replicator: see lifeboat replicators list", eff.DedicatedReplicator)
+		} else if err != nil {
+			return err
+		}
+		if r.SiteID != eff.TargetSite {
+			return api.Invalid("dedicatedReplicator %s is in site %s, not in the target site %s", r.Name, r.SiteID, eff.TargetSite)
+		}
+	}
+	return nil
+}
+
+func (c *call) putServerSettings(req *api.ReplicationSettingsOverrides) (api.ServerReplicationSettings, error) {
+	var out api.ServerReplicationSettings
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		a, err := tx.Account(s.AccountID)
+		if err != nil {
+			return err
+		}
+		eff := a.Template.Apply(*req)
+		if err := eff.Validate(); err != nil {
+			return err
+		}
+		if err := c.checkSettingRefs(tx, eff); err != nil {
+			return err
+		}
+		if err := tx.SetSourceSettings(s.ID, *req, eff.TargetSite, eff.DedicatedReplicator, now); err != nil {
+			return err
+		}
+		out = api.ServerReplicationSettings{Overrides: *req, Effective: eff}
+		if err := c.record(tx, s.AccountID, "source-server.set-replication-settings", "source-server", s.ID,
+			map[string]any{"overrides": *req}, out); err != nil {
+			return err
+		}
+		return c.assignAccount(tx, s.AccountID)
+	})
+	return out, err
+}
+
+func (c *call) getTemplate() (api.ReplicationSettings, error) {
+	var out api.ReplicationSettings
+	err := c.view(func(tx *db.Tx) error {
+		a, err := tx.Account(c.p.AccountID)
+		out = a.Template
+		return err
+	})
+	return out, err
+}
+
+func (c *call) putTemplate(req *api.ReplicationSettings) (api.ReplicationSettings, error) {
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		if err := c.checkSettingRefs(tx, *req); err != nil {
+			return err
+		}
+		if err := tx.SetReplicationTemplate(c.p.AccountID, *req, now); err != nil {
+			return err
+		}
+		// The effective site and dedicated replicator of servers that inherit them change.
+		overrides, err := tx.SourceServerOverrides(c.p.AccountID)
+		if err != nil {
+			return err
+		}
+		for id, o := range overrides {
+			eff := req.Apply(o)
+			if err := tx.SetEffectiveSite(id, eff.TargetSite, eff.DedicatedReplicator, now); err != nil && !errors.Is(err, db.ErrNotFound) {
+				if errors.Is(err, db.ErrReferenced) {
+					return api.Invalid("source server %s would target site %s, which does not exist", id, eff.TargetSite)
+				}
+				return err
+			}
+		}
+		if err := c.record(tx, c.p.AccountID, "settings.set-replication-template", "account", c.p.AccountID,
+			map[string]any{"settings": *req}, nil); err != nil {
+			return err
+		}
+		return c.assignAccount(tx, c.p.AccountID)
+	})
+	return *req, err
+}
+
+func (c *call) getLaunchSettings() (api.LaunchSettingsResponse, error) {
+	var out api.LaunchSettingsResponse
+	err := c.view(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		out.SourceServerID = s.ID
+		out.Settings, out.UpdatedAt, err = tx.LaunchSettings(s.ID)
+		if errors.Is(err, db.ErrNotFound) {
+			out.Settings, out.UpdatedAt, err = api.DefaultLaunchSettings(s.CPUs, s.MemoryBytes), s.CreatedAt, nil
+		}
+		return err
+	})
+	return out, err
+}
+
+func (c *call) putLaunchSettings(req *api.LaunchSettings) (api.LaunchSettingsResponse, error) {
+	var out api.LaunchSettingsResponse
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if req.TargetInstanceID != "" {
+			if ok, err := tx.InstanceExists(s.AccountID, req.TargetInstanceID); err != nil {
+				return err
+			} else if !ok {
+				return api.Invalid("targetInstanceId %s is not a registered instance: see lifeboat instances list", req.TargetInstanceID)
+			}
+		}
+		if err := tx.SetLaunchSettings(s.ID, *req, now); err != nil {
+			return err
+		}
+		out = api.LaunchSettingsResponse{SourceServerID: s.ID, Settings: *req, UpdatedAt: now}
+		return c.record(tx, s.AccountID, "source-server.set-launch-settings", "source-server", s.ID,
+			map[string]any{"settings": *req}, out)
+	})
+	return out, err
+}
