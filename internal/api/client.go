@@ -163,6 +163,8 @@ func (c *Client) transportError(err error) error {
 	var ua x509.UnknownAuthorityError
 	var hn x509.HostnameError
 	switch {
+	case errors.Is(err, pki.ErrPinMismatch):
+		return fmt.Errorf("the control plane at %s is not the one that made the install token (its CA does not match the token's pin): check --server, or create a new token there", c.base.Host)
 	case errors.As(err, &ua):
 		return fmt.Errorf("the certificate of %s is not signed by a CA this client trusts: pass the control plane's CA with --ca-cert (DATA/pki/ca.crt) (%w)", c.base.Host, err)
 	case errors.As(err, &hn):

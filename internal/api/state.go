@@ -250,13 +250,13 @@ func (s ReplicationState) Ready() bool {
 }
 
 // NewReplicationState is the state of a source server just registered: INITIATING, with
-// its agent's registration done and the rest to come.
+// its agent's registration done and the rest to come (the agent reports the steps from
+// there, replacing the list).
 func NewReplicationState(now time.Time) ReplicationState {
 	return ReplicationState{
 		DataReplicationState: StateInitiating,
 		InitiationSteps: []InitiationStep{
 			{Name: "REGISTER_AGENT", Status: StepSucceeded},
-			{Name: "ASSIGN_REPLICATION_SERVER", Status: StepNotStarted},
 			{Name: "CONNECT_AGENT_TO_REPLICATION_SERVER", Status: StepNotStarted},
 			{Name: "START_DATA_TRANSFER", Status: StepNotStarted},
 		},

@@ -5,5 +5,17 @@ import "github.com/spf13/cobra"
 // commandList returns the constructors of the top-level commands, in help order.
 // Each lives in its own file of this package.
 func commandList() []func(*globals) *cobra.Command {
-	return []func(*globals) *cobra.Command{}
+	return []func(*globals) *cobra.Command{
+		newUpCmd,
+		newServerCmd,
+		newAgentCmd,
+		newSourceServersCmd,
+		newSettingsCmd,
+		newTokensCmd,
+		newReplicatorsCmd,
+		newSitesCmd,
+		newAccountsCmd,
+		newAuditCmd,
+		newEventsCmd,
+	}
 }

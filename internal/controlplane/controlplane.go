@@ -250,6 +250,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
+	cp.log.Info("control plane stopped", "err", err)
 	return err
 }
 

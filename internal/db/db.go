@@ -264,3 +264,27 @@ func boolInt(b bool) int64 {
 	}
 	return 0
 }
+
+// IntegrityCheck verifies the database's structure: SQLite's integrity_check and
+// foreign_key_check; for PostgreSQL, which checks itself, only that it answers.
+func (d *DB) IntegrityCheck(ctx context.Context) error {
+	if d.kind != SQLite {
+		return d.sql.PingContext(ctx)
+	}
+	var res string
+	if err := d.sql.QueryRowContext(ctx, `PRAGMA integrity_check`).Scan(&res); err != nil {
+		return fmt.Errorf("SQLite integrity check: %w", err)
+	}
+	if res != "ok" {
+		return fmt.Errorf("the SQLite database is damaged: %s (restore it from a backup)", res)
+	}
+	rows, err := d.sql.QueryContext(ctx, `PRAGMA foreign_key_check`)
+	if err != nil {
+		return fmt.Errorf("SQLite foreign key check: %w", err)
+	}
+	defer rows.Close()
+	if rows.Next() {
+		return errors.New("the SQLite database has rows that refer to missing rows (restore it from a backup)")
+	}
+	return rows.Err()
+}

@@ -125,6 +125,9 @@ func isHex(s string, n int) bool {
 // Pin returns the pin of a certificate: the first PinLength hex digits of its SHA-256.
 func Pin(cert *x509.Certificate) string { return Fingerprint(cert)[:PinLength] }
 
+// ErrPinMismatch is returned (wrapped) when a server's chain does not match a pin.
+var ErrPinMismatch = errors.New("the server's certificates do not match the CA pin in the install token")
+
 // VerifyPinned checks a TLS peer chain against a pin: one certificate of the chain must
 // match the pin, and the leaf must be that certificate or chain up to it. Host names are
 // not checked: the pin is the trust anchor, as in kubeadm's discovery.
@@ -151,7 +154,7 @@ func VerifyPinned(pin string, chain []*x509.Certificate) error {
 		}
 		return nil
 	}
-	return errors.New("the server's certificates do not match the pin in the token: this is not the control plane that made the token (or the token is from another installation)")
+	return ErrPinMismatch
 }
 
 // PinnedTLSConfig returns a client TLS configuration (TLS 1.3) that trusts a server only

@@ -1,0 +1,295 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+func newAccountsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "accounts", Short: "Accounts (tenants) and their quotas"}
+	table := func(items []api.Account) func(w *tabwriter.Writer) {
+		return func(w *tabwriter.Writer) {
+			row(w, "ID", "NAME", "REPLICATING", "QUOTA", "SYSTEM")
+			for _, a := range items {
+				row(w, a.ID, a.Name, a.ReplicatingSourceServers, a.QuotaSourceServers, yesNo(a.System))
+			}
+		}
+	}
+	list := &cobra.Command{
+		Use: "list", Short: "List all accounts (system admins)", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			as, err := c.Accounts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.show(as, table(as.Items))
+		},
+	}
+	describe := &cobra.Command{
+		Use: "describe", Short: "Show your account", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			a, err := c.Account(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.show(a, table([]api.Account{a}))
+		},
+	}
+	var quota int
+	create := &cobra.Command{
+		Use: "create NAME", Short: "Create an account; prints its first admin token", Args: exactArgs(1, "an account name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.CreateAccountRequest{Name: args[0]}
+			if cmd.Flags().Changed("quota") {
+				req.QuotaSourceServers = &quota
+			}
+			if err := req.Validate(); err != nil {
+				return &UsageError{Err: err}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			resp, err := c.CreateAccount(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.show(resp, nil)
+			}
+			fmt.Fprintln(g.stdout, resp.AdminToken)
+			fmt.Fprintf(g.stderr, "account %s (%s) created; above is its admin token, shown only this once\n", resp.Account.Name, resp.Account.ID)
+			return nil
+		},
+	}
+	create.Flags().IntVar(&quota, "quota", api.DefaultQuotaSourceServers, "replicating source servers allowed")
+	setQuota := &cobra.Command{
+		Use: "set-quota ACCOUNT-ID N", Short: "Change how many replicating source servers an account may have (system admins)",
+		Args: exactArgs(2, "an account id and a number"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[1])
+			if err != nil {
+				return usagef("the quota %q is not a number", args[1])
+			}
+			req := api.UpdateAccountRequest{QuotaSourceServers: &n}
+			if err := req.Validate(); err != nil {
+				return &UsageError{Err: err}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			a, err := c.UpdateAccount(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return g.show(a, table([]api.Account{a}))
+		},
+	}
+	cmd.AddCommand(list, describe, create, setQuota)
+	return cmd
+}
+
+func newSitesCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "sites", Short: "Sites: locations with staging storage, replicators and a launch provider"}
+	list := &cobra.Command{
+		Use: "list", Short: "List sites", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ss, err := c.Sites(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.show(ss, func(w *tabwriter.Writer) {
+				row(w, "ID", "DESCRIPTION", "CREATED")
+				for _, s := range ss.Items {
+					row(w, s.ID, orDash(s.Description), s.CreatedAt.Local().Format(time.RFC3339))
+				}
+			})
+		},
+	}
+	var desc string
+	create := &cobra.Command{
+		Use: "create ID", Short: "Create a site", Args: exactArgs(1, "a site id (a name you choose)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.CreateSiteRequest{ID: args[0], Description: desc}
+			if err := req.Validate(); err != nil {
+				return &UsageError{Err: err}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.CreateSite(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.show(s, func(w *tabwriter.Writer) { row(w, "site", s.ID, "created") })
+		},
+	}
+	create.Flags().StringVar(&desc, "description", "", "what and where the site is")
+	del := &cobra.Command{
+		Use: "delete ID", Short: "Delete a site nothing uses", Args: exactArgs(1, "a site id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteSite(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "site %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, create, del)
+	return cmd
+}
+
+func newReplicatorsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "replicators", Short: "Replication servers registered with the control plane"}
+	table := func(items []api.Replicator) func(w *tabwriter.Writer) {
+		return func(w *tabwriter.Writer) {
+			row(w, "ID", "NAME", "SITE", "ADDRESS", "STATE", "SERVERS", "CPU", "RSS", "LAST HEARTBEAT")
+			for _, r := range items {
+				hb := "never"
+				if r.LastHeartbeatAt != nil {
+					hb = r.LastHeartbeatAt.Local().Format("2006-01-02 15:04:05")
+				}
+				row(w, r.ID, r.Name, r.SiteID, r.Address, r.State, r.AssignedSourceServers,
+					fmt.Sprintf("%.0f%%", r.Metrics.CPUPercent), bytesText(r.Metrics.RSSBytes), hb)
+			}
+		}
+	}
+	list := &cobra.Command{
+		Use: "list", Short: "List replicators", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			rs, err := c.Replicators(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.show(rs, table(rs.Items))
+		},
+	}
+	describe := &cobra.Command{
+		Use: "describe ID", Short: "Show a replicator", Args: exactArgs(1, "a replicator id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.Replicator(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.show(r, table([]api.Replicator{r}))
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete ID", Short: "Delete a replicator; its source servers move to others", Args: exactArgs(1, "a replicator id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteReplicator(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "replicator %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(list, describe, del)
+	return cmd
+}
+
+func newAuditCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "The audit log: who changed what, when (admins)"}
+	var f api.AuditFilter
+	list := &cobra.Command{
+		Use: "list", Short: "List audit entries, newest first", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.Limit < 1 || f.Limit > api.MaxPageSize {
+				return usagef("--limit must be 1 to %d", api.MaxPageSize)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			page, err := c.Audit(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			return g.show(page, func(w *tabwriter.Writer) {
+				row(w, "TIME", "ACTOR", "ACTION", "TARGET")
+				for _, e := range page.Items {
+					row(w, e.Time.Local().Format("2006-01-02 15:04:05"), e.ActorKind+":"+e.ActorID, e.Action, e.TargetKind+":"+e.TargetID)
+				}
+			})
+		},
+	}
+	fl := list.Flags()
+	fl.StringVar(&f.TargetID, "target", "", "only entries about this id")
+	fl.StringVar(&f.Action, "action", "", "only this action, e.g. source-server.register")
+	fl.IntVar(&f.Limit, "limit", 50, "how many entries")
+	fl.StringVar(&f.PageToken, "page-token", "", "continue after a previous page (its nextPageToken)")
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "events", Short: "Follow the event stream: one line per change, until interrupted", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			var last int64
+			for {
+				err := c.Events(cmd.Context(), last, func(ev api.Event) error {
+					if ev.Seq > 0 {
+						last = ev.Seq
+					}
+					if g.output == "json" {
+						return g.show(ev, nil)
+					}
+					fmt.Fprintf(g.stdout, "%s  %-40s %s:%s\n", ev.Time.Local().Format("15:04:05.000"), ev.Type, ev.TargetKind, ev.TargetID)
+					return nil
+				})
+				if cmd.Context().Err() != nil {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				select { // the server ended the stream: reconnect
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+}

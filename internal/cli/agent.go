@@ -1,0 +1,263 @@
+package cli
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// agentUnit is the systemd unit `agent install` writes.
+const agentUnit = "lifeboat-agent.service"
+
+func newAgentCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "The replication agent of a source server"}
+	cmd.AddCommand(newAgentInstallCmd(g))
+	return cmd
+}
+
+type installFlags struct {
+	config, machineID, unitDir string
+	volumes                    []string
+	noService, replace         bool
+}
+
+func newAgentInstallCmd(g *globals) *cobra.Command {
+	var f installFlags
+	cmd := &cobra.Command{
+		Use:   "install --server URL --token T",
+		Short: "Register this machine as a source server and write the agent's configuration",
+		Long: `Register this machine with the control plane using an install token: generate the agent's
+key, send a certificate request, receive a certificate bound to a new source server id,
+and write the configuration (with the key, mode 0600) and a systemd unit. The install
+token carries a pin of the control plane's CA, which is checked before anything is sent.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgentInstall(cmd, g, &f) },
+	}
+	fl := cmd.Flags()
+	fl.StringArrayVar(&f.volumes, "volume", nil, "block device or image file to replicate (repeatable; default: discovered by the agent)")
+	fl.StringVar(&f.config, "config", api.DefaultAgentConfig, "where to write the agent's configuration")
+	fl.BoolVar(&f.noService, "no-service", false, "do not write and enable a systemd unit")
+	fl.BoolVar(&f.replace, "replace", false, "re-register a machine that is registered already (keeps its source server id)")
+	fl.StringVar(&f.machineID, "machine-id", "", "machine id instead of /etc/machine-id (tests that simulate many agents)")
+	fl.StringVar(&f.unitDir, "unit-dir", "/etc/systemd/system", "directory for the systemd unit")
+	_ = fl.MarkHidden("machine-id")
+	_ = fl.MarkHidden("unit-dir")
+	return cmd
+}
+
+func runAgentInstall(cmd *cobra.Command, g *globals, f *installFlags) error {
+	if g.server == "" || g.token == "" {
+		return usagef("agent install needs --server URL and --token T (an install token from lifeboat tokens create --kind install)")
+	}
+	tok, err := pki.ParseToken(g.token)
+	if err != nil || !tok.Install {
+		return usagef("--token must be an install token (lbi_…): create one with lifeboat tokens create --kind install")
+	}
+	if old, err := api.LoadAgentConfig(f.config); err == nil && !f.replace {
+		return fmt.Errorf("this machine is already registered as source server %s (%s): pass --replace to register it again", old.SourceServerID, f.config)
+	}
+	machineID := f.machineID
+	if machineID == "" {
+		b, err := os.ReadFile("/etc/machine-id")
+		if err != nil {
+			return fmt.Errorf("read /etc/machine-id (the machine's identity): %w; create it with systemd-machine-id-setup", err)
+		}
+		machineID = strings.TrimSpace(string(b))
+	}
+	hostname, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("read the host name: %w", err)
+	}
+	var volumes []api.Volume
+	for _, p := range f.volumes {
+		v, err := describeVolume(p)
+		if err != nil {
+			return err
+		}
+		volumes = append(volumes, v)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key, hostname)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	// The client trusts the control plane only through the token's pin.
+	c, err := api.NewClient(api.ClientConfig{Server: g.server, Token: g.token, Pin: tok.Pin, UserAgent: "lifeboat-agent-install"})
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	var mem int64
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		mem = int64(si.Totalram) * int64(si.Unit)
+	}
+	req := api.RegisterSourceServerRequest{CSR: string(csr), MachineID: machineID, Hostname: hostname, OS: runtime.GOOS,
+		Arch: runtime.GOARCH, AgentVersion: version, CPUs: runtime.NumCPU(), MemoryBytes: mem, Volumes: volumes, Replace: f.replace}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	resp, err := c.RegisterSourceServer(cmd.Context(), req)
+	if err != nil {
+		return err
+	}
+	cfg := &api.AgentConfig{Server: g.server, ServerPin: tok.Pin, AccountID: resp.SourceServer.AccountID,
+		SourceServerID: resp.SourceServer.ID, MachineID: machineID, Volumes: f.volumes, Certificate: resp.Certificate,
+		Key: string(keyPEM), CACertificates: resp.CACertificates}
+	if err := cfg.Save(f.config); err != nil {
+		return fmt.Errorf("registered as source server %s, but writing %s failed: %w (run install again with --replace)", resp.SourceServer.ID, f.config, err)
+	}
+	verb := "registered"
+	if resp.Replaced {
+		verb = "re-registered"
+	}
+	fmt.Fprintf(g.stderr, "%s this machine as source server %s; configuration written to %s\n", verb, resp.SourceServer.ID, f.config)
+	if !f.noService {
+		if err := installService(g, f); err != nil {
+			return err
+		}
+	}
+	if g.output == "json" {
+		return g.show(resp.SourceServer, nil)
+	}
+	fmt.Fprintln(g.stdout, resp.SourceServer.ID)
+	return nil
+}
+
+// installService writes the agent's systemd unit and, where systemd runs, enables it.
+func installService(g *globals, f *installFlags) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this program's path for the systemd unit: %w", err)
+	}
+	cfgPath, err := filepath.Abs(f.config)
+	if err != nil {
+		return err
+	}
+	unit := fmt.Sprintf(`[Unit]
+Description=Lifeboat replication agent
+Documentation=https://github.com/lifeboat-dr/lifeboat
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=%s agent run --config %s
+Restart=always
+RestartSec=5
+LimitMEMLOCK=infinity
+
+[Install]
+WantedBy=multi-user.target
+`, exe, cfgPath)
+	path := filepath.Join(f.unitDir, agentUnit)
+	if err := os.MkdirAll(f.unitDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", f.unitDir, err)
+	}
+	if err := pki.WriteFileAtomic(path, []byte(unit), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "systemd unit written to %s\n", path)
+	if _, err := os.Stat("/run/systemd/system"); err != nil || f.unitDir != "/etc/systemd/system" {
+		fmt.Fprintf(g.stderr, "systemd is not running here: start the agent with %s agent run --config %s\n", exe, cfgPath)
+		return nil
+	}
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", "--now", agentUnit}} {
+		if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("systemctl %s failed: %v: %s (the agent is registered; start it by hand)", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	fmt.Fprintf(g.stderr, "the agent service %s is enabled and started\n", agentUnit)
+	return nil
+}
+
+// describeVolume reports the size, device number and mount points of a block device or
+// image file named with --volume.
+func describeVolume(path string) (api.Volume, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return api.Volume{}, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err != nil {
+		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
+	}
+	v := api.Volume{Name: filepath.Base(real), Path: abs}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		v.SizeBytes = st.Size
+	case unix.S_IFBLK:
+		maj, min := unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))
+		v.MajorMinor = fmt.Sprintf("%d:%d", maj, min)
+		b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/size", maj, min))
+		if err != nil {
+			return api.Volume{}, fmt.Errorf("--volume %s: read its size: %w", path, err)
+		}
+		sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return api.Volume{}, fmt.Errorf("--volume %s: unreadable size %q", path, b)
+		}
+		v.SizeBytes = sectors * 512
+		v.MountPoints = mountPoints(v.MajorMinor)
+	default:
+		return api.Volume{}, fmt.Errorf("--volume %s is neither a block device nor a regular file", path)
+	}
+	return v, nil
+}
+
+// mountPoints lists where the device majmin is mounted, from /proc/self/mountinfo.
+func mountPoints(majmin string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && fields[2] == majmin {
+			out = append(out, unescapeMount(fields[4]))
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

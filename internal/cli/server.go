@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
+)
+
+// version is what the control plane reports; release builds set it with -ldflags.
+const version = "0.1.0-dev"
+
+// serverFlags are the flags `lifeboat server` and `lifeboat up` share.
+type serverFlags struct {
+	data, db, listen, tlsCert, tlsKey string
+	hosts                             []string
+}
+
+func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: CA, certificates, database (and staging for up)")
+	if withDB {
+		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL; default an SQLite file in the data directory")
+	}
+	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
+	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of one from Lifeboat's CA")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+}
+
+func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
+	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, Hosts: f.hosts,
+		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger}
+}
+
+func newServerCmd(g *globals) *cobra.Command {
+	var f serverFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: API, console, state database",
+		Long: `Run the control plane until SIGTERM or SIGINT, then shut down gracefully.
+State lives in the data directory (SQLite by default) or in PostgreSQL (--db postgres://…);
+the CA is created there at first start, and an admin API token is written to
+DATA/admin-token (mode 0600). Restarting on the same data directory resumes.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if (f.tlsCert == "") != (f.tlsKey == "") {
+				return usagef("give both --tls-cert and --tls-key, or neither")
+			}
+			return serveControlPlane(cmd.Context(), g, f.config(g, ""), func(_ context.Context, u *upEnv) error {
+				g.logger.Info("lifeboat server started", "url", u.CP.URL(), "data", u.DataDir, "database", u.CP.DB().Kind(),
+					"admin_token", adminTokenFile(u.DataDir))
+				return nil
+			})
+		},
+	}
+	f.register(cmd, true)
+	return cmd
+}

@@ -1,0 +1,207 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+func newSourceServersCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "source-servers", Aliases: []string{"source-server", "ss"},
+		Short: "List, describe and delete source servers (machines protected by an agent)"}
+
+	var f api.SourceServerFilter
+	var ready, notReady bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List source servers, ready for recovery first",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ready && notReady {
+				return usagef("--ready and --not-ready exclude each other")
+			}
+			if ready || notReady {
+				f.ReadyForRecovery = &ready
+			}
+			for i, s := range f.States {
+				f.States[i] = strings.ToUpper(s)
+				if !api.ValidState(f.States[i]) {
+					return usagef("--state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
+				}
+			}
+			if f.Limit < 1 || f.Limit > api.MaxPageSize {
+				return usagef("--page-size must be 1 to %d", api.MaxPageSize)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			all, err := c.AllSourceServers(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			return g.show(api.SourceServerList{Items: all}, func(w *tabwriter.Writer) {
+				row(w, "ID", "HOSTNAME", "READY", "STATE", "LAG", "BACKLOG", "LAST POINT", "REPLICATOR", "ERROR")
+				for _, s := range all {
+					r := s.Replication
+					row(w, s.ID, s.Hostname, yesNo(r.ReadyForRecovery), stateText(r), lagText(r.LagSeconds),
+						bytesText(r.BacklogBytes), pointText(r.LastConsistencyPoint), orDash(s.ReplicatorID), errText(r.Error))
+				}
+			})
+		},
+	}
+	fl := list.Flags()
+	fl.StringSliceVar(&f.States, "state", nil, "only these data replication states (repeatable or comma-separated)")
+	fl.StringVar(&f.Hostname, "hostname", "", "only hostnames containing this (case-insensitive)")
+	fl.StringVar(&f.ReplicatorID, "replicator", "", "only servers assigned to this replicator id")
+	fl.BoolVar(&ready, "ready", false, "only servers ready for recovery")
+	fl.BoolVar(&notReady, "not-ready", false, "only servers not ready for recovery")
+	fl.IntVar(&f.Limit, "page-size", 1000, "servers fetched per API call")
+
+	describe := &cobra.Command{
+		Use: "describe ID", Short: "Show a source server with its volumes and replication state", Args: exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.SourceServer(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.show(s, func(w *tabwriter.Writer) { describeServer(w, s) })
+		},
+	}
+
+	var force, yes bool
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a source server's record (its agent can no longer call in)",
+		Long: `Delete a source server's record. It is refused while the server has recovery instances or
+locked recovery snapshots, and while it has recovery snapshots unless --force (their
+staging data stays until the store's garbage collection). It asks first unless --yes.`,
+		Args: exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.SourceServer(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if !yes {
+				ok, err := g.confirm(fmt.Sprintf("Delete source server %s (%s)?", s.ID, s.Hostname))
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("not deleted: answer y to delete, or pass --yes")
+				}
+			}
+			if err := c.DeleteSourceServer(cmd.Context(), s.ID, force); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "source server %s (%s) deleted\n", s.ID, s.Hostname)
+			return nil
+		},
+	}
+	del.Flags().BoolVar(&force, "force", false, "delete even though recovery snapshots are recorded")
+	del.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+
+	cmd.AddCommand(list, describe, del)
+	return cmd
+}
+
+func describeServer(w *tabwriter.Writer, s api.SourceServer) {
+	r := s.Replication
+	row(w, "ID:", s.ID)
+	row(w, "Hostname:", s.Hostname)
+	row(w, "Machine id:", s.MachineID)
+	row(w, "Account:", s.AccountID)
+	row(w, "Target site:", s.SiteID)
+	row(w, "Replicator:", orDash(s.ReplicatorID))
+	row(w, "Agent:", strings.TrimSpace(fmt.Sprintf("%s %s/%s", s.AgentVersion, s.OS, s.Arch)))
+	if s.LastSeenAt != nil {
+		row(w, "Agent last seen:", s.LastSeenAt.Local().Format(time.RFC3339))
+	}
+	row(w, "Ready for recovery:", yesNo(r.ReadyForRecovery))
+	row(w, "State:", stateText(r))
+	if r.Error != nil {
+		row(w, "Error:", errText(r.Error))
+	}
+	row(w, "Lag:", lagText(r.LagSeconds))
+	row(w, "Backlog:", bytesText(r.BacklogBytes))
+	if r.ETASeconds != nil {
+		row(w, "ETA:", (time.Duration(*r.ETASeconds) * time.Second).String())
+	}
+	row(w, "Last consistency point:", pointText(r.LastConsistencyPoint))
+	if r.LastFreezeMs != nil {
+		row(w, "Last freeze:", fmt.Sprintf("%.1f ms", *r.LastFreezeMs))
+	}
+	row(w, "Tracker:", orDash(r.Tracker))
+	row(w, "Throughput:", bytesText(r.ThroughputBytesPerSecond)+"/s")
+	for _, st := range r.InitiationSteps {
+		row(w, "Initiation step:", st.Name+" "+st.Status)
+	}
+	row(w, "Certificate expires:", s.CertificateExpiresAt.Local().Format(time.RFC3339))
+	row(w, "Registered:", s.CreatedAt.Local().Format(time.RFC3339))
+	for _, v := range s.Volumes {
+		row(w, "Volume:", fmt.Sprintf("%s %s %s %s %s", v.Name, v.Path, bytesText(v.SizeBytes), orDash(v.MajorMinor), strings.Join(v.MountPoints, ",")))
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func stateText(r api.ReplicationState) string {
+	s := r.DataReplicationState
+	if r.InitialSyncPercent != nil && s == api.StateInitialSync {
+		s += fmt.Sprintf(" %.0f%%", *r.InitialSyncPercent)
+	}
+	return s
+}
+
+func lagText(l *float64) string {
+	if l == nil {
+		return "-"
+	}
+	return (time.Duration(*l * float64(time.Second))).Round(100 * time.Millisecond).String()
+}
+
+func bytesText(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%d B", n)
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
+func pointText(p *api.ConsistencyPointInfo) string {
+	if p == nil {
+		return "none yet"
+	}
+	return p.Time.Local().Format("2006-01-02 15:04:05") + " " + p.Level
+}
+
+func errText(e *api.ReplicationError) string {
+	if e == nil {
+		return "-"
+	}
+	return e.Code + ": " + e.Message
+}

@@ -1,0 +1,201 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// upEnv is what `lifeboat up` hands to each component it runs beside the control plane.
+type upEnv struct {
+	CP         *controlplane.ControlPlane
+	DataDir    string
+	StagingDir string // the local staging store's directory
+	StoreURL   string // the account template's staging store URL
+	AdminToken string
+	Admin      *api.Client // API client with the admin token
+	Logger     *slog.Logger
+}
+
+// upComponent runs one more part of `lifeboat up` until ctx ends. An error stops `up`.
+type upComponent func(ctx context.Context, u *upEnv) error
+
+// upComponents lists what `lifeboat up` runs beside the control plane once it serves.
+// The replicator joins here.
+func upComponents() []upComponent {
+	return []upComponent{}
+}
+
+func newUpCmd(g *globals) *cobra.Command {
+	var f serverFlags
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run everything on this machine: control plane, local staging directory, embedded database",
+		Long: `Run Lifeboat on one machine, listening on 127.0.0.1: the control plane with an embedded
+SQLite database and a staging directory in the data directory. It prints the console URL,
+where the admin token is, the staging store URL and the command that installs an agent.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runUp(cmd.Context(), g, &f) },
+	}
+	f.register(cmd, false)
+	return cmd
+}
+
+func runUp(ctx context.Context, g *globals, f *serverFlags) error {
+	data, err := filepath.Abs(f.data)
+	if err != nil {
+		return err
+	}
+	f.data = data
+	staging := filepath.Join(data, "staging")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return fmt.Errorf("create the staging directory: %w", err)
+	}
+	storeURL := (&url.URL{Scheme: "file", Path: staging}).String()
+	return serveControlPlane(ctx, g, f.config(g, storeURL), func(ctx context.Context, u *upEnv) error {
+		u.StagingDir = staging
+		install, err := u.CP.CreateToken(ctx, u.CP.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall,
+			Description: "printed by lifeboat up"})
+		if err != nil {
+			return err
+		}
+		printUpSummary(g, u.CP, u, install)
+		return runComponents(ctx, u, upComponents())
+	})
+}
+
+// runComponents runs the components until ctx ends or one fails.
+func runComponents(ctx context.Context, u *upEnv, comps []upComponent) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for _, run := range comps {
+		wg.Go(func() {
+			if err := run(ctx, u); err != nil && ctx.Err() == nil {
+				once.Do(func() { first = err })
+				cancel()
+			}
+		})
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return first
+}
+
+// serveControlPlane opens and serves a control plane until ctx ends. Once it serves, it
+// makes sure the admin token file works (creating it at first start) and calls started,
+// which may run until ctx ends; an error from it stops everything.
+func serveControlPlane(ctx context.Context, g *globals, cfg controlplane.Config, started func(context.Context, *upEnv) error) error {
+	cp, err := controlplane.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer cp.Close()
+	if err := cp.Listen(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	serveErr := make(chan error, 1)
+	go func() {
+		serveErr <- cp.Serve(ctx)
+		cancel() // the control plane stopped: stop everything
+	}()
+	u, err := prepareEnv(ctx, cp, g.logger)
+	if err == nil {
+		err = started(ctx, u)
+		if err == nil {
+			<-ctx.Done()
+		}
+	}
+	cancel()
+	if sErr := <-serveErr; err == nil {
+		err = sErr
+	}
+	return err
+}
+
+// prepareEnv makes sure the admin token in the data directory works (creating it on
+// first start, or when the database was replaced) and builds the component environment.
+func prepareEnv(ctx context.Context, cp *controlplane.ControlPlane, log *slog.Logger) (*upEnv, error) {
+	path := adminTokenFile(cp.DataDir())
+	newClient := func(token string) (*api.Client, error) {
+		return api.NewClient(api.ClientConfig{Server: cp.URL(), Token: token, Pin: cp.Pin(), UserAgent: "lifeboat"})
+	}
+	token := ""
+	if b, err := os.ReadFile(path); err == nil {
+		token = strings.TrimSpace(string(b))
+	}
+	var admin *api.Client
+	if token != "" {
+		c, err := newClient(token)
+		if err != nil {
+			return nil, err
+		}
+		_, err = c.Whoami(ctx)
+		var ae *api.Error
+		switch {
+		case err == nil:
+			admin = c
+		case errors.As(err, &ae) && ae.Status == 401:
+			log.Warn("the admin token in the data directory is not valid here any more; writing a new one", "path", path)
+		default:
+			return nil, err
+		}
+	}
+	if admin == nil {
+		resp, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin,
+			Description: "admin token written at first start"})
+		if err != nil {
+			return nil, err
+		}
+		token = resp.Secret
+		if err := pki.WriteFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		log.Info("admin API token written", "path", path)
+		if admin, err = newClient(token); err != nil {
+			return nil, err
+		}
+	}
+	tmpl, err := admin.ReplicationTemplate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &upEnv{CP: cp, DataDir: cp.DataDir(), StoreURL: tmpl.StagingStoreURL, AdminToken: token, Admin: admin, Logger: log}, nil
+}
+
+func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install api.CreateTokenResponse) {
+	w := g.stdout
+	fmt.Fprintf(w, "Lifeboat is up.\n\n")
+	fmt.Fprintf(w, "  console:        %s/\n", cp.URL())
+	fmt.Fprintf(w, "  admin token:    %s\n", adminTokenFile(u.DataDir))
+	fmt.Fprintf(w, "  CA certificate: %s\n", caFile(u.DataDir))
+	fmt.Fprintf(w, "  staging store:  %s\n", u.StoreURL)
+	fmt.Fprintf(w, "  data directory: %s\n\n", u.DataDir)
+	fmt.Fprintf(w, "Protect a Linux server: run this on it (as root) within the hour:\n\n")
+	fmt.Fprintf(w, "  lifeboat agent install --server %s --token %s\n\n", cp.URL(), install.Secret)
+	fmt.Fprintf(w, "Use the CLI from another shell:\n\n")
+	if u.DataDir == defaultDataDir() {
+		fmt.Fprintf(w, "  lifeboat source-servers list\n\n")
+	} else {
+		fmt.Fprintf(w, "  export LIFEBOAT_SERVER=%s LIFEBOAT_CA_CERT=%s\n", cp.URL(), caFile(u.DataDir))
+		fmt.Fprintf(w, "  export LIFEBOAT_TOKEN=$(cat %s)\n", adminTokenFile(u.DataDir))
+		fmt.Fprintf(w, "  lifeboat source-servers list\n\n")
+	}
+	fmt.Fprintf(w, "Stop with Ctrl-C; run lifeboat up again to resume.\n")
+}
