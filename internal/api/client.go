@@ -283,6 +283,9 @@ func (f SourceServerFilter) query() url.Values {
 	if f.ReadyForRecovery != nil {
 		q.Set("ready", strconv.FormatBool(*f.ReadyForRecovery))
 	}
+	if f.Full {
+		q.Set("view", "full")
+	}
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}

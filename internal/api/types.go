@@ -186,8 +186,8 @@ type SourceServer struct {
 	Arch                 string           `json:"arch,omitempty"`
 	CPUs                 int              `json:"cpus,omitempty"`
 	MemoryBytes          int64            `json:"memoryBytes,omitempty"`
-	Volumes              []Volume         `json:"volumes"`
-	Replication          ReplicationState `json:"replication"`
+	Volumes              []Volume         `json:"volumes,omitempty"`    // absent in list summaries
+	Replication          ReplicationState `json:"replication"`          // without initiationSteps in list summaries
 	LastSeenAt           *time.Time       `json:"lastSeenAt,omitempty"` // last call from its agent
 	CertificateExpiresAt time.Time        `json:"certificateExpiresAt"`
 	CreatedAt            time.Time        `json:"createdAt"`
@@ -195,6 +195,8 @@ type SourceServer struct {
 }
 
 // SourceServerList is a page of source servers, ready-for-recovery first, then by id.
+// Items are summaries (no volumes, no initiation steps) unless the list asked for
+// view=full; describe a server for everything.
 type SourceServerList struct {
 	Items         []SourceServer `json:"items"`
 	NextPageToken string         `json:"nextPageToken,omitempty"`
@@ -212,6 +214,7 @@ type SourceServerFilter struct {
 	Hostname         string   // substring, case-insensitive
 	ReplicatorID     string   // assigned replicator
 	ReadyForRecovery *bool    // only ready (true) or not ready (false)
+	Full             bool     // view=full: whole items instead of summaries
 	Limit            int      // page size, 1..MaxPageSize
 	PageToken        string   // from the previous page's NextPageToken
 }

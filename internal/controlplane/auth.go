@@ -60,7 +60,7 @@ func (cp *ControlPlane) authenticateToken(c *call, raw string) (principal, error
 		return principal{}, unauthenticated(api.CodeUnauthenticated, "%s", err)
 	}
 	var row db.Token
-	err = c.view(func(tx *db.Tx) error {
+	err = c.read(func(tx *db.Tx) error {
 		row, err = tx.Token(tok.ID)
 		return err
 	})
@@ -106,7 +106,7 @@ func (cp *ControlPlane) authenticateCertificate(c *call) (principal, error) {
 	}
 	serial := pki.SerialHex(leaf)
 	var account, current, previous string
-	err = c.view(func(tx *db.Tx) error {
+	err = c.read(func(tx *db.Tx) error {
 		switch id.Kind {
 		case pki.KindSourceServer:
 			s, err := tx.SourceServer(id.ID)

@@ -105,7 +105,8 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cfg.ReplicatorTimeout = 45 * time.Second
 	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		// The database keeps milliseconds; so does everything the API says.
+		cfg.Now = func() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -57,6 +58,17 @@ func withBody[Req, Resp any](fn func(*call, *Req) (Resp, error)) endpoint {
 			return fn(c, &req)
 		},
 	}
+}
+
+// preEncoded is a JSON answer already encoded (large lists), written as is.
+type preEncoded []byte
+
+// documentedAs is an endpoint without a request body whose handler may answer with
+// preEncoded JSON; Doc is the answer's type for the OpenAPI document.
+func documentedAs[Doc any](fn func(*call) (any, error)) endpoint {
+	e := noBodyEndpoint(fn)
+	e.resp = reflect.TypeFor[Doc]()
+	return e
 }
 
 // noBodyEndpoint is an endpoint without a request body.
@@ -159,6 +171,12 @@ func expectNoBody(body io.Reader) error {
 // writeJSON writes v with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	if b, ok := v.(preEncoded); ok {
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(status)
+		_, _ = w.Write(b)
+		return
+	}
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	_ = enc.Encode(v)
@@ -203,6 +221,9 @@ func (c *call) update(fn func(tx *db.Tx) error) error {
 
 // view runs fn in a read-only transaction.
 func (c *call) view(fn func(tx *db.Tx) error) error { return c.cp.db.View(c.ctx, fn) }
+
+// read runs fn, which makes a single query, without a transaction.
+func (c *call) read(fn func(tx *db.Tx) error) error { return c.cp.db.Read(c.ctx, fn) }
 
 // record adds an audit entry for a change (inside its transaction) and queues its event.
 func (c *call) record(tx *db.Tx, account, action, targetKind, targetID string, detail map[string]any, data any) error {

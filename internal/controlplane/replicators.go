@@ -160,7 +160,7 @@ func (c *call) assignedServers() (api.AssignedSourceServerList, error) {
 		if err != nil {
 			return err
 		}
-		rows, _, err := tx.ListSourceServers(r.AccountID, api.SourceServerFilter{ReplicatorID: r.ID, Limit: 1 << 30})
+		rows, _, err := tx.ListSourceServers(r.AccountID, api.SourceServerFilter{ReplicatorID: r.ID, Full: true, Limit: 1 << 30})
 		for _, s := range rows {
 			out.Items = append(out.Items, api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides)})
 		}

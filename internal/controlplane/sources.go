@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/x509"
 	"errors"
+	"strconv"
 
 	"strings"
 
@@ -124,18 +125,25 @@ func (c *call) loadServer(tx *db.Tx, id string) (db.SourceServer, error) {
 	return s, err
 }
 
-func (c *call) listSourceServers() (api.SourceServerList, error) {
+func (c *call) listSourceServers() (any, error) {
 	q := c.r.URL.Query()
 	limit, err := limitParam(q.Get("limit"))
 	if err != nil {
-		return api.SourceServerList{}, err
+		return nil, err
 	}
 	f := api.SourceServerFilter{Hostname: q.Get("hostname"), ReplicatorID: q.Get("replicator"), Limit: limit, PageToken: q.Get("page_token")}
+	switch v := q.Get("view"); v {
+	case "", "summary":
+	case "full":
+		f.Full = true
+	default:
+		return nil, api.Invalid("view must be summary or full, not %q", v)
+	}
 	for _, v := range q["state"] {
 		for _, s := range strings.Split(v, ",") {
 			s = strings.ToUpper(strings.TrimSpace(s))
 			if !api.ValidState(s) {
-				return api.SourceServerList{}, api.Invalid("state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
+				return nil, api.Invalid("state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
 			}
 			f.States = append(f.States, s)
 		}
@@ -146,7 +154,19 @@ func (c *call) listSourceServers() (api.SourceServerList, error) {
 		b := r == "true"
 		f.ReadyForRecovery = &b
 	default:
-		return api.SourceServerList{}, api.Invalid("ready must be true or false, not %q", r)
+		return nil, api.Invalid("ready must be true or false, not %q", r)
+	}
+	if !f.Full {
+		// The summaries are stored as JSON: the page is written without decoding them.
+		var items []string
+		var next string
+		if err := c.read(func(tx *db.Tx) (err error) {
+			items, next, err = tx.ListSourceServerSummaries(c.p.AccountID, f)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		return summaryPage(items, next), nil
 	}
 	out := api.SourceServerList{Items: []api.SourceServer{}}
 	err = c.view(func(tx *db.Tx) error {
@@ -162,6 +182,28 @@ func (c *call) listSourceServers() (api.SourceServerList, error) {
 		return nil
 	})
 	return out, err
+}
+
+// summaryPage writes an api.SourceServerList from stored JSON summaries.
+func summaryPage(items []string, next string) preEncoded {
+	n := 32 + len(next)
+	for _, it := range items {
+		n += len(it) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"items":[`...)
+	for i, it := range items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, it...)
+	}
+	b = append(b, ']')
+	if next != "" {
+		b = append(b, `,"nextPageToken":`...)
+		b = strconv.AppendQuote(b, next)
+	}
+	return append(b, "}\n"...)
 }
 
 func (c *call) getSourceServer() (api.SourceServer, error) {

@@ -106,12 +106,25 @@ func (d *DB) Close() error { return d.sql.Close() }
 // Ping checks that the database answers.
 func (d *DB) Ping(ctx context.Context) error { return d.sql.PingContext(ctx) }
 
-// Tx is one transaction. It lives only inside the function given to View or Update and
-// carries that call's context.
+// Tx is one transaction (or, from Read, a series of independent statements). It lives
+// only inside the function given to View, Update or Read and carries that call's context.
 type Tx struct {
 	ctx  context.Context
-	tx   *sql.Tx
+	q    querier
 	kind Kind
+}
+
+// querier is what *sql.Tx and *sql.DB both offer.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Read runs fn without a transaction: for a single read, where a transaction would
+// only add round trips. Use View to read several things consistently.
+func (d *DB) Read(ctx context.Context, fn func(*Tx) error) error {
+	return fn(&Tx{ctx: ctx, q: d.sql, kind: d.kind})
 }
 
 // View runs fn in a read-only transaction: a consistent snapshot.
@@ -134,7 +147,7 @@ func (d *DB) run(ctx context.Context, readOnly bool, fn func(*Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin a database transaction: %w", err)
 	}
-	t := &Tx{ctx: ctx, tx: sqlTx, kind: d.kind}
+	t := &Tx{ctx: ctx, q: sqlTx, kind: d.kind}
 	if err := fn(t); err != nil {
 		_ = sqlTx.Rollback()
 		return err
@@ -167,7 +180,7 @@ func (t *Tx) rebind(q string) string {
 }
 
 func (t *Tx) exec(q string, args ...any) (sql.Result, error) {
-	r, err := t.tx.ExecContext(t.ctx, t.rebind(q), args...)
+	r, err := t.q.ExecContext(t.ctx, t.rebind(q), args...)
 	return r, classify(err)
 }
 
@@ -188,12 +201,12 @@ func (t *Tx) execOne(q string, args ...any) error {
 }
 
 func (t *Tx) query(q string, args ...any) (*sql.Rows, error) {
-	rows, err := t.tx.QueryContext(t.ctx, t.rebind(q), args...)
+	rows, err := t.q.QueryContext(t.ctx, t.rebind(q), args...)
 	return rows, classify(err)
 }
 
 func (t *Tx) queryRow(q string, args ...any) *sql.Row {
-	return t.tx.QueryRowContext(t.ctx, t.rebind(q), args...)
+	return t.q.QueryRowContext(t.ctx, t.rebind(q), args...)
 }
 
 // forUpdate returns the row-locking suffix of a SELECT: PostgreSQL needs it to serialize

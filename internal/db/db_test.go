@@ -2,6 +2,7 @@ package db_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -274,6 +275,92 @@ func TestEnginesAgree(t *testing.T) {
 			odd, _, err := tx.ListAudit(acct, api.AuditFilter{TargetID: "1"})
 			return fmt.Sprint(page1[0].Detail["n"], page1[1].Detail["n"], page2[0].Detail["n"], len(odd)), err
 		}, "4 3 2 2"},
+		{"list summaries follow every change of a row", func(tx *db.Tx) (any, error) {
+			id := "s-00000000000000003"
+			later := t0.Add(time.Hour)
+			st := api.NewReplicationState(t0).Apply(api.ReplicationStateUpdate{DataReplicationState: ptr(api.StateContinuous),
+				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: api.LevelCrash}}, later)
+			// After each change, the stored summary must equal the row's own rendering.
+			stale := func(step string) (string, error) {
+				sums, _, err := tx.ListSourceServerSummaries(acct, api.SourceServerFilter{Limit: 100})
+				if err != nil {
+					return "", err
+				}
+				full, _, err := tx.ListSourceServers(acct, api.SourceServerFilter{Limit: 100})
+				if err != nil {
+					return "", err
+				}
+				for i, js := range sums {
+					var got api.SourceServer
+					if err := json.Unmarshal([]byte(js), &got); err != nil {
+						return "", err
+					}
+					want := full[i].SourceServer
+					want.Volumes, want.Replication.InitiationSteps = nil, nil
+					if !reflect.DeepEqual(got, want) {
+						return step + " left a stale summary of " + got.ID, nil
+					}
+				}
+				return "", nil
+			}
+			steps := []struct {
+				name string
+				run  func() error
+			}{
+				{"SetReplicationState", func() error { return tx.SetReplicationState(id, st, later) }},
+				{"SetVolumes", func() error { return tx.SetVolumes(id, []api.Volume{{Name: "vdz", Path: "/dev/vdz"}}, later.Add(1)) }},
+				{"TouchSourceServer", func() error { return tx.TouchSourceServer(id, later.Add(2*time.Millisecond)) }},
+				{"SetSourceCertificate", func() error { return tx.SetSourceCertificate(id, "beef", later.AddDate(1, 0, 0), later) }},
+				{"SetAssignment", func() error { return tx.SetAssignment(id, "rep-00000000000000001", later) }},
+				{"SetSourceSettings", func() error {
+					return tx.SetSourceSettings(id, api.ReplicationSettingsOverrides{TargetSite: ptr("dr")}, "dr", "", later)
+				}},
+				{"SetEffectiveSite", func() error { return tx.SetEffectiveSite("s-00000000000000000", "dr", "", later) }},
+				{"DeleteReplicator", func() error { return tx.DeleteReplicator("rep-00000000000000002") }},
+			}
+			for _, step := range steps {
+				if err := step.run(); err != nil {
+					return nil, err
+				}
+				if msg, err := stale(step.name); err != nil || msg != "" {
+					return msg, err
+				}
+			}
+			full, _, err := tx.ListSourceServers(acct, api.SourceServerFilter{})
+			if err != nil {
+				return nil, err
+			}
+			var mismatches []string
+			var order []string
+			tok := ""
+			for range 10 {
+				sums, next, err := tx.ListSourceServerSummaries(acct, api.SourceServerFilter{Limit: 4, PageToken: tok})
+				if err != nil {
+					return nil, err
+				}
+				for _, js := range sums {
+					var got api.SourceServer
+					if err := json.Unmarshal([]byte(js), &got); err != nil {
+						return nil, err
+					}
+					order = append(order, got.ID)
+					for _, f := range full {
+						if f.ID != got.ID {
+							continue
+						}
+						want := f.SourceServer
+						want.Volumes, want.Replication.InitiationSteps = nil, nil
+						if !reflect.DeepEqual(got, want) {
+							mismatches = append(mismatches, got.ID)
+						}
+					}
+				}
+				if tok = next; tok == "" {
+					break
+				}
+			}
+			return fmt.Sprintf("%v %v %s", mismatches, reflect.DeepEqual(order, ids(full)), order[0]), nil
+		}, "[] true s-00000000000000001"},
 		{"replication state round trip", func(tx *db.Tx) (any, error) {
 			st := api.NewReplicationState(t0).Apply(api.ReplicationStateUpdate{
 				DataReplicationState: ptr(api.StateContinuous), LagSeconds: ptr(0.5), BacklogBytes: ptr(int64(42)),

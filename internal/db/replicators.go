@@ -102,7 +102,32 @@ func (t *Tx) SetReplicatorCertificate(id, serial string, notAfter, now time.Time
 
 // DeleteReplicator deletes a replicator; its source servers become unassigned.
 func (t *Tx) DeleteReplicator(id string) error {
-	return t.execOne(`DELETE FROM replicators WHERE id = ?`, id)
+	rows, err := t.query(`SELECT id FROM source_servers WHERE replicator_id = ?`, id)
+	if err != nil {
+		return err
+	}
+	var servers []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			rows.Close()
+			return err
+		}
+		servers = append(servers, s)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if err := t.execOne(`DELETE FROM replicators WHERE id = ?`, id); err != nil {
+		return err
+	}
+	for _, s := range servers { // replicator_id became NULL (ON DELETE SET NULL)
+		if err := t.refreshSummary(s); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Unassigned is a source server that needs a (new) replicator.

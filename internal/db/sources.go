@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +25,12 @@ const sourceCols = `id, account_id, machine_id, hostname, os, arch, agent_versio
 	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at`
 
 func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
+	return scanSourceView(row, true)
+}
+
+// scanSourceView reads a row; a summary (full false) leaves out the volumes and the
+// settings overrides, and the replication state's initiation steps.
+func scanSourceView(row interface{ Scan(...any) error }, full bool) (SourceServer, error) {
 	var s SourceServer
 	var volumes, overrides, replication string
 	var replicator sql.NullString
@@ -42,14 +47,18 @@ func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
 	s.LastSeenAt = optTime(lastSeen)
 	s.CreatedAt = fromMS(created)
 	s.UpdatedAt = fromMS(updated)
+	if err := json.Unmarshal([]byte(replication), &s.Replication); err != nil {
+		return s, fmt.Errorf("source server %s: unreadable replication state: %w", s.ID, err)
+	}
+	if !full {
+		s.Replication.InitiationSteps = nil
+		return s, nil
+	}
 	if err := json.Unmarshal([]byte(volumes), &s.Volumes); err != nil {
 		return s, fmt.Errorf("source server %s: unreadable volumes: %w", s.ID, err)
 	}
 	if err := json.Unmarshal([]byte(overrides), &s.Overrides); err != nil {
 		return s, fmt.Errorf("source server %s: unreadable settings overrides: %w", s.ID, err)
-	}
-	if err := json.Unmarshal([]byte(replication), &s.Replication); err != nil {
-		return s, fmt.Errorf("source server %s: unreadable replication state: %w", s.ID, err)
 	}
 	if s.Volumes == nil {
 		s.Volumes = []api.Volume{}
@@ -84,13 +93,38 @@ func (t *Tx) CreateSourceServer(s SourceServer) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery, list_key)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.MachineID, s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes,
 		volumes, overrides, s.SiteID, s.DedicatedReplicator, nullString(s.ReplicatorID), replication,
 		s.CertSerial, s.PrevCertSerial, ms(s.CertificateExpiresAt), nullMS(s.LastSeenAt), ms(s.CreatedAt), ms(s.UpdatedAt),
-		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery))
-	return err
+		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery), listKey(s.Replication.ReadyForRecovery, s.ID))
+	if err != nil {
+		return err
+	}
+	return t.refreshSummary(s.ID)
+}
+
+// updateSource runs an UPDATE of one source server row and renders its summary again.
+// Every change of a source_servers row goes through it (or refreshSummary).
+func (t *Tx) updateSource(id, q string, args ...any) error {
+	if err := t.execOne(q, args...); err != nil {
+		return err
+	}
+	return t.refreshSummary(id)
+}
+
+// refreshSummary renders the summary column of a row from the row itself.
+func (t *Tx) refreshSummary(id string) error {
+	s, err := scanSourceView(t.queryRow(`SELECT `+sourceCols+` FROM source_servers WHERE id = ?`, id), false)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(s.SourceServer)
+	if err != nil {
+		return err
+	}
+	return t.execOne(`UPDATE source_servers SET summary = ? WHERE id = ?`, string(b), id)
 }
 
 func nonNilVolumes(v []api.Volume) []api.Volume {
@@ -118,7 +152,7 @@ func (t *Tx) ReregisterSourceServer(s SourceServer) error {
 	if err != nil {
 		return err
 	}
-	return t.execOne(`UPDATE source_servers SET hostname = ?, os = ?, arch = ?, agent_version = ?, cpus = ?,
+	return t.updateSource(s.ID, `UPDATE source_servers SET hostname = ?, os = ?, arch = ?, agent_version = ?, cpus = ?,
 		memory_bytes = ?, volumes = ?, cert_serial = ?, prev_cert_serial = '', cert_not_after = ?, updated_at = ?
 		WHERE id = ?`,
 		s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes, volumes, s.CertSerial,
@@ -128,7 +162,7 @@ func (t *Tx) ReregisterSourceServer(s SourceServer) error {
 // SetSourceCertificate records a renewed certificate; the current one stays accepted
 // as the previous one until it expires.
 func (t *Tx) SetSourceCertificate(id, serial string, notAfter, now time.Time) error {
-	return t.execOne(`UPDATE source_servers SET prev_cert_serial = cert_serial, cert_serial = ?, cert_not_after = ?,
+	return t.updateSource(id, `UPDATE source_servers SET prev_cert_serial = cert_serial, cert_serial = ?, cert_not_after = ?,
 		updated_at = ? WHERE id = ?`, serial, ms(notAfter), ms(now), id)
 }
 
@@ -138,8 +172,9 @@ func (t *Tx) SetReplicationState(id string, st api.ReplicationState, now time.Ti
 	if err != nil {
 		return err
 	}
-	return t.execOne(`UPDATE source_servers SET replication = ?, data_replication_state = ?, ready_for_recovery = ?,
-		updated_at = ? WHERE id = ?`, b, st.DataReplicationState, boolInt(st.ReadyForRecovery), ms(now), id)
+	return t.updateSource(id, `UPDATE source_servers SET replication = ?, data_replication_state = ?, ready_for_recovery = ?,
+		list_key = ?, updated_at = ? WHERE id = ?`, b, st.DataReplicationState, boolInt(st.ReadyForRecovery),
+		listKey(st.ReadyForRecovery, id), ms(now), id)
 }
 
 // SetVolumes stores a source server's volumes.
@@ -148,12 +183,12 @@ func (t *Tx) SetVolumes(id string, vs []api.Volume, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	return t.execOne(`UPDATE source_servers SET volumes = ?, updated_at = ? WHERE id = ?`, b, ms(now), id)
+	return t.updateSource(id, `UPDATE source_servers SET volumes = ?, updated_at = ? WHERE id = ?`, b, ms(now), id)
 }
 
 // TouchSourceServer records that its agent called at now.
 func (t *Tx) TouchSourceServer(id string, now time.Time) error {
-	return t.execOne(`UPDATE source_servers SET last_seen_at = ? WHERE id = ?`, ms(now), id)
+	return t.updateSource(id, `UPDATE source_servers SET last_seen_at = ? WHERE id = ?`, ms(now), id)
 }
 
 // SetSourceSettings stores a source server's overrides and the effective target site and
@@ -163,13 +198,13 @@ func (t *Tx) SetSourceSettings(id string, o api.ReplicationSettingsOverrides, si
 	if err != nil {
 		return err
 	}
-	return t.execOne(`UPDATE source_servers SET settings_overrides = ?, site_id = ?, dedicated_replicator = ?,
+	return t.updateSource(id, `UPDATE source_servers SET settings_overrides = ?, site_id = ?, dedicated_replicator = ?,
 		updated_at = ? WHERE id = ?`, b, siteID, dedicated, ms(now), id)
 }
 
 // SetAssignment assigns a source server to a replicator ("" for none).
 func (t *Tx) SetAssignment(id, replicatorID string, now time.Time) error {
-	return t.execOne(`UPDATE source_servers SET replicator_id = ?, updated_at = ? WHERE id = ?`,
+	return t.updateSource(id, `UPDATE source_servers SET replicator_id = ?, updated_at = ? WHERE id = ?`,
 		nullString(replicatorID), ms(now), id)
 }
 
@@ -204,13 +239,12 @@ func (t *Tx) SourceServerOverrides(accountID string) (map[string]api.Replication
 // SetEffectiveSite updates the effective site and dedicated replicator of a server
 // whose overrides did not change (the template did).
 func (t *Tx) SetEffectiveSite(id, siteID, dedicated string, now time.Time) error {
-	return t.execOne(`UPDATE source_servers SET site_id = ?, dedicated_replicator = ?, updated_at = ?
+	return t.updateSource(id, `UPDATE source_servers SET site_id = ?, dedicated_replicator = ?, updated_at = ?
 		WHERE id = ? AND (site_id <> ? OR dedicated_replicator <> ?)`, siteID, dedicated, ms(now), id, siteID, dedicated)
 }
 
-// ListSourceServers returns a page of an account's source servers matching f, ready for
-// recovery first, then by id, and the token of the next page ("" at the end).
-func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]SourceServer, string, error) {
+// sourceListQuery builds the WHERE clause, arguments and page size of a list.
+func sourceListQuery(accountID string, f api.SourceServerFilter) (string, []any, int, error) {
 	var where strings.Builder
 	args := []any{accountID}
 	where.WriteString(`account_id = ?`)
@@ -233,20 +267,31 @@ func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]So
 		args = append(args, boolInt(*f.ReadyForRecovery))
 	}
 	if f.PageToken != "" {
-		ready, id, err := decodeSourceCursor(f.PageToken)
+		key, err := decodeSourceCursor(f.PageToken)
 		if err != nil {
-			return nil, "", err
+			return "", nil, 0, err
 		}
-		where.WriteString(` AND (ready_for_recovery < ? OR (ready_for_recovery = ? AND id > ?))`)
-		args = append(args, ready, ready, id)
+		where.WriteString(` AND list_key > ?`)
+		args = append(args, key)
 	}
 	limit := f.Limit
 	if limit <= 0 {
 		limit = api.DefaultPageSize
 	}
 	args = append(args, limit+1)
-	rows, err := t.query(`SELECT `+sourceCols+` FROM source_servers WHERE `+where.String()+
-		` ORDER BY ready_for_recovery DESC, id LIMIT ?`, args...)
+	return where.String(), args, limit, nil
+}
+
+// ListSourceServers returns a page of an account's source servers matching f (whole
+// rows), ready for recovery first, then by id, and the token of the next page ("" at
+// the end).
+func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]SourceServer, string, error) {
+	where, args, limit, err := sourceListQuery(accountID, f)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := t.query(`SELECT `+sourceCols+` FROM source_servers WHERE `+where+
+		` ORDER BY list_key LIMIT ?`, args...)
 	if err != nil {
 		return nil, "", err
 	}
@@ -266,28 +311,62 @@ func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]So
 	if len(out) > limit {
 		out = out[:limit]
 		last := out[limit-1]
-		next = encodeSourceCursor(last.Replication.ReadyForRecovery, last.ID)
+		next = encodeSourceCursor(listKey(last.Replication.ReadyForRecovery, last.ID))
 	}
 	return out, next, nil
+}
+
+// ListSourceServerSummaries is ListSourceServers for list views: it returns each row's
+// stored JSON summary (an api.SourceServer without volumes and initiation steps), ready
+// to be sent as is.
+func (t *Tx) ListSourceServerSummaries(accountID string, f api.SourceServerFilter) ([]string, string, error) {
+	where, args, limit, err := sourceListQuery(accountID, f)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := t.query(`SELECT list_key, summary FROM source_servers WHERE `+where+
+		` ORDER BY list_key LIMIT ?`, args...)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	out := make([]string, 0, min(limit, 1024))
+	var key, lastKey string
+	for rows.Next() {
+		var summary string
+		if err := rows.Scan(&key, &summary); err != nil {
+			return nil, "", err
+		}
+		if len(out) == limit { // a row beyond the page: there is a next page
+			return out, encodeSourceCursor(lastKey), classify(rows.Err())
+		}
+		out = append(out, summary)
+		lastKey = key
+	}
+	return out, "", classify(rows.Err())
 }
 
 // ErrBadPageToken is returned for a page token this server did not produce.
 var ErrBadPageToken = fmt.Errorf("the page token is not valid: start again without page_token")
 
-func encodeSourceCursor(ready bool, id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(boolInt(ready), 10) + "|" + id))
+// listKey orders source servers in lists: ready for recovery first, then by id.
+func listKey(ready bool, id string) string {
+	if ready {
+		return "0" + id
+	}
+	return "1" + id
 }
 
-func decodeSourceCursor(tok string) (int64, string, error) {
+func encodeSourceCursor(key string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+func decodeSourceCursor(tok string) (string, error) {
 	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return 0, "", ErrBadPageToken
+	if err != nil || len(b) < 2 || (b[0] != '0' && b[0] != '1') || !api.ValidID(api.PrefixSourceServer, string(b[1:])) {
+		return "", ErrBadPageToken
 	}
-	r, id, ok := strings.Cut(string(b), "|")
-	if !ok || (r != "0" && r != "1") || !api.ValidID(api.PrefixSourceServer, id) {
-		return 0, "", ErrBadPageToken
-	}
-	return int64(r[0] - '0'), id, nil
+	return string(b), nil
 }
 
 func escapeLike(s string) string {

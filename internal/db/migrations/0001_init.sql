@@ -62,7 +62,10 @@ CREATE TABLE replicators (
 -- site_id and dedicated_replicator are the effective values (template + overrides),
 -- kept here so assignment can be computed in SQL. replication is the JSON
 -- ReplicationState; data_replication_state and ready_for_recovery mirror it for
--- filtering and ordering.
+-- filtering. list_key orders lists, ready for recovery first: '0' or '1' then the id,
+-- so a page is an index range scan from the previous page's last key. summary is the row's JSON list item (api.SourceServer without
+-- volumes and initiation steps), rendered on every change so that listing thousands of
+-- servers costs no decoding.
 CREATE TABLE source_servers (
   id TEXT PRIMARY KEY,
   account_id TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
@@ -80,17 +83,19 @@ CREATE TABLE source_servers (
   replicator_id TEXT REFERENCES replicators (id) ON DELETE SET NULL,
   data_replication_state TEXT NOT NULL,
   ready_for_recovery INTEGER NOT NULL DEFAULT 0,
+  list_key TEXT NOT NULL,
   replication TEXT NOT NULL,
   cert_serial TEXT NOT NULL,
   prev_cert_serial TEXT NOT NULL DEFAULT '',
   cert_not_after BIGINT NOT NULL,
   last_seen_at BIGINT,
+  summary TEXT NOT NULL DEFAULT '',
   created_at BIGINT NOT NULL,
   updated_at BIGINT NOT NULL,
   UNIQUE (account_id, machine_id),
   FOREIGN KEY (account_id, site_id) REFERENCES sites (account_id, id)
 );
-CREATE INDEX source_servers_list ON source_servers (account_id, ready_for_recovery DESC, id);
+CREATE INDEX source_servers_list ON source_servers (account_id, list_key);
 CREATE INDEX source_servers_replicator ON source_servers (replicator_id);
 
 -- Recovery snapshots (PITs) sealed by replicators.
