@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // TestMain lets a test run this package's command line as a separate process (the test
@@ -265,5 +269,84 @@ func TestAgentInstallRefusesAServerThatDoesNotMatchThePin(t *testing.T) {
 	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token", "lbt_nope", "--no-service")
 	if code != 2 || !strings.Contains(errs, "install token") {
 		t.Fatalf("API token to agent install: %d %q", code, errs)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestUpPrintsWhatTheUserNeeds runs `lifeboat up`, follows what it prints (the printed
+// agent install command must work as printed), and stops it.
+func TestUpPrintsWhatTheUserNeeds(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- Main(ctx, []string{"up", "--data", dir, "--listen", addr}, strings.NewReader(""), &out, &errb) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out.String(), "Stop with Ctrl-C") {
+		if time.Now().After(deadline) {
+			t.Fatalf("up printed no summary within 30s:\n%s\n%s", out.String(), errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	text := out.String()
+	for _, want := range []string{"https://" + addr + "/", filepath.Join(dir, "admin-token"), "file://" + filepath.Join(dir, "staging"),
+		"lifeboat agent install --server https://" + addr + " --token lbi_"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("up's summary lacks %q:\n%s", want, text)
+		}
+	}
+	for path, mode := range map[string]os.FileMode{filepath.Join(dir, "admin-token"): 0o600, filepath.Join(dir, "staging"): 0o700 | os.ModeDir} {
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode() != mode {
+			t.Errorf("%s: %v, mode %v, want %v", path, err, fi.Mode(), mode)
+		}
+	}
+	var install []string
+	for _, line := range strings.Split(text, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "lifeboat" && len(f) > 2 && f[1] == "agent" {
+			install = f[1:]
+		}
+	}
+	install = append(install, "--config", filepath.Join(t.TempDir(), "agent.yaml"), "--no-service", "--machine-id", "up-test")
+	if _, errs, code := runCLI(install...); code != 0 {
+		t.Fatalf("the printed install command failed: %s", errs)
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "admin-token"))
+	ca, _ := os.ReadFile(filepath.Join(dir, "pki", "ca.crt"))
+	c, err := api.NewClient(api.ClientConfig{Server: "https://" + addr, Token: strings.TrimSpace(string(tok)), CAPEM: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.ListSourceServers(ctx, api.SourceServerFilter{})
+	if err != nil || len(list.Items) != 1 || list.Items[0].MachineID != "up-test" {
+		t.Fatalf("after install: %+v, %v", list, err)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("up exited %d: %s", code, errb.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("up did not stop within 15s of cancellation")
 	}
 }

@@ -5,13 +5,18 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -632,5 +637,82 @@ func TestRestartOnSameDataDirKeepsEverything(t *testing.T) {
 				t.Fatalf("after restart the agent's certificate or server is gone: %v", err)
 			}
 		})
+	}
+}
+
+func TestConsolePage(t *testing.T) {
+	e := start(t, "sqlite")
+	resp, err := e.httpClient("").Get(e.cp.URL() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body := new(strings.Builder)
+	_, _ = io.Copy(body, resp.Body)
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(body.String(), "/api/v1/source-servers") || resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("console: %d %s\n%.300s", resp.StatusCode, resp.Header.Get("Content-Type"), body.String())
+	}
+}
+
+// TestOperatorCertificate serves a certificate from another CA (the operator's): install
+// tokens pin that CA, agents register through the pin and then authenticate with
+// certificates from Lifeboat's own CA.
+func TestOperatorCertificate(t *testing.T) {
+	opDir := t.TempDir()
+	opCA, err := pki.LoadOrCreateCA(opDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, key, err := opCA.IssueServer([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(opDir, "tls.crt"), filepath.Join(opDir, "tls.key")
+	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cp, err := controlplane.Open(ctx, controlplane.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", TLSCertFile: certFile, TLSKeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- cp.Serve(sctx) }()
+	defer func() { cancel(); <-done; cp.Close() }()
+	if cp.Pin() != pki.Pin(opCA.Certificate()) {
+		t.Fatal("install tokens do not pin the operator's CA")
+	}
+	tok, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	installer, err := api.NewClient(api.ClientConfig{Server: cp.URL(), Token: tok.Secret}) // trust from the token's pin
+	if err != nil {
+		t.Fatal(err)
+	}
+	csrPEM, keyPEM := csr(t)
+	reg, err := installer.RegisterSourceServer(ctx, api.RegisterSourceServerRequest{CSR: string(csrPEM), MachineID: "m", Hostname: "h"})
+	if err != nil {
+		t.Fatalf("register through the operator's certificate: %v", err)
+	}
+	cfg := api.AgentConfig{Server: cp.URL(), ServerPin: cp.Pin(), SourceServerID: reg.SourceServer.ID, Certificate: reg.Certificate,
+		Key: string(keyPEM), CACertificates: reg.CACertificates}
+	agent, err := cfg.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.SourceServer(ctx, reg.SourceServer.ID); err != nil {
+		t.Fatalf("the agent's certificate was refused: %v", err)
+	}
+	if reg.CACertificates != string(cp.CACertPEM()) || reg.CACertificates == string(opCA.CertPEM()) {
+		t.Fatal("registration returned the wrong CA for replicators")
 	}
 }
