@@ -299,7 +299,9 @@ func TestUpPrintsWhatTheUserNeeds(t *testing.T) {
 	defer cancel()
 	var out, errb syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- Main(ctx, []string{"up", "--data", dir, "--listen", addr}, strings.NewReader(""), &out, &errb) }()
+	go func() {
+		done <- Main(ctx, []string{"up", "--data", dir, "--listen", addr}, strings.NewReader(""), &out, &errb)
+	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(out.String(), "Stop with Ctrl-C") {
 		if time.Now().After(deadline) {
