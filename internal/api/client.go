@@ -193,6 +193,13 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	return out, c.do(ctx, "GET", "/api/v1/health", nil, nil, &out)
 }
 
+// CA returns the CA certificate (PEM) that signs agents' and replicators' certificates.
+// Fetched over a connection the client trusts, it is as trustworthy as that connection.
+func (c *Client) CA(ctx context.Context) (string, error) {
+	var out CAResponse
+	return out.CACertificates, c.do(ctx, "GET", "/api/v1/ca", nil, nil, &out)
+}
+
 // Whoami says who the client is to the control plane.
 func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
 	var out Whoami

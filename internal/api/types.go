@@ -70,6 +70,12 @@ type Health struct {
 	Database string `json:"database"` // sqlite or postgres
 }
 
+// CAResponse carries the CA certificate that signs agents' and replicators' certificates
+// (GET /api/v1/ca, no credentials needed).
+type CAResponse struct {
+	CACertificates string `json:"caCertificates"`
+}
+
 // Account is a tenant: its own servers, tokens, keys and quotas. The first account,
 // created at first start, is the system account: its admins manage all accounts.
 type Account struct {

@@ -11,11 +11,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
-// CAResponse carries the CA certificate.
-type CAResponse struct {
-	CACertificates string `json:"caCertificates"`
-}
-
 func (cp *ControlPlane) health(c *call) (api.Health, error) {
 	if err := cp.db.Ping(c.ctx); err != nil {
 		return api.Health{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "the database does not answer: %v", err)
@@ -23,8 +18,8 @@ func (cp *ControlPlane) health(c *call) (api.Health, error) {
 	return api.Health{Status: "ok", Version: cp.cfg.Version, Database: string(cp.db.Kind())}, nil
 }
 
-func (cp *ControlPlane) caCert(*call) (CAResponse, error) {
-	return CAResponse{CACertificates: string(cp.ca.CertPEM())}, nil
+func (cp *ControlPlane) caCert(*call) (api.CAResponse, error) {
+	return api.CAResponse{CACertificates: string(cp.ca.CertPEM())}, nil
 }
 
 func whoami(c *call) (api.Whoami, error) {
