@@ -27,15 +27,20 @@ type Backend interface {
 	// Get returns the whole object. A missing object is an error matching ErrNotFound.
 	Get(ctx context.Context, name string) ([]byte, error)
 
-	// ReadAt reads length bytes at offset off. Reading past the end is an error
-	// matching ErrNotFound for a missing object and ErrOutOfRange past its end.
+	// ReadAt reads length bytes at offset off. A missing object is an error matching
+	// ErrNotFound; a range that does not lie wholly inside the object (negative, or
+	// ending past its end) is an error matching ErrOutOfRange. Reading zero bytes at
+	// the end of the object is allowed and returns an empty slice.
 	ReadAt(ctx context.Context, name string, off, length int64) ([]byte, error)
 
 	// Stat returns an object's size and modification time.
 	Stat(ctx context.Context, name string) (ObjectInfo, error)
 
-	// List calls fn for each object whose name starts with prefix, in lexical order of
-	// names. An error from fn stops the listing and is returned.
+	// List calls fn for each object whose name starts with prefix (a plain string
+	// prefix: "dat" matches "data/x" and "database"), in lexical (byte) order of names.
+	// Objects being written are not listed until whole. An error from fn stops the
+	// listing and is returned. A prefix that no valid name can start with (see
+	// ValidPrefix) is refused.
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 
 	// Delete removes an object. Deleting a missing object is not an error. Deleting an
@@ -81,6 +86,11 @@ type Capabilities struct {
 
 // Errors a backend returns, matched with errors.Is. Backends wrap them with the object
 // name and the underlying cause, so a message names what failed.
+//
+// Every error a Backend method returns is a *Error naming the object (or the prefix,
+// for List), except an error returned by List's fn, which is returned as it is. An
+// invalid name, or a cancelled context, gives a *Error whose Kind is nil and whose
+// cause is the ValidName error or the context's error.
 var (
 	ErrNotFound             = errors.New("object not found")
 	ErrOutOfRange           = errors.New("read past the end of the object")
@@ -128,12 +138,15 @@ func (e *Error) Unwrap() []error {
 	return out
 }
 
-// ValidName reports whether name is usable as an object name.
+// ValidName reports whether name is usable as an object name: at most 512 bytes of
+// a-z, 0-9, '-', '_', '.' and '/', in non-empty '/'-separated elements of at most 255
+// bytes that do not start with '.'.
 func ValidName(name string) error {
 	if name == "" || len(name) > 512 || name[0] == '/' || name[len(name)-1] == '/' {
 		return fmt.Errorf("object name %q is not valid", name)
 	}
 	prevSlash := false
+	elemStart := 0
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		switch {
@@ -143,14 +156,43 @@ func ValidName(name string) error {
 			if i == 0 || prevSlash {
 				return fmt.Errorf("object name %q has a path element starting with '.'", name)
 			}
+			prevSlash = false
 		case c == '/':
 			if prevSlash {
 				return fmt.Errorf("object name %q has an empty path element", name)
 			}
+			if i-elemStart > maxElement {
+				return fmt.Errorf("object name %q has a path element longer than %d bytes", name, maxElement)
+			}
+			elemStart = i + 1
 			prevSlash = true
 		default:
 			return fmt.Errorf("object name %q has a character other than a-z, 0-9, '-', '_', '.' and '/'", name)
 		}
+	}
+	if len(name)-elemStart > maxElement {
+		return fmt.Errorf("object name %q has a path element longer than %d bytes", name, maxElement)
+	}
+	return nil
+}
+
+// maxElement is the longest path element of a name: a file name on Linux file systems
+// (NAME_MAX), which the file backend and S3 servers on POSIX storage map names to.
+const maxElement = 255
+
+// ValidPrefix reports whether prefix is usable as a List prefix: empty, or the start
+// of a valid name ("data/", "data/3f", "dat"). It keeps a listing inside the backend's
+// namespace: "../" and "/etc" are refused.
+func ValidPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	trimmed := prefix
+	if trimmed[len(trimmed)-1] == '/' {
+		trimmed = trimmed[:len(trimmed)-1]
+	}
+	if err := ValidName(trimmed); err != nil {
+		return fmt.Errorf("list prefix %q cannot start a valid object name: %w", prefix, err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package file is the staging store backend on a local directory (file://DIR): one file
 // per object, written to a temporary file, fsynced, renamed into place and its directory
-// fsynced, so an object is whole or absent after a crash.
+// fsynced (and the directories created for it, up to the root), so an object is whole or
+// absent after a crash.
 //
 // A directory has no object retention of its own: locks are enforced by the store, and
 // Capabilities reports it.
@@ -22,6 +23,10 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
+// tmpPrefix starts the names of temporary files of unfinished Puts. No object name
+// has an element starting with '.', so they never collide with an object.
+const tmpPrefix = ".tmp-"
+
 // Backend keeps objects as files under a root directory.
 type Backend struct {
 	root string
@@ -34,7 +39,7 @@ func Open(dir string) (*Backend, error) {
 		return nil, fmt.Errorf("staging directory %q: %w", dir, err)
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return nil, fmt.Errorf("create staging directory %s: %w", abs, classify(err))
+		return nil, fmt.Errorf("create staging directory %s (check the path and its permissions): %w", abs, classify(err))
 	}
 	return &Backend{root: abs}, nil
 }
@@ -51,15 +56,28 @@ func (b *Backend) Capabilities() backend.Capabilities { return backend.Capabilit
 // Close implements backend.Backend.
 func (b *Backend) Close() error { return nil }
 
-func (b *Backend) path(name string) (string, error) {
+// begin checks the context and the name of an operation and returns the object's path.
+func (b *Backend) begin(ctx context.Context, op, name string) (string, error) {
 	if err := backend.ValidName(name); err != nil {
-		return "", err
+		return "", &backend.Error{Op: op, Name: name, Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return "", &backend.Error{Op: op, Name: name, Err: err}
 	}
 	return filepath.Join(b.root, filepath.FromSlash(name)), nil
 }
 
 func fail(op, name string, err error) error {
 	return &backend.Error{Op: op, Name: name, Kind: kindOf(err), Err: err}
+}
+
+// readFail is fail for reads: a path through a file (ENOTDIR) or naming a directory
+// (EISDIR) is no object.
+func readFail(op, name string, err error) error {
+	if errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.EISDIR) {
+		return &backend.Error{Op: op, Name: name, Kind: backend.ErrNotFound, Err: err}
+	}
+	return fail(op, name, err)
 }
 
 // kindOf maps an OS error to the backend's error kinds.
@@ -86,20 +104,17 @@ func classify(err error) error {
 
 // Put implements backend.Backend: temporary file, fsync, rename, fsync the directory.
 func (b *Backend) Put(ctx context.Context, name string, data []byte, _ backend.PutOptions) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	p, err := b.path(name)
+	p, err := b.begin(ctx, "put", name)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(p)
 	var f *os.File
 	for try := 0; ; try++ {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		if err := b.mkdirAll(dir); err != nil {
 			return fail("put", name, err)
 		}
-		f, err = os.CreateTemp(dir, ".tmp-")
+		f, err = os.CreateTemp(dir, tmpPrefix)
 		// A concurrent Delete may prune the directory between the two calls.
 		if err == nil || !errors.Is(err, fs.ErrNotExist) || try == 3 {
 			break
@@ -125,6 +140,10 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte, _ backend.P
 	if err := f.Close(); err != nil {
 		return fail("put", name, err)
 	}
+	// Last moment to honour a cancellation: after the rename the object is replaced.
+	if err := ctx.Err(); err != nil {
+		return &backend.Error{Op: "put", Name: name, Err: err}
+	}
 	if err := os.Rename(tmp, p); err != nil {
 		return fail("put", name, err)
 	}
@@ -133,6 +152,25 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte, _ backend.P
 		return fail("put", name, err)
 	}
 	return nil
+}
+
+// mkdirAll creates dir and its missing parents below the root, fsyncing the parent of
+// each, so the path to a new object survives a crash as the object does.
+func (b *Backend) mkdirAll(dir string) error {
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != b.root && len(parent) > len(b.root) {
+		if err := b.mkdirAll(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	// Also when a concurrent Put made it: it may not have synced the parent yet.
+	return syncDir(parent)
 }
 
 func syncDir(dir string) error {
@@ -146,70 +184,77 @@ func syncDir(dir string) error {
 
 // Get implements backend.Backend.
 func (b *Backend) Get(ctx context.Context, name string) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p, err := b.path(name)
+	p, err := b.begin(ctx, "get", name)
 	if err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fail("get", name, err)
+		return nil, readFail("get", name, err)
 	}
 	return data, nil
 }
 
 // ReadAt implements backend.Backend.
 func (b *Backend) ReadAt(ctx context.Context, name string, off, length int64) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p, err := b.path(name)
+	p, err := b.begin(ctx, "read", name)
 	if err != nil {
 		return nil, err
-	}
-	if off < 0 || length < 0 {
-		return nil, &backend.Error{Op: "read", Name: name, Kind: backend.ErrOutOfRange, Err: fmt.Errorf("offset %d, length %d", off, length)}
 	}
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, fail("read", name, err)
+		return nil, readFail("read", name, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, readFail("read", name, err)
+	}
+	if fi.IsDir() {
+		return nil, readFail("read", name, syscall.EISDIR)
+	}
+	size := fi.Size()
+	if off < 0 || length < 0 || off > size || length > size-off {
+		return nil, &backend.Error{Op: "read", Name: name, Kind: backend.ErrOutOfRange,
+			Err: fmt.Errorf("%d bytes at offset %d of a %d-byte object", length, off, size)}
+	}
 	buf := make([]byte, length)
 	n, err := f.ReadAt(buf, off)
 	if err == io.EOF || (err == nil && int64(n) < length) {
+		// The file is never written in place, so only an outside hand truncates it.
 		return nil, &backend.Error{Op: "read", Name: name, Kind: backend.ErrOutOfRange,
 			Err: fmt.Errorf("%d bytes at offset %d, only %d there", length, off, n)}
 	}
 	if err != nil {
-		return nil, fail("read", name, err)
+		return nil, readFail("read", name, err)
 	}
 	return buf, nil
 }
 
 // Stat implements backend.Backend.
 func (b *Backend) Stat(ctx context.Context, name string) (backend.ObjectInfo, error) {
-	if err := ctx.Err(); err != nil {
-		return backend.ObjectInfo{}, err
-	}
-	p, err := b.path(name)
+	p, err := b.begin(ctx, "stat", name)
 	if err != nil {
 		return backend.ObjectInfo{}, err
 	}
 	fi, err := os.Stat(p)
 	if err != nil {
-		return backend.ObjectInfo{}, fail("stat", name, err)
+		return backend.ObjectInfo{}, readFail("stat", name, err)
 	}
 	if fi.IsDir() {
-		return backend.ObjectInfo{}, fail("stat", name, fs.ErrNotExist)
+		return backend.ObjectInfo{}, readFail("stat", name, syscall.EISDIR)
 	}
 	return backend.ObjectInfo{Name: name, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
 // List implements backend.Backend. Temporary files of unfinished Puts are skipped.
 func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	if err := backend.ValidPrefix(prefix); err != nil {
+		return &backend.Error{Op: "list", Name: prefix, Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return &backend.Error{Op: "list", Name: prefix, Err: err}
+	}
 	// Walk from the deepest directory the prefix names, then filter by the full prefix.
 	start := b.root
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
@@ -218,15 +263,18 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Objec
 	var infos []backend.ObjectInfo
 	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
+			if errors.Is(err, fs.ErrNotExist) || (p == start && errors.Is(err, syscall.ENOTDIR)) {
+				return nil // removed while listing, or the prefix runs through an object
 			}
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), ".tmp-") {
+		if strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		if d.IsDir() {
 			return nil
 		}
 		rel, err := filepath.Rel(b.root, p)
@@ -252,6 +300,9 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Objec
 	}
 	sort.Slice(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name })
 	for _, info := range infos {
+		if err := ctx.Err(); err != nil {
+			return &backend.Error{Op: "list", Name: prefix, Err: err}
+		}
 		if err := fn(info); err != nil {
 			return err
 		}
@@ -261,12 +312,18 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Objec
 
 // Delete implements backend.Backend. Empty directories left behind are removed.
 func (b *Backend) Delete(ctx context.Context, name string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	p, err := b.path(name)
+	p, err := b.begin(ctx, "delete", name)
 	if err != nil {
 		return err
+	}
+	fi, err := os.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return nil
+	case err != nil:
+		return fail("delete", name, err)
+	case fi.IsDir():
+		return nil // a directory of other objects' names, not an object
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail("delete", name, err)
@@ -281,6 +338,9 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 }
 
 // Retain implements backend.Backend: a directory cannot lock files against its owner.
-func (b *Backend) Retain(_ context.Context, name string, _ time.Time) error {
+func (b *Backend) Retain(ctx context.Context, name string, _ time.Time) error {
+	if _, err := b.begin(ctx, "retain", name); err != nil {
+		return err
+	}
 	return &backend.Error{Op: "retain", Name: name, Kind: backend.ErrRetentionUnsupported}
 }
