@@ -1,0 +1,211 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestGCWhileWriting runs garbage collections, in this process and from a second
+// "process" (another Repo on the same backend), while writers write, seal PITs and
+// drop old ones; writers keep rewriting earlier contents, so they deduplicate against
+// chunks a GC has condemned. Afterwards every surviving PIT must read back exactly,
+// and verify with data must find nothing wrong.
+func TestGCWhileWriting(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.PackSize = 256 << 10
+	r, be, mk := newTestRepo(t, opts)
+	other := reopen(t, be, mk, opts) // a second process's view of the repository
+
+	const nblocks = 96
+	const writers = 3
+	type sealed struct {
+		pit PIT
+		m   model
+	}
+	var mu sync.Mutex
+	var kept []sealed
+	var wg sync.WaitGroup
+	errs := make(chan error, writers+2)
+	stop := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			server := fmt.Sprintf("s-g%d", w)
+			h, err := r.OpenHead(ctx, server, "vda", nblocks*testBS, HeadOptions{})
+			if err != nil {
+				errs <- err
+				return
+			}
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			m := model{}
+			var mine []sealed
+			for round := 0; round < 40; round++ {
+				var bl []Block
+				for i := 0; i < 12; i++ {
+					b := uint64(rng.IntN(nblocks))
+					v := uint32(rng.IntN(4)) // versions recur: old contents come back
+					bl = append(bl, Block{Index: b, Data: content(b, v)})
+					m[b] = v
+				}
+				if err := h.WriteBlocks(ctx, bl); err != nil {
+					errs <- fmt.Errorf("writer %d round %d: %w", w, round, err)
+					return
+				}
+				if err := h.Flush(ctx); err != nil {
+					errs <- fmt.Errorf("writer %d flush %d: %w", w, round, err)
+					return
+				}
+				if round%4 == 3 {
+					p, err := r.SealPIT(ctx, SealRequest{ID: fmt.Sprintf("pit-%d", round), Server: server,
+						Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+					if err != nil {
+						errs <- fmt.Errorf("writer %d seal %d: %w", w, round, err)
+						return
+					}
+					mine = append(mine, sealed{p, m.clone()})
+					// Keep the last two PITs: the rest becomes garbage.
+					for len(mine) > 2 {
+						if err := r.DeletePIT(ctx, server, mine[0].pit.ID); err != nil {
+							errs <- err
+							return
+						}
+						mine = mine[1:]
+					}
+				}
+				time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
+			}
+			mu.Lock()
+			kept = append(kept, mine...)
+			mu.Unlock()
+		}()
+	}
+	var dead, runs atomic.Int64
+	for _, repo := range []*Repo{r, other} {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				st, err := repo.GC(ctx, GCOptions{})
+				if err != nil && !isLockBusy(err) {
+					errs <- fmt.Errorf("gc: %w", err)
+					return
+				}
+				dead.Add(int64(st.DeadChunks))
+				runs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	// One last collection with everything quiet, then check every PIT.
+	if _, err := r.GC(ctx, GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d collections removed %d dead chunks", runs.Load(), dead.Load())
+	if dead.Load() == 0 {
+		t.Fatal("the collections removed nothing: the test did not exercise GC")
+	}
+	fresh := reopen(t, be, mk, opts)
+	for _, s := range kept {
+		p, err := fresh.LoadPIT(ctx, s.pit.Server, s.pit.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPIT(t, fresh, p, "vda", nblocks*testBS, s.m)
+	}
+	rep, err := fresh.Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify after GC: %v %v", err, rep.Errors)
+	}
+	if rep.PITs != len(kept) {
+		t.Fatalf("verify saw %d PITs, want %d", rep.PITs, len(kept))
+	}
+}
+
+func isLockBusy(err error) bool {
+	return err != nil && contains(err.Error(), "another garbage collection")
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+func TestGCFreesSpaceAndRepacks(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.PackSize = 512 << 10
+	r, be, _ := newTestRepo(t, opts)
+	h, _ := r.OpenHead(ctx, "s-f", "vda", 64*testBS, HeadOptions{})
+	all := map[uint64]uint32{}
+	for b := uint64(0); b < 64; b++ {
+		all[b] = 1
+	}
+	write(t, h, model{}, all)
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-f", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+		t.Fatal(err)
+	}
+	m := model{}
+	for b := uint64(0); b < 64; b++ {
+		m[b] = 1
+	}
+	// Overwrite half the blocks, seal, drop the first PIT: half the data is garbage.
+	half := map[uint64]uint32{}
+	for b := uint64(0); b < 64; b += 2 {
+		half[b] = 3
+	}
+	write(t, h, m, half)
+	p2, err := r.SealPIT(ctx, SealRequest{ID: "pit-2", Server: "s-f", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeletePIT(ctx, "s-f", "pit-1"); err != nil {
+		t.Fatal(err)
+	}
+	before := dirSize(t, be)
+	dry, err := r.GC(ctx, GCOptions{DryRun: true})
+	if err != nil || dry.DeadChunks < 32 {
+		t.Fatalf("dry run: %+v %v", dry, err)
+	}
+	if dirSize(t, be) != before {
+		t.Fatal("a dry run changed the repository")
+	}
+	st, err := r.GC(ctx, GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := dirSize(t, be)
+	if st.DeadChunks < 32 || st.RepackedPacks+st.DeletedPacks == 0 || after > before-30*testBS {
+		t.Fatalf("gc %+v freed %d bytes of %d", st, before-after, before)
+	}
+	checkPIT(t, r, p2, "vda", 64*testBS, m)
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil || !rep.OK() || len(rep.Warnings) != 0 {
+		t.Fatalf("verify: %v %v %v", err, rep.Errors, rep.Warnings)
+	}
+}

@@ -1,0 +1,598 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
+)
+
+// Head is the current (unsealed) state of one volume of one source server: the
+// replicator writes blocks into it and seals PITs from it. A head's durable state is
+// its checkpoint (a tree, named by the object heads/SERVER/VOLUME/head) plus the
+// journals written since; Flush adds a journal, a checkpoint folds them into a tree.
+//
+// One writer per head: a Head is not for concurrent use, and two processes must not
+// open the same head at once (the replicator assigned to a server owns its heads).
+// Different heads may be written concurrently.
+type Head struct {
+	r      *Repo
+	server string
+	volume string
+	prefix string
+
+	size    int64
+	nblocks uint64
+	leaves  []ID // leaf ids of the checkpoint, with dirty leaves applied at checkpoint
+	dirty   map[uint64]*dirtyLeaf
+
+	seq     uint64         // last journal written
+	pending []journalEntry // written since the last flush
+	since   uint64         // first pack generation this flush window depends on
+	upto    uint64         // last pack generation this flush window depends on
+	dups    map[ID][]byte  // deduplicated blocks of this window, kept in case a GC condemns them
+	dupSize int
+	added   int64 // bytes stored since the last seal
+	broken  error
+	codec   Codec
+}
+
+type dirtyLeaf struct {
+	ids []ID
+	set []uint64 // bitset: which entries were written
+}
+
+// HeadOptions modify OpenHead.
+type HeadOptions struct {
+	Codec Codec // compression for this head's chunks (default: the repository's)
+}
+
+// maxDupBytes bounds the deduplicated block data a head keeps between flushes.
+const maxDupBytes = 64 << 20
+
+// ValidPathName reports whether s can name a server or a PIT in object names.
+func validPathName(s string) bool {
+	if s == "" || len(s) > 128 || s[0] == '-' || s[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// volumeKey encodes a volume name for object names: kept when it is plain, else hex.
+func volumeKey(volume string) string {
+	if validPathName(volume) && !strings.HasPrefix(volume, "x-") {
+		return volume
+	}
+	return "x-" + fmt.Sprintf("%x", volume)
+}
+
+func headPrefix(server, volume string) string {
+	return "heads/" + server + "/" + volumeKey(volume) + "/"
+}
+
+// headState is the checkpoint object of a head.
+type headState struct {
+	Server    string    `json:"server"`
+	Volume    string    `json:"volume"`
+	Size      int64     `json:"size"`
+	Root      ID        `json:"root"`
+	RootLevel uint8     `json:"rootLevel"`
+	Seq       uint64    `json:"seq"` // journals up to this one are in the tree
+	Updated   time.Time `json:"updated"`
+}
+
+// OpenHead opens the head of a volume, creating it when the volume is new, and
+// recovers it to its last durable state (checkpoint plus journals). size is the
+// volume's current size; a change is applied like a write.
+func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, opts HeadOptions) (*Head, error) {
+	if !validPathName(server) {
+		return nil, fmt.Errorf("server id %q cannot name a head: use lowercase letters, digits, '-' and '_'", server)
+	}
+	if volume == "" || len(volume) > 255 {
+		return nil, fmt.Errorf("volume name %q must be 1 to 255 bytes", volume)
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("volume %s has a negative size %d", volume, size)
+	}
+	h := &Head{r: r, server: server, volume: volume, prefix: headPrefix(server, volume),
+		dirty: map[uint64]*dirtyLeaf{}, dups: map[ID][]byte{}, codec: opts.Codec}
+	if h.codec == 0 {
+		h.codec = r.opts.Codec
+	}
+	if err := h.recover(ctx); err != nil {
+		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)
+	}
+	if err := h.SetSize(size); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// resizeMark in a journal entry's block field records a size change; the new size is
+// in the first eight bytes of the id field (big-endian).
+const resizeMark = ^uint64(0)
+
+func resizeEntry(size int64) journalEntry {
+	e := journalEntry{Block: resizeMark}
+	binary.BigEndian.PutUint64(e.ID[:8], uint64(size))
+	return e
+}
+
+func (h *Head) recover(ctx context.Context) error {
+	r := h.r
+	var st headState
+	plain, err := r.getSealed(ctx, h.prefix+"head")
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(plain, &st); err != nil || st.Size < 0 {
+			return corrupt(h.prefix+"head", fmt.Errorf("head state does not decode: %v", err))
+		}
+	case errors.Is(err, backend.ErrNotFound):
+	default:
+		return err
+	}
+	h.size = st.Size
+	h.nblocks = h.blocksFor(st.Size)
+	nleaves, rootLevel := r.treeShape(h.nblocks)
+	if st.Root.IsZero() {
+		h.leaves = make([]ID, nleaves)
+	} else {
+		if st.RootLevel != rootLevel {
+			return corrupt(h.prefix+"head", fmt.Errorf("root level %d does not fit a volume of %d bytes", st.RootLevel, st.Size))
+		}
+		if h.leaves, err = r.loadLeaves(ctx, st.Root, st.RootLevel, nleaves); err != nil {
+			return err
+		}
+	}
+	h.seq = st.Seq
+	// Replay journals written after the checkpoint, in order.
+	var names []string
+	if err := r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
+		names = append(names, oi.Name)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, name := range names {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(name, h.prefix+"j-"), 16, 64)
+		if err != nil {
+			return corrupt(name, errors.New("journal name has no sequence number"))
+		}
+		if seq <= st.Seq {
+			continue // folded into the checkpoint; a crash left it behind
+		}
+		plain, err := r.getSealed(ctx, name)
+		if err != nil {
+			return err
+		}
+		j, err := decodeJournal(plain)
+		if err != nil {
+			return corrupt(name, err)
+		}
+		if j.Seq != seq {
+			return corrupt(name, fmt.Errorf("journal holds sequence %d", j.Seq))
+		}
+		for _, e := range j.Entries {
+			if e.Block == resizeMark {
+				size := int64(binary.BigEndian.Uint64(e.ID[:8]))
+				if size < 0 {
+					return corrupt(name, fmt.Errorf("size change to %d", size))
+				}
+				h.resize(size)
+				continue
+			}
+			if e.Block >= h.nblocks {
+				return corrupt(name, fmt.Errorf("block %d is past the volume's end", e.Block))
+			}
+			if !e.ID.IsZero() {
+				if _, _, ok := r.lookup(e.ID); !ok {
+					return corrupt(name, fmt.Errorf("references chunk %s, which the repository does not hold", e.ID))
+				}
+			}
+			h.set(e.Block, e.ID)
+		}
+		if int64(j.Size) != h.size {
+			return corrupt(name, fmt.Errorf("journal ends at size %d, its entries at %d", j.Size, h.size))
+		}
+		h.seq = seq
+	}
+	return nil
+}
+
+func (h *Head) blocksFor(size int64) uint64 {
+	bs := int64(h.r.cfg.BlockSize)
+	return uint64((size + bs - 1) / bs)
+}
+
+// Server and Volume name the head.
+func (h *Head) Server() string { return h.server }
+
+// Volume is the volume's name.
+func (h *Head) Volume() string { return h.volume }
+
+// Size is the volume's size in bytes.
+func (h *Head) Size() int64 { return h.size }
+
+// Blocks is the number of blocks of the volume.
+func (h *Head) Blocks() uint64 { return h.nblocks }
+
+func (h *Head) set(block uint64, id ID) {
+	f := uint64(h.r.cfg.Fanout)
+	k := block / f
+	d := h.dirty[k]
+	if d == nil {
+		d = &dirtyLeaf{ids: make([]ID, f), set: make([]uint64, (f+63)/64)}
+		h.dirty[k] = d
+	}
+	i := block % f
+	d.ids[i] = id
+	d.set[i/64] |= 1 << (i % 64)
+}
+
+// resize changes the volume's size. Blocks past a shrunk end become zero, so growing
+// again shows zeros.
+func (h *Head) resize(size int64) {
+	old := h.nblocks
+	f := uint64(h.r.cfg.Fanout)
+	h.size = size
+	h.nblocks = h.blocksFor(size)
+	if h.nblocks < old && h.nblocks%f != 0 {
+		// Zero the tail of the last leaf that remains.
+		end := min(old, (h.nblocks/f+1)*f)
+		for b := h.nblocks; b < end; b++ {
+			h.set(b, ID{})
+		}
+	}
+	nleaves, _ := h.r.treeShape(h.nblocks)
+	for k := range h.dirty {
+		if k >= nleaves {
+			delete(h.dirty, k)
+		}
+	}
+	if uint64(len(h.leaves)) > nleaves {
+		h.leaves = h.leaves[:nleaves]
+	}
+	for uint64(len(h.leaves)) < nleaves {
+		h.leaves = append(h.leaves, ID{})
+	}
+}
+
+// SetSize records a new size of the volume (the source disk grew or shrank).
+func (h *Head) SetSize(size int64) error {
+	if h.broken != nil {
+		return h.broken
+	}
+	if size < 0 {
+		return fmt.Errorf("volume %s: negative size %d", h.volume, size)
+	}
+	if size != h.size || h.leaves == nil {
+		h.resize(size)
+		h.pending = append(h.pending, resizeEntry(size))
+	}
+	return nil
+}
+
+// Block is one block to write: its number and content (BlockSize bytes; the last block
+// of a volume whose size is not a multiple may be shorter).
+type Block struct {
+	Index uint64
+	Data  []byte
+}
+
+type prepared struct {
+	id     ID
+	sealed []byte // nil when the chunk is zero, stored, or pending
+	dup    bool   // already stored: keep its data until the flush
+}
+
+// WriteBlocks writes blocks into the head. Hashing, compression and encryption run in
+// parallel; the blocks are applied in order, so a later write of the same block wins.
+// The data is not retained after WriteBlocks returns. Nothing is durable until Flush.
+func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
+	if h.broken != nil {
+		return h.broken
+	}
+	r := h.r
+	bs := r.cfg.BlockSize
+	for _, b := range blocks {
+		if b.Index >= h.nblocks {
+			return fmt.Errorf("block %d is past the end of volume %s (%d blocks)", b.Index, h.volume, h.nblocks)
+		}
+		if len(b.Data) > bs || (len(b.Data) < bs && int64(b.Index+1)*int64(bs) <= h.size) {
+			return fmt.Errorf("block %d of volume %s has %d bytes; blocks are %d bytes", b.Index, h.volume, len(b.Data), bs)
+		}
+	}
+	prep := make([]prepared, len(blocks))
+	g, _ := errgroup.WithContext(ctx)
+	workers := r.opts.Parallelism
+	per := (len(blocks) + workers - 1) / workers
+	for w := 0; w < workers && w*per < len(blocks); w++ {
+		lo, hi := w*per, min((w+1)*per, len(blocks))
+		g.Go(func() error {
+			var padded []byte
+			var scratch []byte
+			for i := lo; i < hi; i++ {
+				data := blocks[i].Data
+				if len(data) < bs {
+					if padded == nil {
+						padded = make([]byte, bs)
+					}
+					clear(padded)
+					copy(padded, data)
+					data = padded
+				}
+				if allZero(data) {
+					continue
+				}
+				id := r.keys.id(data)
+				prep[i].id = id
+				if _, ok := r.packer.has(id); ok {
+					continue
+				}
+				if r.dedupable(id) {
+					prep[i].dup = true
+					continue
+				}
+				if scratch == nil {
+					scratch = make([]byte, 0, bs+bs/8+64)
+				}
+				prep[i].sealed = r.sealChunk(h.codec, blobData, id, data, scratch)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for i, b := range blocks {
+		p := prep[i]
+		if err := h.use(ctx, p, b.Data); err != nil {
+			h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
+			return err
+		}
+		h.set(b.Index, p.id)
+		h.pending = append(h.pending, journalEntry{Block: b.Index, ID: p.id})
+	}
+	if h.dupSize > maxDupBytes {
+		return h.Flush(ctx)
+	}
+	if len(h.dirty) > r.opts.MaxDirtyLeaves {
+		_, err := h.checkpoint(ctx)
+		return err
+	}
+	return nil
+}
+
+// use makes sure a prepared chunk is stored or pending and records what the flush
+// window depends on.
+func (h *Head) use(ctx context.Context, p prepared, data []byte) error {
+	if p.id.IsZero() {
+		return nil
+	}
+	r := h.r
+	if p.sealed != nil {
+		g, err := r.packer.add(ctx, p.id, blobData, r.cfg.BlockSize, p.sealed)
+		if err != nil {
+			return err
+		}
+		h.depend(g)
+		h.added += int64(len(p.sealed))
+		return nil
+	}
+	if g, ok := r.packer.has(p.id); ok {
+		h.depend(g)
+		return nil
+	}
+	if p.dup {
+		if _, kept := h.dups[p.id]; !kept {
+			c := make([]byte, r.cfg.BlockSize)
+			copy(c, data)
+			h.dups[p.id] = c
+			h.dupSize += len(c)
+		}
+		return nil
+	}
+	// Neither pending nor stored any more (its pack was just indexed, or a GC removed
+	// it between the check and now): decide again.
+	c := make([]byte, r.cfg.BlockSize)
+	copy(c, data)
+	return h.restore(ctx, p.id, c)
+}
+
+// restore stores a block again whose chunk may not be referenced as it is.
+func (h *Head) restore(ctx context.Context, id ID, data []byte) error {
+	r := h.r
+	if g, ok := r.packer.has(id); ok {
+		h.depend(g)
+		return nil
+	}
+	if r.dedupable(id) {
+		if _, kept := h.dups[id]; !kept {
+			h.dups[id] = data
+			h.dupSize += len(data)
+		}
+		return nil
+	}
+	sealed := r.sealChunk(h.codec, blobData, id, data, nil)
+	g, err := r.packer.add(ctx, id, blobData, len(data), sealed)
+	if err != nil {
+		return err
+	}
+	h.depend(g)
+	h.added += int64(len(sealed))
+	return nil
+}
+
+func (h *Head) depend(g uint64) {
+	if g == 0 {
+		return
+	}
+	if h.since == 0 || g < h.since {
+		h.since = g
+	}
+	h.upto = max(h.upto, g)
+}
+
+// Flush makes every block written so far durable: the packs holding new chunks are
+// stored, then a journal naming the blocks. When it returns nil, a crash of this
+// process loses none of them. After an error the head is broken (ErrHeadBroken): open
+// it again.
+func (h *Head) Flush(ctx context.Context) error {
+	if h.broken != nil {
+		return h.broken
+	}
+	if err := h.flush(ctx); err != nil {
+		h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
+		return fmt.Errorf("flush volume %s/%s: %w", h.server, h.volume, err)
+	}
+	return nil
+}
+
+func (h *Head) flush(ctx context.Context) error {
+	r := h.r
+	for attempt := 0; ; attempt++ {
+		// Garbage collection safety (gc.go): chunks this window deduplicated against
+		// must not have been condemned by a GC this process may not have heard of. The
+		// view must be fresh when the journal is written, so refresh it if needed and
+		// store again any block whose chunk was condemned.
+		if err := r.ensureFreshView(ctx); err != nil {
+			return err
+		}
+		for id, data := range h.dups {
+			if r.isCondemned(id) || !r.dedupable(id) {
+				delete(h.dups, id)
+				if err := h.restore(ctx, id, data); err != nil {
+					return err
+				}
+				delete(h.dups, id)
+			}
+		}
+		if h.upto > 0 {
+			if err := r.packer.wait(ctx, h.since, h.upto); err != nil {
+				return err
+			}
+		}
+		if r.viewAge() < r.opts.GCGrace/2 || attempt > 3 {
+			break
+		}
+	}
+	if len(h.pending) > 0 {
+		j := journal{Seq: h.seq + 1, Size: uint64(h.size), Entries: h.pending}
+		name := fmt.Sprintf("%sj-%016x", h.prefix, j.Seq)
+		if err := r.putSealed(ctx, name, encodeJournal(j), backend.PutOptions{}); err != nil {
+			return err
+		}
+		h.seq = j.Seq
+	}
+	h.pending = h.pending[:0]
+	clear(h.dups)
+	h.dupSize = 0
+	h.since, h.upto = 0, 0
+	return nil
+}
+
+// checkpoint flushes, folds the dirty leaves into a new tree, stores it and the head
+// state, and removes the journals it folded in. It returns the new root.
+func (h *Head) checkpoint(ctx context.Context) (headState, error) {
+	if err := h.Flush(ctx); err != nil {
+		return headState{}, err
+	}
+	st, err := h.fold(ctx)
+	if err != nil {
+		h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
+		return st, fmt.Errorf("checkpoint volume %s/%s: %w", h.server, h.volume, err)
+	}
+	return st, nil
+}
+
+func (h *Head) fold(ctx context.Context) (headState, error) {
+	r := h.r
+	keys := make([]uint64, 0, len(h.dirty))
+	for k := range h.dirty {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	var minGen, maxGen uint64
+	dep := func(g uint64) {
+		if g != 0 && (minGen == 0 || g < minGen) {
+			minGen = g
+		}
+		maxGen = max(maxGen, g)
+	}
+	newLeaves := make([]ID, len(h.leaves))
+	copy(newLeaves, h.leaves)
+	for _, k := range keys {
+		d := h.dirty[k]
+		base, err := r.loadNode(ctx, h.leaves[k], 0)
+		if err != nil {
+			return headState{}, err
+		}
+		ids := make([]ID, len(base))
+		copy(ids, base)
+		for i := range ids {
+			if d.set[i/64]&(1<<(i%64)) != 0 {
+				ids[i] = d.ids[i]
+			}
+		}
+		id, g, n, err := r.storeNode(ctx, 0, ids)
+		if err != nil {
+			return headState{}, err
+		}
+		dep(g)
+		h.added += int64(n)
+		newLeaves[k] = id
+	}
+	root, level, g, n, err := r.buildTree(ctx, newLeaves)
+	if err != nil {
+		return headState{}, err
+	}
+	dep(g)
+	h.added += int64(n)
+	if maxGen > 0 {
+		if err := r.packer.wait(ctx, minGen, maxGen); err != nil {
+			return headState{}, err
+		}
+	}
+	st := headState{Server: h.server, Volume: h.volume, Size: h.size, Root: root, RootLevel: level,
+		Seq: h.seq, Updated: r.opts.Now().UTC()}
+	b, _ := json.Marshal(st)
+	if err := r.putSealed(ctx, h.prefix+"head", b, backend.PutOptions{}); err != nil {
+		return headState{}, err
+	}
+	h.leaves = newLeaves
+	clear(h.dirty)
+	// The journals are folded in; removing them is housekeeping (recovery skips them).
+	var names []string
+	_ = r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
+		names = append(names, oi.Name)
+		return nil
+	})
+	for _, name := range names {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(name, h.prefix+"j-"), 16, 64)
+		if err == nil && seq <= st.Seq {
+			if err := r.be.Delete(ctx, name); err != nil {
+				r.log.Warn("could not remove a folded journal; it will be skipped", "object", name, "err", err)
+			}
+		}
+	}
+	return st, nil
+}
+
+// Close releases the head. Unflushed writes are dropped (they were never acknowledged).
+func (h *Head) Close() error {
+	h.broken = errors.New("the head is closed")
+	return nil
+}

@@ -1,0 +1,254 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
+)
+
+// packer gathers sealed chunks from every head of the process into packs and uploads
+// them in order, one at a time, in the background. Each pack is followed by an index
+// object listing its chunks; only then do the chunks enter the in-memory index.
+// Writers wait for the generation (pack number) their chunks went into.
+type packer struct {
+	r *Repo
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	cur      *packBuf
+	gen      uint64        // generation of cur
+	pending  map[ID]uint64 // chunk → generation of the unflushed pack holding it
+	durable  uint64        // every generation ≤ durable is done (stored or failed)
+	failed   map[uint64]error
+	queue    chan *packBuf
+	recent   []completedPack // packs indexed since the last view refresh
+	closed   bool
+	senders  sync.WaitGroup
+	stopped  chan struct{}
+	cancel   context.CancelFunc
+	uploadCt context.Context
+}
+
+type packBuf struct {
+	gen     uint64
+	buf     []byte
+	entries []entry
+}
+
+type completedPack struct {
+	index   string
+	pack    ID
+	entries []entry
+}
+
+func newPacker(r *Repo) *packer {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &packer{r: r, gen: 1, pending: map[ID]uint64{}, failed: map[uint64]error{},
+		queue: make(chan *packBuf, 1), stopped: make(chan struct{}), cancel: cancel, uploadCt: ctx}
+	p.cond = sync.NewCond(&p.mu)
+	p.cur = p.newBuf(1)
+	go p.uploader()
+	return p
+}
+
+func (p *packer) newBuf(gen uint64) *packBuf {
+	b := &packBuf{gen: gen, buf: make([]byte, 0, p.r.opts.PackSize+p.r.cfg.BlockSize+1024)}
+	b.buf = append(b.buf, packMagic...)
+	return b
+}
+
+// has reports whether a chunk waits in an unflushed pack, and in which generation.
+func (p *packer) has(id ID) (uint64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g, ok := p.pending[id]
+	return g, ok
+}
+
+// add appends a sealed chunk unless it is already pending, and returns the generation
+// that holds it. A full pack is queued for upload (waiting while the uploader is busy
+// with the previous one: that is the write path's back-pressure).
+func (p *packer) add(ctx context.Context, id ID, typ blobType, rawLen int, sealed []byte) (uint64, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return 0, errors.New("the repository is closed")
+	}
+	if g, ok := p.pending[id]; ok {
+		p.mu.Unlock()
+		return g, nil
+	}
+	b := p.cur
+	b.entries = append(b.entries, entry{ID: id, Type: typ, Offset: uint32(len(b.buf)), Length: uint32(len(sealed)), RawLen: uint32(rawLen)})
+	b.buf = append(b.buf, sealed...)
+	p.pending[id] = b.gen
+	g := b.gen
+	if len(b.buf) >= p.r.opts.PackSize {
+		p.sendLocked(p.rotateLocked())
+	}
+	p.mu.Unlock()
+	return g, ctx.Err()
+}
+
+// sendLocked queues a full pack for upload. It is called with p.mu held and returns
+// with it held; while the uploader is busy it waits (back-pressure), without the lock.
+func (p *packer) sendLocked(full *packBuf) {
+	p.senders.Add(1)
+	p.mu.Unlock()
+	p.queue <- full
+	p.senders.Done()
+	p.mu.Lock()
+}
+
+func (p *packer) rotateLocked() *packBuf {
+	full := p.cur
+	p.gen++
+	p.cur = p.newBuf(p.gen)
+	return full
+}
+
+// wait makes every generation up to gen durable and reports whether any generation
+// in [since, gen] failed (its chunks are not stored).
+func (p *packer) wait(ctx context.Context, since, gen uint64) error {
+	p.mu.Lock()
+	if p.cur.gen <= gen && len(p.cur.entries) > 0 && !p.closed {
+		p.sendLocked(p.rotateLocked())
+	}
+	if p.cur.gen <= gen {
+		// Nothing of gen was ever added (an empty generation): it is done.
+		gen = p.cur.gen - 1
+	}
+	// Wake the waiter when the context ends.
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer stop()
+	for p.durable < gen && ctx.Err() == nil && !p.closed {
+		p.cond.Wait()
+	}
+	defer p.mu.Unlock()
+	if p.durable < gen {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return errors.New("the repository was closed before the pack was stored")
+	}
+	for g := since; g <= gen; g++ {
+		if err := p.failed[g]; err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *packer) uploader() {
+	defer close(p.stopped)
+	for b := range p.queue {
+		err := p.upload(p.uploadCt, b)
+		p.mu.Lock()
+		for _, e := range b.entries {
+			if p.pending[e.ID] == b.gen {
+				delete(p.pending, e.ID)
+			}
+		}
+		if err != nil {
+			p.failed[b.gen] = err
+			p.r.log.Error("storing a pack failed; writers that used it must resend", "err", err)
+		}
+		p.durable = b.gen
+		// Forget old failures nobody can still ask about.
+		for g := range p.failed {
+			if g+1024 < b.gen {
+				delete(p.failed, g)
+			}
+		}
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	}
+}
+
+// upload finishes a pack (trailer, footer), stores it, then its index object, then
+// adds its chunks to the in-memory index.
+func (p *packer) upload(ctx context.Context, b *packBuf) error {
+	r := p.r
+	var id ID
+	b.buf, id = r.finishPack(b.buf, b.entries)
+	if err := r.be.Put(ctx, packName(id), b.buf, backend.PutOptions{}); err != nil {
+		return fmt.Errorf("store pack %s: %w", packName(id), err)
+	}
+	name := indexName(id)
+	pe := []packEntries{{Pack: id, Entries: b.entries}}
+	if err := r.putSealed(ctx, name, encodeIndex(pe), backend.PutOptions{}); err != nil {
+		return fmt.Errorf("store index %s: %w", name, err)
+	}
+	r.mu.Lock()
+	r.addPackLocked(id, b.entries)
+	r.indexLoaded[name] = true
+	p.recent = append(p.recent, completedPack{index: name, pack: id, entries: b.entries})
+	r.mu.Unlock()
+	b.buf = nil
+	return nil
+}
+
+// finishPack appends a pack's sealed trailer and footer to buf (header and chunks)
+// and returns the whole pack and its id, the BLAKE3 hash of its bytes.
+func (r *Repo) finishPack(buf []byte, entries []entry) ([]byte, ID) {
+	trailerStart := len(buf)
+	buf = r.keys.seal(buf, encodeTrailer(entries), []byte(trailerAAD))
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(buf)-trailerStart))
+	buf = append(buf, packFooterMag...)
+	return buf, ID(blake3.Sum256(buf))
+}
+
+// reindexLocked re-adds packs this process stored that a full view refresh did not
+// see in its listing. Called with r.mu held.
+func (p *packer) reindexLocked(listed map[string]bool) {
+	keep := p.recent[:0]
+	for _, c := range p.recent {
+		if listed[c.index] {
+			continue // the refresh loaded it
+		}
+		if !p.r.indexLoaded[c.index] {
+			p.r.addPackLocked(c.pack, c.entries)
+			p.r.indexLoaded[c.index] = true
+		}
+		keep = append(keep, c)
+	}
+	p.recent = keep
+}
+
+func (p *packer) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	var last *packBuf
+	if len(p.cur.entries) > 0 {
+		last = p.rotateLocked()
+	}
+	if last != nil {
+		p.sendLocked(last)
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.senders.Wait()
+	close(p.queue)
+	<-p.stopped
+	p.cancel()
+	p.mu.Lock()
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// packHasMagic reports whether data starts like a pack.
+func packHasMagic(data []byte) bool { return bytes.HasPrefix(data, []byte(packMagic)) }
