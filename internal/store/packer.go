@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -249,6 +248,3 @@ func (p *packer) close() {
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
-
-// packHasMagic reports whether data starts like a pack.
-func packHasMagic(data []byte) bool { return bytes.HasPrefix(data, []byte(packMagic)) }
