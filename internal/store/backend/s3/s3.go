@@ -189,23 +189,27 @@ func newTransport(cfg Config) (*http.Transport, error) {
 	}, nil
 }
 
-// location is the backend's URL in the form backendurl parses, without credentials.
+// location is the backend's URL in the form backendurl parses (its parameters in the
+// order backendurl writes them: endpoint, region, tls, object-lock), without
+// credentials.
 func location(cfg Config, endpoint, prefix string) string {
-	q := url.Values{}
-	q.Set("endpoint", endpoint)
+	params := []string{"endpoint=" + url.QueryEscape(endpoint)}
 	if cfg.Region != "" {
-		q.Set("region", cfg.Region)
+		params = append(params, "region="+url.QueryEscape(cfg.Region))
 	}
 	if !cfg.UseTLS {
-		q.Set("tls", "false")
+		params = append(params, "tls=false")
+	}
+	if cfg.ObjectLock {
+		params = append(params, "object-lock=true")
 	}
 	// ':' needs no escaping in a query; host:port reads better without.
-	u := url.URL{Scheme: "s3", Host: cfg.Bucket, Path: "/" + strings.TrimSuffix(prefix, "/"),
-		RawQuery: strings.ReplaceAll(q.Encode(), "%3A", ":")}
-	if prefix == "" {
-		u.Path = ""
+	query := strings.ReplaceAll(strings.Join(params, "&"), "%3A", ":")
+	where := "s3://" + cfg.Bucket
+	if prefix != "" {
+		where += "/" + strings.TrimSuffix(prefix, "/")
 	}
-	return u.String()
+	return where + "?" + query
 }
 
 func (b *Backend) setUp(ctx context.Context, cfg Config) error {
