@@ -22,7 +22,8 @@ if [ ! -s "$out/system.img" ] || [ "$(stat -c %s "$out/system.img")" != $((sys_g
   trap 'umount "$mnt" 2>/dev/null; rmdir "$mnt"' EXIT
   # A stable list of regular files under /usr, up to the byte budget.
   find /usr -xdev -type f -size +0 -printf '%s %p\n' 2>/dev/null | sort -k2 |
-    awk -v max="$fill" '!done { if (sum + $1 > max) { done = 1; next } sum += $1; print substr($0, index($0, " ") + 1) }' >"$out/files.txt"
+    awk -v max="$fill" -v summary="$out/system.txt" '!done { if (sum + $1 > max) { done = 1; next } sum += $1; n++; print substr($0, index($0, " ") + 1) }
+      END { printf "%d files from /usr (%.2f GB)\n", n, sum / 1e9 > summary }' >"$out/files.txt"
   tar -C / -cf - --files-from=<(sed 's|^/||' "$out/files.txt") 2>/dev/null | tar -C "$mnt" -xf -
   sync
   df -h "$mnt" | tail -1 >&2

@@ -35,7 +35,7 @@ anchor() {
   local size=0
   [ -n "$stored" ] && size=$(du -sb "$stored" | cut -f1)
   printf '{"name":"%s","data":"%s","seconds":%s,"cpuSeconds":%s,"bytes":%s,"stored":%s}\n' \
-    "$name" "$data" "$real" "$(echo "$user + $sys" | bc)" "$bytes" "$size" | tee -a "$res"
+    "$name" "$data" "$real" "$(awk "BEGIN{print $user + $sys}")" "$bytes" "$size" | tee -a "$res"
 }
 
 for img in system random; do
@@ -70,8 +70,8 @@ done
   echo
   echo "Command: \`bench/store/run.sh\` on $(date -u +%Y-%m-%d), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "$(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(go version | cut -d' ' -f3), restic $(restic version | cut -d' ' -f2)."
-  echo "Data: system.img is a 4 GiB ext4 filesystem holding $(du -sh --apparent-size bench/out/files.txt >/dev/null; wc -l <bench/out/files.txt) files from /usr"
-  echo "($(awk '{print $0}' bench/out/files.txt | xargs -d '\n' du -cb 2>/dev/null | tail -1 | cut -f1 | awk '{printf "%.2f GB", $1/1e9}')) and zeros; random.img is 2 GiB of random bytes."
+  echo "Data: system.img is a 4 GiB ext4 filesystem holding $(cat bench/out/system.txt) and zeros;"
+  echo "random.img is 2 GiB of random bytes."
   echo "Page cache dropped before each step; each step includes getting its output on disk (fsync or sync)."
   echo "Lifeboat rows use the store's API in one process (hashing, compression, encryption, packs, fsync),"
   echo "without the network; the end-to-end figures through agent, TLS and replicator are in bench/replication."
