@@ -2,11 +2,19 @@ package testutil
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +41,7 @@ type S3Server struct {
 	Region    string
 	Dir       string // where the buckets are kept
 	Log       string // the server's output
+	CAFile    string // with TLS: the PEM certificate to trust (self-signed, for 127.0.0.1)
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -46,6 +55,8 @@ type VersitygwOptions struct {
 	// Versioning gives the gateway a versioning directory, so buckets created with
 	// object lock are versioned, as on AWS S3 (where Object Lock implies versioning).
 	Versioning bool
+	// TLS serves HTTPS with a new self-signed certificate for 127.0.0.1 (CAFile).
+	TLS bool
 }
 
 // VersitygwBinary finds versitygw: $LIFEBOAT_TEST_VERSITYGW, else versitygw on PATH,
@@ -117,9 +128,17 @@ func StartVersitygwWith(t testing.TB, opts VersitygwOptions) *S3Server {
 	}
 	// The port was free a moment ago; another process may take it first: try again.
 	var lastErr error
+	var keyFile string
 	for try := 0; try < 3; try++ {
 		s.Endpoint = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-		args := []string{"--port", s.Endpoint, "--region", s.Region, "--quiet", "posix"}
+		args := []string{"--port", s.Endpoint, "--region", s.Region, "--quiet"}
+		if opts.TLS {
+			if s.CAFile == "" {
+				s.CAFile, keyFile = selfSigned(t, work)
+			}
+			args = append(args, "--cert", s.CAFile, "--key", keyFile)
+		}
+		args = append(args, "posix")
 		if opts.Versioning {
 			vdir := filepath.Join(work, fmt.Sprintf("versions-%d", try))
 			if err := os.Mkdir(vdir, 0o700); err != nil {
@@ -213,10 +232,21 @@ func (s *S3Server) Stop(t testing.TB) {
 // at what a backend left (versions, retention) with their own eyes.
 func (s *S3Server) Client(t testing.TB) *minio.Client {
 	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{
+	opts := &minio.Options{
 		Creds:  credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""),
 		Region: s.Region,
-	})
+	}
+	if s.CAFile != "" {
+		caPEM, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			t.Fatalf("read %s: %v", s.CAFile, err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		opts.Secure = true
+		opts.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
+	c, err := minio.New(s.Endpoint, opts)
 	if err != nil {
 		t.Fatalf("S3 client for %s: %v", s.Endpoint, err)
 	}
@@ -244,4 +274,41 @@ func randomHex(t testing.TB, n int) string {
 		t.Fatalf("random: %v", err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key into dir and
+// returns their paths.
+func selfSigned(t testing.TB, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("generate a key: %v", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "lifeboat test S3"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("create a certificate: %v", err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatalf("marshal the key: %v", err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }

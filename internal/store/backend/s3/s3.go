@@ -367,8 +367,12 @@ func (b *Backend) do(ctx context.Context, op, name string, fn func(ctx context.C
 		kind := kindOf(err)
 		if kind != backend.ErrUnavailable || attempt >= b.attempts {
 			if kind == backend.ErrUnavailable {
-				err = fmt.Errorf("%s: %d attempts: %w", b.location, attempt, err)
-			} else {
+				err = fmt.Errorf("%d attempts: %w", attempt, err)
+			}
+			if certError(err) {
+				err = fmt.Errorf("the endpoint's TLS certificate is not trusted: give its CA (ca=/path/ca.pem): %w", err)
+			}
+			if name != b.location {
 				err = fmt.Errorf("%s: %w", b.location, err)
 			}
 			return &backend.Error{Op: op, Name: name, Kind: kind, Err: err}
@@ -437,10 +441,7 @@ func kindOf(err error) error {
 		return nil
 	}
 	// A certificate the client refuses is a configuration error, not an outage.
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var certErr *tls.CertificateVerificationError
-	if errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &certErr) {
+	if certError(err) {
 		return nil
 	}
 	var netErr net.Error
@@ -451,6 +452,14 @@ func kindOf(err error) error {
 		return backend.ErrUnavailable
 	}
 	return nil
+}
+
+// certError reports whether err is a refusal of the endpoint's certificate.
+func certError(err error) bool {
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var certErr *tls.CertificateVerificationError
+	return errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &certErr)
 }
 
 // lockDenial tells a refusal because of Object Lock (AWS: AccessDenied "because object

@@ -342,3 +342,38 @@ func TestFull(t *testing.T) {
 		t.Fatalf("stat the object whose put failed: %v, want ErrNotFound", err)
 	}
 }
+
+// TestTLS: HTTPS with the endpoint's CA given, or verification skipped when asked; an
+// untrusted certificate is refused at once, not retried as an outage.
+func TestTLS(t *testing.T) {
+	srv := testutil.StartVersitygwWith(t, testutil.VersitygwOptions{TLS: true})
+	bucket := srv.Bucket(t, false)
+	ctx := t.Context()
+
+	counter := &retryCounter{}
+	cfg := config(srv, bucket, "p")
+	cfg.UseTLS = true
+	cfg.Logger = slog.New(counter)
+	_, err := s3.Open(ctx, cfg)
+	if err == nil || errors.Is(err, backend.ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("open with an untrusted certificate: %v, want a certificate error that is not ErrUnavailable", err)
+	}
+	t.Logf("untrusted: %v", err)
+	if counter.count() != 0 {
+		t.Fatalf("an untrusted certificate was retried %d times", counter.count())
+	}
+
+	cfg.CAFile = srv.CAFile
+	b := open(t, cfg)
+	if err := b.Put(ctx, "data/x", []byte("over TLS"), backend.PutOptions{}); err != nil {
+		t.Fatalf("put over TLS: %v", err)
+	}
+	b.Close()
+
+	cfg.CAFile, cfg.InsecureSkipVerify = "", true
+	b = open(t, cfg)
+	if got, err := b.Get(ctx, "data/x"); err != nil || string(got) != "over TLS" {
+		t.Fatalf("get with verification skipped: %q, %v", got, err)
+	}
+	b.Close()
+}
