@@ -41,22 +41,29 @@ func open(t *testing.T, cfg s3.Config) *s3.Backend {
 }
 
 // TestConformance runs the suite on versitygw: a bucket with Object Lock (versioned, as
-// on AWS), one without, and one with Object Lock but no versioning (where the server
-// itself refuses to overwrite a retained object).
+// on AWS), one without, one versioned without Object Lock, and one with Object Lock but
+// no versioning (where the server itself refuses to overwrite a retained object).
 func TestConformance(t *testing.T) {
 	versioned := testutil.StartVersitygw(t)
 	plain := testutil.StartVersitygwWith(t, testutil.VersitygwOptions{})
 	for _, tc := range []struct {
-		name string
-		srv  *testutil.S3Server
-		lock bool
+		name       string
+		srv        *testutil.S3Server
+		lock       bool
+		versioning bool // turned on by hand, without Object Lock
 	}{
-		{"ObjectLock", versioned, true},
-		{"NoObjectLock", versioned, false},
-		{"ObjectLockUnversioned", plain, true},
+		{"ObjectLock", versioned, true, false},
+		{"NoObjectLock", versioned, false, false},
+		{"VersionedNoObjectLock", versioned, false, true},
+		{"ObjectLockUnversioned", plain, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bucket := tc.srv.Bucket(t, tc.lock)
+			if tc.versioning {
+				if err := tc.srv.Client(t).EnableVersioning(t.Context(), bucket); err != nil {
+					t.Fatalf("enable versioning on %s: %v", bucket, err)
+				}
+			}
 			n := 0
 			backendtest.Run(t, func(t *testing.T) backend.Backend {
 				n++
