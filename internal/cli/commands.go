@@ -17,5 +17,6 @@ func commandList() []func(*globals) *cobra.Command {
 		newAccountsCmd,
 		newAuditCmd,
 		newEventsCmd,
+		newStoreCmd,
 	}
 }

@@ -42,19 +42,19 @@ type GCOptions struct {
 
 // GCStats reports what a garbage collection found and did.
 type GCStats struct {
-	Packs         int   // packs in the index when it started
-	Chunks        int   // chunks in the index
-	LiveChunks    int   // reachable
-	Condemned     int   // unreachable at the first mark
-	Resurrected   int   // condemned, then referenced again during the grace period
-	DeadChunks    int   // removed
-	DeletedPacks  int   // removed whole
-	RepackedPacks int   // rewritten into new packs
-	NewPacks      int   // written by repacking
-	OrphanPacks   int   // packs no index named (a crashed writer's), removed
-	LockedPacks   int   // could not be deleted: under backend retention
-	FreedBytes    int64 // pack bytes deleted minus new pack bytes
-	Duration      time.Duration
+	Packs         int           `json:"packs"`         // packs in the index when it started
+	Chunks        int           `json:"chunks"`        // chunks in the index
+	LiveChunks    int           `json:"liveChunks"`    // reachable
+	Condemned     int           `json:"condemned"`     // unreachable at the first mark
+	Resurrected   int           `json:"resurrected"`   // condemned, then referenced again during the grace period
+	DeadChunks    int           `json:"deadChunks"`    // removed
+	DeletedPacks  int           `json:"deletedPacks"`  // removed whole
+	RepackedPacks int           `json:"repackedPacks"` // rewritten into new packs
+	NewPacks      int           `json:"newPacks"`      // written by repacking
+	OrphanPacks   int           `json:"orphanPacks"`   // packs no index named (a crashed writer's), removed
+	LockedPacks   int           `json:"lockedPacks"`   // could not be deleted: under backend retention
+	FreedBytes    int64         `json:"freedBytes"`    // pack bytes deleted minus new pack bytes
+	Duration      time.Duration `json:"duration"`
 }
 
 type gcLock struct {
@@ -78,7 +78,7 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		opts.SmallPack = r.opts.PackSize / 4
 	}
 	stage := func(s string) {
-		r.log.Info("gc: "+s, "store", r.be.Location())
+		r.log.Debug("gc: "+s, "store", r.be.Location())
 		if opts.Progress != nil {
 			opts.Progress(s)
 		}

@@ -12,11 +12,11 @@ import (
 
 // RebuildStats reports what RebuildIndex did.
 type RebuildStats struct {
-	Packs      int
-	Chunks     int
-	Unreadable []string // packs whose own index could not be read: their chunks are lost
-	OldIndex   int      // index objects replaced
-	NewIndex   int
+	Packs      int      `json:"packs"`
+	Chunks     int      `json:"chunks"`
+	Unreadable []string `json:"unreadable"` // packs whose own index could not be read: their chunks are lost
+	OldIndex   int      `json:"oldIndex"`   // index objects replaced
+	NewIndex   int      `json:"newIndex"`
 }
 
 // RebuildIndex replaces the index with one read from every pack's own index (its

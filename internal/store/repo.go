@@ -190,6 +190,16 @@ func Init(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 
 // Open opens the repository on be with the master key mk and loads its index.
 func Open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (*Repo, error) {
+	return open(ctx, be, mk, opts, true)
+}
+
+// OpenWithoutIndex opens the repository without loading its index: for RebuildIndex
+// when index objects are damaged.
+func OpenWithoutIndex(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (*Repo, error) {
+	return open(ctx, be, mk, opts, false)
+}
+
+func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, loadIndex bool) (*Repo, error) {
 	opts.fill()
 	if _, err := be.Stat(ctx, "config"); err != nil {
 		if errors.Is(err, backend.ErrNotFound) {
@@ -238,8 +248,10 @@ func Open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 	if err != nil {
 		return nil, err
 	}
-	if err := r.refreshView(ctx, true); err != nil {
-		return nil, err
+	if loadIndex {
+		if err := r.refreshView(ctx, true); err != nil {
+			return nil, err
+		}
 	}
 	r.start()
 	return r, nil

@@ -26,17 +26,17 @@ type VerifyOptions struct {
 // VerifyReport is what Verify checked and every problem it found, each naming the
 // object concerned.
 type VerifyReport struct {
-	IndexObjects int
-	Packs        int
-	Chunks       int
-	PITs         int
-	Heads        int
-	TreeNodes    int
-	DataRefs     int   // distinct data chunks referenced
-	ReadChunks   int   // chunks read and checked (ReadData)
-	ReadBytes    int64 // pack bytes read (ReadData)
-	Errors       []string
-	Warnings     []string
+	IndexObjects int      `json:"indexObjects"`
+	Packs        int      `json:"packs"`
+	Chunks       int      `json:"chunks"`
+	PITs         int      `json:"pits"`
+	Heads        int      `json:"heads"`
+	TreeNodes    int      `json:"treeNodes"`
+	DataRefs     int      `json:"dataRefs"`   // distinct data chunks referenced
+	ReadChunks   int      `json:"readChunks"` // chunks read and checked (ReadData)
+	ReadBytes    int64    `json:"readBytes"`  // pack bytes read (ReadData)
+	Errors       []string `json:"errors"`
+	Warnings     []string `json:"warnings"`
 }
 
 // OK reports whether no error was found.
