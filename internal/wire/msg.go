@@ -327,6 +327,9 @@ func decodeWelcome(p []byte) (*Welcome, error) {
 	return m, nil
 }
 
+// PayloadLen is the size of the frame payload m encodes to: what a Window counts.
+func (m *Marker) PayloadLen() int { return 31 + 8*len(m.VolumeSizes) }
+
 func (m *Marker) appendPayload(b []byte) ([]byte, error) {
 	if m.Seq == 0 {
 		return b, errors.New("encode Marker: sequence numbers start at 1")

@@ -65,7 +65,7 @@ func ClientTLSConfig(cert tls.Certificate, roots *x509.CertPool, serverName stri
 
 func checkALPN(cs tls.ConnectionState) error {
 	if cs.NegotiatedProtocol != ALPN {
-		return fmt.Errorf("peer did not negotiate the %q protocol (got %q): it is not a Lifeboat %s peer", ALPN, cs.NegotiatedProtocol, ALPN)
+		return fmt.Errorf("peer did not negotiate ALPN protocol %q (got %q): it does not speak Lifeboat's replication protocol version 1", ALPN, cs.NegotiatedProtocol)
 	}
 	return nil
 }

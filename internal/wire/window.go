@@ -65,6 +65,15 @@ func (w *Window) Send(ctx context.Context, seq uint64, n int) error {
 	}
 }
 
+// Fits reports whether a frame of n bytes would be sent by Send without waiting. An
+// agent that buffers frames calls it first, and flushes its Conn before a Send that
+// would wait: frames still in the buffer are never acknowledged.
+func (w *Window) Fits(n int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return n >= 0 && w.inFlight+uint64(n) <= w.limit
+}
+
 // Ack releases every frame up to and including seq. An Ack of a sequence never sent is
 // a protocol violation (the replicator claims durability of data it never got); an Ack
 // at or below an earlier one changes nothing.
