@@ -283,6 +283,7 @@ type ReplicationConfig struct {
 	Settings       ReplicationSettings `json:"settings"`
 	Replicator     *ReplicatorEndpoint `json:"replicator,omitempty"`
 	CACertificates string              `json:"caCertificates"`
+	Control        ReplicationControl  `json:"control"`
 }
 
 // ServerReplicationSettings shows a source server's overrides and the effective settings
@@ -359,6 +360,10 @@ type HeartbeatResponse struct {
 type AssignedSourceServer struct {
 	SourceServer SourceServer        `json:"sourceServer"`
 	Settings     ReplicationSettings `json:"settings"`
+	// CertificateSerials are the serials (hex) of the agent certificates the replicator
+	// may accept from this server: the current one and, after a renewal, the previous.
+	CertificateSerials []string           `json:"certificateSerials"`
+	Control            ReplicationControl `json:"control"`
 }
 
 // AssignedSourceServerList lists a replicator's source servers (all of them, no paging).

@@ -46,6 +46,9 @@ type Config struct {
 	// has not beaten for ReplicatorTimeout (default 45s) is lost and its servers move.
 	HeartbeatInterval time.Duration
 	ReplicatorTimeout time.Duration
+	// AgentTimeout: a replicating server whose agent has not called for this long is
+	// DISCONNECTED with AGENT_NOT_SEEN (default 2 minutes).
+	AgentTimeout time.Duration
 	// Version is reported by the health endpoint.
 	Version string
 	// Logger receives the control plane's logs; nil: discard.
@@ -103,6 +106,9 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	if cfg.ReplicatorTimeout <= 0 {
 		cfg.ReplicatorTimeout = 45 * time.Second
+	}
+	if cfg.AgentTimeout <= 0 {
+		cfg.AgentTimeout = 2 * time.Minute
 	}
 	if cfg.Now == nil {
 		// The database keeps milliseconds; so does everything the API says.
@@ -232,6 +238,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { cp.assignLoop(bgCtx) })
+	wg.Go(func() { cp.agentWatchLoop(bgCtx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- cp.server.Serve(tls.NewListener(cp.listener, cp.server.TLSConfig)) }()

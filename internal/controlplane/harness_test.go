@@ -47,6 +47,9 @@ type env struct {
 	ctx     context.Context
 	// stopCurrent stops the running control plane.
 	stopCurrent func()
+	// agentTimeout is the control plane's AgentTimeout (default: longer than any test,
+	// so moving the clock does not mark agents AGENT_NOT_SEEN unless a test wants it).
+	agentTimeout time.Duration
 }
 
 // eachDB runs fn on a fresh control plane over SQLite and over PostgreSQL.
@@ -58,7 +61,8 @@ func eachDB(t *testing.T, fn func(t *testing.T, e *env)) {
 
 func start(t *testing.T, kind db.Kind) *env {
 	t.Helper()
-	e := &env{t: t, kind: kind, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(), ctx: context.Background()}
+	e := &env{t: t, kind: kind, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(),
+		ctx: context.Background(), agentTimeout: 10000 * time.Hour}
 	dbURL := dbtest.URL(t, kind)
 	e.open(dbURL)
 	return e
@@ -69,7 +73,7 @@ func (e *env) open(dbURL string) {
 	t := e.t
 	t.Helper()
 	cp, err := controlplane.Open(e.ctx, controlplane.Config{DataDir: e.dataDir, DBURL: dbURL, Listen: "127.0.0.1:0",
-		Now: e.clock.Now, HeartbeatInterval: time.Hour, ReplicatorTimeout: 45 * time.Second})
+		Now: e.clock.Now, HeartbeatInterval: time.Hour, ReplicatorTimeout: 45 * time.Second, AgentTimeout: e.agentTimeout})
 	if err != nil {
 		t.Fatalf("open control plane: %v", err)
 	}

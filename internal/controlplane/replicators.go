@@ -161,10 +161,22 @@ func (c *call) assignedServers() (api.AssignedSourceServerList, error) {
 			return err
 		}
 		rows, _, err := tx.ListSourceServers(r.AccountID, api.SourceServerFilter{ReplicatorID: r.ID, Full: true, Limit: 1 << 30})
-		for _, s := range rows {
-			out.Items = append(out.Items, api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides)})
+		if err != nil {
+			return err
 		}
-		return err
+		for _, s := range rows {
+			ctl, err := tx.ReplicationControl(s.ID)
+			if err != nil {
+				return err
+			}
+			serials := []string{s.CertSerial}
+			if s.PrevCertSerial != "" {
+				serials = append(serials, s.PrevCertSerial)
+			}
+			out.Items = append(out.Items, api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides),
+				CertificateSerials: serials, Control: ctl})
+		}
+		return nil
 	})
 	return out, err
 }

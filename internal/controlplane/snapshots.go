@@ -41,6 +41,9 @@ func (c *call) createSnapshot(req *api.CreateRecoverySnapshotRequest) (api.Recov
 		if err := tx.SetReplicationState(s.ID, st, now); err != nil {
 			return err
 		}
+		if err := satisfySnapshotRequest(tx, s.ID, snap.Time, now); err != nil {
+			return err
+		}
 		if st.ReadyForRecovery != s.Replication.ReadyForRecovery {
 			if err := c.record(tx, s.AccountID, "source-server.replication-state", "source-server", s.ID,
 				map[string]any{"from": s.Replication.DataReplicationState, "to": st.DataReplicationState, "readyForRecovery": st.ReadyForRecovery}, st); err != nil {

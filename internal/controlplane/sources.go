@@ -371,7 +371,8 @@ func (c *call) replicationConfig() (api.ReplicationConfig, error) {
 			}
 			out.Replicator = &api.ReplicatorEndpoint{ID: r.ID, Name: r.Name, Address: r.Address}
 		}
-		return nil
+		out.Control, err = tx.ReplicationControl(s.ID)
+		return err
 	})
 	if err == nil && c.p.Kind == api.CallerSourceServer {
 		_ = c.cp.db.Update(c.ctx, func(tx *db.Tx) error { return tx.TouchSourceServer(out.SourceServerID, c.cp.cfg.Now()) })

@@ -1,0 +1,56 @@
+package api
+
+import (
+	"context"
+	"time"
+)
+
+// What an operator wants of a source server's replication (lifeboat replication …).
+const (
+	DesiredReplicating = "replicating"
+	DesiredPaused      = "paused"
+	DesiredStopped     = "stopped"
+)
+
+// Replication actions (POST /api/v1/source-servers/{id}/replication/{action}).
+const (
+	ActionStart  = "start"  // replicate again after stop: a new session and a rescan
+	ActionStop   = "stop"   // stop replicating; the replica and PITs are kept
+	ActionPause  = "pause"  // stop sending for now; tracking goes on where it can
+	ActionResume = "resume" // continue after pause
+	ActionRetry  = "retry"  // a new session and a rescan, clearing the error (after STALLED)
+)
+
+// ReplicationActions lists the actions in the order the CLI shows them.
+var ReplicationActions = []string{ActionStart, ActionStop, ActionPause, ActionResume, ActionRetry}
+
+// ReplicationControl is what operators asked of a server's replication; its agent reads
+// it with its replication config and acts on changes.
+type ReplicationControl struct {
+	Desired string `json:"desired"` // replicating, paused or stopped
+	// Generation grows with every start and retry: the agent starts a new session and
+	// rescans its volumes when it changes.
+	Generation int64 `json:"generation"`
+	// SnapshotRequest, when set, asks the agent for a consistency point at or after
+	// RequestedAt; it is cleared when a PIT that recent is recorded.
+	SnapshotRequest *SnapshotRequest `json:"snapshotRequest,omitempty"`
+}
+
+// SnapshotRequest asks for a PIT now (lifeboat snapshots create).
+type SnapshotRequest struct {
+	ID          string    `json:"id"`
+	RequestedAt time.Time `json:"requestedAt"`
+}
+
+// ReplicationAction applies a replication action to a source server.
+func (c *Client) ReplicationAction(ctx context.Context, id, action string) (ReplicationControl, error) {
+	var out ReplicationControl
+	return out, c.do(ctx, "POST", "/api/v1/source-servers/"+esc(id)+"/replication/"+esc(action), nil, nil, &out)
+}
+
+// RequestSnapshot asks a source server's agent for a consistency point now; the PIT
+// appears in its recovery snapshots with a time at or after the request's.
+func (c *Client) RequestSnapshot(ctx context.Context, id string) (SnapshotRequest, error) {
+	var out SnapshotRequest
+	return out, c.do(ctx, "POST", "/api/v1/source-servers/"+esc(id)+"/recovery-snapshots/request", nil, nil, &out)
+}
