@@ -29,8 +29,9 @@ const (
 // neither side may be used by two goroutines at once. Close and the deadline setters may
 // be called from any goroutine, and make blocked calls return.
 type Conn struct {
-	c net.Conn
-	r io.Reader
+	c  net.Conn
+	r  io.Reader
+	nb *netBuf // under the TLS layer of a Dial or Accept connection
 
 	// read side
 	rbuf       []byte
@@ -53,23 +54,41 @@ func NewConn(c net.Conn) *Conn {
 // 1.3 the server checks the agent's certificate after the client's handshake is done: a
 // refused certificate shows as an error from the first ReadMsg (the Welcome).
 func Dial(ctx context.Context, addr string, cfg *tls.Config) (*Conn, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{KeepAlive: keepAlive}, Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	d := net.Dialer{KeepAlive: keepAlive}
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the replicator at %s: %w", addr, err)
 	}
-	return NewConn(c), nil
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("connect to the replicator at %s: %w", addr, err)
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	nb := newNetBuf(raw)
+	tc := tls.Client(nb, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("connect to the replicator at %s: %w", addr, err)
+	}
+	nb.batching.Store(true)
+	return &Conn{c: tc, r: tc, nb: nb, rlimit: MaxPayload}, nil
 }
 
 // Accept runs the server side of the TLS handshake on a connection a listener accepted,
 // with cfg (from ServerTLSConfig); ctx bounds the handshake. On failure it closes raw.
 func Accept(ctx context.Context, raw net.Conn, cfg *tls.Config) (*Conn, error) {
-	tc := tls.Server(raw, cfg)
+	nb := newNetBuf(raw)
+	tc := tls.Server(nb, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("TLS handshake with %s: %w", raw.RemoteAddr(), err)
 	}
-	return NewConn(tc), nil
+	nb.batching.Store(true)
+	return &Conn{c: tc, r: tc, nb: nb, rlimit: MaxPayload}, nil
 }
 
 // newReaderConn reads frames from r alone (for tests and fuzzing).
@@ -211,11 +230,14 @@ func (c *Conn) Flush() error {
 }
 
 func (c *Conn) write(p []byte) error {
-	if _, err := c.c.Write(p); err != nil {
-		c.werr = fmt.Errorf("write to %s: %w", c.c.RemoteAddr(), err)
-		return c.werr
+	_, err := c.c.Write(p)
+	if err == nil && c.nb != nil {
+		err = c.nb.Flush()
 	}
-	return nil
+	if err != nil {
+		c.werr = fmt.Errorf("write to %s: %w", c.c.RemoteAddr(), err)
+	}
+	return c.werr
 }
 
 // Close closes the connection (without a Goodbye: send one first for a clean close).

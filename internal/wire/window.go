@@ -21,7 +21,7 @@ type Window struct {
 	head     int
 	last     uint64        // highest sequence sent
 	acked    uint64        // highest sequence acknowledged
-	released chan struct{} // closed (and replaced) when frames are acknowledged
+	released chan struct{} // made by a waiter, closed (and cleared) when frames are acknowledged
 }
 
 type sentFrame struct {
@@ -31,7 +31,7 @@ type sentFrame struct {
 
 // NewWindow returns an empty window of limit bytes.
 func NewWindow(limit uint64) *Window {
-	return &Window{limit: limit, released: make(chan struct{})}
+	return &Window{limit: limit}
 }
 
 // Send records that frame seq of n payload bytes is about to be written, waiting while
@@ -55,7 +55,7 @@ func (w *Window) Send(ctx context.Context, seq uint64, n int) error {
 			w.mu.Unlock()
 			return nil
 		}
-		wait := w.released
+		wait := w.waitLocked()
 		w.mu.Unlock()
 		select {
 		case <-wait:
@@ -97,9 +97,19 @@ func (w *Window) Ack(seq uint64) error {
 		w.frames = w.frames[:copy(w.frames, w.frames[w.head:])]
 		w.head = 0
 	}
-	close(w.released)
-	w.released = make(chan struct{})
+	if w.released != nil {
+		close(w.released)
+		w.released = nil
+	}
 	return nil
+}
+
+// waitLocked returns a channel closed at the next Ack that releases frames.
+func (w *Window) waitLocked() <-chan struct{} {
+	if w.released == nil {
+		w.released = make(chan struct{})
+	}
+	return w.released
 }
 
 // Drain waits until every frame sent is acknowledged (before a clean Goodbye).
@@ -110,7 +120,7 @@ func (w *Window) Drain(ctx context.Context) error {
 			w.mu.Unlock()
 			return nil
 		}
-		wait := w.released
+		wait := w.waitLocked()
 		w.mu.Unlock()
 		select {
 		case <-wait:
