@@ -292,6 +292,11 @@ func (h *Head) SetSize(size int64) error {
 type Block struct {
 	Index uint64
 	Data  []byte
+	// S2, when set, is Data in S2 block format, already made (by the agent, which sends
+	// blocks compressed): a head whose codec is s2 stores it as it is instead of
+	// compressing again. The caller vouches that it decodes to Data (the replicator
+	// got Data by decoding it).
+	S2 []byte
 }
 
 type prepared struct {
@@ -346,6 +351,10 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 				}
 				if r.dedupable(id) {
 					prep[i].dup = true
+					continue
+				}
+				if pre := blocks[i].S2; pre != nil && h.codec == CodecS2 && len(blocks[i].Data) == bs && len(pre) < bs {
+					prep[i].sealed = r.sealPrecompressed(CodecS2, blobData, id, pre)
 					continue
 				}
 				if scratch == nil {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
+
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
@@ -615,5 +617,30 @@ func TestLockedPITCannotBeDeleted(t *testing.T) {
 	deleted, err = r.ApplyRetention(ctx, "s-7", DefaultPolicy())
 	if err != nil || len(deleted) != 1 || deleted[0].ID != "pit-old" {
 		t.Fatalf("retention after the lock: %v (%v)", deleted, err)
+	}
+}
+
+func TestPrecompressedS2IsStoredAsGiven(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := newTestRepo(t, testOptions())
+	h, _ := r.OpenHead(ctx, "s-s2", "vda", 8*testBS, HeadOptions{Codec: CodecS2})
+	var bl []Block
+	m := model{}
+	for b := uint64(0); b < 8; b++ {
+		data := content(b, 2) // compressible text
+		bl = append(bl, Block{Index: b, Data: data, S2: s2.Encode(nil, data)})
+		m[b] = 2
+	}
+	if err := h.WriteBlocks(ctx, bl); err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-s2", Server: "s-s2", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPIT(t, r, p, "vda", 8*testBS, m)
+	st, _ := r.Stats(ctx)
+	if st.StoredBytes >= st.RawBytes/2 {
+		t.Fatalf("precompressed blocks stored %d bytes for %d: not compressed", st.StoredBytes, st.RawBytes)
 	}
 }

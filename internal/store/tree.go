@@ -25,6 +25,14 @@ func (r *Repo) sealChunk(codec Codec, typ blobType, id ID, plain []byte, scratch
 	return r.keys.seal(make([]byte, 0, len(comp)+sealOverhead), comp, chunkAAD(typ, id))
 }
 
+// sealPrecompressed encrypts a chunk whose compressed form the caller made.
+func (r *Repo) sealPrecompressed(codec Codec, typ blobType, id ID, comp []byte) []byte {
+	out := make([]byte, 0, 1+len(comp)+sealOverhead+gcmNonce)
+	plain := append(make([]byte, 0, 1+len(comp)), byte(codec))
+	plain = append(plain, comp...)
+	return r.keys.seal(out, plain, chunkAAD(typ, id))
+}
+
 // storeChunk stores a chunk unless it is already stored (and not condemned) or
 // pending. It returns the id, the pack generation to wait for (0: already durable),
 // and the bytes added to the store.
