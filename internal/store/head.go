@@ -44,6 +44,7 @@ type Head struct {
 	added   int64 // bytes stored since the last seal
 	broken  error
 	codec   Codec
+	fresh   bool // no checkpoint or journal existed when it was opened
 }
 
 type dirtyLeaf struct {
@@ -143,6 +144,7 @@ func (h *Head) recover(ctx context.Context) error {
 			return corrupt(h.prefix+"head", fmt.Errorf("head state does not decode: %v", err))
 		}
 	case errors.Is(err, backend.ErrNotFound):
+		h.fresh = true
 	default:
 		return err
 	}
@@ -176,6 +178,7 @@ func (h *Head) recover(ctx context.Context) error {
 		if seq <= st.Seq {
 			continue // folded into the checkpoint; a crash left it behind
 		}
+		h.fresh = false
 		plain, err := r.getSealed(ctx, name)
 		if err != nil {
 			return err
@@ -227,6 +230,10 @@ func (h *Head) Volume() string { return h.volume }
 
 // Size is the volume's size in bytes.
 func (h *Head) Size() int64 { return h.size }
+
+// Fresh reports whether the volume had no replica when the head was opened: no
+// checkpoint and no journal.
+func (h *Head) Fresh() bool { return h.fresh }
 
 // Blocks is the number of blocks of the volume.
 func (h *Head) Blocks() uint64 { return h.nblocks }
