@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -209,9 +210,12 @@ type LaunchSettings struct {
 	CPUs              int                `json:"cpus"`
 	MemoryMiB         int                `json:"memoryMiB"`
 	Network           LaunchNetwork      `json:"network"`
-	IP                string             `json:"ip,omitempty"`       // static address in CIDR form; empty: DHCP
-	Hostname          string             `json:"hostname,omitempty"` // empty: the source's
-	BootMode          string             `json:"bootMode"`           // bios or uefi
+	IP                string             `json:"ip,omitempty"`          // static address in CIDR form; empty: DHCP
+	Hostname          string             `json:"hostname,omitempty"`    // empty: the source's
+	BootMode          string             `json:"bootMode"`              // bios or uefi (firmware boots the disk), or kernel (direct kernel boot)
+	KernelArgs        string             `json:"kernelArgs,omitempty"`  // bootMode kernel: the kernel command line (default: root=/dev/vda ro console=ttyS0)
+	DiskFormat        string             `json:"diskFormat,omitempty"`  // raw (default, sparse) or qcow2
+	ImageTarget       *ImageTarget       `json:"imageTarget,omitempty"` // provider image: where the disks go (default: the recovery directory)
 	StartAfterLaunch  bool               `json:"startAfterLaunch"`
 	CopyTags          bool               `json:"copyTags"`
 	Tags              map[string]string  `json:"tags,omitempty"`
@@ -226,11 +230,19 @@ type LaunchNetwork struct {
 	PortForwards []PortForward `json:"portForwards,omitempty"`
 }
 
+// ImageTarget is where the image provider writes a recovery's disks: a directory (one
+// sparse image per volume) or block devices (one per volume, in the server's volume
+// order), on the control plane's host.
+type ImageTarget struct {
+	Dir     string   `json:"dir,omitempty"`
+	Devices []string `json:"devices,omitempty"`
+}
+
 // PortForward forwards a host port to the instance (user network mode).
 type PortForward struct {
 	Protocol  string `json:"protocol"` // tcp or udp
 	HostAddr  string `json:"hostAddr,omitempty"`
-	HostPort  int    `json:"hostPort"`
+	HostPort  int    `json:"hostPort"` // 0: a free port, chosen at launch (the recovery instance shows it)
 	GuestPort int    `json:"guestPort"`
 }
 
@@ -255,8 +267,12 @@ const (
 	NetworkUser     = "user"
 	NetworkBridge   = "bridge"
 
-	BootBIOS = "bios"
-	BootUEFI = "uefi"
+	BootBIOS   = "bios"
+	BootUEFI   = "uefi"
+	BootKernel = "kernel" // direct kernel boot: the kernel and initrd are read from the recovered disk
+
+	DiskRaw   = "raw"
+	DiskQcow2 = "qcow2"
 )
 
 // DefaultLaunchSettings sizes a recovery instance like its source (1 CPU and 1 GiB when
@@ -310,8 +326,19 @@ func (l LaunchSettings) Validate() error {
 	if l.Hostname != "" && (len(l.Hostname) > 253 || !hostnameRE.MatchString(l.Hostname)) {
 		return Invalid("hostname %q is not a valid host name (letters, digits, '-' and '.')", l.Hostname)
 	}
-	if l.BootMode != BootBIOS && l.BootMode != BootUEFI {
-		return Invalid("bootMode must be bios or uefi, not %q", l.BootMode)
+	if l.BootMode != BootBIOS && l.BootMode != BootUEFI && l.BootMode != BootKernel {
+		return Invalid("bootMode must be bios, uefi or kernel, not %q", l.BootMode)
+	}
+	if l.KernelArgs != "" && (l.BootMode != BootKernel || len(l.KernelArgs) > 4096 || !printableRE.MatchString(l.KernelArgs)) {
+		return Invalid("kernelArgs is used only with bootMode kernel and is at most 4096 printable characters")
+	}
+	if l.DiskFormat != "" && l.DiskFormat != DiskRaw && l.DiskFormat != DiskQcow2 {
+		return Invalid("diskFormat must be raw or qcow2, not %q", l.DiskFormat)
+	}
+	if l.ImageTarget != nil {
+		if err := l.ImageTarget.validate(l.Provider); err != nil {
+			return err
+		}
 	}
 	if len(l.Tags) > 50 {
 		return Invalid("at most 50 tags are allowed, not %d", len(l.Tags))
@@ -367,17 +394,39 @@ func (n LaunchNetwork) validate() error {
 		if f.Protocol != "tcp" && f.Protocol != "udp" {
 			return Invalid("port forward protocol must be tcp or udp, not %q", f.Protocol)
 		}
-		if f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
-			return Invalid("port forward %s %d->%d: ports must be 1 to 65535", f.Protocol, f.HostPort, f.GuestPort)
+		if f.HostPort < 0 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
+			return Invalid("port forward %s %d->%d: ports must be 1 to 65535 (host port 0: a free one)", f.Protocol, f.HostPort, f.GuestPort)
 		}
 		if f.HostAddr != "" && net.ParseIP(f.HostAddr) == nil {
 			return Invalid("port forward hostAddr %q is not an IP address", f.HostAddr)
 		}
 		key := fmt.Sprintf("%s/%s/%d", f.Protocol, f.HostAddr, f.HostPort)
-		if seen[key] {
+		if f.HostPort != 0 && seen[key] {
 			return Invalid("host port %s %d is forwarded twice", f.Protocol, f.HostPort)
 		}
 		seen[key] = true
+	}
+	return nil
+}
+
+func (t ImageTarget) validate(provider string) error {
+	if provider != ProviderImage {
+		return Invalid("imageTarget is used only with provider image")
+	}
+	if (t.Dir == "") == (len(t.Devices) == 0) {
+		return Invalid("imageTarget needs a directory (dir) or block devices (devices), one of the two")
+	}
+	paths := t.Devices
+	if t.Dir != "" {
+		paths = []string{t.Dir}
+	}
+	if len(paths) > 256 {
+		return Invalid("imageTarget: at most 256 devices")
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || len(p) > 4096 || !printableRE.MatchString(p) {
+			return Invalid("imageTarget path %q must be a clean absolute path on the control plane's host", p)
+		}
 	}
 	return nil
 }
