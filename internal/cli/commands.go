@@ -8,6 +8,7 @@ func commandList() []func(*globals) *cobra.Command {
 	return []func(*globals) *cobra.Command{
 		newUpCmd,
 		newServerCmd,
+		newReplicatorCmd,
 		newAgentCmd,
 		newSourceServersCmd,
 		newSettingsCmd,

@@ -15,6 +15,7 @@ const version = "0.1.0-dev"
 type serverFlags struct {
 	data, db, listen, tlsCert, tlsKey string
 	hosts                             []string
+	replicatorListen                  string // up only
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {

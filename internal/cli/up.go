@@ -24,6 +24,7 @@ type upEnv struct {
 	DataDir    string
 	StagingDir string // the local staging store's directory
 	StoreURL   string // the account template's staging store URL
+	Replicator string // the local replicator's address for agents
 	AdminToken string
 	Admin      *api.Client // API client with the admin token
 	Logger     *slog.Logger
@@ -33,9 +34,28 @@ type upEnv struct {
 type upComponent func(ctx context.Context, u *upEnv) error
 
 // upComponents lists what `lifeboat up` runs beside the control plane once it serves.
-// The replicator joins here.
-func upComponents() []upComponent {
-	return []upComponent{}
+func upComponents(g *globals, replicatorListen string) []upComponent {
+	return []upComponent{
+		func(ctx context.Context, u *upEnv) error { return runUpReplicator(ctx, g, u, replicatorListen) },
+	}
+}
+
+// runUpReplicator runs the local replicator of lifeboat up, registering it on first start
+// with a one-use install token the control plane makes for itself.
+func runUpReplicator(ctx context.Context, g *globals, u *upEnv, listen string) error {
+	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, storeKey: stagingKeyFile(u.DataDir), listen: listen,
+		site: api.DefaultSite, name: "local", address: listen}
+	local := *g
+	local.server = u.CP.URL()
+	if _, err := os.Stat(filepath.Join(u.DataDir, "replicator.yaml")); err != nil {
+		tok, err := u.CP.CreateToken(ctx, u.CP.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall,
+			Scope: api.ScopeReplicator, Uses: 1, Description: "the local replicator of lifeboat up"})
+		if err != nil {
+			return err
+		}
+		local.token = tok.Secret
+	}
+	return runReplicator(ctx, &local, f, u.CP.CACertPEM())
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -50,6 +70,7 @@ where the admin token is, the staging store URL and the command that installs an
 		RunE: func(cmd *cobra.Command, _ []string) error { return runUp(cmd.Context(), g, &f) },
 	}
 	f.register(cmd, false)
+	cmd.Flags().StringVar(&f.replicatorListen, "replicator-listen", "127.0.0.1:1500", "address of the local replicator for agents")
 	return cmd
 }
 
@@ -71,8 +92,9 @@ func runUp(ctx context.Context, g *globals, f *serverFlags) error {
 		if err != nil {
 			return err
 		}
+		u.Replicator = f.replicatorListen
 		printUpSummary(g, u.CP, u, install)
-		return runComponents(ctx, u, upComponents())
+		return runComponents(ctx, u, upComponents(g, f.replicatorListen))
 	})
 }
 
@@ -186,6 +208,8 @@ func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install
 	fmt.Fprintf(w, "  admin token:    %s\n", adminTokenFile(u.DataDir))
 	fmt.Fprintf(w, "  CA certificate: %s\n", caFile(u.DataDir))
 	fmt.Fprintf(w, "  staging store:  %s\n", u.StoreURL)
+	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: without it nothing can be restored)\n", stagingKeyFile(u.DataDir))
+	fmt.Fprintf(w, "  replicator:     %s\n", u.Replicator)
 	fmt.Fprintf(w, "  data directory: %s\n\n", u.DataDir)
 	fmt.Fprintf(w, "Protect a Linux server: run this on it (as root) within the hour:\n\n")
 	fmt.Fprintf(w, "  lifeboat agent install --server %s --token %s\n\n", cp.URL(), install.Secret)

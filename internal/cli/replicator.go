@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/replicator"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/wire"
+)
+
+type replicatorFlags struct {
+	data, store, storeKey, listen, site, name, address string
+}
+
+func newReplicatorCmd(g *globals) *cobra.Command {
+	var f replicatorFlags
+	cmd := &cobra.Command{
+		Use:   "replicator --server URL --store URL",
+		Short: "Run a replication server: receive agents' blocks on TCP 1500 and store them",
+		Long: `Run a replication server until SIGTERM or SIGINT. The first start registers it with the
+control plane using a replicator install token (--token; lifeboat tokens create --kind install
+--scope replicator) and keeps its credentials in the data directory. It writes to the staging
+store of each server's replication settings (--store when they name none), with the master
+key in --store-key (created when missing: copy it to every replicator of the same store).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if g.server == "" {
+				return usagef("replicator needs --server URL (the control plane)")
+			}
+			return runReplicator(cmd.Context(), g, &f, nil)
+		},
+	}
+	fl := cmd.Flags()
+	hostname, _ := os.Hostname()
+	fl.StringVar(&f.data, "data", filepath.Join(defaultDataDir(), "replicator"), "data directory: credentials")
+	fl.StringVar(&f.store, "store", "", "staging store URL for servers whose settings name none")
+	fl.StringVar(&f.storeKey, "store-key", "", "master key file of the staging store (default DATA/staging.key)")
+	fl.StringVar(&f.listen, "listen", ":1500", "address agents connect to")
+	fl.StringVar(&f.site, "site", api.DefaultSite, "site this replicator serves (at registration)")
+	fl.StringVar(&f.name, "name", hostname, "name of this replicator (at registration)")
+	fl.StringVar(&f.address, "address", "", "host:port agents use to reach it (at registration; default: this host and the --listen port)")
+	return cmd
+}
+
+// runReplicator registers (once) and runs a replicator. caPEM, when given, trusts the
+// control plane by its CA (lifeboat up) rather than by the token's pin.
+func runReplicator(ctx context.Context, g *globals, f *replicatorFlags, caPEM []byte) error {
+	if f.storeKey == "" {
+		f.storeKey = stagingKeyFile(f.data)
+	}
+	address := f.address
+	if address == "" {
+		host, port, err := net.SplitHostPort(f.listen)
+		if err != nil {
+			return usagef("--listen %q is not host:port", f.listen)
+		}
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			host, _ = os.Hostname()
+		}
+		address = net.JoinHostPort(host, port)
+	}
+	creds, err := replicator.LoadOrRegister(ctx, filepath.Join(f.data, "replicator.yaml"), replicator.RegisterOptions{
+		Server: g.server, Token: g.token, Name: f.name, Site: f.site, Address: address, CAPEM: caPEM})
+	if err != nil {
+		return err
+	}
+	client, err := creds.Client()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return err
+	}
+	pool, err := creds.CAPool()
+	if err != nil {
+		return err
+	}
+	mk, err := store.LoadOrCreateMasterKey(f.storeKey)
+	if err != nil {
+		return err
+	}
+	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool),
+		Listen: f.listen, MasterKey: mk, DefaultStoreURL: f.store, Logger: g.logger})
+	if err != nil {
+		return err
+	}
+	if err := rep.Listen(); err != nil {
+		return err
+	}
+	g.logger.Info("replicator started", "id", creds.ID, "name", creds.Name, "agents", rep.Addr(), "control_plane", creds.Server)
+	if err := rep.Run(ctx); err != nil {
+		return fmt.Errorf("replicator: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,366 @@
+// Package replicator is `lifeboat replicator`, the replication server of DESIGN §2: it
+// accepts agents' sessions on TCP 1500 (TLS 1.3, mutual authentication, the wire
+// protocol), writes their blocks into the staging store, acknowledges what is durable,
+// seals a PIT at every marker and records it with the control plane, applies the PIT
+// policy, and beats its heart to the control plane with its metrics.
+//
+// An agent may write only its own server's volumes, only while that server is assigned
+// to this replicator, and only with its current certificate; it can read nothing.
+package replicator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
+	"github.com/lifeboat-dr/lifeboat/internal/wire"
+)
+
+// ControlPlane is what the replicator needs of the control plane's API (an
+// *api.Client authenticated as the replicator).
+type ControlPlane interface {
+	Heartbeat(ctx context.Context, id string, req api.HeartbeatRequest) (api.HeartbeatResponse, error)
+	AssignedSourceServers(ctx context.Context, id string) (api.AssignedSourceServerList, error)
+	CreateRecoverySnapshot(ctx context.Context, serverID string, req api.CreateRecoverySnapshotRequest) (api.RecoverySnapshot, error)
+	DeleteRecoverySnapshots(ctx context.Context, serverID string, ids []string) (api.DeleteRecoverySnapshotsResponse, error)
+	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
+}
+
+// Config configures a replicator.
+type Config struct {
+	ID           string       // the replicator's id (rep-…)
+	ControlPlane ControlPlane // authenticated as this replicator
+	TLS          *tls.Config  // for agents: wire.ServerTLSConfig with its certificate and the CA
+	Listen       string       // TCP address for agents (default 127.0.0.1:1500)
+	// MasterKey opens (and creates, when absent) the staging stores of the servers it
+	// serves; DefaultStoreURL is used for a server whose settings name none.
+	MasterKey       store.MasterKey
+	DefaultStoreURL string
+	StoreOptions    store.Options
+	// OpenBackend opens a store URL; default backendurl.Open.
+	OpenBackend func(ctx context.Context, url string) (backend.Backend, error)
+
+	WindowBytes   uint64        // agents' flow-control window (default 64 MiB)
+	MaxBatchBytes uint32        // largest Blocks frame accepted (default 4 MiB)
+	FlushBytes    int64         // flush and acknowledge at least every this many bytes (default 32 MiB)
+	FlushInterval time.Duration // and at least this often while data arrives (default 250 ms)
+	Refresh       time.Duration // how often assignments and settings are re-read (default 5 s)
+	Retention     time.Duration // how often the PIT policy is applied (default 1 min)
+	Logger        *slog.Logger
+	Now           func() time.Time
+}
+
+func (c *Config) fill() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:1500"
+	}
+	if c.OpenBackend == nil {
+		c.OpenBackend = backendurl.Open
+	}
+	if c.WindowBytes == 0 {
+		c.WindowBytes = 64 << 20
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = 4 << 20
+	}
+	if c.FlushBytes == 0 {
+		c.FlushBytes = 32 << 20
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 250 * time.Millisecond
+	}
+	if c.Refresh == 0 {
+		c.Refresh = 5 * time.Second
+	}
+	if c.Retention == 0 {
+		c.Retention = time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Replicator is a running replication server.
+type Replicator struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	assigned map[string]api.AssignedSourceServer // by source server id
+	repos    map[string]*store.Repo              // by staging store URL
+	sessions map[string]*session                 // by source server id: at most one each
+	listener net.Listener
+
+	volumes  atomic.Int64 // volumes of live sessions, for the heartbeat
+	received atomic.Int64 // block bytes stored, for metrics
+}
+
+// New returns a replicator; call Listen and Run.
+func New(cfg Config) (*Replicator, error) {
+	cfg.fill()
+	if cfg.ControlPlane == nil || cfg.TLS == nil || cfg.ID == "" {
+		return nil, errors.New("a replicator needs its id, a control plane client and a TLS configuration")
+	}
+	return &Replicator{cfg: cfg, log: cfg.Logger.With("replicator", cfg.ID), assigned: map[string]api.AssignedSourceServer{},
+		repos: map[string]*store.Repo{}, sessions: map[string]*session{}}, nil
+}
+
+// Listen binds the agents' address.
+func (r *Replicator) Listen() error {
+	l, err := net.Listen("tcp", r.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for agents on %s: %w (choose another address with --listen)", r.cfg.Listen, err)
+	}
+	r.listener = l
+	return nil
+}
+
+// Addr is the address agents connect to.
+func (r *Replicator) Addr() string { return r.listener.Addr().String() }
+
+// Run serves agents until ctx ends, then closes every session and store.
+func (r *Replicator) Run(ctx context.Context) error {
+	if r.listener == nil {
+		if err := r.Listen(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Assignments first: sessions need them.
+	if err := r.refresh(ctx); err != nil {
+		r.log.Warn("reading assignments from the control plane failed; retrying", "err", err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { r.loop(ctx, r.cfg.Refresh, r.refresh) })
+	wg.Go(func() { r.heartbeatLoop(ctx) })
+	wg.Go(func() { r.loop(ctx, r.cfg.Retention, r.applyRetention) })
+	wg.Go(func() {
+		<-ctx.Done()
+		r.listener.Close()
+	})
+	r.log.Info("replicator serving agents", "address", r.Addr())
+	var conns sync.WaitGroup
+	for {
+		raw, err := r.listener.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			r.log.Warn("accept failed", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		conns.Go(func() { r.serveConn(ctx, raw) })
+	}
+	conns.Wait()
+	wg.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for url, repo := range r.repos {
+		if err := repo.Close(); err != nil {
+			r.log.Warn("closing a staging store failed", "store", url, "err", err)
+		}
+	}
+	return nil
+}
+
+func (r *Replicator) loop(ctx context.Context, every time.Duration, fn func(context.Context) error) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("background task failed; it will run again", "err", err)
+		}
+	}
+}
+
+// refresh reads the servers assigned to this replicator and their settings. Sessions
+// of servers no longer assigned are ended (their agent asks the control plane again).
+func (r *Replicator) refresh(ctx context.Context) error {
+	list, err := r.cfg.ControlPlane.AssignedSourceServers(ctx, r.cfg.ID)
+	if err != nil {
+		return fmt.Errorf("read assigned source servers: %w", err)
+	}
+	m := make(map[string]api.AssignedSourceServer, len(list.Items))
+	for _, a := range list.Items {
+		m[a.SourceServer.ID] = a
+	}
+	r.mu.Lock()
+	r.assigned = m
+	var drop []*session
+	for id, s := range r.sessions {
+		a, ok := m[id]
+		if !ok || !servesSerial(a, s.serial) || a.Control.Desired == api.DesiredStopped {
+			drop = append(drop, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range drop {
+		s.stop(&wire.Error{Code: wire.CodeNotAuthorized, Message: "this server is no longer assigned to this replicator (or its certificate was replaced, or replication was stopped): ask the control plane where to replicate"})
+	}
+	return nil
+}
+
+func servesSerial(a api.AssignedSourceServer, serial string) bool {
+	for _, s := range a.CertificateSerials {
+		if strings.EqualFold(s, serial) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Replicator) heartbeatLoop(ctx context.Context) {
+	interval := 10 * time.Second
+	lastCPU := processCPU()
+	lastAt := time.Now()
+	for {
+		cpu := processCPU()
+		now := time.Now()
+		pct := 0.0
+		if el := now.Sub(lastAt); el > 100*time.Millisecond && cpu >= lastCPU {
+			pct = 100 * float64(cpu-lastCPU) / float64(el)
+		}
+		lastCPU, lastAt = cpu, now
+		resp, err := r.cfg.ControlPlane.Heartbeat(ctx, r.cfg.ID, api.HeartbeatRequest{Version: "lifeboat", Metrics: api.ReplicatorMetrics{
+			CPUPercent: pct, RSSBytes: rssBytes(), VolumesServed: int(r.volumes.Load())}})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.Warn("heartbeat failed", "err", err)
+		} else if resp.HeartbeatIntervalSeconds > 0 {
+			interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
+// repo returns the open staging store at url, opening (or creating) it on first use.
+func (r *Replicator) repo(ctx context.Context, url string) (*store.Repo, error) {
+	if url == "" {
+		url = r.cfg.DefaultStoreURL
+	}
+	if url == "" {
+		return nil, errors.New("no staging store is configured for this server: set stagingStoreUrl in its replication settings")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if repo := r.repos[url]; repo != nil {
+		return repo, nil
+	}
+	be, err := r.cfg.OpenBackend(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	opts := r.cfg.StoreOptions
+	opts.Logger = r.log
+	repo, err := store.OpenOrInit(ctx, be, r.cfg.MasterKey, opts)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	r.repos[url] = repo
+	return repo, nil
+}
+
+// applyRetention deletes, for every assigned server, the PITs its policy no longer
+// keeps: from the store, then from the control plane's records.
+func (r *Replicator) applyRetention(ctx context.Context) error {
+	r.mu.Lock()
+	servers := make([]api.AssignedSourceServer, 0, len(r.assigned))
+	for _, a := range r.assigned {
+		servers = append(servers, a)
+	}
+	r.mu.Unlock()
+	var firstErr error
+	for _, a := range servers {
+		if err := r.retain(ctx, a); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+func (r *Replicator) retain(ctx context.Context, a api.AssignedSourceServer) error {
+	repo, err := r.repo(ctx, a.Settings.StagingStoreURL)
+	if err != nil {
+		return err
+	}
+	deleted, err := repo.ApplyRetention(ctx, a.SourceServer.ID, Policy(a.Settings.PITPolicy))
+	if len(deleted) > 0 {
+		ids := make([]string, len(deleted))
+		for i, p := range deleted {
+			ids[i] = p.ID
+		}
+		if _, cerr := r.cfg.ControlPlane.DeleteRecoverySnapshots(ctx, a.SourceServer.ID, ids); cerr != nil && err == nil {
+			err = cerr
+		}
+		r.log.Info("retention removed PITs", "server", a.SourceServer.ID, "count", len(ids))
+	}
+	return err
+}
+
+// Policy converts a PIT policy of the replication settings to the store's.
+func Policy(p api.PITPolicy) store.Policy {
+	out := store.Policy{ConsistencyPoints: time.Duration(p.ConsistencyPointRetentionMinutes) * time.Minute}
+	unit := map[string]time.Duration{api.UnitMinute: time.Minute, api.UnitHour: time.Hour, api.UnitDay: 24 * time.Hour}
+	for _, rule := range p.Rules {
+		u := unit[rule.Units]
+		out.Rules = append(out.Rules, store.Rule{Interval: time.Duration(rule.Interval) * u, Keep: time.Duration(rule.RetentionDuration) * u})
+	}
+	return out
+}
+
+// processCPU is the CPU time the process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rssBytes is the process's resident set size.
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.Sys)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
