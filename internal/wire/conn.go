@@ -152,10 +152,7 @@ func (c *Conn) fill(n int) error {
 				}
 				return io.ErrUnexpectedEOF
 			}
-			if c.rend == c.rpos {
-				return fmt.Errorf("read from the connection: %w", err)
-			}
-			return err
+			return fmt.Errorf("read from the connection: %w", err)
 		}
 		if k == 0 {
 			if zero++; zero > 100 {
