@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
 // VolumeReader reads one volume of a PIT.
@@ -101,8 +104,8 @@ const exportWindow = 64
 
 // Export writes the whole volume to dst at offset 0: blocks read in parallel, pack by
 // pack in large sequential reads, and written where they belong; zero blocks are holes
-// (dst is truncated to the volume's size when it is a regular file). It returns when
-// every block is written; it does not sync dst.
+// (dst is sized to the volume when it is a regular file; with OnlyDiffering a larger
+// one keeps its tail). It returns when every block is written; it does not sync dst.
 func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOptions) (ExportStats, error) {
 	r := v.r
 	bs := int64(r.cfg.BlockSize)
@@ -120,7 +123,8 @@ func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOpti
 			return st, fmt.Errorf("prepare %s: %w", dst.Name(), err)
 		}
 	}
-	if regular {
+	if regular && (!opts.OnlyDiffering || fi.Size() < v.vol.Size) {
+		// An existing target larger than the volume keeps its tail, as a device would.
 		if err := dst.Truncate(v.vol.Size); err != nil {
 			return st, fmt.Errorf("size %s to %d bytes: %w", dst.Name(), v.vol.Size, err)
 		}
@@ -198,6 +202,13 @@ func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOpti
 		for id := range uses {
 			l, pack, ok := r.lookup(id)
 			if !ok {
+				// Perhaps stored by another process (a replicator) since the index was loaded.
+				if err := r.refreshView(ctx, false); err != nil {
+					return st, err
+				}
+				l, pack, ok = r.lookup(id)
+			}
+			if !ok {
 				return st, fmt.Errorf("PIT %s volume %s: chunk %s: %w (run lifeboat store verify)", v.pit.ID, v.vol.Name, id, ErrNotFound)
 			}
 			byPack[pack] = append(byPack[pack], item{id, l})
@@ -235,14 +246,20 @@ func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOpti
 		for _, rd := range reads {
 			g.Go(func() error {
 				data, err := r.be.ReadAt(gctx, packName(rd.pack), rd.off, rd.end-rd.off)
-				if err != nil {
+				moved := errors.Is(err, backend.ErrNotFound) // a garbage collection repacked it meanwhile
+				if err != nil && !moved {
 					return fmt.Errorf("read pack %s: %w", packName(rd.pack), err)
 				}
 				plain := make([]byte, 0, bs)
 				buf := make([]byte, bs)
 				for _, it := range rd.items {
-					s := int64(it.l.offset) - rd.off
-					plain, err = r.openChunk(data[s:s+int64(it.l.length)], it.l, it.id, blobData, packName(rd.pack), plain[:0])
+					if moved {
+						// One chunk at a time: readChunk reloads the index and finds its new pack.
+						plain, err = r.readChunk(gctx, it.id, blobData, plain[:0])
+					} else {
+						s := int64(it.l.offset) - rd.off
+						plain, err = r.openChunk(data[s:s+int64(it.l.length)], it.l, it.id, blobData, packName(rd.pack), plain[:0])
+					}
 					if err != nil {
 						return err
 					}
