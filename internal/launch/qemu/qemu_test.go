@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -461,4 +462,37 @@ func TestPickKernel(t *testing.T) {
 			t.Errorf("pickKernel(%v) = %q %q, want %q %q", c.entries, k, i, c.kernel, c.initrd)
 		}
 	}
+}
+
+// The client's whole read path (lines, decoding, answers, events) on whatever a socket
+// may carry after a proper greeting: it must neither panic nor hang.
+func FuzzQMPClient(f *testing.F) {
+	f.Add([]byte(`{"return": {"status": "running"}, "id": "2"}` + "\n"))
+	f.Add([]byte(`{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}` + "\n" + `{"error": {"class": "GenericError", "desc": "no"}, "id": "2"}` + "\n"))
+	f.Add([]byte(`{"return": {}}` + "\n" + `not json` + "\n"))
+	f.Add([]byte(`{"return": 5, "id": 2}` + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		client, server := net.Pipe()
+		go func() {
+			defer server.Close()
+			_, _ = server.Write([]byte(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}` + "\n"))
+			_, _ = bufio.NewReader(server).ReadString('\n') // qmp_capabilities
+			_, _ = server.Write([]byte(`{"return": {}, "id": "1"}` + "\n"))
+			_, _ = server.Write(data)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := newQMPClient(ctx, client)
+		if err != nil {
+			t.Fatalf("negotiation with a well-behaved greeting failed: %v", err)
+		}
+		var st map[string]any
+		_ = c.Execute(ctx, "query-status", nil, &st)
+		if ctx.Err() != nil {
+			t.Fatal("Execute hung until the deadline")
+		}
+		c.Close()
+		for range c.Events() { // closed once the reader stops
+		}
+	})
 }

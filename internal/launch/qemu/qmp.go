@@ -146,6 +146,16 @@ func DialQMP(ctx context.Context, socket string) (*QMPClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to the QEMU monitor at %s (is the VM running?): %w", socket, err)
 	}
+	c, err := newQMPClient(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("QEMU monitor at %s: %w", socket, err)
+	}
+	return c, nil
+}
+
+// newQMPClient reads the greeting on conn and negotiates capabilities; conn is closed
+// if that fails.
+func newQMPClient(ctx context.Context, conn net.Conn) (*QMPClient, error) {
 	c := &QMPClient{
 		conn:    conn,
 		pending: make(map[string]chan message),
@@ -159,15 +169,15 @@ func DialQMP(ctx context.Context, socket string) (*QMPClient, error) {
 		c.greeting = *g
 	case <-c.done:
 		conn.Close()
-		return nil, fmt.Errorf("QEMU monitor at %s: no greeting: %w", socket, c.readErr)
+		return nil, fmt.Errorf("no greeting: %w", c.readErr)
 	case <-ctx.Done():
 		conn.Close()
 		<-c.done
-		return nil, fmt.Errorf("QEMU monitor at %s did not greet (another client may hold it): %w", socket, ctx.Err())
+		return nil, fmt.Errorf("no greeting (another client may hold the monitor): %w", ctx.Err())
 	}
 	if err := c.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("QEMU monitor at %s: capabilities negotiation: %w", socket, err)
+		return nil, fmt.Errorf("capabilities negotiation: %w", err)
 	}
 	return c, nil
 }
@@ -298,22 +308,28 @@ func (c *QMPClient) Execute(ctx context.Context, command string, args, result an
 	if _, err := c.conn.Write(append(data, '\n')); err != nil {
 		return fmt.Errorf("QMP %s: send: %w", command, err)
 	}
+	var m message
 	select {
-	case m := <-answer:
-		if m.err != nil {
-			return fmt.Errorf("QMP %s: %w", command, m.err)
-		}
-		if result != nil {
-			if err := json.Unmarshal(m.ret, result); err != nil {
-				return fmt.Errorf("QMP %s: decode the answer: %w", command, err)
-			}
-		}
-		return nil
+	case m = <-answer:
 	case <-c.done:
-		return fmt.Errorf("QMP %s: %w", command, c.readErr)
+		// The answer may have come just before the connection closed.
+		select {
+		case m = <-answer:
+		default:
+			return fmt.Errorf("QMP %s: %w", command, c.readErr)
+		}
 	case <-ctx.Done():
 		return fmt.Errorf("QMP %s: no answer: %w", command, ctx.Err())
 	}
+	if m.err != nil {
+		return fmt.Errorf("QMP %s: %w", command, m.err)
+	}
+	if result != nil {
+		if err := json.Unmarshal(m.ret, result); err != nil {
+			return fmt.Errorf("QMP %s: decode the answer: %w", command, err)
+		}
+	}
+	return nil
 }
 
 // Close closes the connection.
