@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/launch/conversion"
+	"github.com/lifeboat-dr/lifeboat/internal/launch/conversion/ext4image"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -141,13 +144,28 @@ func waitHTTP(ctx context.Context, t *testing.T, v *VM, url string) string {
 
 // bootServer builds a test server image, converts it (hostname), extracts its kernel and
 // starts it with HTTP forwarded from a free host port.
-func bootServer(ctx context.Context, t *testing.T, name string, isolated bool, h *hostListener) (*VM, string, time.Time) {
+// With partitioned set, the filesystem is moved into the second partition of a GPT
+// disk, as a cloud image's is.
+func bootServer(ctx context.Context, t *testing.T, name string, isolated, partitioned bool, h *hostListener) (*VM, string, time.Time) {
 	t.Helper()
 	needQEMU(t)
 	img := testutil.BuildBootImage(t, testutil.BootImageOptions{Hostname: "source-web", Probe: h.probe()})
+	if partitioned {
+		img = gptDisk(t, img)
+	}
 	// A test changes the page inside the image, as a replicated change would.
 	page := "<h1>recovered " + name + " " + h.token + "</h1>\n"
-	testutil.SetFileInImage(t, img, "/www/index.html", page)
+	if partitioned {
+		f, err := ext4image.Root(ctx, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.WriteFile(ctx, "/www/index.html", []byte(page), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		testutil.SetFileInImage(t, img, "/www/index.html", page)
+	}
 	// Conversion: the recovered server gets its DR name and the DR network's address.
 	if err := conversion.Apply(ctx, img, conversion.Conversion{
 		Hostname: name,
@@ -188,7 +206,7 @@ func TestBootRecoveredServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootBound)
 	defer cancel()
 	h := listenOnHost(t)
-	v, page, started := bootServer(ctx, t, "dr-web-1", false, h)
+	v, page, started := bootServer(ctx, t, "dr-web-1", false, false, h)
 
 	// A control-plane restart: another VM value finds the VM from its directory.
 	a, err := Attach(v.Dir())
@@ -242,12 +260,14 @@ func TestBootRecoveredServer(t *testing.T) {
 }
 
 // A drill's network: the isolated guest cannot reach the host (or anything else), while
-// the forwarded port still reaches the guest.
+// the forwarded port still reaches the guest. Its disk is partitioned (GPT, a BIOS boot
+// partition first), so ExtractBoot and root=UUID are also shown to find the root
+// filesystem in a partition.
 func TestIsolatedNetwork(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootBound)
 	defer cancel()
 	h := listenOnHost(t)
-	v, page, started := bootServer(ctx, t, "drill-web-1", true, h)
+	v, page, started := bootServer(ctx, t, "drill-web-1", true, true, h)
 	bootCtx, cancelBoot := context.WithTimeout(ctx, bootBound)
 	defer cancelBoot()
 	url := "http://" + v.Ports()[0].Addr()
@@ -260,6 +280,9 @@ func TestIsolatedNetwork(t *testing.T) {
 	// The probe ran to its end (it printed after nc gave up) and got no answer.
 	if !strings.Contains(console, "probe-finished") {
 		t.Fatalf("the probe did not run to its end; console:\n%s", tail(console, 2000))
+	}
+	if !strings.Contains(console, "(vda2)") {
+		t.Errorf("the console does not show the root filesystem mounted from the second partition (vda2)")
 	}
 	if strings.Contains(console, "pong-"+h.token) || h.conns.Load() != 0 {
 		t.Errorf("the isolated guest reached the host listener (%d connections)", h.conns.Load())
@@ -274,4 +297,54 @@ func TestIsolatedNetwork(t *testing.T) {
 	if !gone(pid) {
 		t.Errorf("QEMU (pid %d) still runs after Kill and Wait", pid)
 	}
+}
+
+// gptDisk copies a whole-disk filesystem image into the second partition of a new GPT
+// disk (the first is a small BIOS boot partition, as on cloud images).
+func gptDisk(t *testing.T, fsImage string) string {
+	t.Helper()
+	testutil.RequireCommand(t, "sfdisk", "fdisk")
+	src, err := os.Open(fsImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = 4 << 20 // bytes; the partition starts at sector 8192
+	disk := filepath.Join(t.TempDir(), "gpt.raw")
+	dst, err := os.Create(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Truncate(start + st.Size() + 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	table := fmt.Sprintf("label: gpt\nstart=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649\nstart=8192, size=%d, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n", st.Size()/512)
+	cmd := exec.Command("sfdisk", "-q", disk)
+	cmd.Stdin = strings.NewReader(table)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	// Copy, leaving holes where the filesystem has zeros.
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, len(buf))
+	for off := int64(0); ; off += int64(len(buf)) {
+		n, err := io.ReadFull(src, buf)
+		if n > 0 && !bytes.Equal(buf[:n], zero[:n]) {
+			if _, werr := dst.WriteAt(buf[:n], start+off); werr != nil {
+				t.Fatal(werr)
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return disk
 }

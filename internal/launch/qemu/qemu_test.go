@@ -5,12 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -495,4 +501,174 @@ func FuzzQMPClient(f *testing.F) {
 		for range c.Events() { // closed once the reader stops
 		}
 	})
+}
+
+// helperDirEnv, when set, makes TestMain start a paused VM in that directory and exit:
+// a stand-in for a control plane that starts a recovered server and then stops.
+const helperDirEnv = "LIFEBOAT_TEST_QEMU_START_AND_EXIT"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(helperDirEnv); dir != "" {
+		disk := filepath.Join(dir, "disk.raw")
+		if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+			panic(err)
+		}
+		v, err := Start(context.Background(), Config{Name: "orphan", Dir: filepath.Join(dir, "vm"), Disks: []Disk{{Path: disk}}, StartPaused: true})
+		if err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(3)
+		}
+		os.Stdout.WriteString(strconv.Itoa(v.Pid()) + "\n")
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// The process that starts a VM ends (a control-plane restart); the VM runs on, and a new
+// process attaches to it and stops it.
+func TestVMOutlivesItsStarter(t *testing.T) {
+	needQEMU(t)
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperDirEnv+"="+dir)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("the starter process failed: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("the starter printed %q, not a pid", out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v, err := Attach(filepath.Join(dir, "vm"))
+	if err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("the VM did not outlive the process that started it: %v", err)
+	}
+	stopAtEnd(t, v)
+	if v.Pid() != pid {
+		t.Errorf("attached pid %d, the starter started %d", v.Pid(), pid)
+	}
+	if st, err := v.Status(ctx); err != nil || st != StatePrelaunch {
+		t.Errorf("Status = %q, %v; want prelaunch", st, err)
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(pid) {
+		t.Errorf("QEMU (pid %d) still runs after Stop", pid)
+	}
+}
+
+// A running guest that ignores the power button (here: firmware with nothing to boot) is
+// quit once the stop timeout has passed.
+func TestStopEscalatesWhenTheGuestIgnoresThePowerButton(t *testing.T) {
+	needQEMU(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var logs strings.Builder
+	var mu sync.Mutex
+	v, err := Start(ctx, Config{
+		Name: "deaf", Dir: filepath.Join(t.TempDir(), "vm"), Disks: []Disk{{Path: emptyDisk(t)}},
+		Network: Network{Mode: NetworkNone}, StopTimeout: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, v)
+	if st, err := v.Status(ctx); err != nil || st != StateRunning {
+		t.Fatalf("Status = %q, %v; want running", st, err)
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(v.Pid()) {
+		t.Fatalf("QEMU (pid %d) still runs after Stop", v.Pid())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "did not power off in time") || !strings.Contains(logs.String(), "QEMU quit") {
+		t.Errorf("Stop did not go from the power button to quit; its log:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// A disk with a separate /boot partition (kernels at its top) before the root partition:
+// the kernel comes from the first, root=UUID names the second.
+func TestExtractBootSeparateBootPartition(t *testing.T) {
+	testutil.RequireCommand(t, "sfdisk", "fdisk")
+	testutil.RequireCommand(t, "mkfs.ext4", "e2fsprogs")
+	testutil.RequireCommand(t, "debugfs", "e2fsprogs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	write := func(p, content string) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bootTree, rootTree := filepath.Join(dir, "boot"), filepath.Join(dir, "root")
+	write(filepath.Join(bootTree, "vmlinuz-6.1.0-9-amd64"), "old kernel")
+	write(filepath.Join(bootTree, "initrd.img-6.1.0-9-amd64"), "old initrd")
+	write(filepath.Join(bootTree, "vmlinuz-6.1.0-10-amd64"), "new kernel")
+	write(filepath.Join(bootTree, "initrd.img-6.1.0-10-amd64"), "new initrd")
+	write(filepath.Join(rootTree, "etc", "hostname"), "x\n")
+	if err := os.MkdirAll(filepath.Join(rootTree, "boot"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 48<<20); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sfdisk", "-q", disk)
+	cmd.Stdin = strings.NewReader("label: gpt\nstart=2048, size=32768, type=BC13C2FF-59E6-4262-A352-B275FD6F7172\nstart=34816, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", "-E", "offset=1048576", "-d", bootTree, disk, "16M")
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", "-E", fmt.Sprintf("offset=%d", 34816*512), "-d", rootTree, disk, "28M")
+	out := filepath.Join(dir, "vm", "boot")
+	b, err := ExtractBoot(ctx, disk, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := ext4image.Root(ctx, disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root.Partition != 2 || !strings.Contains(b.Cmdline, "root=UUID="+root.UUID+" ") || b.Mode != BootKernel {
+		t.Errorf("Boot = %+v; root filesystem %+v", b, root)
+	}
+	for p, want := range map[string]string{b.Kernel: "new kernel", b.Initrd: "new initrd"} {
+		if got, err := os.ReadFile(p); err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", p, got, err, want)
+		}
+	}
+	// Extracting again replaces the copies.
+	if _, err := ExtractBoot(ctx, disk, out); err != nil {
+		t.Fatalf("second ExtractBoot: %v", err)
+	}
+	// A disk with no kernel says to boot from disk instead.
+	empty := filepath.Join(dir, "nokernel.raw")
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", "-d", rootTree, empty, "16M")
+	if _, err := ExtractBoot(ctx, empty, out); err == nil || !strings.Contains(err.Error(), "Boot.Mode disk") {
+		t.Errorf("ExtractBoot without a kernel: %v", err)
+	}
 }
