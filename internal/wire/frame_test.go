@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"io"
 	"strings"
@@ -123,5 +124,41 @@ func TestReadMsgLimitsMemory(t *testing.T) {
 	c.SetMaxPayload(100)
 	if _, err := c.ReadMsg(); !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "limit of 100") {
 		t.Fatalf("frame over SetMaxPayload: %v", err)
+	}
+}
+
+// TestGoldenFrames pins the bytes of the examples in docs/wire.md §9, and the standard
+// check values of CRC-32C and XXH3-64, so the specification and the code agree.
+func TestGoldenFrames(t *testing.T) {
+	if got := crc32c([]byte("123456789")); got != 0xe3069283 {
+		t.Fatalf("CRC-32C check value %08x, want e3069283", got)
+	}
+	if got := Hash([]byte("abc")); got != 0x78af5f94892f3950 {
+		t.Fatalf("XXH3-64(abc) = %016x", got)
+	}
+	golden := []struct {
+		m   Msg
+		hex string
+	}{
+		{&Ack{Seq: 1}, "05000000" + "00000008" + "0000000000000001" + "3c604a6b"},
+		{&Blocks{Seq: 2, Volume: 0, Entries: []BlockEntry{
+			{Block: 5, RawLen: 65536, Codec: CodecZero, Hash: Hash(make([]byte, 65536))},
+			{Block: 6, RawLen: 3, Codec: CodecNone, Hash: Hash([]byte("abc")), Payload: []byte("abc")},
+		}}, "03000000" + "00000043" +
+			"0000000000000002" + "0000" + "00000002" +
+			"0000000000000005" + "00010000" + "03" + "33b202d302b65caa" + "00000000" +
+			"0000000000000006" + "00000003" + "00" + "78af5f94892f3950" + "00000003" + "616263" +
+			"f0cb27c3"},
+		{&Error{Code: "SHUTTING_DOWN", Message: "bye"}, "09000000" + "00000014" +
+			"000d" + "5348555454494e475f444f574e" + "0003" + "627965" + "c6174c23"},
+	}
+	for _, g := range golden {
+		f, err := AppendFrame(nil, g.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(f); got != g.hex {
+			t.Fatalf("%v frame\n got %s\nwant %s", g.m.Type(), got, g.hex)
+		}
 	}
 }
