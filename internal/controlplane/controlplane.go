@@ -55,6 +55,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil: time.Now. Tests move it.
 	Now func() time.Time
+	// StoreKeyFile is the staging store's master key, with which the control plane
+	// reads PITs to launch them; empty: DataDir/staging.key.
+	StoreKeyFile string
+	// Recovery configures drills and recoveries (jobs.go).
+	Recovery RecoveryConfig
 }
 
 // DefaultListen is the API address of `lifeboat server` and `lifeboat up`.
@@ -76,6 +81,7 @@ type ControlPlane struct {
 	server   *http.Server
 	stopping chan struct{} // closed when shutdown begins: ends event streams
 	stopOnce sync.Once
+	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
 }
 
 // Open opens (creating on first start) the data directory, database, CA and server
@@ -133,6 +139,10 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	if err := cp.bootstrap(ctx); err != nil {
+		cp.db.Close()
+		return nil, err
+	}
+	if err := cp.openRecovery(); err != nil {
 		cp.db.Close()
 		return nil, err
 	}
@@ -239,6 +249,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { cp.assignLoop(bgCtx) })
 	wg.Go(func() { cp.agentWatchLoop(bgCtx) })
+	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 
 	errc := make(chan error, 1)
 	go func() { errc <- cp.server.Serve(tls.NewListener(cp.listener, cp.server.TLSConfig)) }()
@@ -268,6 +279,7 @@ func (cp *ControlPlane) Close() error {
 	if cp.listener != nil {
 		cp.listener.Close()
 	}
+	cp.rec.stores.Close()
 	return cp.db.Close()
 }
 

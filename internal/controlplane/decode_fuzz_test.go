@@ -39,6 +39,15 @@ func FuzzDecodeRequest(f *testing.F) {
 		api.ReplicationStateUpdate{DataReplicationState: new(string), LastConsistencyPoint: &api.ConsistencyPointInfo{Time: now, Level: "crash"}},
 		api.CreateRecoverySnapshotRequest{Time: now, Level: "filesystem", Volumes: []api.SnapshotVolume{{Name: "vda"}}},
 		api.DeleteRecoverySnapshotsRequest{IDs: []string{"pit-00000000000000001"}},
+		api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: "s-00000000000000001", RecoverySnapshotID: "pit-00000000000000001"}}, IsDrill: true, NetworkAccess: true},
+		api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: "s-00000000000000001"}}, At: &now, Force: true},
+		api.TerminateRecoveryInstancesRequest{RecoveryInstanceIDs: []string{"i-00000000000000001"}},
+		api.TerminationProtectionRequest{Enabled: true},
+		api.CreateInstanceRequest{Name: "old-web", Site: "default", Disks: []string{"/dev/vdb"}, BootMode: "kernel",
+			Tags: map[string]string{api.LaunchIntoTagDRS: api.LaunchIntoTagValue}},
+		api.UpdateInstanceTagsRequest{Set: map[string]string{"a": "b"}, Remove: []string{"c"}},
+		api.LaunchSettings{Provider: "image", CPUs: 1, MemoryMiB: 512, Network: api.LaunchNetwork{Mode: "isolated"}, BootMode: "kernel",
+			KernelArgs: "root=/dev/vda", DiskFormat: "qcow2", ImageTarget: &api.ImageTarget{Dir: "/srv/images"}},
 	}
 	for i, s := range seeds {
 		b, _ := json.Marshal(s)

@@ -50,6 +50,8 @@ type env struct {
 	// agentTimeout is the control plane's AgentTimeout (default: longer than any test,
 	// so moving the clock does not mark agents AGENT_NOT_SEEN unless a test wants it).
 	agentTimeout time.Duration
+	// configure, when set, changes the configuration at each (re)start (see startWith).
+	configure func(*controlplane.Config)
 }
 
 // eachDB runs fn on a fresh control plane over SQLite and over PostgreSQL.
@@ -61,8 +63,14 @@ func eachDB(t *testing.T, fn func(t *testing.T, e *env)) {
 
 func start(t *testing.T, kind db.Kind) *env {
 	t.Helper()
+	return startWith(t, kind, nil)
+}
+
+// startWith starts a control plane whose configuration configure changes.
+func startWith(t *testing.T, kind db.Kind, configure func(*controlplane.Config)) *env {
+	t.Helper()
 	e := &env{t: t, kind: kind, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(),
-		ctx: context.Background(), agentTimeout: 10000 * time.Hour}
+		ctx: context.Background(), agentTimeout: 10000 * time.Hour, configure: configure}
 	dbURL := dbtest.URL(t, kind)
 	e.open(dbURL)
 	return e
@@ -72,8 +80,12 @@ func start(t *testing.T, kind db.Kind) *env {
 func (e *env) open(dbURL string) {
 	t := e.t
 	t.Helper()
-	cp, err := controlplane.Open(e.ctx, controlplane.Config{DataDir: e.dataDir, DBURL: dbURL, Listen: "127.0.0.1:0",
-		Now: e.clock.Now, HeartbeatInterval: time.Hour, ReplicatorTimeout: 45 * time.Second, AgentTimeout: e.agentTimeout})
+	cfg := controlplane.Config{DataDir: e.dataDir, DBURL: dbURL, Listen: "127.0.0.1:0",
+		Now: e.clock.Now, HeartbeatInterval: time.Hour, ReplicatorTimeout: 45 * time.Second, AgentTimeout: e.agentTimeout}
+	if e.configure != nil {
+		e.configure(&cfg)
+	}
+	cp, err := controlplane.Open(e.ctx, cfg)
 	if err != nil {
 		t.Fatalf("open control plane: %v", err)
 	}

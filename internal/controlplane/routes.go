@@ -24,6 +24,7 @@ type queryParam struct{ name, typ, doc string }
 var (
 	viewer    = access{role: api.RoleViewer}
 	admin     = access{role: api.RoleAdmin}
+	operator  = access{role: api.RoleOperator}
 	sysAdmin  = access{role: api.RoleAdmin, system: true}
 	pagingQry = []queryParam{{"limit", "integer", "page size, 1 to 10000 (default 100)"}, {"page_token", "string", "nextPageToken of the previous page"}}
 )
@@ -135,6 +136,43 @@ func (cp *ControlPlane) routeTable() []*route {
 			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator}, endpoint: noBodyEndpoint((*call).assignedServers)},
 		{method: "POST", path: "/api/v1/replicators/{id}/certificate", summary: "Renew the replicator's certificate",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
+
+		// Recovery: drills, recoveries and terminations (jobs), recovery instances, and
+		// existing instances to launch into (jobs.go, recovery_instances.go, instances.go).
+		{method: "POST", path: "/api/v1/jobs/recovery", summary: "Start a drill or a recovery of source servers from PITs",
+			access: operator, status: 201, endpoint: withBody((*call).startRecovery)},
+		{method: "POST", path: "/api/v1/jobs/terminate", summary: "Start a job that terminates recovery instances",
+			access: operator, status: 201, endpoint: withBody((*call).terminateRecoveryInstances)},
+		{method: "GET", path: "/api/v1/jobs", summary: "List jobs, newest first", access: viewer, query: pagingQry,
+			endpoint: noBodyEndpoint((*call).listJobs)},
+		{method: "GET", path: "/api/v1/jobs/{id}", summary: "Describe a job: status, servers, measured RTO", access: viewer,
+			endpoint: noBodyEndpoint((*call).getJob)},
+		{method: "GET", path: "/api/v1/jobs/{id}/log", summary: "A job's log, oldest first (follow with page_token)", access: viewer,
+			query:    []queryParam{{"limit", "integer", "entries, 1 to 10000 (default 1000)"}, {"page_token", "string", "nextPageToken of the previous page"}},
+			endpoint: noBodyEndpoint((*call).jobLog)},
+		{method: "GET", path: "/api/v1/recovery-instances", summary: "List recovery instances, newest first", access: viewer,
+			query: append([]queryParam{{"source_server", "string", "only this source server's"},
+				{"drill", "boolean", "only drills (true) or only recoveries (false)"},
+				{"all", "boolean", "include ended (terminated or failed) ones"}}, pagingQry...),
+			endpoint: noBodyEndpoint((*call).listRecoveryInstances)},
+		{method: "GET", path: "/api/v1/recovery-instances/{id}", summary: "Describe a recovery instance", access: viewer,
+			endpoint: noBodyEndpoint((*call).getRecoveryInstance)},
+		{method: "PUT", path: "/api/v1/recovery-instances/{id}/termination-protection", summary: "Turn termination protection on or off",
+			access: operator, endpoint: withBody((*call).setTerminationProtection)},
+		{method: "GET", path: "/api/v1/instances", summary: "List instances that recoveries may launch into", access: viewer,
+			endpoint: noBodyEndpoint((*call).listInstances)},
+		{method: "POST", path: "/api/v1/instances", summary: "Register an instance (its disks on the control plane's host)",
+			access: admin, status: 201, endpoint: withBody((*call).createInstance)},
+		{method: "GET", path: "/api/v1/instances/{id}", summary: "Describe an instance", access: viewer,
+			endpoint: noBodyEndpoint((*call).getInstance)},
+		{method: "DELETE", path: "/api/v1/instances/{id}", summary: "Remove an instance's registration (its disks stay)",
+			access: admin, status: 204, endpoint: noBodyEndpoint((*call).deleteInstance)},
+		{method: "PATCH", path: "/api/v1/instances/{id}/tags", summary: "Set and remove an instance's tags", access: admin,
+			endpoint: withBody((*call).updateInstanceTags)},
+		{method: "POST", path: "/api/v1/instances/{id}/start", summary: "Start an instance's VM", access: admin,
+			endpoint: noBodyEndpoint((*call).startInstance)},
+		{method: "POST", path: "/api/v1/instances/{id}/stop", summary: "Stop an instance's VM", access: admin,
+			endpoint: noBodyEndpoint((*call).stopInstance)},
 
 		{method: "GET", path: "/api/v1/audit", summary: "The audit log, newest first", access: admin,
 			query:    append([]queryParam{{"target", "string", "target id"}, {"action", "string", "action, e.g. source-server.register"}}, pagingQry...),

@@ -362,3 +362,42 @@ func (t *Tx) JobLog(jobID string, limit int, after string) ([]api.JobLogEvent, s
 	}
 	return out, next, nil
 }
+
+// ConsistentSnapshots returns a source server's consistent PITs (filesystem or crash),
+// taken at or before before when it is given, newest first.
+func (t *Tx) ConsistentSnapshots(sourceServerID string, before *time.Time, limit int) ([]Snapshot, error) {
+	q := `SELECT ` + snapshotCols + ` FROM recovery_snapshots WHERE source_server_id = ? AND level IN (?, ?)`
+	args := []any{sourceServerID, api.LevelFilesystem, api.LevelCrash}
+	if before != nil {
+		q += ` AND taken_at <= ?`
+		args = append(args, ms(*before))
+	}
+	q += ` ORDER BY taken_at DESC, id LIMIT ?`
+	args = append(args, limit)
+	rows, err := t.query(q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Snapshot
+	for rows.Next() {
+		s, err := scanSnapshot(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, classify(rows.Err())
+}
+
+// BusyRecoveryInstance returns the job that is working on a recovery instance (its row
+// PENDING or IN_PROGRESS), or "".
+func (t *Tx) BusyRecoveryInstance(recoveryInstanceID string) (string, error) {
+	var id string
+	err := t.queryRow(`SELECT job_id FROM job_servers WHERE recovery_instance_id = ? AND launch_status IN (?, ?) ORDER BY job_id LIMIT 1`,
+		recoveryInstanceID, api.LaunchPending, api.LaunchInProgress).Scan(&id)
+	if err == sql.ErrNoRows {
+		return "", nil
+	}
+	return id, classify(err)
+}

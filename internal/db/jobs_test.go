@@ -172,7 +172,7 @@ func TestRecoveryInstancesAndInstances(t *testing.T) {
 			if err := tx.SetTerminationProtection(ri.ID, true, t0); err != nil {
 				return err
 			}
-			if err := tx.SetRecoveryInstanceState(drill.ID, api.InstanceTerminated, t0.Add(time.Hour)); err != nil {
+			if err := tx.SetRecoveryInstanceState(drill.ID, api.InstanceTerminated, true, t0.Add(time.Hour)); err != nil {
 				return err
 			}
 			if err := tx.CreateInstance(in); err != nil {

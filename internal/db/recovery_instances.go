@@ -82,15 +82,15 @@ func (t *Tx) RecoveryInstance(id string) (RecoveryInstance, error) {
 	return scanRecoveryInstance(t.queryRow(`SELECT `+recoveryInstanceCols+` FROM recovery_instances WHERE id = ?`, id))
 }
 
-// SetRecoveryInstanceState changes a recovery instance's state (and, for TERMINATED,
-// when it ended).
-func (t *Tx) SetRecoveryInstanceState(id, state string, now time.Time) error {
-	var terminated *time.Time
-	if state == api.InstanceTerminated {
-		terminated = &now
+// SetRecoveryInstanceState changes a recovery instance's state; ended records that it
+// ended (terminated, or failed and cleaned up): it no longer counts as active.
+func (t *Tx) SetRecoveryInstanceState(id, state string, ended bool, now time.Time) error {
+	var end *time.Time
+	if ended {
+		end = &now
 	}
 	return t.execOne(`UPDATE recovery_instances SET state = ?, updated_at = ?,
-		terminated_at = COALESCE(terminated_at, ?) WHERE id = ?`, state, ms(now), nullMS(terminated), id)
+		terminated_at = COALESCE(terminated_at, ?) WHERE id = ?`, state, ms(now), nullMS(end), id)
 }
 
 // SetTerminationProtection turns a recovery instance's termination protection on or off.

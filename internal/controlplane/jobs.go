@@ -1,0 +1,512 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/launch"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+)
+
+// RecoveryConfig configures drills and recoveries: the job runner and the launch
+// providers. The zero value is a working default.
+type RecoveryConfig struct {
+	// Dir holds each recovery instance's files: materialized disks, seed, kernel, VM
+	// state (Dir/<recovery instance id>/). Default DataDir/recovery.
+	Dir string
+	// InstanceDir holds the VM state of existing instances. Default DataDir/instances.
+	InstanceDir string
+	// QEMUBinary (default qemu-system-x86_64) and Accel (tcg, the default, or kvm).
+	QEMUBinary, Accel string
+	// AgentBinary is copied into recovered Linux servers for reversed replication
+	// ("": none; lifeboat server sets its own binary).
+	AgentBinary string
+	// ConversionHook runs after the built-in conversion (docs/recovery.md).
+	ConversionHook string
+	// HostPathRoots are where accounts other than the system account may name paths
+	// on this host (instance disks, image targets). Empty: only the system account may.
+	HostPathRoots []string
+	// MaxActiveJobs (default 20) and MaxServersPerJob (default 100) are DRS's limits;
+	// MaxServersInActiveJobs (default 200) bounds the servers of all active jobs.
+	MaxActiveJobs, MaxServersPerJob, MaxServersInActiveJobs int
+	// ConsoleCapture is how long a VM's console is copied into its job's log (default 2 min).
+	ConsoleCapture time.Duration
+	// JobLease is how long a job's claim holds without renewal (default 30 s).
+	JobLease time.Duration
+}
+
+// recoveryState is the control plane's recovery machinery.
+type recoveryState struct {
+	cfg       RecoveryConfig
+	runnerID  string
+	stores    *recovery.Stores
+	providers map[string]launch.Provider
+	existing  *launch.Existing
+	runner    *recovery.Runner
+	ids       *recovery.EventIDs
+}
+
+// openRecovery sets up the stores, providers and job runner (Serve runs it).
+func (cp *ControlPlane) openRecovery() error {
+	rc := cp.cfg.Recovery
+	if rc.Dir == "" {
+		rc.Dir = filepath.Join(cp.cfg.DataDir, "recovery")
+	}
+	if rc.InstanceDir == "" {
+		rc.InstanceDir = filepath.Join(cp.cfg.DataDir, "instances")
+	}
+	if rc.MaxActiveJobs <= 0 {
+		rc.MaxActiveJobs = api.DefaultMaxActiveJobs
+	}
+	if rc.MaxServersPerJob <= 0 {
+		rc.MaxServersPerJob = api.DefaultMaxServersPerJob
+	}
+	if rc.MaxServersInActiveJobs <= 0 {
+		rc.MaxServersInActiveJobs = 2 * rc.MaxServersPerJob
+	}
+	if rc.JobLease <= 0 {
+		rc.JobLease = 30 * time.Second
+	}
+	if cp.cfg.StoreKeyFile == "" {
+		cp.cfg.StoreKeyFile = filepath.Join(cp.cfg.DataDir, "staging.key")
+	}
+	for _, d := range []string{rc.Dir, rc.InstanceDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("create the recovery directory: %w", err)
+		}
+	}
+	runnerID, err := loadRunnerID(filepath.Join(cp.cfg.DataDir, "runner-id"))
+	if err != nil {
+		return err
+	}
+	log := cp.log.With("component", "recovery")
+	providers := launch.Providers(launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
+		Host: runnerID, Logger: log})
+	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.cfg.StoreKeyFile, log),
+		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{}}
+	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers, Dir: rc.Dir,
+		RunnerID: runnerID, Lease: rc.JobLease, IDs: r.ids, Publish: cp.events.publish,
+		ControlPlane: func() (string, string) { return cp.URL(), cp.pin },
+		AgentBinary:  rc.AgentBinary, ConversionHook: rc.ConversionHook, ConsoleCapture: rc.ConsoleCapture,
+		Now: cp.cfg.Now, Logger: cp.log})
+	cp.rec = r
+	return nil
+}
+
+// loadRunnerID reads this control plane's runner id, made at first start: the jobs it
+// claims are resumed by it at once after a restart.
+func loadRunnerID(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read the runner id: %w", err)
+	}
+	host, _ := os.Hostname()
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	id := strings.Trim(host+"-"+hex.EncodeToString(b[:]), "-")
+	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write the runner id: %w", err)
+	}
+	return id, nil
+}
+
+// jobEvent is a job log entry made by the API (at job creation).
+func (c *call) jobEvent(tx *db.Tx, jobID, server, typ, msg string, detail map[string]any) error {
+	return tx.AddJobEvent(jobID, api.JobLogEvent{ID: c.cp.rec.ids.Next(), Time: c.cp.cfg.Now(), Type: typ,
+		SourceServerID: server, Message: msg, Detail: detail})
+}
+
+// checkHostPaths refuses paths on this host that an account other than the system
+// account may not name.
+func (c *call) checkHostPaths(paths ...string) error {
+	if c.p.System {
+		return nil
+	}
+	for _, p := range paths {
+		ok := false
+		for _, root := range c.cp.rec.cfg.HostPathRoots {
+			if rel, err := filepath.Rel(root, p); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+				ok = true
+			}
+		}
+		if !ok {
+			return api.Forbidden("path %s is on the control plane's host, outside the directories this account may use (%s): ask a system administrator",
+				p, strings.Join(c.cp.rec.cfg.HostPathRoots, ", "))
+		}
+	}
+	return nil
+}
+
+// pick is one server of a recovery request, resolved.
+type pick struct {
+	server     db.SourceServer
+	storeURL   string
+	candidates []db.Snapshot // the PIT asked for, or the consistent ones newest first
+	explicit   bool
+	snap       db.Snapshot
+}
+
+func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
+	rc := c.cp.rec.cfg
+	if n := len(req.SourceServers); n > rc.MaxServersPerJob {
+		return api.Job{}, api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
+			"a job launches at most %d servers and this one names %d: split it into several jobs", rc.MaxServersPerJob, n)
+	}
+	// Resolve the servers and their PITs.
+	picks := make([]pick, len(req.SourceServers))
+	err := c.view(func(tx *db.Tx) error {
+		for i, rs := range req.SourceServers {
+			s, err := c.loadServer(tx, rs.SourceServerID)
+			if err != nil {
+				return err
+			}
+			a, err := tx.Account(s.AccountID)
+			if err != nil {
+				return err
+			}
+			p := pick{server: s, storeURL: a.Template.Apply(s.Overrides).StagingStoreURL}
+			settings, _, err := tx.LaunchSettings(s.ID)
+			if err != nil && !errors.Is(err, db.ErrNotFound) {
+				return err
+			}
+			if t := settings.ImageTarget; t != nil {
+				paths := t.Devices
+				if t.Dir != "" {
+					paths = append(paths, t.Dir)
+				}
+				if err := c.checkHostPaths(paths...); err != nil {
+					return err
+				}
+			}
+			if rs.RecoverySnapshotID != "" {
+				snap, err := c.loadSnapshot(tx, rs.RecoverySnapshotID)
+				if err != nil {
+					return err
+				}
+				if snap.SourceServerID != s.ID {
+					return api.Invalid("recovery snapshot %s is a PIT of source server %s, not of %s: see lifeboat snapshots list %s",
+						snap.ID, snap.SourceServerID, s.ID, s.ID)
+				}
+				p.candidates, p.explicit = []db.Snapshot{snap}, true
+			} else {
+				p.candidates, err = tx.ConsistentSnapshots(s.ID, req.At, 10)
+				if err != nil {
+					return err
+				}
+				if len(p.candidates) == 0 {
+					if req.At != nil {
+						return api.Conflict("source server %s has no consistent PIT at or before %s: see lifeboat snapshots list %s",
+							s.ID, req.At.UTC().Format(time.RFC3339), s.ID)
+					}
+					return api.Conflict("source server %s has no consistent PIT yet: wait until it is ready for recovery (lifeboat source-servers describe %s)", s.ID, s.ID)
+				}
+			}
+			picks[i] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return api.Job{}, err
+	}
+	// The PIT must still be in the staging store (retention removes PITs there first).
+	for i := range picks {
+		p := &picks[i]
+		repo, err := c.cp.rec.stores.Open(c.ctx, p.storeURL)
+		if err != nil {
+			return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
+				"the control plane cannot read the staging store of %s: %s", p.server.ID, err)
+		}
+		found := false
+		for _, cand := range p.candidates {
+			_, err := repo.LoadPIT(c.ctx, p.server.ID, cand.ID)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
+					"the control plane cannot read PIT %s from the staging store: %s", cand.ID, err)
+			}
+			p.snap, found = cand, true
+			break
+		}
+		if !found {
+			if p.explicit {
+				return api.Job{}, api.Conflict("PIT %s of %s is past retention: the staging store no longer holds it; choose a newer one (lifeboat snapshots list %s)",
+					p.candidates[0].ID, p.server.ID, p.server.ID)
+			}
+			return api.Job{}, api.Conflict("none of the %d newest consistent PITs of %s is still in the staging store: see lifeboat snapshots list %s",
+				len(p.candidates), p.server.ID, p.server.ID)
+		}
+	}
+	now := c.cp.cfg.Now()
+	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobLaunch, InitiatedBy: api.InitiatedStartRecovery,
+		Status: api.JobPending, IsDrill: req.IsDrill, CreatedAt: now}, AccountID: c.p.AccountID,
+		Params: db.JobParams{At: req.At, Force: req.Force, NetworkAccess: req.NetworkAccess}}
+	if req.IsDrill {
+		job.InitiatedBy = api.InitiatedStartDrill
+	}
+	kind, actor := c.p.actor()
+	job.CreatedBy = kind + ":" + actor
+	if kind == api.CallerUser {
+		job.CreatedBy = actor
+	}
+	for _, p := range picks {
+		job.Servers = append(job.Servers, api.JobServer{SourceServerID: p.server.ID, RecoveryInstanceID: api.NewID(api.PrefixRecoveryInstance),
+			SnapshotID: p.snap.ID, LaunchStatus: api.LaunchPending})
+	}
+	var out api.Job
+	err = c.update(func(tx *db.Tx) error {
+		if err := c.checkJobLimits(tx, len(job.Servers)); err != nil {
+			return err
+		}
+		if !req.IsDrill && !req.Force {
+			for _, p := range picks {
+				if err := refuseSecondRecovery(tx, p.server.ID); err != nil {
+					return err
+				}
+			}
+		}
+		if err := tx.CreateJob(job); err != nil {
+			return err
+		}
+		what := "recovery"
+		if req.IsDrill {
+			what = "drill"
+		}
+		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("%s of %d %s started by %s", what, len(picks),
+			plural("server", len(picks)), job.CreatedBy), map[string]any{"isDrill": req.IsDrill}); err != nil {
+			return err
+		}
+		for _, p := range picks {
+			age := now.Sub(p.snap.Time).Round(time.Second)
+			if err := c.jobEvent(tx, job.ID, p.server.ID, api.EventUsingPreviousSnapshot,
+				fmt.Sprintf("using PIT %s (%s consistent, taken %s, %s before the job)", p.snap.ID, p.snap.Level,
+					p.snap.Time.UTC().Format(time.RFC3339), age),
+				map[string]any{"recoverySnapshotId": p.snap.ID, "time": p.snap.Time, "level": p.snap.Level, "ageSeconds": age.Seconds()}); err != nil {
+				return err
+			}
+		}
+		action := "job.start-recovery"
+		if req.IsDrill {
+			action = "job.start-drill"
+		}
+		var servers []string
+		for _, s := range job.Servers {
+			servers = append(servers, s.SourceServerID)
+		}
+		if err := c.record(tx, c.p.AccountID, action, "job", job.ID, map[string]any{"sourceServers": servers, "force": req.Force}, nil); err != nil {
+			return err
+		}
+		j, err := tx.Job(job.ID)
+		out = j.Job
+		return err
+	})
+	if err != nil {
+		return api.Job{}, err
+	}
+	c.cp.rec.runner.Wake()
+	return out, nil
+}
+
+// refuseSecondRecovery refuses a recovery of a server that has a recovery instance, or a
+// recovery running, that is not a drill.
+func refuseSecondRecovery(tx *db.Tx, serverID string) error {
+	active, err := tx.ActiveRecoveryInstances(serverID)
+	if err != nil {
+		return err
+	}
+	for _, ri := range active {
+		if !ri.IsDrill {
+			return api.Conflict("source server %s already has recovery instance %s (from PIT %s, launched %s): terminate it first (lifeboat recovery-instances terminate %s), or recover again with --force",
+				serverID, ri.ID, ri.SnapshotID, ri.CreatedAt.Format(time.RFC3339), ri.ID)
+		}
+	}
+	pending, err := tx.PendingRecoveries(serverID)
+	if err != nil {
+		return err
+	}
+	if len(pending) > 0 {
+		return api.Conflict("source server %s is being recovered by job %s: wait for it (lifeboat jobs describe %s), or recover again with --force",
+			serverID, pending[0], pending[0])
+	}
+	return nil
+}
+
+// checkJobLimits refuses a job past the account's limits of active jobs and servers.
+func (c *call) checkJobLimits(tx *db.Tx, servers int) error {
+	rc := c.cp.rec.cfg
+	jobs, inJobs, err := tx.ActiveJobCounts(c.p.AccountID)
+	if err != nil {
+		return err
+	}
+	if jobs >= rc.MaxActiveJobs {
+		return api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
+			"the account has %d jobs running, the most it may: wait for one to complete (lifeboat jobs list)", jobs)
+	}
+	if inJobs+servers > rc.MaxServersInActiveJobs {
+		return api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
+			"running jobs hold %d servers and this one adds %d, over the limit of %d: wait for jobs to complete (lifeboat jobs list)",
+			inJobs, servers, rc.MaxServersInActiveJobs)
+	}
+	return nil
+}
+
+func plural(word string, n int) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}
+
+func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesRequest) (api.Job, error) {
+	rc := c.cp.rec.cfg
+	if n := len(req.RecoveryInstanceIDs); n > rc.MaxServersPerJob {
+		return api.Job{}, api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
+			"a job terminates at most %d recovery instances and this one names %d: split it", rc.MaxServersPerJob, n)
+	}
+	now := c.cp.cfg.Now()
+	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobTerminate, InitiatedBy: api.InitiatedTerminate,
+		Status: api.JobPending, IsDrill: true, CreatedAt: now}, AccountID: c.p.AccountID}
+	kind, actor := c.p.actor()
+	job.CreatedBy = kind + ":" + actor
+	if kind == api.CallerUser {
+		job.CreatedBy = actor
+	}
+	var out api.Job
+	err := c.update(func(tx *db.Tx) error {
+		hosts := map[string]bool{}
+		for _, id := range req.RecoveryInstanceIDs {
+			ri, err := c.loadRecoveryInstance(tx, id)
+			if err != nil {
+				return err
+			}
+			if ri.TerminatedAt != nil {
+				return api.Conflict("recovery instance %s ended on %s (%s): there is nothing to terminate", ri.ID,
+					ri.TerminatedAt.Format(time.RFC3339), strings.ToLower(ri.State))
+			}
+			if ri.TerminationProtection {
+				return api.Conflict("recovery instance %s has termination protection: lift it first with lifeboat recovery-instances protect %s --off", ri.ID, ri.ID)
+			}
+			if busy, err := tx.BusyRecoveryInstance(ri.ID); err != nil {
+				return err
+			} else if busy != "" {
+				return api.Conflict("job %s is still working on recovery instance %s: wait for it (lifeboat jobs describe %s)", busy, ri.ID, busy)
+			}
+			job.IsDrill = job.IsDrill && ri.IsDrill
+			hosts[ri.RunnerID] = true
+			job.Servers = append(job.Servers, api.JobServer{SourceServerID: ri.SourceServerID, RecoveryInstanceID: ri.ID,
+				SnapshotID: ri.SnapshotID, LaunchStatus: api.LaunchPending})
+		}
+		if len(hosts) == 1 {
+			// The host that runs the instances takes the job (another only after its lease).
+			for h := range hosts {
+				if h != "" {
+					lease := now.Add(rc.JobLease)
+					job.RunnerID, job.LeaseUntil = h, &lease
+				}
+			}
+		}
+		if err := c.checkJobLimits(tx, len(job.Servers)); err != nil {
+			return err
+		}
+		if err := tx.CreateJob(job); err != nil {
+			return err
+		}
+		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("termination of %d recovery %s started by %s",
+			len(job.Servers), plural("instance", len(job.Servers)), job.CreatedBy), nil); err != nil {
+			return err
+		}
+		if err := c.record(tx, c.p.AccountID, "job.terminate-recovery-instances", "job", job.ID,
+			map[string]any{"recoveryInstances": req.RecoveryInstanceIDs}, nil); err != nil {
+			return err
+		}
+		j, err := tx.Job(job.ID)
+		out = j.Job
+		return err
+	})
+	if err != nil {
+		return api.Job{}, err
+	}
+	c.cp.rec.runner.Wake()
+	return out, nil
+}
+
+func (c *call) loadJob(tx *db.Tx, id string) (db.Job, error) {
+	j, err := tx.Job(id)
+	if errors.Is(err, db.ErrNotFound) || (err == nil && j.AccountID != c.p.AccountID) {
+		return j, api.NotFound("job %s was not found: see lifeboat jobs list", id)
+	}
+	return j, err
+}
+
+func (c *call) listJobs() (api.JobList, error) {
+	q := c.r.URL.Query()
+	limit, err := limitParam(q.Get("limit"))
+	if err != nil {
+		return api.JobList{}, err
+	}
+	out := api.JobList{Items: []api.Job{}}
+	err = c.view(func(tx *db.Tx) error {
+		rows, next, err := tx.ListJobs(c.p.AccountID, limit, q.Get("page_token"))
+		for _, r := range rows {
+			out.Items = append(out.Items, r.Job)
+		}
+		out.NextPageToken = next
+		return err
+	})
+	return out, err
+}
+
+func (c *call) getJob() (api.Job, error) {
+	var out api.Job
+	err := c.view(func(tx *db.Tx) error {
+		j, err := c.loadJob(tx, c.pathID())
+		out = j.Job
+		return err
+	})
+	return out, err
+}
+
+func (c *call) jobLog() (api.JobLog, error) {
+	q := c.r.URL.Query()
+	limit := 1000
+	if s := q.Get("limit"); s != "" {
+		n, err := limitParam(s)
+		if err != nil {
+			return api.JobLog{}, err
+		}
+		limit = n
+	}
+	out := api.JobLog{Items: []api.JobLogEvent{}}
+	err := c.view(func(tx *db.Tx) error {
+		j, err := c.loadJob(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		out.Items, out.NextPageToken, err = tx.JobLog(j.ID, limit, q.Get("page_token"))
+		return err
+	})
+	return out, err
+}
+
+// liveContext bounds the provider calls that refresh a state shown by the API.
+func (c *call) liveContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.ctx, 5*time.Second)
+}
