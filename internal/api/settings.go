@@ -253,7 +253,7 @@ type PostLaunchAction struct {
 	Type           string `json:"type"`              // script, tcp-check or http-check
 	Command        string `json:"command,omitempty"` // script
 	Address        string `json:"address,omitempty"` // tcp-check: host:port
-	URL            string `json:"url,omitempty"`     // http-check
+	URL            string `json:"url,omitempty"`     // http-check (address and URL may name ${LIFEBOAT_INSTANCE_ADDRESS} and ${LIFEBOAT_PORT_TCP_<guest port>})
 	TimeoutSeconds int    `json:"timeoutSeconds"`
 }
 
@@ -431,6 +431,21 @@ func (t ImageTarget) validate(provider string) error {
 	return nil
 }
 
+// placeholderRE matches the ${NAME} variables a check's address or URL may name (the
+// recovery instance's address and forwarded ports, known at launch).
+var placeholderRE = regexp.MustCompile(`\$\{[A-Z0-9_]{1,64}\}`)
+
+// withoutPlaceholders stands a valid host in for each ${NAME} (host:port for
+// LIFEBOAT_PORT_*), so the rest of an address or URL can be checked.
+func withoutPlaceholders(s string) string {
+	return placeholderRE.ReplaceAllStringFunc(s, func(m string) string {
+		if strings.HasPrefix(m, "${LIFEBOAT_PORT_") {
+			return "h0:1"
+		}
+		return "h0"
+	})
+}
+
 func (a PostLaunchAction) validate() error {
 	if !ValidName(a.Name) {
 		return Invalid("name %q must be 1-63 lowercase letters, digits or '-'", a.Name)
@@ -447,11 +462,11 @@ func (a PostLaunchAction) validate() error {
 			return Invalid("a script action takes a command only")
 		}
 	case "tcp-check":
-		if _, _, err := net.SplitHostPort(a.Address); err != nil || a.Command != "" || a.URL != "" {
+		if _, _, err := net.SplitHostPort(withoutPlaceholders(a.Address)); err != nil || a.Command != "" || a.URL != "" {
 			return Invalid("a tcp-check action needs address as host:port, and nothing else")
 		}
 	case "http-check":
-		u, err := url.Parse(a.URL)
+		u, err := url.Parse(withoutPlaceholders(a.URL))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || a.Command != "" || a.Address != "" {
 			return Invalid("an http-check action needs url as http://host/path or https://…, and nothing else")
 		}

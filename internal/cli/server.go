@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +17,7 @@ type serverFlags struct {
 	data, db, listen, tlsCert, tlsKey string
 	hosts                             []string
 	replicatorListen                  string // up only
+	storeKey                          string // server only: the staging store's master key (default DATA/staging.key)
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
@@ -23,6 +25,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: CA, certificates, database (and staging for up)")
 	if withDB {
 		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL; default an SQLite file in the data directory")
+		fl.StringVar(&f.storeKey, "store-key", "", "master key file of the staging store, to read PITs for recovery (default DATA/staging.key)")
 	}
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
 	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
@@ -31,8 +34,11 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 }
 
 func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
+	// Recovered servers get this very binary as their agent, for reversed replication.
+	self, _ := os.Executable()
 	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, Hosts: f.hosts,
-		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger}
+		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger,
+		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}}
 }
 
 func newServerCmd(g *globals) *cobra.Command {

@@ -128,7 +128,7 @@ func (e *Existing) State(ctx context.Context, h api.ProviderHandle) (string, err
 // instance and its disks stay.
 func (e *Existing) Terminate(ctx context.Context, h api.ProviderHandle) error {
 	if h.VMDir != "" {
-		if err := stopVM(ctx, h.VMDir); err != nil {
+		if err := e.qemu.stopVM(ctx, h.VMDir); err != nil {
 			return err
 		}
 	}
@@ -167,7 +167,7 @@ func (e *Existing) Start(ctx context.Context, in api.Instance, s *api.LaunchSett
 
 // Stop stops an instance's VM (nothing when it is not running).
 func (e *Existing) Stop(ctx context.Context, in api.Instance) error {
-	err := stopVM(ctx, e.vmDir(in.ID))
+	err := e.qemu.stopVM(ctx, e.vmDir(in.ID))
 	if errors.Is(err, ErrNotRunning) {
 		return nil
 	}

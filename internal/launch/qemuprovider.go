@@ -198,7 +198,7 @@ func vmState(ctx context.Context, vmDir string) (string, error) {
 }
 
 // stopVM stops the VM in a state directory, if one runs.
-func stopVM(ctx context.Context, vmDir string) error {
+func (q *QEMU) stopVM(ctx context.Context, vmDir string) error {
 	vm, err := qemu.Attach(vmDir)
 	if errors.Is(err, qemu.ErrNotRunning) {
 		return nil
@@ -206,7 +206,7 @@ func stopVM(ctx context.Context, vmDir string) error {
 	if err != nil {
 		return err
 	}
-	return vm.Stop(ctx)
+	return vm.WithLogger(q.opts.Logger).Stop(ctx)
 }
 
 // State is the VM's state.
@@ -220,7 +220,7 @@ func (q *QEMU) State(ctx context.Context, h api.ProviderHandle) (string, error) 
 // Terminate stops the VM and removes the recovery instance's directory.
 func (q *QEMU) Terminate(ctx context.Context, h api.ProviderHandle) error {
 	if h.VMDir != "" {
-		if err := stopVM(ctx, h.VMDir); err != nil {
+		if err := q.stopVM(ctx, h.VMDir); err != nil {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/launch/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
@@ -191,4 +193,25 @@ func WaitJob(t testing.TB, c *api.Client, id string, deadline time.Duration) api
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// KillVMsAtCleanup makes sure no QEMU VM started under dir (recovery instances,
+// instances) outlives the test, even when it fails: each is killed by its pid.
+func KillVMsAtCleanup(t testing.TB, dir string) {
+	t.Helper()
+	t.Cleanup(func() {
+		_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || d.Name() != "vm.json" {
+				return nil
+			}
+			if vm, err := qemu.Attach(filepath.Dir(p)); err == nil {
+				t.Logf("killing VM %s (pid %d) left running", vm.Name(), vm.Pid())
+				_ = vm.Kill()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_ = vm.Wait(ctx)
+				cancel()
+			}
+			return nil
+		})
+	})
 }
