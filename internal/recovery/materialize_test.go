@@ -2,8 +2,8 @@ package recovery_test
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -155,4 +155,3 @@ func TestImageProviderPlansDevices(t *testing.T) {
 		t.Fatalf("plan %+v %v", plan, err)
 	}
 }
-
