@@ -16,6 +16,13 @@ import (
 // enough to keep two of them in memory per volume.
 const maxIO = 4 << 20
 
+// A scan has scanReaders reads in flight and scanBuffers buffers: those being read,
+// one being hashed, and one spare.
+const (
+	scanReaders = 2
+	scanBuffers = 4
+)
+
 // Volume is a block device or an image file opened read-only for replication, with
 // O_DIRECT where the filesystem allows it: blocks are read from the device, never from
 // the page cache, which is what makes the dirty-set invariant hold (DESIGN §3.2).
@@ -248,57 +255,74 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 }
 
 // Scan reads the volume sequentially from block from to the end and calls fn with each
-// block's content and its xxh3-64 hash. Reads are large, direct and double-buffered: the
-// next read runs in a goroutine while fn handles the blocks of the previous one. data is
-// valid only during the call to fn. An error from fn stops the scan and is returned as
-// it is.
+// block's content and its xxh3-64 hash. Reads are large and direct, and scanReaders of
+// them are in flight while fn handles the blocks of an earlier one (a queue depth of
+// two keeps a disk busy where one request at a time would leave gaps). data is valid
+// only during the call to fn. An error from fn stops the scan and is returned as it is.
 func (v *Volume) Scan(ctx context.Context, blockSize int, from uint64, fn func(block uint64, data []byte, hash uint64) error) error {
 	if err := v.checkBlockSize(blockSize); err != nil {
 		return err
 	}
-	chunk := maxIO / blockSize * blockSize
+	chunk := int64(maxIO / blockSize * blockSize)
 	type result struct {
 		buf *[]byte
 		off int64
 		n   int
 		err error
 	}
+	type job struct {
+		buf *[]byte
+		off int64
+		res chan result
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	free := make(chan *[]byte, 2)
-	free <- v.pool.Get().(*[]byte)
-	free <- v.pool.Get().(*[]byte)
-	full := make(chan result, 1)
+	free := make(chan *[]byte, scanBuffers)
+	for range scanBuffers {
+		free <- v.pool.Get().(*[]byte)
+	}
+	jobs := make(chan job, scanBuffers)
+	order := make(chan chan result, scanBuffers) // results in volume order
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(full)
-		for off := int64(from) * int64(blockSize); off < v.size; off += int64(chunk) {
+	wg.Go(func() { // hands out chunks, in order
+		defer close(jobs)
+		defer close(order)
+		for off := int64(from) * int64(blockSize); off < v.size; off += chunk {
 			var bufp *[]byte
 			select {
 			case bufp = <-free:
 			case <-ctx.Done():
 				return
 			}
-			want := min(int64(chunk), v.size-off)
-			length := (want + int64(v.align) - 1) / int64(v.align) * int64(v.align)
-			n, err := v.readAt((*bufp)[:length], off)
-			if err == nil && int64(n) < want {
-				err = fmt.Errorf("read volume %s: %w at byte %d (the volume shrank?)", v.path, io.ErrUnexpectedEOF, off+int64(n))
-			}
-			select {
-			case full <- result{buf: bufp, off: off, n: int(min(int64(n), want)), err: err}:
-			case <-ctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
+			j := job{buf: bufp, off: off, res: make(chan result, 1)}
+			order <- j.res // buffered as deep as there are buffers: never blocks
+			jobs <- j
 		}
-	}()
+	})
+	for range scanReaders {
+		wg.Go(func() {
+			for j := range jobs {
+				if ctx.Err() != nil {
+					j.res <- result{buf: j.buf, err: ctx.Err()}
+					continue
+				}
+				want := min(chunk, v.size-j.off)
+				length := (want + int64(v.align) - 1) / int64(v.align) * int64(v.align)
+				n, err := v.readAt((*j.buf)[:length], j.off)
+				if err == nil && int64(n) < want {
+					err = fmt.Errorf("read volume %s: %w at byte %d (the volume shrank?)", v.path, io.ErrUnexpectedEOF, j.off+int64(n))
+				}
+				j.res <- result{buf: j.buf, off: j.off, n: int(min(int64(n), want)), err: err}
+			}
+		})
+	}
 	defer func() {
 		cancel()
+		// Unblock the dispatcher and collect every buffer before returning them.
+		for rc := range order {
+			r := <-rc
+			v.pool.Put(r.buf)
+		}
 		wg.Wait()
 		for {
 			select {
@@ -309,22 +333,25 @@ func (v *Volume) Scan(ctx context.Context, blockSize int, from uint64, fn func(b
 			}
 		}
 	}()
-	for r := range full {
+	for rc := range order {
+		r := <-rc
 		if r.err != nil {
+			v.pool.Put(r.buf)
 			return r.err
 		}
 		block := uint64(r.off / int64(blockSize))
 		for lo := 0; lo < r.n; lo += blockSize {
 			data := (*r.buf)[lo:min(lo+blockSize, r.n)]
 			if err := fn(block, data, xxh3.Hash(data)); err != nil {
+				v.pool.Put(r.buf)
 				return err
 			}
 			block++
 		}
+		free <- r.buf
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		free <- r.buf
 	}
 	return ctx.Err()
 }
