@@ -464,10 +464,7 @@ func TestWatchdogThawsWhenAgentKilled(t *testing.T) {
 	}
 	waitDone(t, done, "the agent was killed and nothing thawed")
 	waitExited(t, wdPid)
-	log, _ := os.ReadFile(logPath)
-	if !strings.Contains(string(log), "the agent exited or died") {
-		t.Fatalf("the watchdog's log does not say it thawed after the agent died:\n%s", log)
-	}
+	waitLog(t, logPath, "the agent exited or died", mnt)
 }
 
 // TestWatchdogThawsHungAgent: the agent froze and then hangs (it never thaws, and has
@@ -480,10 +477,26 @@ func TestWatchdogThawsHungAgent(t *testing.T) {
 	}
 	_, done := writer(t, mnt, "a")
 	waitDone(t, done, "the agent hung and nothing thawed at the bound")
-	log, _ := os.ReadFile(logPath)
-	if !strings.Contains(string(log), "time bound passed") || !strings.Contains(string(log), mnt) {
-		t.Fatalf("the watchdog's log does not say it thawed %s at the bound:\n%s", mnt, log)
+	waitLog(t, logPath, "time bound passed", mnt)
+}
+
+// waitLog waits (bounded) until the file at path holds every one of want: the
+// watchdog thaws first and logs after, so the log can trail the thaw.
+func waitLog(t *testing.T, path string, want ...string) {
+	t.Helper()
+	var log []byte
+	for i := 0; i < 30000; i++ {
+		log, _ = os.ReadFile(path)
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(string(log), w)
+		}
+		if ok {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
+	t.Fatalf("the watchdog's log does not say %q:\n%s", want, log)
 }
 
 // waitExited waits (bounded) until pid is gone or a zombie.
