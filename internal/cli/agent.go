@@ -22,7 +22,7 @@ const agentUnit = "lifeboat-agent.service"
 
 func newAgentCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The replication agent of a source server"}
-	cmd.AddCommand(newAgentInstallCmd(g))
+	cmd.AddCommand(newAgentInstallCmd(g), newAgentRunCmd(g), newAgentStatusCmd(g))
 	return cmd
 }
 

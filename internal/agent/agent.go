@@ -1,0 +1,358 @@
+// Package agent is the replication agent (`lifeboat agent run`, DESIGN §3): it finds the
+// source server's volumes, tracks their changed blocks (eBPF where the kernel allows,
+// full scans otherwise), streams them to its replication server over the wire
+// protocol, takes filesystem-consistent consistency points under freeze, and reports
+// its replication state to the control plane.
+//
+// Nothing is lost on a dropped connection or a crash: blocks stay dirty until the
+// replicator acknowledges them as durable, the hash of every acknowledged block is kept
+// on disk so a restart resends only what differs, and a restart (whose tracker missed
+// writes) always rescans.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/freeze"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/tracker"
+)
+
+// ControlPlane is what the agent needs of the control plane's API (an *api.Client
+// authenticated with the agent's certificate).
+type ControlPlane interface {
+	ReplicationConfig(ctx context.Context, id string) (api.ReplicationConfig, error)
+	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
+	SetVolumes(ctx context.Context, id string, volumes []api.Volume) (api.SourceServer, error)
+}
+
+// Config configures an agent.
+type Config struct {
+	ServerID     string // the source server id this agent replicates
+	ControlPlane ControlPlane
+	Certificate  tls.Certificate // the agent's client certificate
+	CAPool       *x509.CertPool  // the CA that signs replicators
+	Volumes      []string        // block devices or image files; empty: discovered
+	StateDir     string          // hash tables, tracker generation, status
+	ForceScan    bool            // never use the eBPF tracker
+	// Poll is how often the replication config is read (default 5 s); Report how often
+	// the state is reported (default 2 s).
+	Poll, Report time.Duration
+	// ScanPause, when set, pauses this long after every batch a scan sends (tests that
+	// need time to kill the agent in the middle of a sync).
+	ScanPause time.Duration
+	Version   string
+	Logger    *slog.Logger
+}
+
+func (c *Config) fill() {
+	if c.Poll == 0 {
+		c.Poll = 5 * time.Second
+	}
+	if c.Report == 0 {
+		c.Report = 2 * time.Second
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Agent is a running replication agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	vols       []*volume
+	generation uint64 // tracker generation: grows at every start and lost continuity
+	blockSize  int    // the store's block size, as the replicator last said
+
+	tr       tracker.Tracker // nil: the scan tracker
+	trCancel context.CancelFunc
+	trDone   chan struct{}
+	trName   string
+	trReason string // why the scan tracker is used
+	lostSeen uint64
+
+	wd           *freeze.Watchdog
+	freezeReason string // why consistency points cannot be filesystem-consistent
+
+	mu     sync.Mutex
+	st     status
+	rescan bool // the next session rescans every volume
+}
+
+// New opens the volumes and returns an agent; Run replicates them.
+func New(cfg Config) (*Agent, error) {
+	cfg.fill()
+	if !api.ValidID(api.PrefixSourceServer, cfg.ServerID) || cfg.ControlPlane == nil || cfg.StateDir == "" {
+		return nil, errors.New("an agent needs its source server id, a control plane client and a state directory")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the agent's state directory: %w", err)
+	}
+	paths, err := discover(cfg.Volumes)
+	if err != nil {
+		return nil, err
+	}
+	vols, err := openVolumes(paths)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), vols: vols, blockSize: 64 << 10, rescan: true}
+	a.blockSize = a.loadBlockSize()
+	// Every start is a new tracker generation: writes made while no agent ran are unknown.
+	if a.generation, err = a.bumpGeneration(); err != nil {
+		closeVolumes(vols)
+		return nil, err
+	}
+	for _, v := range vols {
+		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.blockSize))
+	}
+	a.st = status{ServerID: cfg.ServerID, State: api.StateInitiating, Generation: a.generation}
+	return a, nil
+}
+
+// Close releases the volumes. Call it after Run returned.
+func (a *Agent) Close() error {
+	closeVolumes(a.vols)
+	return nil
+}
+
+// Run replicates until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.stopTracker()
+	if wd, err := freeze.StartWatchdog(ctx, a.log); err != nil {
+		a.freezeReason = "the freeze watchdog could not start: " + err.Error()
+		a.log.Warn("consistency points will not be filesystem-consistent", "reason", a.freezeReason)
+	} else {
+		a.wd = wd
+		defer wd.Close()
+	}
+	a.startTracker(ctx)
+	go a.reportLoop(ctx)
+	a.reportVolumes(ctx)
+
+	backoff := time.Second
+	var lastGen int64 = -1
+	for ctx.Err() == nil {
+		cfg, err := a.cfg.ControlPlane.ReplicationConfig(ctx, a.cfg.ServerID)
+		if err != nil {
+			a.log.Warn("cannot read the replication config from the control plane", "err", err)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		if lastGen >= 0 && cfg.Control.Generation != lastGen {
+			a.setRescan("an operator asked to restart replication")
+		}
+		lastGen = cfg.Control.Generation
+		switch {
+		case cfg.Control.Desired == api.DesiredStopped:
+			a.setState(api.StateStopped, nil)
+			sleep(ctx, a.cfg.Poll)
+			continue
+		case cfg.Control.Desired == api.DesiredPaused:
+			a.setState(api.StatePaused, nil)
+			sleep(ctx, a.cfg.Poll)
+			continue
+		case cfg.Replicator == nil:
+			a.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepFailed,
+				&api.ReplicationError{Code: api.ErrReplicatorNotAssigned, Message: "no replication server serves this server's site: start one (lifeboat replicator) or check the target site"})
+			sleep(ctx, a.cfg.Poll)
+			continue
+		}
+		err = a.session(ctx, cfg)
+		if ctx.Err() != nil {
+			break
+		}
+		var se *sessionError
+		switch {
+		case err == nil:
+			backoff = time.Second
+			continue // the config changed: read it again now
+		case errors.As(err, &se):
+			a.setState(se.state, &api.ReplicationError{Code: se.code, Message: se.msg})
+			if se.connected {
+				backoff = time.Second
+			}
+		default:
+			a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrUnstableNetwork,
+				Message: "the connection to the replication server failed: " + err.Error() + "; the agent reconnects and resumes by itself"})
+		}
+		a.log.Warn("replication session ended", "err", err, "retry_in", backoff)
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	a.saveTables()
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// startTracker starts the eBPF tracker on the block devices, or explains why the scan
+// tracker is used.
+func (a *Agent) startTracker(ctx context.Context) {
+	a.trName, a.trReason = tracker.NameScan, ""
+	var evs []tracker.EBPFVolume
+	for _, v := range a.vols {
+		if !v.device {
+			a.trReason = fmt.Sprintf("volume %s is an image file, which only the scan tracker can follow", v.Name)
+			break
+		}
+		evs = append(evs, tracker.EBPFVolume{Dev: v.kdev, Blocks: v.dev.Blocks(a.blockSize), BlockSize: a.blockSize})
+	}
+	if a.cfg.ForceScan {
+		a.trReason = "the scan tracker was chosen (--scan)"
+	}
+	if a.trReason == "" {
+		tr, err := tracker.NewEBPF(evs, tracker.WithLogger(a.log))
+		if err != nil {
+			a.trReason = "the eBPF tracker cannot run here: " + err.Error()
+		} else {
+			a.tr, a.trName = tr, tracker.NameEBPF
+			tctx, cancel := context.WithCancel(ctx)
+			a.trCancel, a.trDone = cancel, make(chan struct{})
+			go func() {
+				defer close(a.trDone)
+				if err := tr.Run(tctx, func(vol int, first, last uint64) { a.vols[vol].dirty.Mark(first, last) }); err != nil && tctx.Err() == nil {
+					a.log.Warn("the eBPF tracker stopped; rescanning", "err", err)
+					a.setRescan("the eBPF tracker stopped: " + err.Error())
+				}
+			}()
+			a.lostSeen = tr.Lost()
+		}
+	}
+	if a.trReason != "" {
+		a.log.Info("using the scan tracker", "reason", a.trReason)
+	} else {
+		a.log.Info("using the eBPF tracker")
+	}
+}
+
+func (a *Agent) stopTracker() {
+	if a.tr == nil {
+		return
+	}
+	a.trCancel()
+	<-a.trDone
+	a.tr.Close()
+	a.tr = nil
+}
+
+// restartTracker follows a change of the store's block size: marks are per block.
+func (a *Agent) restartTracker(ctx context.Context, blockSize int) {
+	a.stopTracker()
+	a.blockSize = blockSize
+	a.saveBlockSize()
+	for _, v := range a.vols {
+		v.dirty = tracker.NewDirtySet(v.dev.Blocks(blockSize))
+	}
+	a.startTracker(ctx)
+	a.setRescan("the staging store's block size changed")
+}
+
+// setRescan makes the next session rescan every volume under a new generation.
+func (a *Agent) setRescan(reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.rescan {
+		a.log.Info("a rescan is needed", "reason", reason)
+	}
+	a.rescan = true
+	a.generation++
+	a.st.Generation = a.generation
+	_ = a.saveGeneration()
+}
+
+func (a *Agent) takeRescan() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.rescan
+	a.rescan = false
+	return r
+}
+
+// checkLost answers lost tracker events with a rescan.
+func (a *Agent) checkLost() bool {
+	if a.tr == nil {
+		return false
+	}
+	if n := a.tr.Lost(); n > a.lostSeen {
+		a.lostSeen = n
+		a.setRescan(fmt.Sprintf("the eBPF tracker lost %d events (writes faster than the agent read them)", n))
+		return true
+	}
+	return false
+}
+
+func (a *Agent) reportVolumes(ctx context.Context) {
+	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+		if _, err := a.cfg.ControlPlane.SetVolumes(ctx, a.cfg.ServerID, apiVolumes(a.vols)); err == nil {
+			return
+		} else {
+			a.log.Warn("cannot report the volumes", "err", err)
+		}
+		sleep(ctx, time.Duration(attempt+1)*time.Second)
+	}
+}
+
+// State files in the state directory.
+func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
+
+func (a *Agent) bumpGeneration() (uint64, error) {
+	var g uint64
+	if b, err := os.ReadFile(a.path("generation")); err == nil && len(b) == 8 {
+		g = binary.BigEndian.Uint64(b)
+	}
+	a.generation = g + 1
+	return a.generation, a.saveGeneration()
+}
+
+func (a *Agent) saveGeneration() error {
+	return pki.WriteFileAtomic(a.path("generation"), binary.BigEndian.AppendUint64(nil, a.generation), 0o600)
+}
+
+func (a *Agent) loadBlockSize() int {
+	if b, err := os.ReadFile(a.path("blocksize")); err == nil && len(b) == 4 {
+		if n := int(binary.BigEndian.Uint32(b)); n >= 4096 && n <= 4<<20 {
+			return n
+		}
+	}
+	return 64 << 10
+}
+
+func (a *Agent) saveBlockSize() {
+	_ = pki.WriteFileAtomic(a.path("blocksize"), binary.BigEndian.AppendUint32(nil, uint32(a.blockSize)), 0o600)
+}
+
+func (a *Agent) tablePath(v *volume) string { return a.path("hashes-" + v.Name) }
+
+// saveTables writes every volume's hash table (what the replica holds) to disk.
+func (a *Agent) saveTables() {
+	for _, v := range a.vols {
+		if v.table != nil {
+			if err := v.table.Save(a.tablePath(v)); err != nil {
+				a.log.Warn("cannot save a hash table; a restart resends more", "volume", v.Name, "err", err)
+			}
+		}
+	}
+}

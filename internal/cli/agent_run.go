@@ -1,0 +1,122 @@
+package cli
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/agent"
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// defaultAgentState is where the agent keeps its hash tables and status.
+func defaultAgentState() string { return filepath.Join(defaultDataDir(), "agent") }
+
+func newAgentRunCmd(g *globals) *cobra.Command {
+	var config, state string
+	var scan bool
+	var scanPause time.Duration
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the replication agent in the foreground",
+		Long: `Replicate this server's volumes until SIGTERM or SIGINT: track changed blocks (eBPF where
+the kernel allows, full scans otherwise), stream them to the replication server, take
+filesystem-consistent consistency points, and report progress to the control plane.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conf, err := api.LoadAgentConfig(config)
+			if err != nil {
+				return err
+			}
+			client, err := conf.Client()
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			cert, err := conf.TLSCertificate()
+			if err != nil {
+				return err
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM([]byte(conf.CACertificates)) {
+				return fmt.Errorf("the agent configuration %s holds no CA certificate: register again with lifeboat agent install --replace", config)
+			}
+			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, ControlPlane: client, Certificate: cert, CAPool: pool,
+				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger})
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			g.logger.Info("agent started", "server", conf.SourceServerID, "control_plane", conf.Server)
+			return a.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVar(&config, "config", api.DefaultAgentConfig, "the agent's configuration (written by lifeboat agent install)")
+	cmd.Flags().StringVar(&state, "state-dir", defaultAgentState(), "where the agent keeps what the replica holds and its status")
+	cmd.Flags().BoolVar(&scan, "scan", false, "use the scan tracker even where eBPF could run")
+	cmd.Flags().DurationVar(&scanPause, "scan-pause", 0, "pause after each batch a scan sends (tests)")
+	_ = cmd.Flags().MarkHidden("scan-pause")
+	return cmd
+}
+
+func newAgentStatusCmd(g *globals) *cobra.Command {
+	var state string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what the agent on this machine is doing",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := agent.ReadStatus(state)
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("no agent status in %s: is lifeboat agent run running (systemctl status lifeboat-agent)?", state)
+			}
+			if err != nil {
+				return fmt.Errorf("read the agent status: %w", err)
+			}
+			return g.show(s, func(w *tabwriter.Writer) {
+				row(w, "source server", s.ServerID)
+				state := s.State
+				if s.Percent != nil {
+					state += fmt.Sprintf(" %.1f%%", *s.Percent)
+				}
+				row(w, "state", state)
+				if s.Error != nil {
+					row(w, "error", s.Error.Code+": "+s.Error.Message)
+				}
+				tr := s.Tracker
+				if s.TrackerReason != "" {
+					tr += " (" + s.TrackerReason + ")"
+				}
+				row(w, "tracker", tr)
+				if s.FreezeReason != "" {
+					row(w, "consistency", s.FreezeReason)
+				}
+				row(w, "replicator", orDash(s.Replicator))
+				for _, v := range s.Volumes {
+					row(w, "volume", fmt.Sprintf("%s %s %s", v.Name, v.Path, bytesIEC(v.SizeBytes)))
+				}
+				row(w, "sent", fmt.Sprintf("%s in %d blocks", bytesIEC(s.SentBytes), s.SentBlocks))
+				row(w, "rate", bytesIEC(s.Throughput)+"/s")
+				row(w, "backlog", bytesIEC(s.BacklogBytes))
+				if s.ETASeconds != nil {
+					row(w, "ETA", (time.Duration(*s.ETASeconds) * time.Second).String())
+				}
+				if s.LagSeconds != nil {
+					row(w, "lag", fmt.Sprintf("%.1f s", *s.LagSeconds))
+				}
+				if p := s.LastPoint; p != nil {
+					row(w, "last PIT", fmt.Sprintf("%s %s %s", p.SnapshotID, p.Level, p.Time.Format(time.RFC3339)))
+				}
+				row(w, "updated", s.UpdatedAt.Format(time.RFC3339))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&state, "state-dir", defaultAgentState(), "the agent's state directory")
+	return cmd
+}

@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+)
+
+func newReplicationCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "replication", Short: "Start, stop, pause, resume or retry a source server's replication"}
+	help := map[string]string{
+		api.ActionStart:  "Start replication again after a stop (a new session and a rescan)",
+		api.ActionStop:   "Stop replication; the replica and recovery snapshots are kept",
+		api.ActionPause:  "Pause sending; resume continues where it stopped",
+		api.ActionResume: "Resume a paused replication",
+		api.ActionRetry:  "Start a new session and rescan (after a STALLED error was fixed)",
+	}
+	for _, action := range api.ReplicationActions {
+		cmd.AddCommand(&cobra.Command{
+			Use:   action + " ID",
+			Short: help[action],
+			Args:  exactArgs(1, "a source server id"),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := g.client()
+				if err != nil {
+					return err
+				}
+				ctl, err := c.ReplicationAction(cmd.Context(), args[0], action)
+				if err != nil {
+					return err
+				}
+				return g.show(ctl, func(w *tabwriter.Writer) {
+					row(w, "source server", args[0])
+					row(w, "replication", ctl.Desired)
+					row(w, "generation", ctl.Generation)
+				})
+			},
+		})
+	}
+	return cmd
+}
+
+func newSnapshotsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "snapshots", Aliases: []string{"snapshot", "pits"}, Short: "Recovery snapshots (PITs) of a source server"}
+	var limit int
+	list := &cobra.Command{
+		Use:   "list ID",
+		Short: "List a source server's recovery snapshots, newest first",
+		Args:  exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			page, err := c.RecoverySnapshots(cmd.Context(), args[0], limit, "")
+			if err != nil {
+				return err
+			}
+			return g.show(page, func(w *tabwriter.Writer) {
+				row(w, "ID", "TIME", "AGE", "LEVEL", "VOLUMES", "ADDED", "LOCKED UNTIL")
+				for _, p := range page.Items {
+					lock := "-"
+					if p.LockUntil != nil {
+						lock = p.LockUntil.Format(time.RFC3339)
+					}
+					row(w, p.ID, p.Time.Format("2006-01-02 15:04:05.000"), time.Since(p.Time).Round(time.Second), p.Level,
+						len(p.Volumes), bytesIEC(p.SizeBytes), lock)
+				}
+			})
+		},
+	}
+	list.Flags().IntVar(&limit, "limit", 100, "how many to list")
+	var wait bool
+	var timeout time.Duration
+	create := &cobra.Command{
+		Use:   "create ID",
+		Short: "Take a consistency point now; with --wait, print the PIT once it is sealed",
+		Args:  exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			req, err := c.RequestSnapshot(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if !wait {
+				fmt.Fprintf(g.stdout, "snapshot requested (%s): the agent takes a consistency point at its next check\n", req.ID)
+				return nil
+			}
+			p, err := waitForPIT(cmd.Context(), c, args[0], req.RequestedAt, timeout)
+			if err != nil {
+				return err
+			}
+			return g.show(p, func(w *tabwriter.Writer) {
+				row(w, "recovery snapshot", p.ID)
+				row(w, "time", p.Time.Format(time.RFC3339Nano))
+				row(w, "level", p.Level)
+			})
+		},
+	}
+	create.Flags().BoolVar(&wait, "wait", false, "wait until the PIT is sealed")
+	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	cmd.AddCommand(list, create)
+	return cmd
+}
+
+// waitForPIT waits for a PIT of server at or after since.
+func waitForPIT(ctx context.Context, c *api.Client, server string, since time.Time, timeout time.Duration) (api.RecoverySnapshot, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		page, err := c.RecoverySnapshots(ctx, server, 1, "")
+		if err != nil {
+			return api.RecoverySnapshot{}, err
+		}
+		if len(page.Items) > 0 && !page.Items[0].Time.Before(since) {
+			return page.Items[0], nil
+		}
+		if time.Now().After(deadline) {
+			s, _ := c.SourceServer(ctx, server)
+			why := s.Replication.DataReplicationState
+			if e := s.Replication.Error; e != nil {
+				why += ", " + e.Code + ": " + e.Message
+			}
+			return api.RecoverySnapshot{}, fmt.Errorf("no PIT of %s was sealed within %s (replication is %s)", server, timeout, why)
+		}
+		select {
+		case <-ctx.Done():
+			return api.RecoverySnapshot{}, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func newExportCmd(g *globals) *cobra.Command {
+	var pitID, to, storeURL, key string
+	cmd := &cobra.Command{
+		Use:   "export ID --to DIR",
+		Short: "Write a PIT's volumes as sparse raw images (default: the newest consistent PIT)",
+		Long: `Write every volume of a recovery snapshot to DIR/<volume>.img as a sparse raw image (holes
+for zero blocks), reading the staging store directly with its master key (--key).`,
+		Args: exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("export needs --to DIR")
+			}
+			ctx := cmd.Context()
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			server := args[0]
+			var snap api.RecoverySnapshot
+			if pitID != "" {
+				if snap, err = c.RecoverySnapshot(ctx, pitID); err != nil {
+					return err
+				}
+				if snap.SourceServerID != server {
+					return fmt.Errorf("recovery snapshot %s belongs to %s, not %s", pitID, snap.SourceServerID, server)
+				}
+			} else if snap, err = newestConsistent(ctx, c, server); err != nil {
+				return err
+			}
+			if storeURL == "" {
+				ss, err := c.ServerReplicationSettings(ctx, server)
+				if err != nil {
+					return err
+				}
+				storeURL = ss.Effective.StagingStoreURL
+			}
+			sf := storeFlags{url: storeURL, key: key}
+			repo, err := sf.open(ctx, g, false, store.Options{})
+			if err != nil {
+				return err
+			}
+			defer repo.Close()
+			pit, err := repo.LoadPIT(ctx, server, snap.ID)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(to, 0o755); err != nil {
+				return err
+			}
+			for _, v := range pit.Volumes {
+				if err := exportVolume(ctx, g, repo, pit, v.Name, filepath.Join(to, v.Name+".img")); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pitID, "pit", "", "the recovery snapshot (pit-…); default the newest consistent one")
+	cmd.Flags().StringVar(&to, "to", "", "directory for the images")
+	cmd.Flags().StringVar(&storeURL, "store", "", "staging store URL (default: the server's replication settings)")
+	cmd.Flags().StringVar(&key, "key", stagingKeyFile(defaultDataDir()), "master key file of the staging store")
+	return cmd
+}
+
+// newestConsistent returns a server's newest filesystem- or crash-consistent PIT.
+func newestConsistent(ctx context.Context, c *api.Client, server string) (api.RecoverySnapshot, error) {
+	token := ""
+	for {
+		page, err := c.RecoverySnapshots(ctx, server, 100, token)
+		if err != nil {
+			return api.RecoverySnapshot{}, err
+		}
+		for _, p := range page.Items {
+			if p.Level == api.LevelFilesystem || p.Level == api.LevelCrash {
+				return p, nil
+			}
+		}
+		if page.NextPageToken == "" {
+			return api.RecoverySnapshot{}, fmt.Errorf("source server %s has no consistent recovery snapshot yet: wait for replication to reach CONTINUOUS, or name one with --pit", server)
+		}
+		token = page.NextPageToken
+	}
+}
+
+func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.PIT, volume, path string) error {
+	v, err := repo.OpenVolume(ctx, pit, volume)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	start, last := time.Now(), time.Now()
+	st, err := v.Export(ctx, f, store.ExportOptions{Progress: func(done, total int64) {
+		if time.Since(last) >= 2*time.Second {
+			last = time.Now()
+			fmt.Fprintf(g.stderr, "export %s: %.0f%% (%s of %s)\n", volume, 100*float64(done)/float64(total), bytesIEC(done), bytesIEC(total))
+		}
+	}})
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("export volume %s of %s: %w", volume, pit.ID, err)
+	}
+	el := time.Since(start)
+	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written, %d zero blocks as holes) in %s\n", path, strings.TrimSpace(bytesIEC(st.Bytes)),
+		volume, bytesIEC(st.WrittenBytes), st.ZeroBlocks, el.Round(time.Millisecond))
+	return nil
+}
