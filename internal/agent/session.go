@@ -83,14 +83,13 @@ type sess struct {
 	pools sync.Pool // *wire.Batch
 	zenc  *zstd.Encoder
 
-	mu        sync.Mutex
-	pending   []*item                  // sent, not acknowledged, in sequence order
-	inflight  []map[uint64]inflight    // per volume: block → last hash sent
-	markers   map[uint64]pointInfo     // marker id → what it was
-	matchAt   time.Time                // the dirty sets were empty then …
-	matchSeq  uint64                   // … and became matched when this is acknowledged
-	acked     uint64
-	lastPoint time.Time
+	mu       sync.Mutex
+	pending  []*item               // sent, not acknowledged, in sequence order
+	inflight []map[uint64]inflight // per volume: block → last hash sent
+	markers  map[uint64]pointInfo  // marker id → what it was
+	matchAt  time.Time             // the dirty sets were empty then …
+	matchSeq uint64                // … and became matched when this is acknowledged
+	acked    uint64
 
 	cur      []*item // per volume: the item being filled
 	markerID uint64
@@ -202,11 +201,7 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 			s.fail(err)
 		}
 	}()
-	go func() {
-		if err := s.receiver(); err != nil {
-			s.fail(err)
-		}
-	}()
+	go func() { s.fail(s.receiver()) }()
 	err = s.main(sctx, cfg, rescan, initial)
 	if err == nil {
 		// A clean end (the config changed): let what was sent be acknowledged.
