@@ -348,9 +348,15 @@ func (a *Agent) tablePath(v *volume) string { return a.path("hashes-" + v.Name) 
 
 // saveTables writes every volume's hash table (what the replica holds) to disk.
 func (a *Agent) saveTables() {
-	for _, v := range a.vols {
-		if v.table != nil {
-			if err := v.table.Save(a.tablePath(v)); err != nil {
+	a.mu.Lock()
+	tables := make([]*tracker.HashTable, len(a.vols))
+	for i, v := range a.vols {
+		tables[i] = v.table
+	}
+	a.mu.Unlock()
+	for i, v := range a.vols {
+		if t := tables[i]; t != nil {
+			if err := t.Save(a.tablePath(v)); err != nil {
 				a.log.Warn("cannot save a hash table; a restart resends more", "volume", v.Name, "err", err)
 			}
 		}

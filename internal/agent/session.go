@@ -157,7 +157,9 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 					return err
 				}
 			}
+			a.mu.Lock()
 			v.table = t
+			a.mu.Unlock()
 		}
 		if !welcome.Volumes[i].Exists {
 			v.table.Reset()
@@ -211,6 +213,9 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 		c()
 	}
 	stop()
+	if err != nil {
+		conn.Close() // unblocks a sender stuck writing to a dead link
+	}
 	close(s.queue)
 	<-senderDone
 	close(s.work)
@@ -263,6 +268,20 @@ func (s *sess) requeue() {
 			s.a.vols[vol].dirty.Mark(block, block)
 		}
 	}
+	// Blocks gathered into a batch that was never dispatched.
+	for vol, it := range s.cur {
+		if it != nil {
+			for _, b := range it.blocks {
+				s.a.vols[vol].dirty.Mark(b.block, b.block)
+			}
+		}
+	}
+	// A scan that did not finish goes on in the next session.
+	s.a.mu.Lock()
+	if s.a.st.scanning {
+		s.a.rescan = true
+	}
+	s.a.mu.Unlock()
 }
 
 // main runs the session: a scan when needed, then continuous replication with
@@ -366,7 +385,7 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 		default:
 			a.setState(api.StateContinuous, nil)
 		}
-		if time.Since(s.lastSend) > 30*time.Second {
+		if time.Since(s.lastSend) > pingEvery {
 			s.emitPing()
 		}
 		if !sent {
@@ -399,6 +418,13 @@ func (s *sess) drain(ctx context.Context) (bool, error) {
 			return s.offer(ctx, i, block, data, hashOf(data))
 		})
 		if err != nil {
+			// Taken but maybe not sent: dirty again (a duplicate costs little).
+			for _, b := range buf {
+				v.dirty.Mark(b, b)
+			}
+			if ctx.Err() != nil || errors.Is(err, errSessionEnded) {
+				return any, err
+			}
 			return any, &sessionError{state: api.StateStalled, code: api.ErrVolumeNotAccessible,
 				msg: fmt.Sprintf("reading volume %s failed: %v", v.Name, err)}
 		}
@@ -476,6 +502,12 @@ func (s *sess) scanVolume(ctx context.Context, i int, _ bool) error {
 }
 
 var errSessionEnded = errors.New("the session ended")
+
+// Liveness of the link to the replicator.
+const (
+	pingEvery    = 5 * time.Second
+	silenceLimit = 20 * time.Second
+)
 
 func hashOf(data []byte) uint64 { return wire.Hash(data) }
 
@@ -582,6 +614,7 @@ func (s *sess) encoder() {
 
 func (s *sess) encode(b *wire.Batch, sb sentBlock, raw, zero []byte) error {
 	if bytes.Equal(raw, zero[:len(raw)]) {
+		s.a.st.sentZero.Add(1)
 		return b.Commit(sb.block, uint32(len(raw)), wire.CodecZero, sb.hash, nil)
 	}
 	switch s.codec {
@@ -665,6 +698,9 @@ func (s *sess) sender(ctx context.Context) error {
 // receiver reads acknowledgements, seal results and errors.
 func (s *sess) receiver() error {
 	for {
+		// The replicator answers pings (sent after pingEvery without traffic) and
+		// acknowledges data within its flush interval: silence means a dead link.
+		_ = s.conn.SetReadDeadline(time.Now().Add(silenceLimit))
 		m, err := s.conn.ReadMsg()
 		if err != nil {
 			return err
@@ -835,7 +871,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		}
 		freezeMs = float64(fr.Elapsed().Microseconds()) / 1000
 	}
-	if readErr != nil {
+	if readErr != nil || ctx.Err() != nil {
 		// Put back what was taken, so it is sent with the next drain.
 		for _, t := range got {
 			a.vols[t.vol].dirty.Mark(t.block, t.block)
@@ -844,8 +880,11 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 			Message: "a consistency point failed while reading the volumes: " + readErr.Error()})
 		return nil
 	}
-	for _, t := range got {
+	for k, t := range got {
 		if err := s.offer(ctx, t.vol, t.block, t.data, t.hash); err != nil {
+			for _, r := range got[k:] {
+				a.vols[r.vol].dirty.Mark(r.block, r.block)
+			}
 			return err
 		}
 	}

@@ -28,6 +28,7 @@ type Status struct {
 	Percent        *float64                  `json:"percent,omitempty"`
 	SentBytes      int64                     `json:"sentBytes"` // raw bytes of blocks sent
 	SentBlocks     int64                     `json:"sentBlocks"`
+	SentZeroBlocks int64                     `json:"sentZeroBlocks"` // of SentBlocks, all-zero ones (no payload)
 	BacklogBytes   int64                     `json:"backlogBytes"`
 	Throughput     int64                     `json:"throughputBytesPerSecond"`
 	ETASeconds     *float64                  `json:"etaSeconds,omitempty"`
@@ -55,6 +56,7 @@ type status struct {
 	scanDone, scanTotal atomic.Int64
 	sentBytes           atomic.Int64
 	sentBlocks          atomic.Int64
+	sentZero            atomic.Int64
 	backlog             func() int64 // set by a live session
 }
 
@@ -128,11 +130,17 @@ func (a *Agent) reportLoop(ctx context.Context) {
 	lastAt := time.Now()
 	var rate float64
 	var lastReport time.Time
+	lastSave := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if time.Since(lastSave) >= 5*time.Second {
+			// What the replica holds, so that a crash of the agent resends little.
+			a.saveTables()
+			lastSave = time.Now()
 		}
 		a.mu.Lock()
 		due := a.st.changed || time.Since(lastReport) >= a.cfg.Report
@@ -176,7 +184,7 @@ func (a *Agent) snapshot(now time.Time, rate int64) Status {
 	s := Status{ServerID: a.cfg.ServerID, State: a.st.State, Error: a.st.Error, Tracker: a.trName, TrackerReason: a.trReason,
 		FreezeReason: a.freezeReason, Generation: a.generation, Replicator: a.st.Replicator, Volumes: apiVolumes(a.vols),
 		ScanDoneBytes: a.st.scanDone.Load(), ScanTotalBytes: a.st.scanTotal.Load(), SentBytes: a.st.sentBytes.Load(),
-		SentBlocks: a.st.sentBlocks.Load(), Throughput: rate, LastPoint: a.st.lastPoint, LastFreezeMs: a.st.lastFreeze, UpdatedAt: now}
+		SentBlocks: a.st.sentBlocks.Load(), SentZeroBlocks: a.st.sentZero.Load(), Throughput: rate, LastPoint: a.st.lastPoint, LastFreezeMs: a.st.lastFreeze, UpdatedAt: now}
 	if a.st.backlog != nil {
 		s.BacklogBytes = a.st.backlog()
 	}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -327,20 +326,6 @@ func writeFiles(t *testing.T, dir string, seed uint64, n, maxKiB int) {
 	}
 }
 
-func agentStatus(t *testing.T, dir string) agent.Status {
-	t.Helper()
-	s, err := agent.ReadStatus(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
+type agentStatusT = agent.Status
 
-func keys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func readStatus(dir string) (agent.Status, error) { return agent.ReadStatus(dir) }
