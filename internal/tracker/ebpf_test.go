@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -473,6 +474,16 @@ func TestEBPFReplicaEqualsDevice(t *testing.T) {
 		}
 	}
 
+	// An independent witness: ftrace's own record of the device's completions.
+	kd, err := KernelDev(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sent0 uint64
+	_ = tr.sent.Lookup(uint32(0), &sent0)
+	full0 := tr.LostDetail().RingFull
+	stopWitness := ftraceWitness(t, kd)
+
 	// Writer: random files, random offsets, some fsyncs, some deletions; 3 s at most.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -569,30 +580,107 @@ func TestEBPFReplicaEqualsDevice(t *testing.T) {
 		}
 	}
 	// Compare the whole device with the replica.
-	mismatch := 0
-	err = vol.Scan(context.Background(), testBlock, 0, func(b uint64, data []byte, _ uint64) error {
+	witnessed := uint64(stopWitness())
+	var sent uint64
+	_ = tr.sent.Lookup(uint32(0), &sent)
+	seen := sent - sent0 + tr.LostDetail().RingFull - full0
+	mismatched, err := differingBlocks(vol, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if witnessed > seen {
+		// Linux 6.18 sometimes does not run the program at all for a completion (see
+		// trackerProgram); nothing the tracker can count shows it. Say so, then do
+		// what the agent's periodic RESCAN does, and check that it repairs the replica.
+		t.Logf("KNOWN KERNEL ISSUE: ftrace saw %d write completions, the program ran for %d: %d never reached it; %d blocks of the replica differ",
+			witnessed, seen, witnessed-seen, len(mismatched))
+		err := vol.Scan(context.Background(), testBlock, 0, func(b uint64, data []byte, h uint64) error {
+			if held.Matches(b, h) {
+				return nil
+			}
+			rescanned++
+			return copyBlock(b, data)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mismatched, err = differingBlocks(vol, replica); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(mismatched) > 0 {
+		syncTracker(t, tr)
+		t.Fatalf("%d blocks differ, first %v (after the comparison: %d blocks dirty again, lost %+v; ftrace saw %d completions, the program %d)",
+			len(mismatched), mismatched[:min(len(mismatched), 5)], set.Count(), tr.LostDetail(), witnessed, seen)
+	}
+	if err := fz.Thaw(); err != nil {
+		t.Fatalf("thaw: %v", err)
+	}
+	t.Logf("writer wrote %d MiB through ext4 while the consumer ran %d rounds and copied %d blocks (%d more by a RESCAN); ftrace saw %d write completions, the program %d; replica equals the device",
+		wrote.Load()>>20, rounds, copied, rescanned, witnessed, seen)
+}
+
+// differingBlocks compares the whole device with the replica.
+func differingBlocks(vol *Volume, replica *os.File) ([]uint64, error) {
+	var out []uint64
+	err := vol.Scan(context.Background(), testBlock, 0, func(b uint64, data []byte, _ uint64) error {
 		got := make([]byte, len(data))
 		if _, err := replica.ReadAt(got, int64(b)*testBlock); err != nil {
 			return err
 		}
 		if !bytes.Equal(got, data) {
-			if mismatch < 5 {
-				t.Errorf("block %d of the replica differs from the device", b)
-			}
-			mismatch++
+			out = append(out, b)
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
+	return out, err
+}
+
+// ftraceWitness records, in a tracefs instance of its own, the content-changing
+// completions of the device with kernel dev_t kd; the function it returns stops the
+// recording and counts them (a lower bound if ftrace's buffer overran).
+func ftraceWitness(t *testing.T, kd uint32) func() int {
+	t.Helper()
+	root := "/sys/kernel/tracing"
+	if _, err := os.Stat(filepath.Join(root, "instances")); err != nil {
+		testutil.Run(t, "mount", "-t", "tracefs", "tracefs", root)
 	}
-	if mismatch > 0 {
-		syncTracker(t, tr)
-		t.Fatalf("%d blocks differ (after the comparison: %d blocks dirty again, lost %+v)", mismatch, set.Count(), tr.LostDetail())
+	inst := filepath.Join(root, "instances", fmt.Sprintf("lifeboat-test-%d", os.Getpid()))
+	if err := os.Mkdir(inst, 0o755); err != nil {
+		t.Fatalf("tracefs instance: %v", err)
 	}
-	if err := fz.Thaw(); err != nil {
-		t.Fatalf("thaw: %v", err)
+	ev := filepath.Join(inst, "events", "block", "block_rq_complete")
+	stop := func() { _ = os.WriteFile(filepath.Join(ev, "enable"), []byte("0"), 0) }
+	t.Cleanup(func() {
+		stop()
+		if err := os.Remove(inst); err != nil {
+			t.Errorf("remove tracefs instance: %v", err)
+		}
+	})
+	for _, w := range []struct{ file, val string }{
+		{filepath.Join(inst, "buffer_size_kb"), "16384"},
+		{filepath.Join(ev, "filter"), fmt.Sprintf("dev == %d", kd)},
+		{filepath.Join(ev, "enable"), "1"},
+	} {
+		if err := os.WriteFile(w.file, []byte(w.val), 0); err != nil {
+			t.Fatalf("tracefs %s: %v", w.file, err)
+		}
 	}
-	t.Logf("writer wrote %d MiB through ext4 while the consumer ran %d rounds and copied %d blocks (%d more by a RESCAN); replica equals the device",
-		wrote.Load()>>20, rounds, copied, rescanned)
+	re := regexp.MustCompile(`block_rq_complete: \d+,\d+ (\S+) \(.*?\) \d+ \+ (\d+)`)
+	return func() int {
+		stop()
+		data, err := os.ReadFile(filepath.Join(inst, "trace"))
+		if err != nil {
+			t.Fatalf("read tracefs instance: %v", err)
+		}
+		n := 0
+		for _, m := range re.FindAllStringSubmatch(string(data), -1) {
+			op := strings.TrimPrefix(m[1], "F")
+			if op == "" || op[0] == 'R' || op[0] == 'F' || m[2] == "0" {
+				continue
+			}
+			n++
+		}
+		return n
+	}
 }
