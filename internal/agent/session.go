@@ -564,7 +564,7 @@ func (s *sess) enqueue(ctx context.Context, it *item, encode bool) error {
 		return ctx.Err()
 	case err := <-s.errc:
 		s.fail(err)
-		return errSessionEnded
+		return err
 	}
 	if encode {
 		select {

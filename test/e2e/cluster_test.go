@@ -77,11 +77,17 @@ type cluster struct {
 	agentID string
 	agentSt string // the agent's state directory
 	agentCf string // its config
+	repNS   string // the replicator's network namespace, if any
 }
 
 func (c *cluster) start(name string, args ...string) *proc {
 	c.t.Helper()
-	cmd := exec.Command(binary, args...)
+	return c.startCmd(name, binary, args...)
+}
+
+func (c *cluster) startCmd(name, program string, args ...string) *proc {
+	c.t.Helper()
+	cmd := exec.Command(program, args...)
 	cmd.Env = append(os.Environ(), c.env...)
 	var log bytes.Buffer
 	logf, err := os.Create(filepath.Join(c.dir, name+".log"))
@@ -106,18 +112,33 @@ func (c *cluster) start(name string, args ...string) *proc {
 	return p
 }
 
+// clusterOptions place the parts: by default all on 127.0.0.1.
+type clusterOptions struct {
+	cpHost  string // address the control plane listens on
+	repNS   string // network namespace the replicator runs in ("": none)
+	repHost string // address the replicator listens on
+}
+
 // newCluster starts a control plane and a replicator writing to a local staging store.
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterWith(t, clusterOptions{}) }
+
+func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t)
+	if o.cpHost == "" {
+		o.cpHost = "127.0.0.1"
+	}
+	if o.repHost == "" {
+		o.repHost = "127.0.0.1"
+	}
 	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir}
+	c := &cluster{t: t, dir: dir, repNS: o.repNS}
 	port, rport := testutil.FreePort(t), testutil.FreePort(t)
-	c.url = fmt.Sprintf("https://127.0.0.1:%d", port)
-	c.repAddr = fmt.Sprintf("127.0.0.1:%d", rport)
+	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
+	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
 	data := filepath.Join(dir, "cp")
-	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "debug")
-	testutil.WaitTCP(t, fmt.Sprintf("127.0.0.1:%d", port), 30*time.Second)
+	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug")
+	testutil.WaitTCP(t, fmt.Sprintf("%s:%d", o.cpHost, port), 30*time.Second)
 	var token string
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if b, err := os.ReadFile(filepath.Join(data, "admin-token")); err == nil && len(b) > 0 {
@@ -163,7 +184,12 @@ func (c *cluster) startReplicator() {
 		}
 		args = append(args, "--token", tok.Secret)
 	}
-	c.rep = c.start("replicator", args...)
+	if c.repNS != "" {
+		args = append([]string{"netns", "exec", c.repNS, binary}, args...)
+		c.rep = c.startCmd("replicator", "ip", args...)
+	} else {
+		c.rep = c.start("replicator", args...)
+	}
 	testutil.WaitTCP(c.t, c.repAddr, 30*time.Second)
 }
 
