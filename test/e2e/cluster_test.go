@@ -117,6 +117,7 @@ type clusterOptions struct {
 	cpHost  string // address the control plane listens on
 	repNS   string // network namespace the replicator runs in ("": none)
 	repHost string // address the replicator listens on
+	store   string // staging store directory (default DIR/staging)
 }
 
 // newCluster starts a control plane and a replicator writing to a local staging store.
@@ -165,7 +166,10 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 		t.Fatal(err)
 	}
 	tmpl.ConsistencyPointIntervalSeconds = 2
-	tmpl.StagingStoreURL = "file://" + filepath.Join(dir, "staging")
+	if o.store == "" {
+		o.store = filepath.Join(dir, "staging")
+	}
+	tmpl.StagingStoreURL = "file://" + o.store
 	if _, err := c.admin.SetReplicationTemplate(context.Background(), tmpl); err != nil {
 		t.Fatal(err)
 	}

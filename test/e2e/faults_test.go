@@ -120,3 +120,35 @@ func agentStatusAt(t *testing.T, dir string) agentStatusT {
 	}
 	return s
 }
+
+// TestStagingStorageFull: the staging filesystem fills up: the server is STALLED with
+// STAGING_STORAGE_FULL, the PIT sealed before is intact, and replication resumes by
+// itself when space returns.
+func TestStagingStorageFull(t *testing.T) {
+	testutil.RequireRoot(t)
+	stage := t.TempDir()
+	testutil.Run(t, "mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", stage)
+	t.Cleanup(func() { _, _ = testutil.Output("umount", stage) })
+	dev, mnt := dataVolume(t, 256<<20, 20, 256)
+	c := newClusterWith(t, clusterOptions{store: stage + "/staging"})
+	c.installAgent(dev)
+	c.startAgent()
+	c.waitState(2*time.Minute, api.StateContinuous)
+	want1 := treeHashes(t, mnt)
+	pit1 := c.snapshot()
+
+	writeFiles(t, mnt, 10, 60, 2048) // ~60 MiB of random data: more than the store has room for
+	testutil.Run(t, "sync")
+	s := c.waitState(2*time.Minute, api.StateStalled)
+	if s.Replication.Error == nil || s.Replication.Error.Code != api.ErrStagingStorageFull {
+		t.Fatalf("a full staging store gives %+v, want STALLED with STAGING_STORAGE_FULL", s.Replication)
+	}
+	t.Logf("with the store full: %s: %s", s.Replication.Error.Code, s.Replication.Error.Message)
+	c.exportAndCheck(pit1, volumeNameOf(dev), want1) // nothing earlier is lost
+
+	testutil.Run(t, "mount", "-o", "remount,size=512m", stage)
+	c.waitState(3*time.Minute, api.StateContinuous)
+	want2 := treeHashes(t, mnt)
+	c.exportAndCheck(c.snapshot(), volumeNameOf(dev), want2)
+	c.cli("store", "verify", "--read-data", "--store", "file://"+stage+"/staging", "--key", c.dir+"/rep/staging.key")
+}

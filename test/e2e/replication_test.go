@@ -13,6 +13,13 @@ import (
 // replicated; after a sync a PIT is taken; the exported PIT passes fsck -n and holds
 // exactly the files the source held at that moment. Then more files, another PIT.
 func TestReplicateExt4VolumeAndExportAPIT(t *testing.T) {
+	t.Run("ebpf", func(t *testing.T) { replicateAndExport(t, false) })
+	// The scan tracker reads the whole volume under freeze at each point: the operator
+	// gives it a freeze bound it can meet.
+	t.Run("scan", func(t *testing.T) { replicateAndExport(t, true) })
+}
+
+func replicateAndExport(t *testing.T, scan bool) {
 	testutil.RequireCommand(t, "fsck.ext4", "e2fsprogs")
 	dev, _ := testutil.LoopDevice(t, 256<<20)
 	testutil.MkfsExt4(t, dev)
@@ -22,7 +29,17 @@ func TestReplicateExt4VolumeAndExportAPIT(t *testing.T) {
 
 	c := newCluster(t)
 	c.installAgent(dev)
-	c.startAgent()
+	wantTracker := "ebpf"
+	if scan {
+		bound := 10000
+		if _, err := c.admin.SetServerReplicationSettings(t.Context(), c.agentID, api.ReplicationSettingsOverrides{FreezeTimeoutMs: &bound}); err != nil {
+			t.Fatal(err)
+		}
+		c.startAgent("--scan")
+		wantTracker = "scan"
+	} else {
+		c.startAgent()
+	}
 	c.waitState(2*time.Minute, api.StateContinuous)
 	want := treeHashes(t, mnt)
 	pit := c.snapshot()
@@ -39,10 +56,10 @@ func TestReplicateExt4VolumeAndExportAPIT(t *testing.T) {
 	c.exportAndCheck(pit2, volumeNameOf(dev), want2)
 	c.exportAndCheck(pit, volumeNameOf(dev), want)
 	s, _ := c.admin.SourceServer(t.Context(), c.agentID)
-	if !s.Replication.ReadyForRecovery || s.Replication.Tracker == "" {
+	if !s.Replication.ReadyForRecovery || s.Replication.Tracker != wantTracker {
 		t.Fatalf("after two PITs the server is not ready for recovery: %+v", s.Replication)
 	}
-	t.Logf("tracker %s, lag %v, %d PITs", s.Replication.Tracker, deref(s.Replication.LagSeconds), len(want2))
+	t.Logf("tracker %s, lag %v s, %d files", s.Replication.Tracker, deref(s.Replication.LagSeconds), len(want2))
 }
 
 func volumeNameOf(dev string) string {
