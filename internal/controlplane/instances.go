@@ -173,6 +173,9 @@ func (c *call) startInstance() (api.Instance, error) {
 		}
 		if in.RecoveryInstanceID != "" {
 			r, err := tx.RecoveryInstance(in.RecoveryInstanceID)
+			if errors.Is(err, db.ErrNotFound) || (err == nil && r.State == api.InstanceLaunching) {
+				return api.Conflict("recovery instance %s is being launched into instance %s: wait for its job", in.RecoveryInstanceID, in.ID)
+			}
 			if err == nil && r.TerminatedAt == nil {
 				ri = &r
 			}

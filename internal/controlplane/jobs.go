@@ -100,7 +100,7 @@ func (cp *ControlPlane) openRecovery() error {
 		RunnerID: runnerID, Lease: rc.JobLease, IDs: r.ids, Publish: cp.events.publish,
 		ControlPlane: func() (string, string) { return cp.URL(), cp.pin },
 		AgentBinary:  rc.AgentBinary, ConversionHook: rc.ConversionHook, ConsoleCapture: rc.ConsoleCapture,
-		Now: cp.cfg.Now, Logger: cp.log})
+		SystemAccount: cp.system, Now: cp.cfg.Now, Logger: cp.log})
 	cp.rec = r
 	return nil
 }

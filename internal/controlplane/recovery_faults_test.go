@@ -219,3 +219,35 @@ func TestInstanceRegistration(t *testing.T) {
 		t.Fatalf("after delete: %+v %v", l, err)
 	}
 }
+
+// TestTenantsRunNoScriptsOnTheHost: a post-launch script runs on the control plane's
+// host, so a tenant's recovery refuses it (the instance still launches).
+func TestTenantsRunNoScriptsOnTheHost(t *testing.T) {
+	e := startWith(t, db.SQLite, nil)
+	repo := recoverytest.Store(t, e.cp)
+	tenant, err := e.admin.CreateAccount(e.ctx, api.CreateAccountRequest{Name: "tenant"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := recoverytest.ServerIn(t, e.cp, tenant.Account.ID, "m1", map[string]int64{"vda": 1 << 20})
+	recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 4)})
+	marker := filepath.Join(t.TempDir(), "ran")
+	ls := api.DefaultLaunchSettings(1, 512<<20)
+	ls.Provider = api.ProviderImage
+	ls.PostLaunchActions = []api.PostLaunchAction{{Name: "x", Type: "script", Command: "touch " + marker, TimeoutSeconds: 10}}
+	ta := e.client(tenant.AdminToken)
+	if _, err := ta.SetLaunchSettings(e.ctx, srv.ID, ls); err != nil {
+		t.Fatal(err)
+	}
+	job, err := ta.StartRecovery(e.ctx, api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: srv.ID}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job = recoverytest.WaitJob(t, ta, job.ID, time.Minute)
+	if s := job.Servers[0]; s.LaunchStatus != api.LaunchLaunched || !strings.Contains(s.Error, "only the system account") {
+		t.Fatalf("%+v", s)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatal("a tenant's script ran on the control plane's host")
+	}
+}

@@ -111,3 +111,22 @@ func (t *Tx) SetInstanceState(id, state, runnerID, recoveryInstanceID string, no
 func (t *Tx) DeleteInstance(id string) error {
 	return t.execOne(`DELETE FROM instances WHERE id = ?`, id)
 }
+
+// ClaimInstance reserves an instance for a recovery instance's launch into it: it
+// succeeds when no other recovery instance holds it, and reports whether it did.
+func (t *Tx) ClaimInstance(id, recoveryInstanceID string, now time.Time) (bool, error) {
+	r, err := t.exec(`UPDATE instances SET recovery_instance_id = ?, updated_at = ? WHERE id = ?
+		AND (recovery_instance_id = '' OR recovery_instance_id = ?)`, recoveryInstanceID, ms(now), id, recoveryInstanceID)
+	if err != nil {
+		return false, err
+	}
+	n, err := r.RowsAffected()
+	return n == 1, err
+}
+
+// ReleaseInstance ends a recovery instance's hold on an instance (if it holds it).
+func (t *Tx) ReleaseInstance(id, recoveryInstanceID string, now time.Time) error {
+	_, err := t.exec(`UPDATE instances SET recovery_instance_id = '', updated_at = ? WHERE id = ? AND recovery_instance_id = ?`,
+		ms(now), id, recoveryInstanceID)
+	return err
+}

@@ -181,6 +181,21 @@ func TestRecoveryInstancesAndInstances(t *testing.T) {
 			if err := tx.SetInstanceTags(in.ID, map[string]string{"role": "web"}, t0); err != nil {
 				return err
 			}
+			if ok, err := tx.ClaimInstance(in.ID, "i-0000000000000000a", t0); err != nil || !ok {
+				return fmt.Errorf("claim a free instance: %v %v", ok, err)
+			}
+			if ok, err := tx.ClaimInstance(in.ID, "i-0000000000000000b", t0); err != nil || ok {
+				return fmt.Errorf("a second claim was granted: %v %v", ok, err)
+			}
+			if err := tx.ReleaseInstance(in.ID, "i-0000000000000000b", t0); err != nil { // not its holder: no effect
+				return err
+			}
+			if ok, err := tx.ClaimInstance(in.ID, "i-0000000000000000a", t0); err != nil || !ok {
+				return fmt.Errorf("the holder's claim again: %v %v", ok, err)
+			}
+			if err := tx.ReleaseInstance(in.ID, "i-0000000000000000a", t0); err != nil {
+				return err
+			}
 			return tx.SetInstanceState(in.ID, api.InstanceRunning, "host-a", ri.ID, t0)
 		})
 		if err != nil {

@@ -50,6 +50,9 @@ type Config struct {
 	AgentBinary string
 	// ConversionHook runs after the built-in conversion ("" for none).
 	ConversionHook string
+	// SystemAccount is the system account's id: post-launch scripts run on the control
+	// plane's host, so only its jobs may run them.
+	SystemAccount string
 	// ConsoleCapture is how long a VM's serial console is copied into the job's log
 	// after its launch (default 2 minutes).
 	ConsoleCapture time.Duration
@@ -321,6 +324,14 @@ func (j *jobCtx) launch(ctx context.Context, row api.JobServer, resumed bool) {
 	if errors.As(err, &ref) {
 		detail["refused"] = true
 	}
+	if st.target != nil {
+		now := j.r.cfg.Now()
+		if err := j.r.cfg.DB.Update(context.WithoutCancel(ctx), func(tx *db.Tx) error {
+			return tx.ReleaseInstance(st.target.ID, row.RecoveryInstanceID, now)
+		}); err != nil {
+			j.r.log.Error("release the instance", "instance", st.target.ID, "err", err)
+		}
+	}
 	j.event(ctx, row.SourceServerID, api.EventLaunchFailed, msg, detail)
 	row.LaunchStatus, row.Step, row.Error, row.Progress = api.LaunchFailed, step, err.Error(), nil
 	if err := j.setServer(ctx, row); err != nil {
@@ -523,15 +534,28 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 			if err != nil {
 				return err
 			}
-			if in.RecoveryInstanceID != "" && in.RecoveryInstanceID != st.row.RecoveryInstanceID {
-				return &launch.Refusal{Reason: fmt.Sprintf("instance %s runs recovery instance %s: terminate that first", in.ID, in.RecoveryInstanceID)}
-			}
 			st.target = &in
 		}
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if st.target != nil {
+		// One launch at a time into an instance: it is held until the recovery
+		// instance is terminated (or its launch fails).
+		var held bool
+		err := r.cfg.DB.Update(ctx, func(tx *db.Tx) (err error) {
+			held, err = tx.ClaimInstance(st.target.ID, st.row.RecoveryInstanceID, r.cfg.Now())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if !held {
+			return &launch.Refusal{Reason: fmt.Sprintf("instance %s holds another recovery instance (%s): terminate that first",
+				st.target.ID, st.target.RecoveryInstanceID)}
+		}
 	}
 	if st.provider = r.cfg.Providers[st.settings.Provider]; st.provider == nil {
 		return &launch.Refusal{Reason: fmt.Sprintf("launch provider %q is not available on this control plane", st.settings.Provider)}
@@ -693,7 +717,13 @@ func (j *jobCtx) postLaunch(ctx context.Context, st *launchState, l launch.Launc
 		j.event(ctx, st.row.SourceServerID, api.EventPostLaunchStart, fmt.Sprintf("post-launch action %s (%s)", a.Name, a.Type),
 			map[string]any{"action": a.Name, "type": a.Type})
 		start := time.Now()
-		out, err := runAction(ctx, a, env)
+		var out string
+		var err error
+		if a.Type == "script" && j.job.AccountID != j.r.cfg.SystemAccount {
+			err = errors.New("post-launch scripts run on the control plane's host: only the system account's servers may have them")
+		} else {
+			out, err = runAction(ctx, a, env)
+		}
 		d := map[string]any{"action": a.Name, "type": a.Type, "seconds": time.Since(start).Seconds()}
 		if out != "" {
 			d["output"] = out

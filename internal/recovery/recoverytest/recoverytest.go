@@ -50,8 +50,14 @@ func Store(t testing.TB, cp *controlplane.ControlPlane) *store.Repo {
 // name and size, and returns it.
 func Server(t testing.TB, cp *controlplane.ControlPlane, machineID string, volumes map[string]int64) api.SourceServer {
 	t.Helper()
+	return ServerIn(t, cp, cp.SystemAccountID(), machineID, volumes)
+}
+
+// ServerIn registers a source server in an account.
+func ServerIn(t testing.TB, cp *controlplane.ControlPlane, accountID, machineID string, volumes map[string]int64) api.SourceServer {
+	t.Helper()
 	ctx := context.Background()
-	tok, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall, Uses: 1})
+	tok, err := cp.CreateToken(ctx, accountID, api.CreateTokenRequest{Kind: api.TokenInstall, Uses: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
