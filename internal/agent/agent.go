@@ -19,7 +19,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,8 +54,17 @@ type Config struct {
 	// ScanPause, when set, pauses this long after every batch a scan sends (tests that
 	// need time to kill the agent in the middle of a sync).
 	ScanPause time.Duration
-	Version   string
-	Logger    *slog.Logger
+	// PreFreeze and PostThaw are commands (run with sh -c) around each consistency
+	// point's freeze; a pre-freeze hook that fails or outlasts HookTimeout (default 30 s)
+	// skips the point, which is reported; replication goes on.
+	PreFreeze, PostThaw string
+	HookTimeout         time.Duration
+	// VerifyEvery is how often the eBPF tracker's marks are checked by a background
+	// pass that compares every block's hash with the replica's (default 1 h; negative:
+	// never). Some kernels miss a rare completion without counting it lost.
+	VerifyEvery time.Duration
+	Version     string
+	Logger      *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -65,6 +76,12 @@ func (c *Config) fill() {
 	}
 	if c.Version == "" {
 		c.Version = "dev"
+	}
+	if c.HookTimeout == 0 {
+		c.HookTimeout = 30 * time.Second
+	}
+	if c.VerifyEvery == 0 {
+		c.VerifyEvery = time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -93,6 +110,8 @@ type Agent struct {
 	mu     sync.Mutex
 	st     status
 	rescan bool // the next session rescans every volume
+
+	verify verifyPass // used by the session goroutine only
 }
 
 // New opens the volumes and returns an agent; Run replicates them.
@@ -123,6 +142,7 @@ func New(cfg Config) (*Agent, error) {
 		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.blockSize))
 	}
 	a.st = status{ServerID: cfg.ServerID, State: api.StateInitiating, Generation: a.generation}
+	a.verify = verifyPass{vol: len(vols), last: time.Now()}
 	return a, nil
 }
 
@@ -361,4 +381,38 @@ func (a *Agent) saveTables() {
 			}
 		}
 	}
+}
+
+// verifyPass is where the background verification pass stands.
+type verifyPass struct {
+	vol   int       // volume being checked; len(vols) when no pass runs
+	next  uint64    // next block
+	found int       // blocks found different in this pass
+	last  time.Time // when the last pass ended
+}
+
+// hook runs a pre-freeze or post-thaw command with the mount points in its
+// environment, bounded by HookTimeout.
+func (a *Agent) hook(ctx context.Context, phase, command string, mounts []string) error {
+	if command == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.HookTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Env = append(os.Environ(), "LIFEBOAT_PHASE="+phase, "LIFEBOAT_SERVER_ID="+a.cfg.ServerID,
+		"LIFEBOAT_MOUNTS="+strings.Join(mounts, " "))
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("the %s hook did not finish within %s", phase, a.cfg.HookTimeout)
+	}
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if len(msg) > 200 {
+			msg = msg[len(msg)-200:]
+		}
+		return fmt.Errorf("the %s hook failed: %v: %s", phase, err, msg)
+	}
+	return nil
 }

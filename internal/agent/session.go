@@ -348,6 +348,10 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 		if err != nil {
 			return err
 		}
+		// Check the tracker: a slice of a background pass comparing hashes.
+		if err := s.verifyStep(ctx); err != nil {
+			return err
+		}
 		// A consistency point when due or asked for.
 		requested := cfg.Control.SnapshotRequest != nil && cfg.Control.SnapshotRequest.ID != handledRequest
 		every := interval
@@ -503,6 +507,9 @@ func (s *sess) scanVolume(ctx context.Context, i int, _ bool) error {
 
 var errSessionEnded = errors.New("the session ended")
 
+// codeHookFailed reports a pre-freeze or post-thaw hook that failed.
+const codeHookFailed = "HOOK_FAILED"
+
 // Liveness of the link to the replicator.
 const (
 	pingEvery    = 5 * time.Second
@@ -510,6 +517,55 @@ const (
 )
 
 func hashOf(data []byte) uint64 { return wire.Hash(data) }
+
+// verifyStep advances the background verification pass of the eBPF tracker by a
+// slice: blocks whose content differs from what the replica holds (and is not on its
+// way) were missed by the tracker; they are sent and counted.
+func (s *sess) verifyStep(ctx context.Context) error {
+	a := s.a
+	if a.tr == nil || a.cfg.VerifyEvery < 0 {
+		return nil
+	}
+	if a.verify.vol >= len(a.vols) {
+		if time.Since(a.verify.last) < a.cfg.VerifyEvery {
+			return nil
+		}
+		a.verify.vol, a.verify.next, a.verify.found = 0, 0, 0
+	}
+	v := a.vols[a.verify.vol]
+	const slice = 256
+	n := v.dev.Blocks(s.bs)
+	blocks := make([]uint64, 0, slice)
+	for b := a.verify.next; b < n && len(blocks) < slice; b++ {
+		blocks = append(blocks, b)
+	}
+	err := v.dev.ReadBlocks(ctx, blocks, s.bs, func(block uint64, data []byte) error {
+		h := hashOf(data)
+		s.mu.Lock()
+		_, flying := s.inflight[a.verify.vol][block]
+		s.mu.Unlock()
+		if flying || v.dirty.Dirty(block) || v.table.Matches(block, h) {
+			return nil
+		}
+		a.verify.found++
+		return s.offer(ctx, a.verify.vol, block, data, h)
+	})
+	if err != nil {
+		return err
+	}
+	a.verify.next += uint64(len(blocks))
+	if a.verify.next >= n {
+		a.verify.vol++
+		a.verify.next = 0
+		if a.verify.vol >= len(a.vols) {
+			a.verify.last = time.Now()
+			if a.verify.found > 0 {
+				a.log.Warn("the verification pass found blocks the tracker had missed; they were sent", "blocks", a.verify.found)
+			}
+		}
+	}
+	return nil
+}
 
 // offer queues a block for sending unless the replica holds it already (the hash table
 // says so and no other version of it is on its way).
@@ -805,6 +861,16 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	case len(mounts) == 0:
 		level, freezeErr = wire.LevelNone, errors.New("no filesystem of the server's volumes is mounted here, so none can be frozen")
 	default:
+		if err := a.hook(ctx, "pre-freeze", a.cfg.PreFreeze, mounts); err != nil {
+			a.setState(a.currentState(), &api.ReplicationError{Code: codeHookFailed,
+				Message: "the pre-freeze hook failed, so this consistency point was skipped: " + err.Error() + "; replication continues"})
+			return nil
+		}
+		defer func() {
+			if err := a.hook(context.WithoutCancel(ctx), "post-thaw", a.cfg.PostThaw, mounts); err != nil {
+				a.setState(a.currentState(), &api.ReplicationError{Code: codeHookFailed, Message: "the post-thaw hook failed: " + err.Error()})
+			}
+		}()
 		fr, freezeErr = a.wd.Freeze(ctx, mounts, bound)
 		if freezeErr != nil {
 			a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrFreezeFailed,

@@ -28,6 +28,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 
 type installFlags struct {
 	config, machineID, unitDir string
+	preFreeze, postThaw        string
 	volumes                    []string
 	noService, replace         bool
 }
@@ -48,6 +49,8 @@ token carries a pin of the control plane's CA, which is checked before anything 
 	fl.StringArrayVar(&f.volumes, "volume", nil, "block device or image file to replicate (repeatable; default: discovered by the agent)")
 	fl.StringVar(&f.config, "config", api.DefaultAgentConfig, "where to write the agent's configuration")
 	fl.BoolVar(&f.noService, "no-service", false, "do not write and enable a systemd unit")
+	fl.StringVar(&f.preFreeze, "pre-freeze", "", "command run before each consistency point's freeze (e.g. flush a database)")
+	fl.StringVar(&f.postThaw, "post-thaw", "", "command run after each consistency point's thaw")
 	fl.BoolVar(&f.replace, "replace", false, "re-register a machine that is registered already (keeps its source server id)")
 	fl.StringVar(&f.machineID, "machine-id", "", "machine id instead of /etc/machine-id (tests that simulate many agents)")
 	fl.StringVar(&f.unitDir, "unit-dir", "/etc/systemd/system", "directory for the systemd unit")
@@ -120,7 +123,7 @@ func runAgentInstall(cmd *cobra.Command, g *globals, f *installFlags) error {
 	}
 	cfg := &api.AgentConfig{Server: g.server, ServerPin: tok.Pin, AccountID: resp.SourceServer.AccountID,
 		SourceServerID: resp.SourceServer.ID, MachineID: machineID, Volumes: f.volumes, Certificate: resp.Certificate,
-		Key: string(keyPEM), CACertificates: resp.CACertificates}
+		Key: string(keyPEM), CACertificates: resp.CACertificates, PreFreeze: f.preFreeze, PostThaw: f.postThaw}
 	if err := cfg.Save(f.config); err != nil {
 		return fmt.Errorf("registered as source server %s, but writing %s failed: %w (run install again with --replace)", resp.SourceServer.ID, f.config, err)
 	}

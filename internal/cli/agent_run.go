@@ -21,7 +21,7 @@ func defaultAgentState() string { return filepath.Join(defaultDataDir(), "agent"
 func newAgentRunCmd(g *globals) *cobra.Command {
 	var config, state string
 	var scan bool
-	var scanPause time.Duration
+	var scanPause, verify time.Duration
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the replication agent in the foreground",
@@ -30,6 +30,9 @@ the kernel allows, full scans otherwise), stream them to the replication server,
 filesystem-consistent consistency points, and report progress to the control plane.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if verify <= 0 {
+				verify = -1
+			}
 			conf, err := api.LoadAgentConfig(config)
 			if err != nil {
 				return err
@@ -48,7 +51,8 @@ filesystem-consistent consistency points, and report progress to the control pla
 				return fmt.Errorf("the agent configuration %s holds no CA certificate: register again with lifeboat agent install --replace", config)
 			}
 			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, ControlPlane: client, Certificate: cert, CAPool: pool,
-				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger})
+				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger,
+				PreFreeze: conf.PreFreeze, PostThaw: conf.PostThaw, VerifyEvery: verify})
 			if err != nil {
 				return err
 			}
@@ -62,6 +66,7 @@ filesystem-consistent consistency points, and report progress to the control pla
 	cmd.Flags().BoolVar(&scan, "scan", false, "use the scan tracker even where eBPF could run")
 	cmd.Flags().DurationVar(&scanPause, "scan-pause", 0, "pause after each batch a scan sends (tests)")
 	_ = cmd.Flags().MarkHidden("scan-pause")
+	cmd.Flags().DurationVar(&verify, "verify-every", time.Hour, "how often a background pass checks the eBPF tracker's marks against every block's hash (0 or less: never)")
 	return cmd
 }
 
