@@ -291,6 +291,8 @@ func newLaunchGetCmd(g *globals) *cobra.Command {
 // flags replace the whole list.
 type launchFlags struct {
 	provider, network, bridge, ip, hostname, boot, target string
+	kernelArgs, diskFormat, imageDir                      string
+	imageDevices                                          []string
 	cpus, memory                                          int
 	start, copyTags                                       bool
 	forwards, tags, actions, clear                        []string
@@ -334,7 +336,11 @@ func newLaunchSetCmd(g *globals) *cobra.Command {
 	fl.StringSliceVar(&f.forwards, "port-forward", nil, "PROTO:HOSTPORT:GUESTPORT or PROTO:HOSTADDR:HOSTPORT:GUESTPORT (repeatable; replaces the list)")
 	fl.StringVar(&f.ip, "ip", "", "static address with prefix, e.g. 10.0.0.5/24 (empty: DHCP)")
 	fl.StringVar(&f.hostname, "hostname", "", "host name of the recovered machine (empty: the source's)")
-	fl.StringVar(&f.boot, "boot-mode", "", "bios or uefi")
+	fl.StringVar(&f.boot, "boot-mode", "", "bios or uefi (firmware boots the disk), or kernel (direct kernel boot from the disk)")
+	fl.StringVar(&f.kernelArgs, "kernel-args", "", "with --boot-mode kernel: the kernel command line (default: root by UUID, serial console)")
+	fl.StringVar(&f.diskFormat, "disk-format", "", "raw (sparse, the default) or qcow2")
+	fl.StringVar(&f.imageDir, "image-dir", "", "with --provider image: write the disks into this directory on the control plane's host")
+	fl.StringSliceVar(&f.imageDevices, "image-device", nil, "with --provider image: write the volumes onto these block devices, in order (repeatable)")
 	fl.BoolVar(&f.start, "start-after-launch", true, "start the instance once launched")
 	fl.BoolVar(&f.copyTags, "copy-tags", true, "copy the source server's tags to the instance")
 	fl.StringSliceVar(&f.tags, "tag", nil, "KEY=VALUE (repeatable; replaces the tags)")
@@ -358,6 +364,14 @@ func (f *launchFlags) apply(fl *pflag.FlagSet, l *api.LaunchSettings) error {
 	set("hostname", &l.Hostname, f.hostname)
 	set("boot-mode", &l.BootMode, f.boot)
 	set("target-instance", &l.TargetInstanceID, f.target)
+	set("kernel-args", &l.KernelArgs, f.kernelArgs)
+	set("disk-format", &l.DiskFormat, f.diskFormat)
+	if fl.Changed("image-dir") || fl.Changed("image-device") {
+		l.ImageTarget = &api.ImageTarget{Dir: f.imageDir, Devices: f.imageDevices}
+		if f.imageDir == "" && len(f.imageDevices) == 0 {
+			l.ImageTarget = nil
+		}
+	}
 	if fl.Changed("cpus") {
 		l.CPUs = f.cpus
 	}
@@ -481,6 +495,13 @@ func launchTable(w *tabwriter.Writer, l api.LaunchSettings) {
 	row(w, "IP:", orDash(l.IP))
 	row(w, "Hostname:", orDash(l.Hostname))
 	row(w, "Boot mode:", l.BootMode)
+	if l.KernelArgs != "" {
+		row(w, "Kernel args:", l.KernelArgs)
+	}
+	row(w, "Disk format:", orDash(l.DiskFormat))
+	if t := l.ImageTarget; t != nil {
+		row(w, "Image target:", strings.TrimSpace(t.Dir+" "+strings.Join(t.Devices, " ")))
+	}
 	row(w, "Start after launch:", yesNo(l.StartAfterLaunch))
 	row(w, "Copy tags:", yesNo(l.CopyTags))
 	for k, v := range l.Tags {
