@@ -63,8 +63,12 @@ type Config struct {
 	// pass that compares every block's hash with the replica's (default 1 h; negative:
 	// never). Some kernels miss a rare completion without counting it lost.
 	VerifyEvery time.Duration
-	Version     string
-	Logger      *slog.Logger
+	// RingBytes sizes the eBPF ring buffer (default the tracker's); FreezeHold keeps
+	// each freeze this long (tests of the watchdog). Both are for tests.
+	RingBytes  int
+	FreezeHold time.Duration
+	Version    string
+	Logger     *slog.Logger
 }
 
 func (c *Config) fill() {
@@ -244,7 +248,11 @@ func (a *Agent) startTracker(ctx context.Context) {
 		a.trReason = "the scan tracker was chosen (--scan)"
 	}
 	if a.trReason == "" {
-		tr, err := tracker.NewEBPF(evs, tracker.WithLogger(a.log))
+		opts := []tracker.EBPFOption{tracker.WithLogger(a.log)}
+		if a.cfg.RingBytes > 0 {
+			opts = append(opts, tracker.WithRingSize(a.cfg.RingBytes))
+		}
+		tr, err := tracker.NewEBPF(evs, opts...)
 		if err != nil {
 			a.trReason = "the eBPF tracker cannot run here: " + err.Error()
 		} else {

@@ -90,6 +90,7 @@ type sess struct {
 	matchAt  time.Time             // the dirty sets were empty then …
 	matchSeq uint64                // … and became matched when this is acknowledged
 	acked    uint64
+	pointErr *api.ReplicationError // why the last consistency point failed, until one succeeds
 
 	cur      []*item // per volume: the item being filled
 	markerID uint64
@@ -385,9 +386,9 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 			a.setState(api.StateStalled, &api.ReplicationError{Code: api.ErrNotConverging,
 				Message: "writes on the server outrun replication: raise the bandwidth limit, use a faster link, or reduce the write load"})
 		case b > 256<<20:
-			a.setState(api.StateBacklog, nil)
+			a.setState(api.StateBacklog, s.pointError())
 		default:
-			a.setState(api.StateContinuous, nil)
+			a.setState(api.StateContinuous, s.pointError())
 		}
 		if time.Since(s.lastSend) > pingEvery {
 			s.emitPing()
@@ -817,7 +818,7 @@ func (s *sess) sealed(m *wire.Sealed) {
 	s.mu.Unlock()
 	if m.Code != "" {
 		s.a.log.Warn("the replicator could not seal a PIT", "code", m.Code, "reason", m.Message)
-		s.a.setState(api.StateStalled, &api.ReplicationError{Code: api.ErrSnapshotsFailure, Message: m.Message})
+		s.setPointErr(&api.ReplicationError{Code: api.ErrSnapshotsFailure, Message: "the replication server could not seal a PIT: " + m.Message})
 		return
 	}
 	if !ok {
@@ -829,6 +830,7 @@ func (s *sess) sealed(m *wire.Sealed) {
 	s.a.st.lastFreeze = &f
 	s.a.st.changed = true
 	s.a.mu.Unlock()
+	s.setPointErr(nil)
 	s.a.log.Info("PIT sealed", "pit", m.PITID, "level", info.level.String(), "freeze_ms", info.freezeMs)
 }
 
@@ -862,23 +864,26 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		level, freezeErr = wire.LevelNone, errors.New("no filesystem of the server's volumes is mounted here, so none can be frozen")
 	default:
 		if err := a.hook(ctx, "pre-freeze", a.cfg.PreFreeze, mounts); err != nil {
-			a.setState(a.currentState(), &api.ReplicationError{Code: codeHookFailed,
+			s.setPointErr(&api.ReplicationError{Code: codeHookFailed,
 				Message: "the pre-freeze hook failed, so this consistency point was skipped: " + err.Error() + "; replication continues"})
 			return nil
 		}
 		defer func() {
 			if err := a.hook(context.WithoutCancel(ctx), "post-thaw", a.cfg.PostThaw, mounts); err != nil {
-				a.setState(a.currentState(), &api.ReplicationError{Code: codeHookFailed, Message: "the post-thaw hook failed: " + err.Error()})
+				s.setPointErr(&api.ReplicationError{Code: codeHookFailed, Message: "the post-thaw hook failed: " + err.Error()})
 			}
 		}()
 		fr, freezeErr = a.wd.Freeze(ctx, mounts, bound)
 		if freezeErr != nil {
-			a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrFreezeFailed,
+			s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
 				Message: "the filesystems could not be frozen for a consistency point: " + freezeErr.Error() + "; replication continues, the point is retried"})
 			return nil
 		}
 	}
 	at := time.Now()
+	if fr != nil && a.cfg.FreezeHold > 0 {
+		sleep(ctx, a.cfg.FreezeHold)
+	}
 	// Everything written before the point, read now (under freeze when there is one).
 	type taken struct {
 		vol   int
@@ -942,7 +947,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		for _, t := range got {
 			a.vols[t.vol].dirty.Mark(t.block, t.block)
 		}
-		a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrFreezeFailed,
+		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
 			Message: "a consistency point failed while reading the volumes: " + readErr.Error()})
 		return nil
 	}
@@ -956,7 +961,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	}
 	s.flushAll(ctx)
 	if level == wire.LevelNone && fr != nil {
-		a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrFreezeFailed,
+		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
 			Message: fmt.Sprintf("the consistency point took longer than the freeze bound (%s): %v; it is kept as level none", bound, freezeErr)})
 	}
 	s.markerID++
@@ -979,6 +984,21 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	}
 	a.log.Debug("consistency point", "level", level.String(), "freeze_ms", freezeMs, "blocks", len(got), "reason", freezeErr)
 	return nil
+}
+
+// setPointErr records why a consistency point failed (nil: one succeeded); it is
+// reported until a point succeeds.
+func (s *sess) setPointErr(e *api.ReplicationError) {
+	s.mu.Lock()
+	s.pointErr = e
+	s.mu.Unlock()
+	s.a.setState(s.a.currentState(), e)
+}
+
+func (s *sess) pointError() *api.ReplicationError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pointErr
 }
 
 func (s *sess) dirtyBytes() int64 {

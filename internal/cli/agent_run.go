@@ -21,7 +21,8 @@ func defaultAgentState() string { return filepath.Join(defaultDataDir(), "agent"
 func newAgentRunCmd(g *globals) *cobra.Command {
 	var config, state string
 	var scan bool
-	var scanPause, verify time.Duration
+	var scanPause, verify, freezeHold, hookTimeout time.Duration
+	var ringBytes int
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the replication agent in the foreground",
@@ -52,7 +53,8 @@ filesystem-consistent consistency points, and report progress to the control pla
 			}
 			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, ControlPlane: client, Certificate: cert, CAPool: pool,
 				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger,
-				PreFreeze: conf.PreFreeze, PostThaw: conf.PostThaw, VerifyEvery: verify})
+				PreFreeze: conf.PreFreeze, PostThaw: conf.PostThaw, VerifyEvery: verify,
+				RingBytes: ringBytes, FreezeHold: freezeHold, HookTimeout: hookTimeout})
 			if err != nil {
 				return err
 			}
@@ -66,6 +68,11 @@ filesystem-consistent consistency points, and report progress to the control pla
 	cmd.Flags().BoolVar(&scan, "scan", false, "use the scan tracker even where eBPF could run")
 	cmd.Flags().DurationVar(&scanPause, "scan-pause", 0, "pause after each batch a scan sends (tests)")
 	_ = cmd.Flags().MarkHidden("scan-pause")
+	cmd.Flags().DurationVar(&hookTimeout, "hook-timeout", 30*time.Second, "how long a pre-freeze or post-thaw hook may run before the point is skipped")
+	cmd.Flags().IntVar(&ringBytes, "ebpf-ring-bytes", 0, "size of the eBPF ring buffer (tests)")
+	cmd.Flags().DurationVar(&freezeHold, "freeze-hold", 0, "hold each freeze this long (tests of the freeze watchdog)")
+	_ = cmd.Flags().MarkHidden("ebpf-ring-bytes")
+	_ = cmd.Flags().MarkHidden("freeze-hold")
 	cmd.Flags().DurationVar(&verify, "verify-every", time.Hour, "how often a background pass checks the eBPF tracker's marks against every block's hash (0 or less: never)")
 	return cmd
 }

@@ -211,7 +211,9 @@ func (c *cluster) cli(args ...string) string {
 }
 
 // installAgent registers an agent for the volume (a block device).
-func (c *cluster) installAgent(volume string) {
+func (c *cluster) installAgent(volume string) { c.installAgentWith(volume) }
+
+func (c *cluster) installAgentWith(volume string, extra ...string) {
 	c.t.Helper()
 	tok, err := c.admin.CreateToken(context.Background(), api.CreateTokenRequest{Kind: api.TokenInstall, Uses: 1})
 	if err != nil {
@@ -219,8 +221,9 @@ func (c *cluster) installAgent(volume string) {
 	}
 	c.agentCf = filepath.Join(c.dir, "agent.yaml")
 	c.agentSt = filepath.Join(c.dir, "agent-state")
-	out := c.cli("agent", "install", "--server", c.url, "--token", tok.Secret, "--volume", volume, "--config", c.agentCf,
-		"--no-service", "--machine-id", "e2e-"+filepath.Base(c.dir))
+	args := append([]string{"agent", "install", "--server", c.url, "--token", tok.Secret, "--volume", volume, "--config", c.agentCf,
+		"--no-service", "--machine-id", "e2e-" + filepath.Base(c.dir)}, extra...)
+	out := c.cli(args...)
 	c.agentID = strings.TrimSpace(out)
 	if !api.ValidID(api.PrefixSourceServer, c.agentID) {
 		c.t.Fatalf("agent install printed %q, not a source server id", out)

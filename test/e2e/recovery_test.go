@@ -28,7 +28,9 @@ import (
 // site is a control plane with a staging store, and the command line pointed at it.
 type site struct {
 	t     *testing.T
+	cfg   controlplane.Config
 	cp    *controlplane.ControlPlane
+	stop  func()
 	repo  *store.Repo
 	admin *api.Client
 	token string
@@ -51,40 +53,67 @@ func startSite(t *testing.T, configure func(*controlplane.Config)) *site {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	recoverytest.KillVMsAtCleanup(t, dir) // runs before the directory is removed
-	cfg := controlplane.Config{DataDir: dir, Listen: "127.0.0.1:0"}
+	s := &site{t: t, cfg: controlplane.Config{DataDir: dir, Listen: "127.0.0.1:0"}}
 	if testing.Verbose() {
-		cfg.Logger = testLogger(t)
+		s.cfg.Logger = testLogger(t)
 	}
 	if configure != nil {
-		configure(&cfg)
+		configure(&s.cfg)
 	}
-	ctx := context.Background()
-	cp, err := controlplane.Open(ctx, cfg)
+	s.open()
+	tok, err := s.cp.CreateToken(context.Background(), s.cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.token, s.ca = tok.Secret, filepath.Join(dir, "pki", "ca.crt")
+	s.connect()
+	s.repo = recoverytest.Store(t, s.cp)
+	return s
+}
+
+// open starts the control plane (again) on the site's data directory.
+func (s *site) open() {
+	t := s.t
+	t.Helper()
+	cp, err := controlplane.Open(context.Background(), s.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := cp.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cp.Serve(sctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		cp.Close()
-	})
-	tok, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin})
-	if err != nil {
-		t.Fatal(err)
+	stopped := false
+	s.stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+			cp.Close()
+		}
 	}
-	admin, err := api.NewClient(api.ClientConfig{Server: cp.URL(), Token: tok.Secret, CAPEM: cp.CACertPEM()})
+	t.Cleanup(s.stop)
+	s.cp = cp
+}
+
+// connect makes the admin client for the running control plane.
+func (s *site) connect() {
+	admin, err := api.NewClient(api.ClientConfig{Server: s.cp.URL(), Token: s.token, CAPEM: s.cp.CACertPEM()})
 	if err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
-	t.Cleanup(admin.Close)
-	return &site{t: t, cp: cp, repo: recoverytest.Store(t, cp), admin: admin, token: tok.Secret,
-		ca: filepath.Join(dir, "pki", "ca.crt")}
+	s.t.Cleanup(admin.Close)
+	s.admin = admin
+}
+
+// restart stops the control plane (its VMs keep running) and starts it again.
+func (s *site) restart() {
+	s.t.Helper()
+	s.stop()
+	s.open()
+	s.connect()
 }
 
 // lifeboat runs the command line against the site and returns stdout, stderr and the
@@ -426,4 +455,83 @@ func TestLaunchIntoAnExistingInstance(t *testing.T) {
 	if !strings.Contains(info, ri.ID) || !strings.Contains(info, server.ID) {
 		t.Fatalf("conversion did not leave the recovery's record for reversed replication: %s", info)
 	}
+}
+
+// TestRestartDuringALaunchAdoptsTheVM: the control plane stops while a recovery waits
+// in its post-launch checks; started again, it resumes the job, adopts the VM the
+// launch started (the same QEMU process, not a second one) and finishes the checks.
+func TestRestartDuringALaunchAdoptsTheVM(t *testing.T) {
+	needVMs(t)
+	img := testutil.BuildBootImage(t, testutil.BootImageOptions{SizeMiB: 128, Hostname: "web-2", Page: "adopted\n"})
+	s := startSite(t, nil)
+	fi, _ := os.Stat(img)
+	server := recoverytest.Server(t, s.cp, "web-2", map[string]int64{"vda": fi.Size()})
+	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	// A gate the job waits at until the test opens it, after the restart.
+	gate := testutil.FreePort(t)
+	ls := webSettings(api.ProviderQEMU, "")
+	ls.PostLaunchActions = append([]api.PostLaunchAction{{Name: "gate", Type: "tcp-check",
+		Address: fmt.Sprintf("127.0.0.1:%d", gate), TimeoutSeconds: 600}}, ls.PostLaunchActions...)
+	ctx := context.Background()
+	if _, err := s.admin.SetLaunchSettings(ctx, server.ID, ls); err != nil {
+		t.Fatal(err)
+	}
+	job, err := s.admin.StartRecovery(ctx, api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: server.ID}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(5 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		j, err := s.admin.Job(ctx, job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Servers[0].Step == api.StepPostLaunch {
+			break
+		}
+		if j.Status == api.JobCompleted || time.Now().After(end) {
+			t.Fatalf("the job never waited in its post-launch checks: %+v", j)
+		}
+	}
+	before, err := s.admin.RecoveryInstance(ctx, job.Servers[0].RecoveryInstanceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.restart()
+	if !running(before.ProviderHandle.PID) {
+		t.Fatal("the VM did not outlive the control plane")
+	}
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", gate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	j := recoverytest.WaitJob(t, s.admin, job.ID, 10*time.Minute)
+	_, ri, events := jobOf(t, s, job.ID)
+	var log []string
+	for _, e := range events {
+		if e.Type != api.EventConsole {
+			log = append(log, e.Type+" "+e.Message)
+		}
+	}
+	text := strings.Join(log, "\n")
+	if j.Servers[0].LaunchStatus != api.LaunchLaunched || !strings.Contains(text, "restarted during post_launch") ||
+		!strings.Contains(text, "adopted") {
+		t.Fatalf("after the restart: %+v\n%s", j.Servers[0], text)
+	}
+	if ri.ProviderHandle.PID != before.ProviderHandle.PID || !running(ri.ProviderHandle.PID) {
+		t.Fatalf("the recovery instance's QEMU is pid %d, it was %d: a second VM was started", ri.ProviderHandle.PID, before.ProviderHandle.PID)
+	}
+	if got := page(t, ri); got != "adopted\n" {
+		t.Fatalf("the adopted instance serves %q", got)
+	}
+	s.must("recovery-instances", "terminate", ri.ID, "--wait")
 }
