@@ -26,11 +26,11 @@ type AgentConfig struct {
 	Volumes        []string `yaml:"volumes,omitempty"`
 	// PreFreeze and PostThaw are commands run around every consistency point's freeze
 	// (application-consistent points: flush a database, then let it go on).
-	PreFreeze string `yaml:"preFreeze,omitempty"`
-	PostThaw  string `yaml:"postThaw,omitempty"`
-	Certificate    string   `yaml:"certificate"`    // PEM client certificate
-	Key            string   `yaml:"key"`            // PEM private key
-	CACertificates string   `yaml:"caCertificates"` // PEM CA that signs replicators (and this control plane)
+	PreFreeze      string `yaml:"preFreeze,omitempty"`
+	PostThaw       string `yaml:"postThaw,omitempty"`
+	Certificate    string `yaml:"certificate"`    // PEM client certificate
+	Key            string `yaml:"key"`            // PEM private key
+	CACertificates string `yaml:"caCertificates"` // PEM CA that signs replicators (and this control plane)
 }
 
 // LoadAgentConfig reads an agent configuration file.
