@@ -379,28 +379,38 @@ func (j *jobCtx) setStep(ctx context.Context, st *launchState, step string) erro
 
 func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) error {
 	r := j.r
+	resumedStep := orStep(st.row.Step)
 	if resumed {
 		j.event(ctx, st.row.SourceServerID, api.EventJobStart, fmt.Sprintf("the control plane restarted during %s: resuming %s",
-			strings.ToLower(orStep(st.row.Step)), st.row.SourceServerID), map[string]any{"resumedStep": st.row.Step})
+			strings.ToLower(resumedStep), st.row.SourceServerID), map[string]any{"resumedStep": resumedStep})
 	}
+	var err error
 	if err := j.setStep(ctx, st, api.StepPrepare); err != nil {
 		return err
 	}
 	if err := j.prepare(ctx, st); err != nil {
 		return failAt(api.StepPrepare, err)
 	}
-	if resumed && (orStep(st.row.Step) == api.StepLaunch || orStep(st.row.Step) == api.StepPostLaunch) {
-		// The instance may be running already: adopt it rather than launch a second one.
-		l, err := st.provider.Adopt(ctx, st.req, st.plan)
+	if resumed {
+		// An interrupted launch may have left its instance running (a VM outlives the
+		// control plane): adopt it rather than write under it or start a second one.
+		// The provider's checks would refuse it for running (an existing instance), so
+		// the plan is only what they can say.
+		plan, _ := st.provider.Plan(ctx, st.req)
+		l, err := st.provider.Adopt(ctx, st.req, plan)
 		if err == nil {
+			st.plan = plan
 			if err := j.launched(ctx, st, l, "adopted the instance the interrupted launch started"); err != nil {
 				return failAt(api.StepLaunch, err)
 			}
 			return j.postLaunch(ctx, st, l)
 		}
 		if !errors.Is(err, launch.ErrNotRunning) {
-			return failAt(api.StepLaunch, fmt.Errorf("the control plane restarted during LAUNCH and the instance's state is unknown: %w", err))
+			return failAt(api.StepLaunch, fmt.Errorf("the control plane restarted during %s and the instance's state is unknown: %w", resumedStep, err))
 		}
+	}
+	if st.plan, err = st.provider.Plan(ctx, st.req); err != nil {
+		return failAt(api.StepPrepare, err)
 	}
 
 	// SNAPSHOT: the PIT's volumes into the target's disks.
@@ -493,8 +503,8 @@ func orStep(s string) string {
 	return s
 }
 
-// prepare loads the server, its launch settings, the PIT (from the state database and
-// the staging store) and the provider's plan.
+// prepare loads the server, its launch settings and the PIT (from the state database
+// and the staging store), and builds the launch request.
 func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 	r := j.r
 	var storeURL string
@@ -577,8 +587,7 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 		in := st.target.Instance
 		st.req.Target = &in
 	}
-	st.plan, err = st.provider.Plan(ctx, st.req)
-	return err
+	return nil
 }
 
 // orderVolumes lists a PIT's volumes in the source server's order (its boot disk
