@@ -53,6 +53,7 @@ const (
 // the instance's serial console while the job watches it.
 const (
 	EventJobStart              = "JOB_START"
+	EventJobResume             = "JOB_RESUME" // a control plane restart caught the server at a step
 	EventUsingPreviousSnapshot = "USING_PREVIOUS_SNAPSHOT"
 	EventSnapshotStart         = "SNAPSHOT_START"
 	EventSnapshotEnd           = "SNAPSHOT_END"

@@ -175,7 +175,9 @@ func (t *Tx) fillRTO(jobs []Job, in string, args []any) error {
 		}
 		switch typ {
 		case api.EventJobStart:
-			start[job] = at
+			if server == "" { // the job's own start, when it was asked for
+				start[job] = at
+			}
 		case api.EventLaunchEnd:
 			launched[key{job, server}] = true
 			end[key{job, server}] = max(end[key{job, server}], at)

@@ -44,6 +44,7 @@ func TestJobsLogAndRTO(t *testing.T) {
 				ev(4, s1, api.EventPostLaunchEnd, 55*time.Second), // a health check: RTO runs to it
 				ev(5, s2, api.EventLaunchFailed, 20*time.Second),
 				ev(6, s2, api.EventPostLaunchEnd, 10*time.Second), // no LAUNCH_END: no RTO
+				ev(7, s1, api.EventJobStart, 30*time.Second),      // a server's JOB_START does not move the job's start
 			} {
 				if err := tx.AddJobEvent(job.ID, e); err != nil {
 					return fmt.Errorf("event %d: %w", i, err)
@@ -81,7 +82,7 @@ func TestJobsLogAndRTO(t *testing.T) {
 		if err := d.View(ctx, func(tx *db.Tx) (err error) { page, next, err = tx.JobLog(job.ID, 4, next); return err }); err != nil {
 			t.Fatal(err)
 		}
-		if len(page) != 2 || page[1].ID != fmt.Sprintf("%020d", 6) || next != page[1].ID {
+		if len(page) != 3 || page[2].ID != fmt.Sprintf("%020d", 7) || next != page[2].ID {
 			t.Fatalf("second page %+v next %q", page, next)
 		}
 		if err := d.View(ctx, func(tx *db.Tx) (err error) { page, next, err = tx.JobLog(job.ID, 4, next); return err }); err != nil || len(page) != 0 {

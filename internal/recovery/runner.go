@@ -381,7 +381,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	r := j.r
 	resumedStep := orStep(st.row.Step)
 	if resumed {
-		j.event(ctx, st.row.SourceServerID, api.EventJobStart, fmt.Sprintf("the control plane restarted during %s: resuming %s",
+		j.event(ctx, st.row.SourceServerID, api.EventJobResume, fmt.Sprintf("the control plane restarted during %s: resuming %s",
 			strings.ToLower(resumedStep), st.row.SourceServerID), map[string]any{"resumedStep": resumedStep})
 	}
 	var err error
