@@ -461,6 +461,12 @@ func (c *Client) SetTerminationProtection(ctx context.Context, id string, enable
 		TerminationProtectionRequest{Enabled: enabled}, &out)
 }
 
+// StartRecoveryInstance starts a recovery instance that was launched stopped.
+func (c *Client) StartRecoveryInstance(ctx context.Context, id string) (RecoveryInstance, error) {
+	var out RecoveryInstance
+	return out, c.do(ctx, "POST", "/api/v1/recovery-instances/"+esc(id)+"/start", nil, nil, &out)
+}
+
 // Instances lists the account's instances.
 func (c *Client) Instances(ctx context.Context) (InstanceList, error) {
 	var out InstanceList

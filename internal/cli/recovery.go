@@ -530,7 +530,22 @@ instance of the account. It prints the job id; --wait follows it.`,
 	}
 	protect.Flags().BoolVar(&on, "on", false, "protect the instance: terminate is refused")
 	protect.Flags().BoolVar(&off, "off", false, "lift the protection")
-	cmd.AddCommand(list, describe, terminate, protect)
+	start := &cobra.Command{
+		Use: "start ID", Short: "Start a recovery instance launched stopped (launch settings: start after launch off)", Args: exactArgs(1, "a recovery instance id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ri, err := c.StartRecoveryInstance(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.show(ri, func(w *tabwriter.Writer) { row(w, ri.ID, ri.State) })
+		},
+	}
+	cmd.AddCommand(list, describe, terminate, protect, start)
 	return cmd
 }
 

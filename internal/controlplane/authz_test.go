@@ -61,6 +61,7 @@ var wantAccess = map[string]string{
 	"GET /api/v1/recovery-instances":                              "v o a",
 	"GET /api/v1/recovery-instances/{id}":                         "v o a",
 	"PUT /api/v1/recovery-instances/{id}/termination-protection":  "o a",
+	"POST /api/v1/recovery-instances/{id}/start":                  "o a",
 	"GET /api/v1/instances":                                       "v o a",
 	"POST /api/v1/instances":                                      "a",
 	"GET /api/v1/instances/{id}":                                  "v o a",

@@ -138,6 +138,10 @@ func TestPostLaunchScriptAndQcow2(t *testing.T) {
 		t.Fatalf("disk %s is not a qcow2 image in %s", q, target)
 	}
 	testutil.Run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", q, img)
+	_, err = op.StartRecoveryInstance(e.ctx, ri.ID)
+	if ae := wantAPIError(t, err, 409, api.CodeConflict); !strings.Contains(ae.Message, "disks only") {
+		t.Errorf("start of an image: %q", ae.Message)
+	}
 	// Terminate removes the image it wrote in the target directory.
 	term, err := op.TerminateRecoveryInstances(e.ctx, api.TerminateRecoveryInstancesRequest{RecoveryInstanceIDs: []string{ri.ID}})
 	if err != nil {

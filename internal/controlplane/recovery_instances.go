@@ -3,9 +3,11 @@ package controlplane
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/launch"
 )
 
 func (c *call) loadRecoveryInstance(tx *db.Tx, id string) (db.RecoveryInstance, error) {
@@ -110,4 +112,37 @@ func (c *call) setTerminationProtection(req *api.TerminationProtectionRequest) (
 			map[string]any{"enabled": req.Enabled}, nil)
 	})
 	return out, err
+}
+
+func (c *call) startRecoveryInstance() (api.RecoveryInstance, error) {
+	var ri db.RecoveryInstance
+	if err := c.view(func(tx *db.Tx) (err error) { ri, err = c.loadRecoveryInstance(tx, c.pathID()); return err }); err != nil {
+		return api.RecoveryInstance{}, err
+	}
+	if ri.TerminatedAt != nil || ri.State == api.InstanceLaunching {
+		return api.RecoveryInstance{}, api.Conflict("recovery instance %s is %s: there is nothing to start", ri.ID, strings.ToLower(ri.State))
+	}
+	if ri.RunnerID != c.cp.rec.runnerID {
+		return api.RecoveryInstance{}, api.Conflict("recovery instance %s runs on control plane host %s: start it there", ri.ID, ri.RunnerID)
+	}
+	r, ok := c.cp.rec.providers[ri.Provider].(launch.Resumer)
+	if !ok {
+		return api.RecoveryInstance{}, api.Conflict("recovery instance %s is disks only (provider %s): nothing runs to start", ri.ID, ri.Provider)
+	}
+	if err := r.Resume(c.ctx, ri.ProviderHandle); err != nil {
+		var ref *launch.Refusal
+		if errors.As(err, &ref) {
+			return api.RecoveryInstance{}, api.Conflict("recovery instance %s: %s", ri.ID, ref.Reason)
+		}
+		return api.RecoveryInstance{}, err
+	}
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		if err := tx.SetRecoveryInstanceState(ri.ID, api.InstanceRunning, false, now); err != nil {
+			return err
+		}
+		return c.record(tx, ri.AccountID, "recovery-instance.start", "recovery-instance", ri.ID, nil, nil)
+	})
+	ri.State, ri.UpdatedAt = api.InstanceRunning, now
+	return ri.RecoveryInstance, err
 }

@@ -159,6 +159,8 @@ func (cp *ControlPlane) routeTable() []*route {
 			endpoint: noBodyEndpoint((*call).getRecoveryInstance)},
 		{method: "PUT", path: "/api/v1/recovery-instances/{id}/termination-protection", summary: "Turn termination protection on or off",
 			access: operator, endpoint: withBody((*call).setTerminationProtection)},
+		{method: "POST", path: "/api/v1/recovery-instances/{id}/start", summary: "Start a recovery instance launched stopped",
+			access: operator, endpoint: noBodyEndpoint((*call).startRecoveryInstance)},
 		{method: "GET", path: "/api/v1/instances", summary: "List instances that recoveries may launch into", access: viewer,
 			endpoint: noBodyEndpoint((*call).listInstances)},
 		{method: "POST", path: "/api/v1/instances", summary: "Register an instance (its disks on the control plane's host)",

@@ -173,3 +173,8 @@ func (e *Existing) Stop(ctx context.Context, in api.Instance) error {
 	}
 	return err
 }
+
+// Resume runs the instance's VM launched paused.
+func (e *Existing) Resume(ctx context.Context, h api.ProviderHandle) error {
+	return e.qemu.Resume(ctx, h)
+}

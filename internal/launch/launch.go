@@ -138,6 +138,11 @@ type Provider interface {
 	Terminate(ctx context.Context, h api.ProviderHandle) error
 }
 
+// Resumer is a provider whose instances can be launched stopped and started later.
+type Resumer interface {
+	Resume(ctx context.Context, h api.ProviderHandle) error
+}
+
 // ErrNotRunning says no instance runs where a launch would have left it.
 var ErrNotRunning = errors.New("no instance is running")
 

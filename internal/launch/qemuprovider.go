@@ -231,3 +231,25 @@ func (q *QEMU) Terminate(ctx context.Context, h api.ProviderHandle) error {
 	}
 	return nil
 }
+
+// Resume runs a VM that was launched paused (start after launch off) or paused since.
+func (q *QEMU) Resume(ctx context.Context, h api.ProviderHandle) error {
+	if h.VMDir == "" {
+		return refuse("the instance has no VM")
+	}
+	vm, err := qemu.Attach(h.VMDir)
+	if errors.Is(err, qemu.ErrNotRunning) {
+		return refuse("the instance's VM is off (powered off from inside, or stopped): terminate it and launch again")
+	}
+	if err != nil {
+		return err
+	}
+	st, err := vm.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if st == qemu.StateRunning {
+		return nil
+	}
+	return vm.WithLogger(q.opts.Logger).Continue(ctx)
+}

@@ -535,3 +535,37 @@ func TestRestartDuringALaunchAdoptsTheVM(t *testing.T) {
 	}
 	s.must("recovery-instances", "terminate", ri.ID, "--wait")
 }
+
+// TestLaunchStoppedThenStart: with start after launch off, the VM is created but does
+// not run (STOPPED, nothing answers) until recovery-instances start.
+func TestLaunchStoppedThenStart(t *testing.T) {
+	needVMs(t)
+	img := testutil.BuildBootImage(t, testutil.BootImageOptions{SizeMiB: 128, Hostname: "web-3", Page: "started later\n"})
+	s := startSite(t, nil)
+	fi, _ := os.Stat(img)
+	server := recoverytest.Server(t, s.cp, "web-3", map[string]int64{"vda": fi.Size()})
+	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	ls := webSettings(api.ProviderQEMU, "")
+	ls.StartAfterLaunch, ls.PostLaunchActions = false, nil
+	ctx := context.Background()
+	if _, err := s.admin.SetLaunchSettings(ctx, server.ID, ls); err != nil {
+		t.Fatal(err)
+	}
+	_, ri, _ := jobOf(t, s, s.must("recover", server.ID, "--wait"))
+	if ri.State != api.InstanceStopped {
+		t.Fatalf("launched with start after launch off: state %s", ri.State)
+	}
+	b, _ := os.ReadFile(ri.ProviderHandle.ConsoleLog)
+	if len(b) != 0 {
+		t.Fatalf("a VM launched stopped wrote to its console:\n%s", b)
+	}
+	s.must("recovery-instances", "start", ri.ID)
+	consoleUntil(t, ri.ProviderHandle.ConsoleLog, testutil.BootedMarker)
+	if got := page(t, ri); got != "started later\n" {
+		t.Fatalf("after start the instance serves %q", got)
+	}
+	if got, err := s.admin.RecoveryInstance(ctx, ri.ID); err != nil || got.State != api.InstanceRunning {
+		t.Fatalf("after start: %+v %v", got, err)
+	}
+	s.must("recovery-instances", "terminate", ri.ID, "--wait")
+}
