@@ -204,7 +204,10 @@ type RecoveryInstance struct {
 	PortForwards          []PortForward  `json:"portForwards,omitempty"` // as launched (host port 0 resolved)
 	State                 string         `json:"state"`
 	TerminationProtection bool           `json:"terminationProtection"`
-	LaunchSettings        LaunchSettings `json:"launchSettings"`
+	// Tags are the launch settings' tags and, when they say copyTags, the source's
+	// (lifeboat:source-server).
+	Tags           map[string]string `json:"tags,omitempty"`
+	LaunchSettings LaunchSettings    `json:"launchSettings"`
 	CreatedAt             time.Time      `json:"createdAt"`
 	UpdatedAt             time.Time      `json:"updatedAt"`
 	TerminatedAt          *time.Time     `json:"terminatedAt,omitempty"`

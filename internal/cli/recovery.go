@@ -603,6 +603,7 @@ func describeRecoveryInstance(w *tabwriter.Writer, ri api.RecoveryInstance) {
 		row(w, "Console log:", h.ConsoleLog)
 	}
 	row(w, "Termination protection:", onOff(ri.TerminationProtection))
+	row(w, "Tags:", tagsText(ri.Tags))
 	row(w, "Launched:", ri.CreatedAt.Local().Format(time.RFC3339))
 	if ri.TerminatedAt != nil {
 		row(w, "Ended:", ri.TerminatedAt.Local().Format(time.RFC3339))

@@ -219,7 +219,8 @@ func TestRecoveryInstancesAndInstances(t *testing.T) {
 				return err
 			}
 			if got.State != api.InstanceRunning || !got.TerminationProtection || got.Address != "127.0.0.1" ||
-				got.PITAgeSeconds != 90 || got.ProviderHandle.PID != 42 || got.RunnerID != "host-a" || len(got.PortForwards) != 1 {
+				got.PITAgeSeconds != 90 || got.ProviderHandle.PID != 42 || got.RunnerID != "host-a" || len(got.PortForwards) != 1 ||
+				got.Tags["lifeboat:source-server"] != srv {
 				return fmt.Errorf("recovery instance read back as %+v", got)
 			}
 			active, err := tx.ActiveRecoveryInstances(srv)

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -44,6 +45,15 @@ func scanRecoveryInstance(row interface{ Scan(...any) error }) (RecoveryInstance
 	}
 	if r.ProviderHandle.InstanceID == "" {
 		r.ProviderHandle.InstanceID = instanceID
+	}
+	if len(r.LaunchSettings.Tags) > 0 || r.LaunchSettings.CopyTags {
+		r.Tags = maps.Clone(r.LaunchSettings.Tags)
+		if r.Tags == nil {
+			r.Tags = map[string]string{}
+		}
+		if r.LaunchSettings.CopyTags {
+			r.Tags["lifeboat:source-server"] = r.SourceServerID
+		}
 	}
 	return r, nil
 }
