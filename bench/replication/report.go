@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strings"
+)
+
+// cmdReport prints the results' tables (markdown) to stdout: figures, anchors, ratios
+// and the goals of issues 4 and 5 (DESIGN §8).
+func cmdReport(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: replbench report results.jsonl")
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var rs []result
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if len(strings.TrimSpace(sc.Text())) == 0 {
+			continue
+		}
+		var r result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return fmt.Errorf("%s: %w", args[0], err)
+		}
+		rs = append(rs, r)
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	rep := &report{rs: rs}
+	rep.write(os.Stdout)
+	return nil
+}
+
+type report struct {
+	rs    []result
+	goals []string
+}
+
+func (r *report) find(phase, name, dataPrefix string, rep int) (result, bool) {
+	for i := len(r.rs) - 1; i >= 0; i-- {
+		x := r.rs[i]
+		if x.Phase == phase && x.Name == name && strings.HasPrefix(x.Data, dataPrefix) && (rep < 0 || x.Rep == rep) {
+			return x, true
+		}
+	}
+	return result{}, false
+}
+
+func (r *report) datas(phase string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range r.rs {
+		if x.Phase == phase && !seen[x.Data] {
+			seen[x.Data] = true
+			out = append(out, x.Data)
+		}
+	}
+	return out
+}
+
+func (r *report) goal(text string, value string, met bool) {
+	mark := "**not met**"
+	if met {
+		mark = "met"
+	}
+	r.goals = append(r.goals, fmt.Sprintf("| %s | %s | %s |", text, value, mark))
+}
+
+func mbps(bytes int64, s float64) string {
+	if s <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", float64(bytes)/s/1e6)
+}
+
+func fx(v float64, prec int) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "–"
+	}
+	return fmt.Sprintf("%.*f", prec, v)
+}
+
+func mib(v float64) string { return fx(v/(1<<20), 1) }
+
+// get is a figure of e, NaN when it was not measured (absent).
+func get(e map[string]float64, k string) float64 {
+	if v, ok := e[k]; ok {
+		return v
+	}
+	return math.NaN()
+}
+
+func (r *report) write(w *os.File) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+
+	// Initial sync.
+	p("## Initial sync (agent → TLS → replicator → store, end to end)")
+	p("")
+	p("From `lifeboat agent run` starting on a never-replicated volume to the first PIT listed by the control plane")
+	p("(every block acknowledged as durable and sealed). Anchors copy the same image, with `sync` inside their timing.")
+	p("")
+	for _, data := range r.datas("initial") {
+		lb, ok := r.find("initial", "lifeboat", data, 0)
+		if !ok {
+			continue
+		}
+		p("**%s**", data)
+		p("")
+		p("| | seconds | MB/s of volume | Lifeboat's speed-up (anchor time / Lifeboat time) |")
+		p("|---|---:|---:|---:|")
+		p("| Lifeboat | %s | %s | |", fx(lb.Seconds, 1), mbps(lb.Bytes, lb.Seconds))
+		for _, x := range r.rs {
+			if x.Phase == "initial" && x.Data == data && x.Name != "lifeboat" {
+				p("| `%s` | %s | %s | %s× |", x.Cmd, fx(x.Seconds, 1), mbps(x.Bytes, x.Seconds), fx(x.Seconds/lb.Seconds, 2))
+			}
+		}
+		e := lb.Extra
+		p("")
+		p("Lifeboat sent %s MiB of blocks (%0.f blocks; the agent skips nothing but sends zero blocks as markers), stored %s MiB;",
+			mib(e["sentBytes"]), e["sentBlocks"], mib(e["storedBytes"]))
+		p("CPU: agent %s s, replicator %s s; peak RSS: replicator %s MiB, agent %s MiB. %s. Load average at start: %s.",
+			fx(e["agentCPUSeconds"], 1), fx(e["replicatorCPUSeconds"], 1), fx(e["replicatorHWMMiB"], 0), fx(e["agentHWMMiB"], 0), lb.Note, lb.Load)
+		p("")
+		if restic, ok := r.find("initial", "restic backup --stdin", data, 0); ok {
+			v := restic.Seconds / lb.Seconds
+			r.goal("Initial sync ≥ 2× `restic backup --stdin` ("+short(data)+")", fx(v, 2)+"×", v >= 2)
+		}
+		if cp, ok := r.find("initial", "cp", data, 0); ok {
+			v := cp.Seconds / lb.Seconds
+			r.goal("Initial sync ≥ 60% of `cp` throughput ("+short(data)+")", fx(100*v, 0)+"%", v >= 0.6)
+		}
+	}
+
+	// RESCAN.
+	if lb, ok := r.find("rescan", "lifeboat", "", -1); ok {
+		p("## RESCAN of an unchanged volume")
+		p("")
+		p("The agent restarted (a new tracker generation: writes while it was down would be unknown), so it reads every")
+		p("block and compares its hash with what the replica holds; timed from its start to the first PIT after it.")
+		p("")
+		p("| | seconds | MB/s read | Lifeboat's speed-up |")
+		p("|---|---:|---:|---:|")
+		p("| Lifeboat | %s | %s | |", fx(lb.Seconds, 1), mbps(lb.Bytes, lb.Seconds))
+		for _, x := range r.rs {
+			if x.Phase == "rescan" && x.Name != "lifeboat" {
+				p("| `%s` | %s | %s | %s× |", x.Cmd, fx(x.Seconds, 1), mbps(x.Bytes, x.Seconds), fx(x.Seconds/lb.Seconds, 2))
+			}
+		}
+		p("")
+		p("Lifeboat read %s MiB and sent %s MiB (%0.f blocks); state CONTINUOUS after %s s; agent CPU %s s. Data: %s. Load: %s.",
+			mib(lb.Extra["scanBytes"]), mib(lb.Extra["sentBytes"]), lb.Extra["sentBlocks"], fx(lb.Extra["toContinuousSeconds"], 1),
+			fx(lb.Extra["agentCPUSeconds"], 1), lb.Data, lb.Load)
+		p("")
+		r.goal("RESCAN of an unchanged volume sends nothing", mib(lb.Extra["sentBytes"])+" MiB sent", lb.Extra["sentBytes"] < 1<<20)
+	}
+
+	// Incremental.
+	if len(r.datas("incremental")) > 0 {
+		p("## Incremental cycle after 1%% of the volume changed (eBPF tracker)")
+		p("")
+		p("Each cycle rewrites 1%% of the 4 GiB volume's 64 KiB blocks (655 blocks, 41 MiB of random bytes) in place, in")
+		p("existing files of the mounted ext4 (pieces chosen with FIEMAP to cover whole aligned blocks), then `sync`.")
+		p("**Lifeboat**: from the end of write+sync to the first PIT after it listed by the control plane (points every")
+		p("1 s); *with write* adds the write+sync itself. Then, on the same changed image, rsync updates its copy in place")
+		p("and restic backs it up again (both read the whole image). The large volume gets the same change (same files")
+		p("and offsets, other random bytes) in its own store.")
+		p("")
+		var small, large []float64
+		for _, data := range r.datas("incremental") {
+			p("**%s**", data)
+			p("")
+			p("| cycle | Lifeboat s | with write s | wait for point s | point → listed s | blocks sent | rsync s | restic s | rsync / Lifeboat | restic / Lifeboat |")
+			p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+			var lbs, rss, res []float64
+			for _, x := range r.rs {
+				if x.Phase != "incremental" || x.Data != data || !strings.HasPrefix(x.Name, "lifeboat") {
+					continue
+				}
+				rs, _ := r.find("incremental", "rsync --inplace --no-whole-file", data, x.Rep)
+				re, _ := r.find("incremental", "restic backup --stdin", data, x.Rep)
+				label := fmt.Sprint(x.Rep)
+				if x.Name != "lifeboat" {
+					label = fmt.Sprintf("%d (`%s`, points every 10 s)", x.Rep, strings.TrimPrefix(x.Name, "lifeboat "))
+				} else {
+					lbs = append(lbs, x.Seconds)
+					rss = append(rss, rs.Seconds)
+					res = append(res, re.Seconds)
+				}
+				e := x.Extra
+				p("| %s | %s | %s | %s | %s | %0.f | %s | %s | %s× | %s× |", label, fx(x.Seconds, 2), fx(e["withWriteSeconds"], 2),
+					fx(e["waitForPointSeconds"], 2), fx(e["pointToListedSeconds"], 2), e["sentBlocks"], fx(rs.Seconds, 2), fx(re.Seconds, 2),
+					fx(rs.Seconds/x.Seconds, 1), fx(re.Seconds/x.Seconds, 1))
+			}
+			if len(lbs) > 0 {
+				m, mr, me := median(lbs), median(rss), median(res)
+				p("| median (points every 1 s) | %s | | | | | %s | %s | %s× | %s× |", fx(m, 2), fx(mr, 2), fx(me, 2), fx(mr/m, 1), fx(me/m, 1))
+				if strings.Contains(data, " plus zeros") {
+					large = lbs
+				} else {
+					small = lbs
+					r.goal("Incremental (1% of 4 GiB) ≥ 10× faster than `rsync --inplace --no-whole-file`", fx(mr/m, 1)+"×", mr/m >= 10)
+					r.goal("Incremental (1% of 4 GiB) ≥ 10× faster than `restic backup`", fx(me/m, 1)+"×", me/m >= 10)
+				}
+			}
+			p("")
+		}
+		if len(small) > 0 && len(large) > 0 {
+			v := median(large) / median(small)
+			p("Large volume / 4 GiB volume, median cycle: %s (the cost follows the change, not the disk).", fx(v, 2))
+			p("")
+			r.goal("Incremental on the large volume ≈ the 4 GiB one (same change)", fx(v, 2)+"×", v <= 1.5)
+		}
+	}
+
+	// Lag and freeze.
+	for _, x := range r.rs {
+		if x.Phase != "lag" {
+			continue
+		}
+		e := x.Extra
+		p("## Lag and freeze under a steady random-write load")
+		p("")
+		p("%s; consistency point every %0.f s. %s.", x.Data, e["intervalSeconds"], x.Note)
+		p("")
+		p("| | p50 | p99 | max | samples |")
+		p("|---|---:|---:|---:|---:|")
+		p("| lag (s) | %s | %s | %s | %0.f |", fx(e["lagP50"], 2), fx(e["lagP99"], 2), fx(e["lagMax"], 2), e["lagSamples"])
+		p("| freeze (ms) | %s | %s | %s | %0.f |", fx(e["freezeP50Ms"], 1), fx(e["freezeP99Ms"], 1), fx(e["freezeMaxMs"], 1), e["points"])
+		p("")
+		if fa, ok := r.find("freeze-anchor", "FIFREEZE+FITHAW", "", -1); ok {
+			p("| kernel alone: `%s` (ms) | %s | %s | %s | %0.f |", fa.Cmd, fx(fa.Extra["p50Ms"], 1), fx(fa.Extra["p99Ms"], 1), fx(fa.Extra["maxMs"], 1), fa.Extra["samples"])
+		}
+		p("")
+		p("fio wrote %s MB/s; the agent sent %s MB/s of blocks. CPU (%% of one core): agent %s%%, replicator %s%%, fio %s%%. Points not taken under freeze: %0.f. Load at start: %s.",
+			fx(e["fioMBps"], 1), fx(e["sentMBps"], 1), fx(e["agentCPUPercent"], 1), fx(e["replicatorCPUPercent"], 1), fx(e["fioCPUPercent"], 1), e["pointsNotFilesystem"], x.Load)
+		p("")
+		bs := ""
+		if i := strings.Index(x.Data, "bs="); i >= 0 {
+			bs = " (" + strings.Fields(x.Data[i:])[0] + ")"
+		}
+		r.goal("p99 lag ≤ 1 s under 10 MB/s random writes"+bs, fx(e["lagP99"], 2)+" s", e["lagP99"] <= 1)
+		r.goal("p99 freeze ≤ 50 ms"+bs, fx(e["freezeP99Ms"], 1)+" ms", e["freezeP99Ms"] <= 50)
+	}
+
+	// Simulated agents.
+	var sims []result
+	for _, x := range r.rs {
+		if x.Phase == "sim" {
+			sims = append(sims, x)
+		}
+	}
+	if len(sims) > 0 {
+		p("## Many agents against one replicator (simulated agents)")
+		p("")
+		p("Each simulated agent registers through the API (its own key, CSR and certificate), asks the control plane for")
+		p("its replicator and opens a mutual-TLS wire session with its certificate. *ack* is the time from writing a")
+		p("batch to its acknowledgement as durable (flushed to the store); a real agent's lag adds its tracker's and drain")
+		p("loop's delay (≤ 100 ms) to it. *seal* is Marker → Sealed (PIT stored and recorded with the control plane).")
+		p("")
+		p("| run | agents (failed) | ack p50 / p99 / max ms | worst agent's p99 ms | seal p50 / p99 ms | MB/s | replicator RSS max (p50) MiB | replicator CPU | load |")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+		sort.SliceStable(sims, func(i, j int) bool { return sims[i].Extra["agents"] > sims[j].Extra["agents"] })
+		for _, x := range sims {
+			e := x.Extra
+			p("| %s | %0.f (%0.f) | %s / %s / %s | %s | %s / %s | %s | %s (%s) | %s%% | %s |", x.Name, e["agents"], e["failedAgents"],
+				fx(get(e, "ackP50Ms"), 0), fx(get(e, "ackP99Ms"), 0), fx(get(e, "ackMaxMs"), 0), fx(get(e, "worstAgentP99Ms"), 0), fx(get(e, "sealP50Ms"), 0), fx(get(e, "sealP99Ms"), 0),
+				fx(e["MBps"], 1), fx(e["replicatorRSSMaxMiB"], 0), fx(e["replicatorRSSP50MiB"], 0), fx(e["replicatorCPUPercent"], 0), x.Load)
+		}
+		p("")
+		for _, x := range sims {
+			p("- %s: %s; measured %0.f s; the simulator itself used %s%% of a core.", x.Name, x.Note, x.Seconds, fx(x.Extra["simCPUPercent"], 0))
+			e := x.Extra
+			if strings.Contains(x.Note, "Marker every") && e["agents"] >= 300 {
+				r.goal("300 agents, light writes: lag < 5 s (max ack latency)", fx(e["ackMaxMs"]/1000, 2)+" s", e["ackMaxMs"] < 5000 && e["failedAgents"] == 0)
+				r.goal("Replicator RSS with 300 light agents (no goal; reported)", fx(e["replicatorRSSMaxMiB"], 0)+" MiB", true)
+			}
+			if strings.Contains(x.Note, "streams") {
+				r.goal(fmt.Sprintf("Replicator RSS < 256 MiB serving %0.f volumes streaming", e["agents"]), fx(e["replicatorRSSMaxMiB"], 0)+" MiB", e["replicatorRSSMaxMiB"] < 256)
+			}
+		}
+		p("")
+	}
+
+	if len(r.goals) > 0 {
+		p("## Goals")
+		p("")
+		p("| goal (issues 4, 5; DESIGN §8) | measured | |")
+		p("|---|---:|---|")
+		for _, g := range r.goals {
+			p("%s", g)
+		}
+		p("")
+	}
+}
+
+func short(data string) string {
+	if i := strings.Index(data, "("); i >= 0 {
+		return strings.TrimSuffix(strings.TrimSpace(data[i+1:]), ")")
+	}
+	return data
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
