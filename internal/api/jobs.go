@@ -208,9 +208,9 @@ type RecoveryInstance struct {
 	// (lifeboat:source-server).
 	Tags           map[string]string `json:"tags,omitempty"`
 	LaunchSettings LaunchSettings    `json:"launchSettings"`
-	CreatedAt             time.Time      `json:"createdAt"`
-	UpdatedAt             time.Time      `json:"updatedAt"`
-	TerminatedAt          *time.Time     `json:"terminatedAt,omitempty"`
+	CreatedAt      time.Time         `json:"createdAt"`
+	UpdatedAt      time.Time         `json:"updatedAt"`
+	TerminatedAt   *time.Time        `json:"terminatedAt,omitempty"`
 }
 
 // RecoveryInstanceList is a page of recovery instances, newest first.
