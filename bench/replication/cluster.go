@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +12,17 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/agent"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/replicator"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
+
+// inProcessReplicator runs the replicator's code in this process instead of the lifeboat
+// binary, for heap profiles (-heap-profile): diagnosis, not measurement.
+var inProcessReplicator bool
+
+// replicatorEnv is added to the replicator's environment (-replicator-env).
+var replicatorEnv []string
 
 // cluster is a control plane and a replicator, each a lifeboat process, as test/e2e
 // starts them, on 127.0.0.1.
@@ -87,8 +98,12 @@ func newCluster(ctx context.Context, u *undo, bin, dir string, settings func(*ap
 	if err != nil {
 		return nil, err
 	}
-	c.rep, err = startProc("replicator", filepath.Join(dir, "replicator.log"), c.env, bin, "replicator",
-		"--data", filepath.Join(dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1", "--token", tok.Secret)
+	if inProcessReplicator {
+		c.rep, err = startReplicatorHere(ctx, c, filepath.Join(dir, "rep"), tok.Secret)
+	} else {
+		c.rep, err = startProc("replicator", filepath.Join(dir, "replicator.log"), append(append([]string{}, c.env...), replicatorEnv...), bin, "replicator",
+			"--data", filepath.Join(dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1", "--token", tok.Secret)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +222,56 @@ func (a *agentProc) waitState(ctx context.Context, timeout time.Duration, ok fun
 // statusAfter waits for a status written after t (the agent writes it every 2 s).
 func (a *agentProc) statusAfter(ctx context.Context, t time.Time) (agent.Status, error) {
 	return a.waitState(ctx, 30*time.Second, func(s agent.Status) bool { return s.UpdatedAt.After(t) })
+}
+
+// startReplicatorHere registers and runs a replicator in this process, as `lifeboat
+// replicator` does.
+func startReplicatorHere(ctx context.Context, c *cluster, data, token string) (*proc, error) {
+	creds, err := replicator.LoadOrRegister(ctx, filepath.Join(data, "replicator.yaml"), replicator.RegisterOptions{
+		Server: c.url, Token: token, Name: "rep1", Site: api.DefaultSite, Address: c.repAddr})
+	if err != nil {
+		return nil, err
+	}
+	client, err := creds.Client()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := creds.CAPool()
+	if err != nil {
+		return nil, err
+	}
+	mk, err := store.LoadOrCreateMasterKey(filepath.Join(data, "staging.key"))
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(c.dir, "replicator.log")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool),
+		Listen: c.repAddr, MasterKey: mk, Logger: slog.New(slog.NewTextHandler(lf, nil))})
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	if err := rep.Listen(); err != nil {
+		lf.Close()
+		return nil, err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	p := &proc{name: "replicator (in process)", done: make(chan struct{}), log: logPath, inproc: cancel}
+	go func() {
+		_ = rep.Run(rctx)
+		lf.Close()
+		client.Close()
+		close(p.done)
+	}()
+	return p, nil
 }
 
 func logf(format string, args ...any) { log.Printf(format, args...) }

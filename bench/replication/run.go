@@ -34,6 +34,8 @@ type runFlags struct {
 	fioInterval                      int
 	changePct                        float64
 	quiet                            float64
+	codecs                           string
+	anchors, perf                    bool
 }
 
 func cmdRun(ctx context.Context, args []string) error {
@@ -51,6 +53,9 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.IntVar(&f.fioInterval, "fio-interval", 2, "consistency-point interval during the fio load (s)")
 	fs.Float64Var(&f.changePct, "change-pct", 1, "percent of the volume's blocks an incremental cycle changes")
 	fs.Float64Var(&f.quiet, "quiet-load", 1.5, "wait (up to 2 min) for the 1-minute load average to drop below this before each phase")
+	fs.StringVar(&f.codecs, "codecs", "zstd,s2", "compressions of the initial sync; the first is kept for the other phases")
+	fs.BoolVar(&f.anchors, "anchors", true, "run the anchors (false: Lifeboat's figures only)")
+	fs.BoolVar(&f.perf, "perf", false, "record perf profiles of the agent and replicator during the initial syncs")
 	_ = fs.Parse(args)
 	for _, p := range []*string{&f.bin, &f.image, &f.out, &f.results} {
 		abs, err := filepath.Abs(*p)
@@ -104,6 +109,9 @@ func (b *bench) path(name string) string { return filepath.Join(b.work, name) }
 
 // anchor times an anchor command (page cache dropped before, sync inside the timing).
 func (b *bench) anchor(ctx context.Context, phase, name, data string, rep int, bytes int64, env []string, script string) (float64, error) {
+	if !b.f.anchors {
+		return 0, nil
+	}
 	b.quietWait(ctx)
 	load := loadAvg()
 	el, cpu, err := timeShell(ctx, env, script)
@@ -176,38 +184,33 @@ func (b *bench) small(ctx context.Context, want map[string]bool) error {
 		return err
 	}
 
-	cl, err := newCluster(ctx, u, b.f.bin, b.path("cluster4"), nil)
+	codecs := strings.Split(b.f.codecs, ",")
+	cl, a, err := b.initialSync(ctx, u, "cluster4", "a4", strings.TrimSpace(codecs[0]), lp.dev, data, size)
 	if err != nil {
 		return err
 	}
-	a, err := cl.installAgent(ctx, "a4", lp.dev)
-	if err != nil {
-		return err
-	}
-	b.quietWait(ctx)
-	load := loadAvg()
-	dropCaches()
-	t0 := time.Now()
-	if err := a.start(u); err != nil {
-		return err
-	}
-	pit, seen, err := a.waitPIT(ctx, t0, 30*time.Minute)
-	if err != nil {
-		return err
-	}
-	el := seen.Sub(t0)
-	s, err := a.statusAfter(ctx, seen)
-	if err != nil {
-		return err
-	}
-	stored := duBytes(filepath.Join(cl.dir, "staging"))
-	b.sink.add(result{Phase: "initial", Name: "lifeboat", Data: data, Seconds: el.Seconds(), Bytes: size, Load: load,
-		Note: fmt.Sprintf("tracker %s, compression %s; PIT %s level %s", s.Tracker, "zstd", pit.ID, pit.Level),
-		Extra: map[string]float64{"sentBytes": float64(s.SentBytes), "sentBlocks": float64(s.SentBlocks), "storedBytes": float64(stored),
-			"agentCPUSeconds": cpuTime(a.p.pid()).Seconds(), "replicatorCPUSeconds": cpuTime(cl.rep.pid()).Seconds(),
-			"replicatorHWMMiB": float64(memKiB(cl.rep.pid(), "VmHWM")) / 1024, "agentHWMMiB": float64(memKiB(a.p.pid(), "VmHWM")) / 1024}})
-	if s.Tracker != "ebpf" {
-		return fmt.Errorf("the agent uses the %s tracker (%s), not eBPF: the incremental figures would not be the eBPF tracker's", s.Tracker, s.TrackerReason)
+	if len(codecs) > 1 {
+		// The other compressions, each in its own cluster and store, while the main
+		// agent is stopped (two agents would freeze the same filesystem); the rescan
+		// phase starts it again.
+		a.stop()
+		for _, codec := range codecs[1:] {
+			vu := &undo{}
+			_, _, err := b.initialSync(ctx, vu, "cluster4-"+codec, "a4"+codec, strings.TrimSpace(codec), lp.dev, data, size)
+			vu.run()
+			_ = os.RemoveAll(b.path("cluster4-" + codec))
+			if err != nil {
+				return err
+			}
+		}
+		if !want["rescan"] {
+			if err := a.start(u); err != nil {
+				return err
+			}
+			if _, err := a.waitState(ctx, 10*time.Minute, func(s agent.Status) bool { return s.State == api.StateContinuous }); err != nil {
+				return err
+			}
+		}
 	}
 
 	if want["rescan"] {
@@ -234,6 +237,52 @@ func (b *bench) small(ctx context.Context, want map[string]bool) error {
 	cl.rep.stop()
 	cl.cp.stop()
 	return nil
+}
+
+// initialSync starts a cluster whose template uses codec, registers an agent for dev
+// and times its initial sync: from the agent's start to the first PIT listed.
+func (b *bench) initialSync(ctx context.Context, u *undo, dir, name, codec, dev, data string, size int64) (*cluster, *agentProc, error) {
+	cl, err := newCluster(ctx, u, b.f.bin, b.path(dir), func(s *api.ReplicationSettings) { s.Compression = codec })
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := cl.installAgent(ctx, name, dev)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.quietWait(ctx)
+	load := loadAvg()
+	dropCaches()
+	t0 := time.Now()
+	if err := a.start(u); err != nil {
+		return nil, nil, err
+	}
+	if b.f.perf {
+		stop, err := perfRecord(ctx, filepath.Join(b.f.out, fmt.Sprintf("perf-initial-%s-%s.data", codec, name)), a.p.pid(), cl.rep.pid())
+		if err != nil {
+			return nil, nil, err
+		}
+		defer stop()
+	}
+	pit, seen, err := a.waitPIT(ctx, t0, 30*time.Minute)
+	if err != nil {
+		return nil, nil, err
+	}
+	el := seen.Sub(t0)
+	s, err := a.statusAfter(ctx, seen)
+	if err != nil {
+		return nil, nil, err
+	}
+	stored := duBytes(filepath.Join(cl.dir, "staging"))
+	b.sink.add(result{Phase: "initial", Name: "lifeboat", Data: data, Seconds: el.Seconds(), Bytes: size, Load: load,
+		Note: fmt.Sprintf("compression %s, tracker %s; PIT %s level %s", codec, s.Tracker, pit.ID, pit.Level),
+		Extra: map[string]float64{"sentBytes": float64(s.SentBytes), "sentBlocks": float64(s.SentBlocks), "storedBytes": float64(stored),
+			"agentCPUSeconds": cpuTime(a.p.pid()).Seconds(), "replicatorCPUSeconds": cpuTime(cl.rep.pid()).Seconds(),
+			"replicatorHWMMiB": float64(memKiB(cl.rep.pid(), "VmHWM")) / 1024, "agentHWMMiB": float64(memKiB(a.p.pid(), "VmHWM")) / 1024}})
+	if s.Tracker != "ebpf" {
+		return nil, nil, fmt.Errorf("the agent uses the %s tracker (%s), not eBPF: the incremental figures would not be the eBPF tracker's", s.Tracker, s.TrackerReason)
+	}
+	return cl, a, nil
 }
 
 // rescan restarts the agent on the unchanged volume: it reads everything, sends nothing.
@@ -679,34 +728,10 @@ func (b *bench) big(ctx context.Context) error {
 		fmt.Sprintf("restic -q -r %s backup --stdin --stdin-filename vol.img < %s", resticRepo, vol)); err != nil {
 		return err
 	}
-	cl, err := newCluster(ctx, u, b.f.bin, b.path("cluster-big"), nil)
+	_, a, err := b.initialSync(ctx, u, "cluster-big", "abig", strings.TrimSpace(strings.Split(b.f.codecs, ",")[0]), lp.dev, data, size)
 	if err != nil {
 		return err
 	}
-	a, err := cl.installAgent(ctx, "abig", lp.dev)
-	if err != nil {
-		return err
-	}
-	b.quietWait(ctx)
-	load := loadAvg()
-	dropCaches()
-	t0 := time.Now()
-	if err := a.start(u); err != nil {
-		return err
-	}
-	pit, seen, err := a.waitPIT(ctx, t0, 60*time.Minute)
-	if err != nil {
-		return err
-	}
-	s, err := a.statusAfter(ctx, seen)
-	if err != nil {
-		return err
-	}
-	b.sink.add(result{Phase: "initial", Name: "lifeboat", Data: data, Seconds: seen.Sub(t0).Seconds(), Bytes: size, Load: load,
-		Note: fmt.Sprintf("tracker %s; PIT %s level %s", s.Tracker, pit.ID, pit.Level),
-		Extra: map[string]float64{"sentBytes": float64(s.SentBytes), "sentBlocks": float64(s.SentBlocks), "storedBytes": float64(duBytes(filepath.Join(cl.dir, "staging"))),
-			"agentCPUSeconds": cpuTime(a.p.pid()).Seconds(), "replicatorCPUSeconds": cpuTime(cl.rep.pid()).Seconds(),
-			"replicatorHWMMiB": float64(memKiB(cl.rep.pid(), "VmHWM")) / 1024}})
 	if err := b.incremental(ctx, a, "incremental", data, mnt, vol, rsyncDst, resticRepo, 1000); err != nil {
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,7 +79,16 @@ func cmdSim(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.duration, "duration", 120*time.Second, "measurement window")
 	fs.DurationVar(&f.warmup, "warmup", 20*time.Second, "time after every session is open before measuring")
 	fs.IntVar(&f.volumeGiB, "volume-gib", 4, "size of each simulated volume")
+	repEnv := fs.String("replicator-env", "", "extra environment of the replicator, comma-separated (e.g. GODEBUG=gctrace=1)")
+	keep := fs.Bool("keep-logs", false, "copy the replicator's log to the output directory")
+	heap := fs.String("heap-profile", "", "run the replicator in this process and write its heap profile here at the end of the window (diagnosis: RSS then includes the simulator)")
 	_ = fs.Parse(args)
+	if *heap != "" {
+		inProcessReplicator = true
+	}
+	if *repEnv != "" {
+		replicatorEnv = strings.Split(*repEnv, ",")
+	}
 	if f.mode != "light" && f.mode != "stream" {
 		return fmt.Errorf("-mode must be light or stream")
 	}
@@ -163,6 +174,13 @@ func cmdSim(ctx context.Context, args []string) error {
 		rss = append(rss, float64(r)/1024)
 	}
 	tick.Stop()
+	if *heap != "" {
+		runtime.GC()
+		if hf, err := os.Create(*heap); err == nil {
+			_ = pprof.WriteHeapProfile(hf)
+			hf.Close()
+		}
+	}
 	measuring.Store(false)
 	wall := time.Since(mStart).Seconds()
 	repCPU, selfCPU := cpuTime(repPID)-repCPU0, cpuTime(os.Getpid())-selfCPU0
@@ -207,6 +225,11 @@ func cmdSim(ctx context.Context, args []string) error {
 		Seconds: wall, Load: load, Extra: ex, Note: note})
 	cl.rep.stop()
 	cl.cp.stop()
+	if *keep {
+		if b, err := os.ReadFile(cl.rep.log); err == nil {
+			_ = os.WriteFile(filepath.Join(f.out, filepath.Base(dir)+"-replicator.log"), b, 0o644)
+		}
+	}
 	return nil
 }
 

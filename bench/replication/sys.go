@@ -33,6 +33,8 @@ type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  string
+	// In this process instead (diagnosis only): its stop function.
+	inproc func()
 }
 
 // startProc starts bin args with its output in logPath.
@@ -58,7 +60,12 @@ func startProc(name, logPath string, env []string, bin string, args ...string) (
 	return p, nil
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int {
+	if p.inproc != nil {
+		return os.Getpid()
+	}
+	return p.cmd.Process.Pid
+}
 
 func (p *proc) running() bool {
 	select {
@@ -72,6 +79,11 @@ func (p *proc) running() bool {
 // stop sends SIGTERM, and SIGKILL after 30 s.
 func (p *proc) stop() {
 	if !p.running() {
+		return
+	}
+	if p.inproc != nil {
+		p.inproc()
+		<-p.done
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -278,3 +290,28 @@ func mount(ctx context.Context, u *undo, dev, dir string, opts ...string) error 
 }
 
 var errTimeout = errors.New("timed out")
+
+// perfRecord samples the processes' stacks with perf (499 Hz) into out until the
+// returned function is called.
+func perfRecord(ctx context.Context, out string, pids ...int) (func(), error) {
+	ps := make([]string, len(pids))
+	for i, p := range pids {
+		ps[i] = strconv.Itoa(p)
+	}
+	cmd := exec.CommandContext(ctx, "perf", "record", "-F", "499", "-g", "-o", out, "-p", strings.Join(ps, ","))
+	cmd.Stdout, cmd.Stderr = nil, nil
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("perf record: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return func() {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}, nil
+}
