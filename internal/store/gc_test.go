@@ -174,7 +174,9 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 	for b := uint64(0); b < 64; b++ {
 		m[b] = 1
 	}
-	// Overwrite half the blocks, seal, drop the first PIT: half the data is garbage.
+	// Overwrite half the blocks, seal, drop the first PIT: half the data is garbage. The
+	// blocks land in packs in no fixed order, so a few packs hold less than the repack
+	// threshold of garbage and keep it: at least half of the 2 MiB must be freed.
 	half := map[uint64]uint32{}
 	for b := uint64(0); b < 64; b += 2 {
 		half[b] = 3
@@ -200,7 +202,7 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := dirSize(t, be)
-	if st.DeadChunks < 32 || st.RepackedPacks+st.DeletedPacks == 0 || after > before-30*testBS {
+	if st.DeadChunks < 32 || st.RepackedPacks+st.DeletedPacks == 0 || after > before-16*testBS {
 		t.Fatalf("gc %+v freed %d bytes of %d", st, before-after, before)
 	}
 	checkPIT(t, r, p2, "vda", 64*testBS, m)
