@@ -83,12 +83,14 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 			opts.Progress(s)
 		}
 	}
+	stillHeld := func() error { return nil }
 	if !opts.DryRun {
-		release, err := r.lockGC(ctx, start, opts.Grace)
+		release, held, err := r.lockGC(ctx, start, opts.Grace)
 		if err != nil {
 			return st, err
 		}
 		defer release()
+		stillHeld = held
 	}
 
 	// 1. What the index holds now (the objects we may replace), and the first mark.
@@ -261,7 +263,10 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		return st, nil
 	}
 
-	// 4. Repack.
+	// 4. Repack. Nothing is changed if another collection took the lock meanwhile.
+	if err := stillHeld(); err != nil {
+		return st, err
+	}
 	stage("repacking")
 	w := &repackWriter{r: r, ctx: ctx}
 	for _, pp := range plans {
@@ -303,6 +308,9 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 	const perObject = 50000
 	var batch []packEntries
 	n := 0
+	// Index objects are named by their content: a collection that changes nothing
+	// writes the very objects it read, which must then not be deleted.
+	wrote := map[string]bool{}
 	flushIndex := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -312,6 +320,7 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		if err := r.putSealed(ctx, name, plain, backend.PutOptions{}); err != nil {
 			return fmt.Errorf("gc: write index: %w", err)
 		}
+		wrote[name] = true
 		batch, n = nil, 0
 		return nil
 	}
@@ -330,8 +339,20 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 	if err := flushIndex(); err != nil {
 		return st, err
 	}
+	// Packs that an index object written by someone else since step 1 names stay (a
+	// collection that overlapped ours despite the lock); so does everything if we lost it.
+	if err := stillHeld(); err != nil {
+		return st, err
+	}
+	foreign, err := r.packsNamedElsewhere(ctx, idxNames, wrote)
+	if err != nil {
+		return st, err
+	}
 	stage("removing replaced index objects and packs")
 	for _, name := range idxNames {
+		if wrote[name] {
+			continue
+		}
 		if err := r.be.Delete(ctx, name); err != nil {
 			return st, fmt.Errorf("gc: remove old index object: %w", err)
 		}
@@ -350,6 +371,9 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		return nil
 	}
 	for _, pp := range plans {
+		if foreign[pp.p.Pack] {
+			continue
+		}
 		if pp.action == "delete" {
 			st.DeletedPacks++
 		}
@@ -379,29 +403,89 @@ func (r *Repo) packKnown(id ID) bool {
 	return ok
 }
 
-// lockGC takes the repository's GC lock (one collection at a time).
-func (r *Repo) lockGC(ctx context.Context, now time.Time, grace time.Duration) (func(), error) {
+// lockGC takes the repository's GC lock (one collection at a time). held reports an
+// error when the lock is no longer ours (another collection overwrote it): the caller
+// then changes nothing more.
+func (r *Repo) lockGC(ctx context.Context, now time.Time, grace time.Duration) (release func(), held func() error, err error) {
 	const name = "gc/lock"
-	plain, err := r.getSealed(ctx, name)
-	if err == nil {
+	read := func() (gcLock, error) {
 		var l gcLock
-		if json.Unmarshal(plain, &l) == nil && now.Before(l.Until) {
-			return nil, fmt.Errorf("another garbage collection (%s, started %s) holds the repository until %s: wait for it to finish",
-				l.Holder, l.Since.Format(time.RFC3339), l.Until.Format(time.RFC3339))
+		plain, err := r.getSealed(ctx, name)
+		if err != nil {
+			return l, err
 		}
-	} else if !errors.Is(err, backend.ErrNotFound) {
-		return nil, fmt.Errorf("gc: read the GC lock: %w", err)
+		if err := json.Unmarshal(plain, &l); err != nil {
+			return l, corrupt(name, err)
+		}
+		return l, nil
 	}
-	l := gcLock{Holder: randomHex(8), Since: now, Until: now.Add(2*grace + time.Hour)}
-	b, _ := json.Marshal(l)
+	if l, err := read(); err == nil && now.Before(l.Until) {
+		return nil, nil, fmt.Errorf("another garbage collection (%s, started %s) holds the repository until %s: wait for it to finish",
+			l.Holder, l.Since.Format(time.RFC3339), l.Until.Format(time.RFC3339))
+	} else if err != nil && !errors.Is(err, backend.ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+		return nil, nil, fmt.Errorf("gc: read the GC lock: %w", err)
+	}
+	mine := gcLock{Holder: randomHex(8), Since: now, Until: now.Add(2*grace + time.Hour)}
+	b, _ := json.Marshal(mine)
 	if err := r.putSealed(ctx, name, b, backend.PutOptions{}); err != nil {
-		return nil, fmt.Errorf("gc: take the GC lock: %w", err)
+		return nil, nil, fmt.Errorf("gc: take the GC lock: %w", err)
 	}
-	return func() {
+	held = func() error {
+		l, err := read()
+		if err != nil {
+			return fmt.Errorf("gc: check the GC lock: %w (nothing more was changed)", err)
+		}
+		if l.Holder != mine.Holder {
+			return fmt.Errorf("gc: another garbage collection (%s) took the lock meanwhile; this one stopped without changing anything more", l.Holder)
+		}
+		return nil
+	}
+	// Two collections that read "no lock" at once both write theirs: the later wins,
+	// and the earlier finds out here, before it changes anything.
+	time.Sleep(50 * time.Millisecond)
+	if err := held(); err != nil {
+		return nil, nil, err
+	}
+	release = func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		_ = r.be.Delete(dctx, name)
-	}, nil
+		if held() == nil {
+			_ = r.be.Delete(dctx, name)
+		}
+	}
+	return release, held, nil
+}
+
+// packsNamedElsewhere returns the packs named by index objects other than those a
+// collection read (old) or wrote.
+func (r *Repo) packsNamedElsewhere(ctx context.Context, old []string, wrote map[string]bool) (map[ID]bool, error) {
+	known := map[string]bool{}
+	for _, n := range old {
+		known[n] = true
+	}
+	out := map[ID]bool{}
+	var names []string
+	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
+		if !known[oi.Name] && !wrote[oi.Name] {
+			names = append(names, oi.Name)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("gc: list the index: %w", err)
+	}
+	for _, n := range names {
+		ps, err := r.loadIndexObject(ctx, n)
+		if errors.Is(err, backend.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			out[p.Pack] = true
+		}
+	}
+	return out, nil
 }
 
 // readAllIndex reads every index object.
@@ -502,36 +586,14 @@ type root struct {
 	level  uint8
 }
 
-// forEachRoot calls fn for every tree root of every PIT and head, and every chunk named
-// by a head journal. Journals are read before their head's checkpoint, and a journal
-// that vanished means the head was folded meanwhile: the checkpoint read after covers it.
+// forEachRoot calls fn for every tree root of every head and PIT, and every chunk named
+// by a head journal. A reference moves from a journal to its head's checkpoint to a PIT
+// manifest, each written before the one before it is removed or replaced; so roots are
+// read in that order: journals, then their head, then (after every head) the manifests.
+// Read otherwise, a PIT sealed during the mark from a head that has moved on since
+// would be missed.
 func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
-	var manifests []string
 	heads := map[string]bool{}
-	if err := r.be.List(ctx, "snapshots/", func(oi backend.ObjectInfo) error {
-		manifests = append(manifests, oi.Name)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list PITs: %w", err)
-	}
-	for _, name := range manifests {
-		plain, err := r.getSealed(ctx, name)
-		if errors.Is(err, backend.ErrNotFound) {
-			continue // deleted meanwhile: retention or a user
-		}
-		if err != nil {
-			return err
-		}
-		p, err := r.decodeManifest(name, plain)
-		if err != nil {
-			return err
-		}
-		for _, v := range p.Volumes {
-			if err := fn(root{object: name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
-				return err
-			}
-		}
-	}
 	if err := r.be.List(ctx, "heads/", func(oi backend.ObjectInfo) error {
 		i := strings.LastIndexByte(oi.Name, '/')
 		heads[oi.Name[:i+1]] = true
@@ -585,6 +647,32 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		}
 		if err := fn(root{object: prefix + "head", tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
 			return err
+		}
+	}
+	// PIT manifests last: a PIT sealed while the heads were read is listed here.
+	var manifests []string
+	if err := r.be.List(ctx, "snapshots/", func(oi backend.ObjectInfo) error {
+		manifests = append(manifests, oi.Name)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list PITs: %w", err)
+	}
+	for _, name := range manifests {
+		plain, err := r.getSealed(ctx, name)
+		if errors.Is(err, backend.ErrNotFound) {
+			continue // deleted meanwhile: retention or a user
+		}
+		if err != nil {
+			return err
+		}
+		p, err := r.decodeManifest(name, plain)
+		if err != nil {
+			return err
+		}
+		for _, v := range p.Volumes {
+			if err := fn(root{object: name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -501,8 +501,16 @@ func (h *Head) flush(ctx context.Context) error {
 				return err
 			}
 		}
-		if r.viewAge() < r.opts.GCGrace/2 || attempt > 3 {
+		if r.viewAge() < r.opts.GCGrace/2 {
 			break
+		}
+		// Waiting for the packs took so long that a GC may have condemned chunks since
+		// the view was read: look again before the journal commits to them.
+		if attempt == 10 {
+			r.log.Warn("flushing is slow compared with the GC grace period; raise the grace period", "grace", r.opts.GCGrace)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
 	if len(h.pending) > 0 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -45,6 +46,7 @@ type completedPack struct {
 	index   string
 	pack    ID
 	entries []entry
+	at      time.Time // when its index object was stored
 }
 
 func newPacker(r *Repo) *packer {
@@ -192,7 +194,7 @@ func (p *packer) upload(ctx context.Context, b *packBuf) error {
 	r.mu.Lock()
 	r.addPackLocked(id, b.entries)
 	r.indexLoaded[name] = true
-	p.recent = append(p.recent, completedPack{index: name, pack: id, entries: b.entries})
+	p.recent = append(p.recent, completedPack{index: name, pack: id, entries: b.entries, at: time.Now()})
 	r.mu.Unlock()
 	b.buf = nil
 	return nil
@@ -208,15 +210,17 @@ func (r *Repo) finishPack(buf []byte, entries []entry) ([]byte, ID) {
 	return buf, ID(blake3.Sum256(buf))
 }
 
-// reindexLocked re-adds packs this process stored that a full view refresh did not
-// see in its listing. Called with r.mu held.
-func (p *packer) reindexLocked(listed map[string]bool) {
+// reindexLocked re-adds packs this process stored while a full view refresh was
+// listing the index (started is when it began): the listing may have missed them. A
+// pack indexed before the listing began was listed, or was removed since by a garbage
+// collection, and must not come back. Called with r.mu held.
+func (p *packer) reindexLocked(listed map[string]bool, started time.Time) {
 	keep := p.recent[:0]
 	for _, c := range p.recent {
-		if listed[c.index] {
-			continue // the refresh loaded it
+		if c.at.Before(started) {
+			continue // old enough to have been listed; if not listed, a GC removed it
 		}
-		if !p.r.indexLoaded[c.index] {
+		if !listed[c.index] && !p.r.indexLoaded[c.index] {
 			p.r.addPackLocked(c.pack, c.entries)
 			p.r.indexLoaded[c.index] = true
 		}

@@ -518,7 +518,7 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 		r.indexLoaded[toLoad[i]] = true
 	}
 	if r.packer != nil {
-		r.packer.reindexLocked(present) // packs this process wrote after the listing
+		r.packer.reindexLocked(present, started) // packs this process wrote during the listing
 	}
 	for name := range r.pending {
 		if !pendingNow[name] {
