@@ -111,8 +111,47 @@ func newSnapshotsCmd(g *globals) *cobra.Command {
 	}
 	create.Flags().BoolVar(&wait, "wait", false, "wait until the PIT is sealed")
 	create.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
-	cmd.AddCommand(list, create)
+	var until string
+	protect := &cobra.Command{
+		Use:   "protect PIT --until TIME",
+		Short: "Lock a recovery snapshot against deletion until TIME (RFC 3339, or a duration such as 720h)",
+		Args:  exactArgs(1, "a recovery snapshot id (pit-…)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := parseUntil(until, time.Now())
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			p, err := c.ProtectRecoverySnapshot(cmd.Context(), args[0], t)
+			if err != nil {
+				return err
+			}
+			return g.show(p, func(w *tabwriter.Writer) {
+				row(w, "recovery snapshot", p.ID)
+				row(w, "locked until", p.LockUntil.Format(time.RFC3339))
+			})
+		},
+	}
+	protect.Flags().StringVar(&until, "until", "", "when the lock ends: RFC 3339 time or a duration from now")
+	cmd.AddCommand(list, create, protect)
 	return cmd
+}
+
+// parseUntil reads an RFC 3339 time or a duration from now.
+func parseUntil(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, usagef("--until is required: an RFC 3339 time (2027-01-31T00:00:00Z) or a duration (720h)")
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(d), nil
+	}
+	return time.Time{}, usagef("--until %q is neither an RFC 3339 time (2027-01-31T00:00:00Z) nor a duration (720h)", s)
 }
 
 // waitForPIT waits for a PIT of server at or after since.

@@ -33,6 +33,7 @@ var wantAccess = map[string]string{
 	"PUT /api/v1/source-servers/{id}/volumes":                     "ag",
 	"PATCH /api/v1/source-servers/{id}/replication-state":         "ag rp",
 	"GET /api/v1/source-servers/{id}/replication-config":          "v o a ag",
+	"PUT /api/v1/recovery-snapshots/{id}/lock":                    "a",
 	"POST /api/v1/source-servers/{id}/replication/{action}":       "o a",
 	"POST /api/v1/source-servers/{id}/recovery-snapshots/request": "o a",
 	"GET /api/v1/source-servers/{id}/replication-settings":        "v o a ag rp",

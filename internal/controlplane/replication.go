@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -175,4 +176,47 @@ func (cp *ControlPlane) agentWatchLoop(ctx context.Context) {
 			cp.log.Warn("checking for agents not seen failed", "err", err)
 		}
 	}
+}
+
+// protectSnapshot locks a PIT: first in the staging store (which enforces it, and on S3
+// with Object Lock has the bucket enforce it), then in the record.
+func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
+	var snap db.Snapshot
+	var storeURL string
+	err := c.view(func(tx *db.Tx) error {
+		var err error
+		if snap, err = c.loadSnapshot(tx, c.pathID()); err != nil {
+			return err
+		}
+		s, err := tx.SourceServer(snap.SourceServerID)
+		if err != nil {
+			return err
+		}
+		eff, err := effective(tx, s)
+		storeURL = eff.StagingStoreURL
+		return err
+	})
+	if err != nil {
+		return api.RecoverySnapshot{}, err
+	}
+	until := req.LockUntil.UTC().Truncate(time.Millisecond)
+	if snap.LockUntil != nil && !until.After(*snap.LockUntil) {
+		return snap.RecoverySnapshot, nil // already locked at least that long
+	}
+	repo, err := c.cp.rec.stores.Open(c.ctx, storeURL)
+	if err != nil {
+		return api.RecoverySnapshot{}, err
+	}
+	if _, err := repo.ProtectPIT(c.ctx, snap.SourceServerID, snap.ID, until); err != nil {
+		return api.RecoverySnapshot{}, fmt.Errorf("lock PIT %s in the staging store: %w", snap.ID, err)
+	}
+	err = c.update(func(tx *db.Tx) error {
+		if err := tx.SetSnapshotLock(snap.ID, until); err != nil {
+			return err
+		}
+		snap.LockUntil = &until
+		return c.record(tx, snap.AccountID, "recovery-snapshot.protect", "recovery-snapshot", snap.ID,
+			map[string]any{"lockUntil": until, "sourceServerId": snap.SourceServerID}, snap.RecoverySnapshot)
+	})
+	return snap.RecoverySnapshot, err
 }

@@ -113,6 +113,8 @@ func (cp *ControlPlane) routeTable() []*route {
 			access: access{replicator: true, target: targetSourceServer}, endpoint: withBody((*call).deleteSnapshots)},
 		{method: "GET", path: "/api/v1/recovery-snapshots/{id}", summary: "Describe a recovery snapshot",
 			access: access{role: api.RoleViewer, replicator: true, target: targetSnapshot}, endpoint: noBodyEndpoint((*call).getSnapshot)},
+		{method: "PUT", path: "/api/v1/recovery-snapshots/{id}/lock", summary: "Lock a recovery snapshot against deletion until a time",
+			access: access{role: api.RoleAdmin, target: targetSnapshot}, endpoint: withBody((*call).protectSnapshot)},
 		{method: "DELETE", path: "/api/v1/recovery-snapshots/{id}", summary: "Delete a recovery snapshot that is not locked",
 			access: access{role: api.RoleAdmin, replicator: true, target: targetSnapshot}, status: 204,
 			endpoint: noBodyEndpoint((*call).deleteSnapshot)},

@@ -56,3 +56,8 @@ func (t *Tx) StaleAgents(since time.Time) ([]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// SetSnapshotLock records the time a recovery snapshot is locked until.
+func (t *Tx) SetSnapshotLock(id string, until time.Time) error {
+	return t.execOne(`UPDATE recovery_snapshots SET lock_until = ? WHERE id = ?`, ms(until), id)
+}

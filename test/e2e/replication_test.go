@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,6 +56,14 @@ func replicateAndExport(t *testing.T, scan bool) {
 	pit2 := c.snapshot()
 	c.exportAndCheck(pit2, volumeNameOf(dev), want2)
 	c.exportAndCheck(pit, volumeNameOf(dev), want)
+	// A locked PIT cannot be deleted, and the store knows the lock too.
+	out := c.cli("snapshots", "protect", pit.ID, "--until", "2h", "-o", "json")
+	if !strings.Contains(out, "lockUntil") {
+		t.Fatalf("snapshots protect printed %s", out)
+	}
+	if err := c.admin.DeleteRecoverySnapshot(t.Context(), pit.ID); err == nil {
+		t.Fatal("a locked PIT was deleted")
+	}
 	s, _ := c.admin.SourceServer(t.Context(), c.agentID)
 	if !s.Replication.ReadyForRecovery || s.Replication.Tracker != wantTracker {
 		t.Fatalf("after two PITs the server is not ready for recovery: %+v", s.Replication)
