@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"time"
 
@@ -205,7 +206,8 @@ func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.Rec
 	}
 	repo, err := c.cp.rec.stores.Open(c.ctx, storeURL)
 	if err != nil {
-		return api.RecoverySnapshot{}, err
+		return api.RecoverySnapshot{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
+			"the control plane cannot open the staging store to lock PIT %s: %v", snap.ID, err)
 	}
 	if _, err := repo.ProtectPIT(c.ctx, snap.SourceServerID, snap.ID, until); err != nil {
 		return api.RecoverySnapshot{}, fmt.Errorf("lock PIT %s in the staging store: %w", snap.ID, err)

@@ -138,7 +138,8 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
 	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
 	data := filepath.Join(dir, "cp")
-	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug")
+	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug",
+		"--store-key", filepath.Join(dir, "rep", "staging.key")) // the replicator makes the key; the control plane reads PITs with it
 	testutil.WaitTCP(t, fmt.Sprintf("%s:%d", o.cpHost, port), 30*time.Second)
 	var token string
 	for deadline := time.Now().Add(20 * time.Second); ; {
