@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/freeze"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -221,46 +221,13 @@ func describeVolume(path string) (api.Volume, error) {
 			return api.Volume{}, fmt.Errorf("--volume %s: unreadable size %q", path, b)
 		}
 		v.SizeBytes = sectors * 512
-		v.MountPoints = mountPoints(v.MajorMinor)
+		if ms, err := freeze.MountsOf([]string{real}); err == nil {
+			for _, m := range ms {
+				v.MountPoints = append(v.MountPoints, m.MountPoint)
+			}
+		}
 	default:
 		return api.Volume{}, fmt.Errorf("--volume %s is neither a block device nor a regular file", path)
 	}
 	return v, nil
-}
-
-// mountPoints lists where the device majmin is mounted, from /proc/self/mountinfo.
-func mountPoints(majmin string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && fields[2] == majmin {
-			out = append(out, unescapeMount(fields[4]))
-		}
-	}
-	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
