@@ -45,11 +45,61 @@ type Head struct {
 	broken  error
 	codec   Codec
 	fresh   bool // no checkpoint or journal existed when it was opened
+
+	dirtyBytes int64 // memory held by dirty
 }
 
+// dirtyLeaf holds the writes to one leaf since the checkpoint: a small map while they
+// are few (a server with light writes touches one block here and there), a full table
+// once they are many (an initial sync writes them all).
 type dirtyLeaf struct {
-	ids []ID
-	set []uint64 // bitset: which entries were written
+	small map[uint32]ID
+	ids   []ID
+	set   []uint64 // bitset: which entries of ids were written
+}
+
+const denseAt = 64 // entries at which a dirty leaf becomes a full table
+
+// size estimates the memory a dirty leaf holds.
+func (d *dirtyLeaf) size() int64 {
+	if d.ids != nil {
+		return int64(len(d.ids))*32 + int64(len(d.set))*8
+	}
+	return int64(len(d.small)) * 64
+}
+
+func (d *dirtyLeaf) put(i uint32, id ID, fanout int) {
+	if d.ids == nil {
+		if _, ok := d.small[i]; ok || len(d.small) < denseAt {
+			if d.small == nil {
+				d.small = map[uint32]ID{}
+			}
+			d.small[i] = id
+			return
+		}
+		d.ids, d.set = make([]ID, fanout), make([]uint64, (fanout+63)/64)
+		for k, v := range d.small {
+			d.ids[k] = v
+			d.set[k/64] |= 1 << (k % 64)
+		}
+		d.small = nil
+	}
+	d.ids[i] = id
+	d.set[i/64] |= 1 << (i % 64)
+}
+
+// applyTo overwrites ids (a copy of the checkpoint's leaf) with the writes.
+func (d *dirtyLeaf) applyTo(ids []ID) {
+	for k, v := range d.small {
+		ids[k] = v
+	}
+	if d.ids != nil {
+		for i := range ids {
+			if d.set[i/64]&(1<<(i%64)) != 0 {
+				ids[i] = d.ids[i]
+			}
+		}
+	}
 }
 
 // HeadOptions modify OpenHead.
@@ -243,12 +293,18 @@ func (h *Head) set(block uint64, id ID) {
 	k := block / f
 	d := h.dirty[k]
 	if d == nil {
-		d = &dirtyLeaf{ids: make([]ID, f), set: make([]uint64, (f+63)/64)}
+		d = &dirtyLeaf{}
 		h.dirty[k] = d
 	}
-	i := block % f
-	d.ids[i] = id
-	d.set[i/64] |= 1 << (i % 64)
+	before := d.size()
+	d.put(uint32(block%f), id, int(f))
+	h.account(d.size() - before)
+}
+
+// account adds delta to the memory the head's dirty leaves hold, and the repository's.
+func (h *Head) account(delta int64) {
+	h.dirtyBytes += delta
+	h.r.dirtyBytes.Add(delta)
 }
 
 // resize changes the volume's size. Blocks past a shrunk end become zero, so growing
@@ -266,8 +322,9 @@ func (h *Head) resize(size int64) {
 		}
 	}
 	nleaves, _ := h.r.treeShape(h.nblocks)
-	for k := range h.dirty {
+	for k, d := range h.dirty {
 		if k >= nleaves {
+			h.account(-d.size())
 			delete(h.dirty, k)
 		}
 	}
@@ -385,7 +442,9 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 	if h.dupSize > maxDupBytes {
 		return h.Flush(ctx)
 	}
-	if len(h.dirty) > r.opts.MaxDirtyLeaves {
+	// Memory: a head with many changed tables, or any head once all heads of the
+	// repository together hold too much, writes a checkpoint.
+	if len(h.dirty) > r.opts.MaxDirtyLeaves || (h.dirtyBytes > 0 && r.dirtyBytes.Load() > r.opts.MaxDirtyBytes) {
 		_, err := h.checkpoint(ctx)
 		return err
 	}
@@ -566,11 +625,7 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		}
 		ids := make([]ID, len(base))
 		copy(ids, base)
-		for i := range ids {
-			if d.set[i/64]&(1<<(i%64)) != 0 {
-				ids[i] = d.ids[i]
-			}
-		}
+		d.applyTo(ids)
 		id, g, n, err := r.storeNode(ctx, 0, ids)
 		if err != nil {
 			return headState{}, err
@@ -598,6 +653,7 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 	}
 	h.leaves = newLeaves
 	clear(h.dirty)
+	h.account(-h.dirtyBytes)
 	// The journals are folded in; removing them is housekeeping (recovery skips them).
 	var names []string
 	_ = r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
@@ -617,6 +673,10 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 
 // Close releases the head. Unflushed writes are dropped (they were never acknowledged).
 func (h *Head) Close() error {
+	if h.dirtyBytes != 0 {
+		h.account(-h.dirtyBytes)
+		clear(h.dirty)
+	}
 	h.broken = errors.New("the head is closed")
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -68,9 +69,12 @@ type Options struct {
 	GCGrace time.Duration
 	// MaxDirtyLeaves bounds a head's memory: past it the head writes a checkpoint.
 	MaxDirtyLeaves int // default 256 (8 MiB of tables, 16 GiB of volume at defaults)
-	Parallelism    int // workers for hashing/compression and reads (default GOMAXPROCS)
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// MaxDirtyBytes bounds the memory of all heads' changed tables together: past it,
+	// the head being written checkpoints (default 64 MiB).
+	MaxDirtyBytes int64
+	Parallelism   int // workers for hashing/compression and reads (default GOMAXPROCS)
+	Logger        *slog.Logger
+	Now           func() time.Time
 }
 
 func (o *Options) fill() {
@@ -91,6 +95,9 @@ func (o *Options) fill() {
 	}
 	if o.MaxDirtyLeaves == 0 {
 		o.MaxDirtyLeaves = 256
+	}
+	if o.MaxDirtyBytes == 0 {
+		o.MaxDirtyBytes = 64 << 20
 	}
 	if o.Parallelism == 0 {
 		o.Parallelism = runtime.GOMAXPROCS(0)
@@ -135,6 +142,8 @@ type Repo struct {
 
 	packer *packer
 	nodes  *nodeCache
+
+	dirtyBytes atomic.Int64 // memory of every open head's changed tables
 }
 
 // loc is where a chunk is.

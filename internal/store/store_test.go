@@ -644,3 +644,54 @@ func TestPrecompressedS2IsStoredAsGiven(t *testing.T) {
 		t.Fatalf("precompressed blocks stored %d bytes for %d: not compressed", st.StoredBytes, st.RawBytes)
 	}
 }
+
+// TestManyHeadsStayWithinTheMemoryBudget: heads with light, scattered writes hold
+// small tables, and all heads together stay within MaxDirtyBytes (checkpointing when
+// they would not), without changing what they hold.
+func TestManyHeadsStayWithinTheMemoryBudget(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.Fanout = 1024
+	opts.MaxDirtyLeaves = 1 << 20
+	opts.MaxDirtyBytes = 16 << 10
+	r, _, _ := newTestRepo(t, opts)
+	const nblocks = 64 * 1024 // 4 GiB volumes: 64 leaves each
+	var heads []*Head
+	models := make([]model, 20)
+	for i := range 20 {
+		h, err := r.OpenHead(ctx, fmt.Sprintf("s-m%d", i), "vda", nblocks*testBS, HeadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		heads = append(heads, h)
+		models[i] = model{}
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	peak := int64(0)
+	for round := 0; round < 30; round++ {
+		for i, h := range heads {
+			b := uint64(rng.IntN(nblocks))
+			write(t, h, models[i], map[uint64]uint32{b: uint32(round%3 + 1)})
+			peak = max(peak, r.dirtyBytes.Load())
+		}
+	}
+	if peak > opts.MaxDirtyBytes+4096 {
+		t.Fatalf("the heads' tables peaked at %d bytes, the budget is %d", peak, opts.MaxDirtyBytes)
+	}
+	// Full tables for 600 scattered writes would be 19 MiB; small ones and the budget
+	// keep them under 16 KiB.
+	t.Logf("peak %d bytes of changed tables for 600 scattered writes in 20 volumes", peak)
+	for i, h := range heads[:3] {
+		p, err := r.SealPIT(ctx, SealRequest{ID: "pit-m", Server: h.Server(), Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := r.OpenVolume(ctx, p, "vda")
+		for b, ver := range models[i] {
+			got, err := v.ReadBlock(ctx, b, nil)
+			if err != nil || !bytes.Equal(got, content(b, ver)) {
+				t.Fatalf("head %d block %d is not version %d (%v)", i, b, ver, err)
+			}
+		}
+	}
+}
