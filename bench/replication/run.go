@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -52,7 +53,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.StringVar(&f.fioBS, "fio-bs", "64k", "fio block sizes, comma-separated (one load each)")
 	fs.IntVar(&f.fioInterval, "fio-interval", 2, "consistency-point interval during the fio load (s)")
 	fs.Float64Var(&f.changePct, "change-pct", 1, "percent of the volume's blocks an incremental cycle changes")
-	fs.Float64Var(&f.quiet, "quiet-load", 1.5, "wait (up to 2 min) for the 1-minute load average to drop below this before each phase")
+	fs.Float64Var(&f.quiet, "quiet", 0.25, "before each timed step, wait (up to 2 min) until the CPUs were less than this busy for 3 s")
 	fs.StringVar(&f.codecs, "codecs", "zstd,s2", "compressions of the initial sync; the first is kept for the other phases")
 	fs.BoolVar(&f.anchors, "anchors", true, "run the anchors (false: Lifeboat's figures only)")
 	fs.BoolVar(&f.perf, "perf", false, "record perf profiles of the agent and replicator during the initial syncs")
@@ -86,6 +87,7 @@ func cmdRun(ctx context.Context, args []string) error {
 		return err
 	}
 	u.push(func() { _ = os.RemoveAll(work) })
+	resticEnv = append(resticEnv, "RESTIC_CACHE_DIR="+filepath.Join(work, "restic-cache"))
 	b := &bench{f: f, sink: sink, u: u, work: work}
 	if err := b.small(ctx, want); err != nil {
 		return err
@@ -113,7 +115,7 @@ func (b *bench) anchor(ctx context.Context, phase, name, data string, rep int, b
 		return 0, nil
 	}
 	b.quietWait(ctx)
-	load := loadAvg()
+	load := startLoad()
 	el, cpu, err := timeShell(ctx, env, script)
 	if err != nil {
 		return 0, err
@@ -125,7 +127,12 @@ func (b *bench) anchor(ctx context.Context, phase, name, data string, rep int, b
 
 func (b *bench) quietWait(ctx context.Context) { waitQuiet(ctx, b.f.quiet, 2*time.Minute) }
 
-var resticEnv = []string{"RESTIC_PASSWORD=lifeboat-bench", "RESTIC_CACHE_DIR=/nonexistent-cache", "GOMAXPROCS=2"}
+// startLoad describes the machine when a timed step starts: the load average and how
+// busy the CPUs were in the last 3 s (the wait before it measured that).
+func startLoad() string { return fmt.Sprintf("%s (CPUs %.0f%% busy)", loadAvg(), 100*lastBusy) }
+
+// resticEnv is restic's environment; its cache lives in the work directory (set by cmdRun).
+var resticEnv = []string{"RESTIC_PASSWORD=lifeboat-bench"}
 
 // small runs the phases on the 4 GiB volume.
 func (b *bench) small(ctx context.Context, want map[string]bool) error {
@@ -251,7 +258,7 @@ func (b *bench) initialSync(ctx context.Context, u *undo, dir, name, codec, dev,
 		return nil, nil, err
 	}
 	b.quietWait(ctx)
-	load := loadAvg()
+	load := startLoad()
 	dropCaches()
 	t0 := time.Now()
 	if err := a.start(u); err != nil {
@@ -293,7 +300,7 @@ func (b *bench) rescan(ctx context.Context, a *agentProc, data string, size int6
 	}
 	a.stop()
 	b.quietWait(ctx)
-	load := loadAvg()
+	load := startLoad()
 	dropCaches()
 	t0 := time.Now()
 	if err := a.start(b.u); err != nil {
@@ -389,7 +396,7 @@ func (b *bench) cycle(ctx context.Context, a *agentProc, phase, data string, rep
 		return err
 	}
 	b.quietWait(ctx)
-	load := loadAvg()
+	load := startLoad()
 	dropCaches()
 	t0 := time.Now()
 	if err := applyChange(pieces, blockSize, dataSeed); err != nil {
@@ -470,7 +477,12 @@ func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, b
 	if fileSize < 32<<20 {
 		return fmt.Errorf("the largest file on %s (%s) has only %d MiB", mnt, file, fileSize>>20)
 	}
-	// Let the layout drain.
+	fioArgs := []string{"--name=steady", "--filename=" + file, fmt.Sprintf("--size=%d", fileSize), "--rw=randwrite", "--bs=" + bs,
+		"--direct=1", "--ioengine=psync", "--rate=10m", "--time_based", "--randrepeat=0", "--allow_file_create=0", "--output-format=json"}
+	if err := b.freezeUnderLoad(ctx, cl, a, data, mnt, fioArgs); err != nil {
+		return err
+	}
+	// Let everything drain.
 	if _, err := a.waitState(ctx, 5*time.Minute, func(s agent.Status) bool {
 		return s.BacklogBytes == 0 && s.LagSeconds != nil && *s.LagSeconds < 2 && time.Since(s.UpdatedAt) < 3*time.Second
 	}); err != nil {
@@ -478,7 +490,7 @@ func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, b
 	}
 	sleepCtx(ctx, 3*time.Second)
 	b.quietWait(ctx)
-	load := loadAvg()
+	load := startLoad()
 	type sample struct {
 		at      time.Time
 		lag     float64
@@ -513,9 +525,7 @@ func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, b
 	agentCPU0, repCPU0 := cpuTime(a.p.pid()), cpuTime(cl.rep.pid())
 	sent0, _ := a.status()
 	t0 := time.Now()
-	fioOut, err := run(ctx, "fio", "--name=steady", "--filename="+file, fmt.Sprintf("--size=%d", fileSize), "--rw=randwrite", "--bs="+bs,
-		"--direct=1", "--ioengine=psync", "--rate=10m", "--time_based", fmt.Sprintf("--runtime=%d", b.f.fioSeconds),
-		"--randrepeat=0", "--allow_file_create=0", "--output-format=json")
+	fioOut, err := run(ctx, "fio", append(fioArgs, fmt.Sprintf("--runtime=%d", b.f.fioSeconds))...)
 	t1 := time.Now()
 	agentCPU, repCPU := cpuTime(a.p.pid())-agentCPU0, cpuTime(cl.rep.pid())-repCPU0
 	sleepCtx(ctx, 2500*time.Millisecond)
@@ -568,36 +578,84 @@ func largestFile(root string) (string, int64, error) {
 	return best, size, err
 }
 
-// freezeAnchor times FIFREEZE + FITHAW of the idle mounted filesystem, syncfs first as
-// the agent does: what the kernel alone costs for a freeze on this volume.
-func (b *bench) freezeAnchor(ctx context.Context, data, mnt string, n int) error {
+// timeFreezes times n FIFREEZE + FITHAW of the mounted filesystem, gap apart, syncfs
+// first as the agent does: what the kernel alone costs for a freeze on this volume.
+func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration) ([]float64, error) {
 	f, err := os.Open(mnt)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer f.Close()
-	b.quietWait(ctx)
-	load := loadAvg()
 	var ms []float64
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		if err := unix.Syncfs(int(f.Fd())); err != nil {
-			return err
+			return nil, err
 		}
 		t0 := time.Now()
 		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045877, 0); e != 0 { // FIFREEZE
-			return fmt.Errorf("FIFREEZE %s: %w", mnt, e)
+			return nil, fmt.Errorf("FIFREEZE %s: %w", mnt, e)
 		}
 		_, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045878, 0) // FITHAW
 		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
 		if e != 0 {
-			return fmt.Errorf("FITHAW %s: %w", mnt, e)
+			return nil, fmt.Errorf("FITHAW %s: %w", mnt, e)
 		}
-		sleepCtx(ctx, 200*time.Millisecond)
+		sleepCtx(ctx, gap)
 	}
-	b.sink.add(result{Phase: "freeze-anchor", Name: "FIFREEZE+FITHAW", Cmd: "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW (idle volume, no agent)",
-		Data: data, Seconds: pct(ms, 50) / 1000, Load: load,
+	return ms, nil
+}
+
+func (b *bench) addFreezeAnchor(name, cmd, data, load string, ms []float64) {
+	b.sink.add(result{Phase: "freeze-anchor", Name: name, Cmd: cmd, Data: data, Seconds: pct(ms, 50) / 1000, Load: load,
 		Extra: map[string]float64{"p50Ms": pct(ms, 50), "p99Ms": pct(ms, 99), "maxMs": pct(ms, 100), "samples": float64(len(ms))}})
+}
+
+// freezeAnchor times the kernel's freeze of the idle volume (no agent yet).
+func (b *bench) freezeAnchor(ctx context.Context, data, mnt string, n int) error {
+	b.quietWait(ctx)
+	load := startLoad()
+	ms, err := timeFreezes(ctx, mnt, n, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	b.addFreezeAnchor("FIFREEZE+FITHAW", "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW (idle volume, no agent)", data, load, ms)
 	return nil
+}
+
+// freezeUnderLoad times the kernel's freeze under the same fio load, with replication
+// paused (so the agent takes no points): what the agent's freezes cannot go below.
+func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, data, mnt string, fioArgs []string) error {
+	if _, err := cl.admin.ReplicationAction(ctx, a.id, api.ActionPause); err != nil {
+		return err
+	}
+	if _, err := a.waitState(ctx, time.Minute, func(s agent.Status) bool { return s.State == api.StatePaused }); err != nil {
+		return err
+	}
+	b.quietWait(ctx)
+	load := startLoad()
+	fio := exec.CommandContext(ctx, "fio", append(fioArgs, "--runtime=40")...)
+	fio.Stdout, fio.Stderr = nil, nil
+	if err := fio.Start(); err != nil {
+		return err
+	}
+	sleepCtx(ctx, 5*time.Second)
+	ms, ferr := timeFreezes(ctx, mnt, 30, time.Second)
+	werr := fio.Wait()
+	if _, err := cl.admin.ReplicationAction(ctx, a.id, api.ActionResume); err != nil {
+		return err
+	}
+	if ferr != nil {
+		return ferr
+	}
+	if werr != nil {
+		return fmt.Errorf("fio: %w", werr)
+	}
+	b.addFreezeAnchor("FIFREEZE+FITHAW under load", "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW, every 1 s during the same fio load, replication paused",
+		data, load, ms)
+	_, err := a.waitState(ctx, 5*time.Minute, func(s agent.Status) bool {
+		return s.State == api.StateContinuous && s.BacklogBytes == 0 && s.LagSeconds != nil && *s.LagSeconds < 2 && time.Since(s.UpdatedAt) < 3*time.Second
+	})
+	return err
 }
 
 // fioSummary returns fio's write bandwidth (bytes/s) and its CPU share (%).

@@ -13,8 +13,8 @@
 #   - 300 simulated agents with light writes against one replicator (ack latency, RSS),
 #     and 15 simulated volumes streaming at full speed (replicator RSS).
 # The page cache is dropped before every timed step; every step ends with its data on
-# disk (the store fsyncs; the anchors run sync inside their timing). Each phase waits
-# (up to 5 minutes) for the 1-minute load average to drop below 1.5 first.
+# disk (the store fsyncs; the anchors run sync inside their timing). Each timed step
+# first waits (up to 2 minutes) until the CPUs were less than 25% busy for 3 s.
 # Needs root, restic, rsync and fio. Writes bench/replication/RESULTS.md.
 # Usage: bench/replication/run.sh [replbench run flags…]   (e.g. -reps 5)
 set -euo pipefail

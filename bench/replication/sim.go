@@ -170,6 +170,13 @@ func cmdSim(ctx context.Context, args []string) error {
 		case <-ctx.Done():
 		}
 		r := memKiB(repPID, "VmRSS")
+		if *heap != "" && r > rssMax*6/5 {
+			// The heap at the highest RSS so far (as of the last GC).
+			if hf, err := os.Create(*heap + ".peak"); err == nil {
+				_ = pprof.WriteHeapProfile(hf)
+				hf.Close()
+			}
+		}
 		rssMax = max(rssMax, r)
 		rss = append(rss, float64(r)/1024)
 	}

@@ -164,17 +164,50 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-func load1() float64 {
-	v, _ := strconv.ParseFloat(strings.Fields(loadAvg() + " 0")[0], 64)
-	return v
+// cpuBusy is the busy fraction of all CPUs over d, from /proc/stat.
+func cpuBusy(ctx context.Context, d time.Duration) float64 {
+	read := func() (busy, total float64) {
+		b, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0
+		}
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		for i, v := range f[1:] {
+			x, _ := strconv.ParseFloat(v, 64)
+			if i >= 8 { // guest times are counted in user already
+				break
+			}
+			total += x
+			if i != 3 && i != 4 { // idle, iowait
+				busy += x
+			}
+		}
+		return busy, total
+	}
+	b0, t0 := read()
+	sleepCtx(ctx, d)
+	b1, t1 := read()
+	if t1 <= t0 {
+		return 0
+	}
+	return (b1 - b0) / (t1 - t0)
 }
 
-// waitQuiet waits, at most max, until the 1-minute load average is below limit.
+// lastBusy is the CPUs' busy fraction waitQuiet last measured.
+var lastBusy float64
+
+// waitQuiet waits, at most max, until the CPUs were less than limit busy for 3 s: the
+// load average lags a minute behind (and counts this program's own last step), this
+// says whether someone else is using the machine now.
 func waitQuiet(ctx context.Context, limit float64, max time.Duration) {
 	deadline := time.Now().Add(max)
-	for load1() >= limit && time.Now().Before(deadline) && ctx.Err() == nil {
-		log.Printf("load average %s: waiting for the machine to be quieter (< %.1f)", loadAvg(), limit)
-		sleepCtx(ctx, 10*time.Second)
+	for ctx.Err() == nil {
+		lastBusy = cpuBusy(ctx, 3*time.Second)
+		if lastBusy < limit || time.Now().After(deadline) {
+			return
+		}
+		log.Printf("CPUs %.0f%% busy (load average %s): waiting for the machine to be quieter", 100*lastBusy, loadAvg())
+		sleepCtx(ctx, 5*time.Second)
 	}
 }
 
