@@ -195,7 +195,10 @@ func (r *report) write(w *os.File) {
 		p("**Lifeboat**: from the end of write+sync to the first PIT after it listed by the control plane (points every")
 		p("1 s); *with write* adds the write+sync itself. Then, on the same changed image, rsync updates its copy in place")
 		p("and restic backs it up again (both read the whole image). The large volume gets the same change (same files")
-		p("and offsets, other random bytes) in its own store.")
+		p("and offsets, other random bytes) in its own store. *wait for point* is the time from the end of the sync to the")
+		p("consistency point the PIT was taken at (the agent takes one every interval — 1 s, the shortest setting, here —")
+		p("or when asked, but it sees a request only when it next reads its config, every 5 s); *point → listed* is")
+		p("freeze, the rest of the change sent and acknowledged, PIT sealed in the store and recorded by the control plane.")
 		p("")
 		var small, large []float64
 		for _, data := range r.datas("incremental") {
@@ -258,7 +261,11 @@ func (r *report) write(w *os.File) {
 		p("|---|---:|---:|---:|---:|")
 		p("| lag (s) | %s | %s | %s | %0.f |", fx(e["lagP50"], 2), fx(e["lagP99"], 2), fx(e["lagMax"], 2), e["lagSamples"])
 		p("| freeze (ms) | %s | %s | %s | %0.f |", fx(e["freezeP50Ms"], 1), fx(e["freezeP99Ms"], 1), fx(e["freezeMaxMs"], 1), e["points"])
-		for _, n := range []string{"FIFREEZE+FITHAW", "FIFREEZE+FITHAW under load"} {
+		bsv := ""
+		if i := strings.Index(x.Data, "bs="); i >= 0 {
+			bsv = strings.Fields(x.Data[i:])[0]
+		}
+		for _, n := range []string{"FIFREEZE+FITHAW", "FIFREEZE+FITHAW under load " + bsv} {
 			if fa, ok := r.find("freeze-anchor", n, "", -1); ok {
 				p("| kernel alone (ms): %s | %s | %s | %s | %0.f |", fa.Cmd, fx(fa.Extra["p50Ms"], 1), fx(fa.Extra["p99Ms"], 1), fx(fa.Extra["maxMs"], 1), fa.Extra["samples"])
 			}
@@ -267,9 +274,9 @@ func (r *report) write(w *os.File) {
 		p("fio wrote %s MB/s; the agent sent %s MB/s of blocks. CPU (%% of one core): agent %s%%, replicator %s%%, fio %s%%. Points not taken under freeze: %0.f. Load at start: %s.",
 			fx(e["fioMBps"], 1), fx(e["sentMBps"], 1), fx(e["agentCPUPercent"], 1), fx(e["replicatorCPUPercent"], 1), fx(e["fioCPUPercent"], 1), e["pointsNotFilesystem"], x.Load)
 		p("")
-		bs := ""
-		if i := strings.Index(x.Data, "bs="); i >= 0 {
-			bs = " (" + strings.Fields(x.Data[i:])[0] + ")"
+		bs := " (" + bsv + ")"
+		if bsv == "bs=4k" {
+			bs = " (bs=4k: every 4 KiB write dirties a 64 KiB block, so ~16× more to send)"
 		}
 		r.goal("p99 lag ≤ 1 s under 10 MB/s random writes"+bs, fx(e["lagP99"], 2)+" s", e["lagP99"] <= 1)
 		r.goal("p99 freeze ≤ 50 ms"+bs, fx(e["freezeP99Ms"], 1)+" ms", e["freezeP99Ms"] <= 50)

@@ -50,7 +50,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.IntVar(&f.reps, "reps", 3, "incremental cycles per volume")
 	fs.IntVar(&f.bigGiB, "big-gib", 16, "size of the large volume (the image plus zeros)")
 	fs.IntVar(&f.fioSeconds, "fio-seconds", 120, "length of the steady fio load")
-	fs.StringVar(&f.fioBS, "fio-bs", "64k", "fio block sizes, comma-separated (one load each)")
+	fs.StringVar(&f.fioBS, "fio-bs", "64k,4k", "fio block sizes, comma-separated (one load each)")
 	fs.IntVar(&f.fioInterval, "fio-interval", 2, "consistency-point interval during the fio load (s)")
 	fs.Float64Var(&f.changePct, "change-pct", 1, "percent of the volume's blocks an incremental cycle changes")
 	fs.Float64Var(&f.quiet, "quiet", 0.25, "before each timed step, wait (up to 2 min) until the CPUs were less than this busy for 3 s")
@@ -479,7 +479,7 @@ func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, b
 	}
 	fioArgs := []string{"--name=steady", "--filename=" + file, fmt.Sprintf("--size=%d", fileSize), "--rw=randwrite", "--bs=" + bs,
 		"--direct=1", "--ioengine=psync", "--rate=10m", "--time_based", "--randrepeat=0", "--allow_file_create=0", "--output-format=json"}
-	if err := b.freezeUnderLoad(ctx, cl, a, data, mnt, fioArgs); err != nil {
+	if err := b.freezeUnderLoad(ctx, cl, a, data, mnt, "bs="+bs, fioArgs); err != nil {
 		return err
 	}
 	// Let everything drain.
@@ -624,7 +624,7 @@ func (b *bench) freezeAnchor(ctx context.Context, data, mnt string, n int) error
 
 // freezeUnderLoad times the kernel's freeze under the same fio load, with replication
 // paused (so the agent takes no points): what the agent's freezes cannot go below.
-func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, data, mnt string, fioArgs []string) error {
+func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, data, mnt, bs string, fioArgs []string) error {
 	if _, err := cl.admin.ReplicationAction(ctx, a.id, api.ActionPause); err != nil {
 		return err
 	}
@@ -650,7 +650,7 @@ func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, 
 	if werr != nil {
 		return fmt.Errorf("fio: %w", werr)
 	}
-	b.addFreezeAnchor("FIFREEZE+FITHAW under load", "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW, every 1 s during the same fio load, replication paused",
+	b.addFreezeAnchor("FIFREEZE+FITHAW under load "+bs, "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW, every 1 s during the same fio load, replication paused",
 		data, load, ms)
 	_, err := a.waitState(ctx, 5*time.Minute, func(s agent.Status) bool {
 		return s.State == api.StateContinuous && s.BacklogBytes == 0 && s.LagSeconds != nil && *s.LagSeconds < 2 && time.Since(s.UpdatedAt) < 3*time.Second
