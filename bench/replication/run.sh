@@ -45,7 +45,7 @@ after=$(load)
 {
   echo "# Replication benchmark"
   echo
-  echo "Command: \`bench/replication/run.sh $*\` started $started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+  echo "Command: \`bench/replication/run.sh${*:+ $*}\` started $started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "$(free -g | awk '/Mem:/ {print $2}') GiB RAM, kernel $(uname -r), $(go version | cut -d' ' -f3), restic $(restic version | cut -d' ' -f2),"
   echo "rsync $(rsync --version | head -1 | awk '{print $3}'), $(fio --version)."
   echo "The machine is shared with other work: load average (1, 5, 15 min) $before before, $after after; each"
