@@ -35,6 +35,7 @@ import (
 // authenticated with the agent's certificate).
 type ControlPlane interface {
 	ReplicationConfig(ctx context.Context, id string) (api.ReplicationConfig, error)
+	ReplicationConfigWait(ctx context.Context, id, known string, wait time.Duration) (api.ReplicationConfig, error)
 	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
 	SetVolumes(ctx context.Context, id string, volumes []api.Volume) (api.SourceServer, error)
 }
@@ -48,7 +49,8 @@ type Config struct {
 	Volumes      []string        // block devices or image files; empty: discovered
 	StateDir     string          // hash tables, tracker generation, status
 	ForceScan    bool            // never use the eBPF tracker
-	// Poll is how often the replication config is read (default 5 s); Report how often
+	// Poll bounds how long the agent waits for a config change while it cannot
+	// replicate (default 5 s; it is told of changes at once); Report how often
 	// the state is reported (default 2 s).
 	Poll, Report time.Duration
 	// ScanPause, when set, pauses this long after every batch a scan sends (tests that
@@ -116,6 +118,72 @@ type Agent struct {
 	rescan bool // the next session rescans every volume
 
 	verify verifyPass // used by the session goroutine only
+
+	cfgMu      sync.Mutex
+	latest     *api.ReplicationConfig // the replication config as last read
+	cfgChanged chan struct{}          // closed when latest changes
+}
+
+// watchConfig keeps the replication config current: it waits on the control plane for
+// a change (a snapshot request, a stop, new settings), so the agent acts on one at once.
+func (a *Agent) watchConfig(ctx context.Context) {
+	known := ""
+	backoff := time.Second
+	for ctx.Err() == nil {
+		cfg, err := a.cfg.ControlPlane.ReplicationConfigWait(ctx, a.cfg.ServerID, known, 20*time.Second)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn("cannot read the replication config from the control plane", "err", err)
+			}
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		if fp := cfg.Fingerprint(); fp != known {
+			known = fp
+			a.cfgMu.Lock()
+			a.latest = &cfg
+			if a.cfgChanged != nil {
+				close(a.cfgChanged)
+			}
+			a.cfgChanged = make(chan struct{})
+			a.cfgMu.Unlock()
+		}
+	}
+}
+
+// config returns the latest replication config, waiting for the first one.
+func (a *Agent) config(ctx context.Context) (api.ReplicationConfig, bool) {
+	for {
+		a.cfgMu.Lock()
+		cfg := a.latest
+		a.cfgMu.Unlock()
+		if cfg != nil {
+			return *cfg, true
+		}
+		select {
+		case <-ctx.Done():
+			return api.ReplicationConfig{}, false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitConfigChange waits until the config changes or d passes.
+func (a *Agent) waitConfigChange(ctx context.Context, d time.Duration) {
+	a.cfgMu.Lock()
+	ch := a.cfgChanged
+	a.cfgMu.Unlock()
+	if ch == nil {
+		sleep(ctx, d)
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-ch:
+	case <-time.After(d):
+	}
 }
 
 // New opens the volumes and returns an agent; Run replicates them.
@@ -170,15 +238,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	go a.reportLoop(ctx)
 	a.reportVolumes(ctx)
 
+	go a.watchConfig(ctx)
 	backoff := time.Second
 	var lastGen int64 = -1
 	for ctx.Err() == nil {
-		cfg, err := a.cfg.ControlPlane.ReplicationConfig(ctx, a.cfg.ServerID)
-		if err != nil {
-			a.log.Warn("cannot read the replication config from the control plane", "err", err)
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, 30*time.Second)
-			continue
+		cfg, ok := a.config(ctx)
+		if !ok {
+			break
 		}
 		if lastGen >= 0 && cfg.Control.Generation != lastGen {
 			a.setRescan("an operator asked to restart replication")
@@ -187,19 +253,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		switch {
 		case cfg.Control.Desired == api.DesiredStopped:
 			a.setState(api.StateStopped, nil)
-			sleep(ctx, a.cfg.Poll)
+			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		case cfg.Control.Desired == api.DesiredPaused:
 			a.setState(api.StatePaused, nil)
-			sleep(ctx, a.cfg.Poll)
+			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		case cfg.Replicator == nil:
 			a.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepFailed,
 				&api.ReplicationError{Code: api.ErrReplicatorNotAssigned, Message: "no replication server serves this server's site: start one (lifeboat replicator) or check the target site"})
-			sleep(ctx, a.cfg.Poll)
+			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		}
-		err = a.session(ctx, cfg)
+		err := a.session(ctx, cfg)
 		if ctx.Err() != nil {
 			break
 		}

@@ -311,7 +311,7 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 	a.setState(api.StateContinuous, nil)
 	interval := time.Duration(cfg.Settings.ConsistencyPointIntervalSeconds) * time.Second
 	bound := time.Duration(cfg.Settings.FreezeTimeoutMs) * time.Millisecond
-	lastPoll, lastPoint := time.Now(), time.Time{}
+	lastPoint := time.Time{}
 	handledRequest := ""
 	var passTook time.Duration
 	var growing int
@@ -329,10 +329,8 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 				msg: "the eBPF tracker lost write events (a write storm outran the agent); rescanning, nothing is lost"}
 		}
 		// The config: stop, pause, a new replicator or generation end the session.
-		if time.Since(lastPoll) >= a.cfg.Poll || (cfg.Control.SnapshotRequest != nil && cfg.Control.SnapshotRequest.ID != handledRequest && time.Since(lastPoll) >= time.Second) {
-			lastPoll = time.Now()
-			nc, err := a.cfg.ControlPlane.ReplicationConfig(ctx, a.cfg.ServerID)
-			if err == nil {
+		if nc, ok := a.config(ctx); ok && nc.Fingerprint() != cfg.Fingerprint() {
+			{
 				if nc.Control.Desired != api.DesiredReplicating || nc.Control.Generation != cfg.Control.Generation ||
 					nc.Replicator == nil || nc.Replicator.Address != cfg.Replicator.Address {
 					return nil

@@ -31,7 +31,7 @@ func TestOverridesApplyWithoutSharingTheTemplate(t *testing.T) {
 	}
 	bw, site := 20, "dr"
 	eff := tmpl.Apply(ReplicationSettingsOverrides{BandwidthMbps: &bw, TargetSite: &site})
-	if eff.BandwidthMbps != 20 || eff.TargetSite != "dr" || eff.Compression != CompressionZstd {
+	if eff.BandwidthMbps != 20 || eff.TargetSite != "dr" || eff.Compression != CompressionS2 {
 		t.Fatalf("effective %+v", eff)
 	}
 	eff.PITPolicy.Rules[0].Interval = 5

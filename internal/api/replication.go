@@ -2,6 +2,11 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/url"
+	"strconv"
 	"time"
 )
 
@@ -80,4 +85,24 @@ func (r ProtectRecoverySnapshotRequest) Validate() error {
 func (c *Client) ProtectRecoverySnapshot(ctx context.Context, id string, until time.Time) (RecoverySnapshot, error) {
 	var out RecoverySnapshot
 	return out, c.do(ctx, "PUT", "/api/v1/recovery-snapshots/"+esc(id)+"/lock", nil, ProtectRecoverySnapshotRequest{LockUntil: until}, &out)
+}
+
+// Fingerprint identifies the content of a replication config: an agent that waits for
+// a change sends the fingerprint of the config it has.
+func (c ReplicationConfig) Fingerprint() string {
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// MaxConfigWait is the longest a replication-config request waits for a change.
+const MaxConfigWait = 25 * time.Second
+
+// ReplicationConfigWait returns the replication config as soon as it differs from the
+// one whose fingerprint is known, or after wait (at most MaxConfigWait) when nothing
+// changed: the agent learns of a snapshot request or a stop at once, without polling.
+func (c *Client) ReplicationConfigWait(ctx context.Context, id, known string, wait time.Duration) (ReplicationConfig, error) {
+	var out ReplicationConfig
+	q := url.Values{"known": {known}, "wait": {strconv.Itoa(int(min(wait, MaxConfigWait) / time.Second))}}
+	return out, c.do(ctx, "GET", "/api/v1/source-servers/"+esc(id)+"/replication-config", q, nil, &out)
 }

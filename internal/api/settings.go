@@ -75,8 +75,10 @@ func DefaultReplicationSettings(storeURL string) ReplicationSettings {
 		PITPolicy:                       DefaultPITPolicy(),
 		ConsistencyPointIntervalSeconds: 10,
 		FreezeTimeoutMs:                 200,
-		Compression:                     CompressionZstd,
-		StagingStoreURL:                 storeURL,
+		// s2 by measurement: zstd compresses ~15% smaller but costs the agent and the
+		// replicator about twice the CPU (bench/replication/RESULTS.md).
+		Compression:     CompressionS2,
+		StagingStoreURL: storeURL,
 	}
 }
 

@@ -199,7 +199,7 @@ func TestCLIOverTheAPI(t *testing.T) {
 	e.must("settings", "replication", "set", "--server-id", id, "--inherit", "compression")
 	ss = api.ServerReplicationSettings{}
 	_ = json.Unmarshal([]byte(e.must("settings", "replication", "get", "--server-id", id, "-o", "json")), &ss)
-	if ss.Effective.Compression != "zstd" || ss.Overrides.Compression != nil || ss.Overrides.ConsistencyPointIntervalSeconds == nil {
+	if ss.Effective.Compression != "s2" || ss.Overrides.Compression != nil || ss.Overrides.ConsistencyPointIntervalSeconds == nil {
 		t.Fatalf("after --inherit compression: %+v", ss)
 	}
 	e.must("settings", "launch", "set", id, "--cpus", "3", "--network", "user", "--port-forward", "tcp:2222:22", "--tag", "env=dr")

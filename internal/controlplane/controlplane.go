@@ -80,6 +80,9 @@ type ControlPlane struct {
 	listener net.Listener
 	server   *http.Server
 	stopping chan struct{} // closed when shutdown begins: ends event streams
+
+	watchMu  sync.Mutex               // guards watchers
+	watchers map[string]chan struct{} // source server id → closed when its config changes
 	stopOnce sync.Once
 	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
 }

@@ -240,7 +240,7 @@ func TestReplicatorAssignmentSnapshotsAndFailover(t *testing.T) {
 		}
 		assigned, err := r1.AssignedSourceServers(e.ctx, r1reg.Replicator.ID)
 		if err != nil || len(assigned.Items) != 1 || assigned.Items[0].SourceServer.ID != a.SourceServer.ID ||
-			assigned.Items[0].Settings.Compression != api.CompressionZstd {
+			assigned.Items[0].Settings.Compression != api.CompressionS2 {
 			t.Fatalf("assigned: %+v, %v", assigned, err)
 		}
 

@@ -91,6 +91,9 @@ func (c *call) replicationAction() (api.ReplicationControl, error) {
 		return c.record(tx, s.AccountID, "source-server.replication-"+action, "source-server", s.ID,
 			map[string]any{"desired": ctl.Desired, "generation": ctl.Generation}, ctl)
 	})
+	if err == nil {
+		c.cp.serverChanged(c.pathID())
+	}
 	return out, err
 }
 
@@ -121,6 +124,9 @@ func (c *call) requestSnapshot() (api.SnapshotRequest, error) {
 		return c.record(tx, s.AccountID, "source-server.snapshot-request", "source-server", s.ID,
 			map[string]any{"request": out.ID}, out)
 	})
+	if err == nil {
+		c.cp.serverChanged(c.pathID())
+	}
 	return out, err
 }
 
@@ -221,4 +227,33 @@ func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.Rec
 			map[string]any{"lockUntil": until, "sourceServerId": snap.SourceServerID}, snap.RecoverySnapshot)
 	})
 	return snap.RecoverySnapshot, err
+}
+
+// watchServer returns a channel closed at the next change of what a server's agent
+// reads in its replication config (serverChanged).
+func (cp *ControlPlane) watchServer(id string) <-chan struct{} {
+	cp.watchMu.Lock()
+	defer cp.watchMu.Unlock()
+	if cp.watchers == nil {
+		cp.watchers = map[string]chan struct{}{}
+	}
+	ch, ok := cp.watchers[id]
+	if !ok {
+		ch = make(chan struct{})
+		cp.watchers[id] = ch
+	}
+	return ch
+}
+
+// serverChanged wakes the agents waiting on a server's replication config ("" wakes
+// all: an account's template changed).
+func (cp *ControlPlane) serverChanged(id string) {
+	cp.watchMu.Lock()
+	defer cp.watchMu.Unlock()
+	for k, ch := range cp.watchers {
+		if id == "" || k == id {
+			close(ch)
+			delete(cp.watchers, k)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"strconv"
+	"time"
 
 	"strings"
 
@@ -353,6 +354,36 @@ func effective(tx *db.Tx, s db.SourceServer) (api.ReplicationSettings, error) {
 }
 
 func (c *call) replicationConfig() (api.ReplicationConfig, error) {
+	q := c.r.URL.Query()
+	known, waitS := q.Get("known"), q.Get("wait")
+	wait := time.Duration(0)
+	if waitS != "" {
+		n, err := strconv.Atoi(waitS)
+		if err != nil || n < 0 || time.Duration(n)*time.Second > api.MaxConfigWait {
+			return api.ReplicationConfig{}, api.Invalid("wait must be 0 to %d seconds, not %q", int(api.MaxConfigWait/time.Second), waitS)
+		}
+		wait = time.Duration(n) * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		// Register for a change before reading, so none is missed between the two.
+		changed := c.cp.watchServer(c.pathID())
+		out, err := c.readReplicationConfig()
+		if err != nil || known == "" || out.Fingerprint() != known || !time.Now().Before(deadline) {
+			return out, err
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Until(deadline)):
+		case <-c.ctx.Done():
+			return out, c.ctx.Err()
+		case <-c.cp.stopping:
+			return out, nil
+		}
+	}
+}
+
+func (c *call) readReplicationConfig() (api.ReplicationConfig, error) {
 	var out api.ReplicationConfig
 	err := c.view(func(tx *db.Tx) error {
 		s, err := c.loadServer(tx, c.pathID())
@@ -444,6 +475,9 @@ func (c *call) putServerSettings(req *api.ReplicationSettingsOverrides) (api.Ser
 		}
 		return c.assignAccount(tx, s.AccountID)
 	})
+	if err == nil {
+		c.cp.serverChanged(c.pathID())
+	}
 	return out, err
 }
 
@@ -486,6 +520,9 @@ func (c *call) putTemplate(req *api.ReplicationSettings) (api.ReplicationSetting
 		}
 		return c.assignAccount(tx, c.p.AccountID)
 	})
+	if err == nil {
+		c.cp.serverChanged("")
+	}
 	return *req, err
 }
 

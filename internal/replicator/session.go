@@ -51,6 +51,7 @@ type session struct {
 
 	out        chan wire.Msg // to the sender
 	work       chan work     // from the reader to the writer
+	slabs      chan []byte   // free buffers for decoded batches (bounds a session's memory)
 	writerDone chan struct{} // closed when the writer returned
 	done       chan struct{} // closed when the session has ended
 
@@ -66,6 +67,7 @@ type work struct {
 	blocks []store.Block
 	bytes  int64
 	marker *wire.Marker
+	slab   []byte // holds the blocks' data; back to the session's free list once written
 }
 
 func (r *Replicator) serveConn(ctx context.Context, raw net.Conn) {
@@ -84,7 +86,7 @@ func (r *Replicator) serveConn(ctx context.Context, raw net.Conn) {
 		return
 	}
 	s := &session{r: r, conn: conn, serial: pki.SerialHex(cs.PeerCertificates[0]),
-		out: make(chan wire.Msg, 64), work: make(chan work, 4), writerDone: make(chan struct{}), done: make(chan struct{})}
+		out: make(chan wire.Msg, 64), work: make(chan work, 2), slabs: make(chan []byte, 3), writerDone: make(chan struct{}), done: make(chan struct{})}
 	s.log = r.log.With("agent", peer.ID, "remote", raw.RemoteAddr().String())
 	if werr := s.open(ctx, peer); werr != nil {
 		s.log.Warn("refused an agent session", "code", werr.Code, "reason", werr.Message)
@@ -186,6 +188,28 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	r.volumes.Add(int64(len(s.heads)))
 	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration)
 	return nil
+}
+
+// slab returns an empty buffer of at least n bytes, reusing a free one when it fits.
+func (s *session) slab(n int) []byte {
+	select {
+	case b := <-s.slabs:
+		if cap(b) >= n {
+			return b[:0]
+		}
+	default:
+	}
+	return make([]byte, 0, n)
+}
+
+func (s *session) freeSlab(b []byte) {
+	if b == nil {
+		return
+	}
+	select {
+	case s.slabs <- b[:0]:
+	default:
+	}
 }
 
 // storeError turns a store failure into the Error the agent gets.
@@ -312,6 +336,19 @@ func (s *session) reader() error {
 				return err
 			}
 			w := work{seq: m.Seq, volume: int(m.Volume), blocks: make([]store.Block, len(m.Entries))}
+			// One buffer for the batch: raw data and the compressed payloads kept for the store.
+			need := 0
+			for i := range m.Entries {
+				if e := &m.Entries[i]; e.Codec != wire.CodecZero {
+					need += int(e.RawLen) + len(e.Payload)
+				}
+			}
+			w.slab = s.slab(need)
+			take := func(n int) []byte {
+				b := w.slab[len(w.slab) : len(w.slab)+n : len(w.slab)+n]
+				w.slab = w.slab[:len(w.slab)+n]
+				return b
+			}
 			for i := range m.Entries {
 				e := &m.Entries[i]
 				b := store.Block{Index: e.Block}
@@ -319,10 +356,12 @@ func (s *session) reader() error {
 				case wire.CodecZero:
 					b.Data = zero[:e.RawLen]
 				case wire.CodecNone:
-					b.Data = append([]byte(nil), e.Payload...)
+					b.Data = take(int(e.RawLen))
+					copy(b.Data, e.Payload)
 				case wire.CodecS2:
-					b.S2 = append([]byte(nil), e.Payload...)
-					if b.Data, err = s2.Decode(make([]byte, e.RawLen), b.S2); err != nil {
+					b.Compressed, b.CompressedWith = take(len(e.Payload)), store.CodecS2
+					copy(b.Compressed, e.Payload)
+					if b.Data, err = s2.Decode(take(int(e.RawLen)), b.Compressed); err != nil {
 						return fmt.Errorf("%w: block %d does not decode: %v", wire.ErrProtocol, e.Block, err)
 					}
 				case wire.CodecZstd:
@@ -332,7 +371,9 @@ func (s *session) reader() error {
 						}
 						defer zdec.Close()
 					}
-					if b.Data, err = zdec.DecodeAll(e.Payload, make([]byte, 0, e.RawLen)); err != nil {
+					b.Compressed, b.CompressedWith = take(len(e.Payload)), store.CodecZstd
+					copy(b.Compressed, e.Payload)
+					if b.Data, err = zdec.DecodeAll(b.Compressed, take(int(e.RawLen))[:0]); err != nil {
 						return fmt.Errorf("%w: block %d does not decode: %v", wire.ErrProtocol, e.Block, err)
 					}
 				}
@@ -428,6 +469,7 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 			s.log.Warn("writing to the staging store failed", "volume", s.heads[w.volume].Volume(), "err", err)
 			return storeError(err)
 		}
+		s.freeSlab(w.slab) // the store keeps no reference to the data
 		s.r.received.Add(w.bytes)
 		touched[w.volume] = true
 		if pendingSeq == 0 {

@@ -356,11 +356,12 @@ func (h *Head) SetSize(size int64) error {
 type Block struct {
 	Index uint64
 	Data  []byte
-	// S2, when set, is Data in S2 block format, already made (by the agent, which sends
-	// blocks compressed): a head whose codec is s2 stores it as it is instead of
-	// compressing again. The caller vouches that it decodes to Data (the replicator
-	// got Data by decoding it).
-	S2 []byte
+	// Compressed, when set, is Data already compressed with CompressedWith (S2 block
+	// format or a zstd frame), as the agent sent it: a head whose codec is the same
+	// stores it as it is instead of compressing again. The caller vouches that it
+	// decodes to Data (the replicator got Data by decoding it).
+	Compressed     []byte
+	CompressedWith Codec
 }
 
 type prepared struct {
@@ -417,8 +418,9 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 					prep[i].dup = true
 					continue
 				}
-				if pre := blocks[i].S2; pre != nil && h.codec == CodecS2 && len(blocks[i].Data) == bs && len(pre) < bs {
-					prep[i].sealed = r.sealPrecompressed(CodecS2, blobData, id, pre)
+				if pre := blocks[i].Compressed; pre != nil && blocks[i].CompressedWith == h.codec && h.codec != CodecNone &&
+					len(blocks[i].Data) == bs && len(pre) < bs {
+					prep[i].sealed = r.sealPrecompressed(h.codec, blobData, id, pre)
 					continue
 				}
 				if scratch == nil {

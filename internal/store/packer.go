@@ -28,6 +28,7 @@ type packer struct {
 	durable  uint64        // every generation ≤ durable is done (stored or failed)
 	failed   map[uint64]error
 	queue    chan *packBuf
+	free     chan []byte     // buffers of finished packs, for the next ones
 	recent   []completedPack // packs indexed since the last view refresh
 	closed   bool
 	senders  sync.WaitGroup
@@ -52,17 +53,36 @@ type completedPack struct {
 func newPacker(r *Repo) *packer {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &packer{r: r, gen: 1, pending: map[ID]uint64{}, failed: map[uint64]error{},
-		queue: make(chan *packBuf, 1), stopped: make(chan struct{}), cancel: cancel, uploadCt: ctx}
+		queue: make(chan *packBuf, 1), free: make(chan []byte, 2), stopped: make(chan struct{}), cancel: cancel, uploadCt: ctx}
 	p.cond = sync.NewCond(&p.mu)
 	p.cur = p.newBuf(1)
 	go p.uploader()
 	return p
 }
 
+// newBuf starts a pack: in a buffer a finished pack left, or in a small one that grows
+// as chunks come (a flush often ends a pack early: most packs of a lightly written
+// server are small, and each would otherwise hold a full-size buffer).
 func (p *packer) newBuf(gen uint64) *packBuf {
-	b := &packBuf{gen: gen, buf: make([]byte, 0, p.r.opts.PackSize+p.r.cfg.BlockSize+1024)}
-	b.buf = append(b.buf, packMagic...)
+	var buf []byte
+	select {
+	case buf = <-p.free:
+	default:
+		buf = make([]byte, 0, 256<<10)
+	}
+	b := &packBuf{gen: gen, buf: append(buf[:0], packMagic...)}
 	return b
+}
+
+// release keeps a finished pack's buffer for the next pack, a few at most.
+func (p *packer) release(buf []byte) {
+	if cap(buf) < p.r.opts.PackSize/2 {
+		return
+	}
+	select {
+	case p.free <- buf[:0]:
+	default:
+	}
 }
 
 // has reports whether a chunk waits in an unflushed pack, and in which generation.
@@ -196,6 +216,7 @@ func (p *packer) upload(ctx context.Context, b *packBuf) error {
 	r.indexLoaded[name] = true
 	p.recent = append(p.recent, completedPack{index: name, pack: id, entries: b.entries, at: time.Now()})
 	r.mu.Unlock()
+	p.release(b.buf)
 	b.buf = nil
 	return nil
 }

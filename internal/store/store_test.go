@@ -628,7 +628,7 @@ func TestPrecompressedS2IsStoredAsGiven(t *testing.T) {
 	m := model{}
 	for b := uint64(0); b < 8; b++ {
 		data := content(b, 2) // compressible text
-		bl = append(bl, Block{Index: b, Data: data, S2: s2.Encode(nil, data)})
+		bl = append(bl, Block{Index: b, Data: data, Compressed: s2.Encode(nil, data), CompressedWith: CodecS2})
 		m[b] = 2
 	}
 	if err := h.WriteBlocks(ctx, bl); err != nil {
