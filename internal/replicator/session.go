@@ -412,30 +412,88 @@ func (s *session) reader() error {
 // writer applies work to the heads, flushing and acknowledging as the store makes it
 // durable, and seals PITs at markers.
 func (s *session) writer(ctx context.Context) *wire.Error {
-	var pendingSeq uint64 // last sequence written but not yet acknowledged
+	var pendingSeq uint64 // last sequence written but not yet in a flush
 	var unflushed int64
 	var since time.Time
 	touched := make([]bool, len(s.heads))
+
+	// Flushes complete in a committer goroutine, in order, while the writer goes on
+	// writing the next blocks: the store's fsyncs overlap with hashing and sealing. The
+	// agent hears an Ack once a flush is durable.
+	type commit struct {
+		flushes []*store.Flusher
+		seq     uint64
+		barrier chan struct{} // closed when everything before is durable
+	}
+	commits := make(chan commit, 2)
+	failed := make(chan *wire.Error, 1)
+	committerDone := make(chan struct{})
+	go func() {
+		defer close(committerDone)
+		for c := range commits {
+			if c.barrier != nil {
+				close(c.barrier)
+				continue
+			}
+			for _, f := range c.flushes {
+				if err := f.Wait(ctx); err != nil {
+					s.log.Warn("flushing to the staging store failed", "err", err)
+					failed <- storeError(err)
+					for range commits { // drain: nothing after a failed flush is acknowledged
+					}
+					return
+				}
+			}
+			s.out <- &wire.Ack{Seq: c.seq}
+		}
+	}()
+	defer func() {
+		close(commits)
+		<-committerDone
+	}()
+	send := func(c commit) *wire.Error {
+		select {
+		case commits <- c:
+			return nil
+		case e := <-failed:
+			return e
+		}
+	}
 	flush := func() *wire.Error {
 		if pendingSeq == 0 {
 			return nil
 		}
+		c := commit{seq: pendingSeq}
 		for i, h := range s.heads {
 			if touched[i] {
-				if err := h.Flush(ctx); err != nil {
-					s.log.Warn("flushing to the staging store failed", "volume", h.Volume(), "err", err)
-					return storeError(err)
-				}
+				c.flushes = append(c.flushes, h.StartFlush())
 				touched[i] = false
 			}
 		}
-		s.out <- &wire.Ack{Seq: pendingSeq}
 		pendingSeq, unflushed = 0, 0
-		return nil
+		return send(c)
+	}
+	// durable waits until every flush started so far is durable.
+	durable := func() *wire.Error {
+		b := make(chan struct{})
+		if e := send(commit{barrier: b}); e != nil {
+			return e
+		}
+		select {
+		case <-b:
+			return nil
+		case e := <-failed:
+			return e
+		}
 	}
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
+		select {
+		case e := <-failed:
+			return e
+		default:
+		}
 		var w work
 		var ok bool
 		if pendingSeq == 0 {
@@ -452,7 +510,10 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 			}
 		}
 		if !ok {
-			return flush()
+			if e := flush(); e != nil {
+				return e
+			}
+			return durable()
 		}
 		if w.marker != nil {
 			pendingSeq = w.seq
@@ -462,10 +523,17 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 			if e := flush(); e != nil {
 				return e
 			}
+			if e := durable(); e != nil {
+				return e
+			}
 			s.seal(ctx, w.marker)
 			continue
 		}
 		if err := s.heads[w.volume].WriteBlocks(ctx, w.blocks); err != nil {
+			if errors.Is(err, wire.ErrProtocol) {
+				s.log.Warn("an agent sent a block that does not decode to its hash", "err", err)
+				return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
+			}
 			s.log.Warn("writing to the staging store failed", "volume", s.heads[w.volume].Volume(), "err", err)
 			return storeError(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,4 +188,64 @@ func TestBackendErrorsKeepTheirKind(t *testing.T) {
 	if _, err := r.LoadPIT(ctx, "s-e", "pit-e"); !errors.Is(err, backend.ErrUnavailable) {
 		t.Fatalf("load with the store unavailable: %v", err)
 	}
+}
+
+// TestFlushesCompleteInOrder: flushes started one after another complete in order,
+// whoever waits; a failed flush fails the ones after it and breaks the head, so no
+// journal after a missing one is ever written.
+func TestFlushesCompleteInOrder(t *testing.T) {
+	ctx := context.Background()
+	inner, _ := file.Open(t.TempDir())
+	fb := faulty.Wrap(inner)
+	mk, _ := NewMasterKey()
+	r, err := Init(ctx, fb, mk, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	h, _ := r.OpenHead(ctx, "s-o", "vda", 16*testBS, HeadOptions{})
+	var flushes []*Flusher
+	for b := uint64(0); b < 4; b++ {
+		write(t, h, model{}, map[uint64]uint32{b: 1})
+		flushes = append(flushes, h.StartFlush())
+	}
+	// Waiting for the last makes all of them durable.
+	if err := flushes[3].Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var journals int
+	inner.List(ctx, "heads/", func(oi backend.ObjectInfo) error {
+		if strings.Contains(oi.Name, "/j-") {
+			journals++
+		}
+		return nil
+	})
+	if journals != 4 {
+		t.Fatalf("%d journals after the last of 4 flushes, want 4", journals)
+	}
+	// The next journal write fails: that flush and the one after it fail, the head breaks.
+	fb.Add(faulty.Rule{Op: faulty.OpPut, Prefix: "heads/", Times: 1, Kind: backend.ErrUnavailable})
+	write(t, h, model{}, map[uint64]uint32{5: 1})
+	f1 := h.StartFlush()
+	write(t, h, model{}, map[uint64]uint32{6: 1})
+	f2 := h.StartFlush()
+	if err := f2.Wait(ctx); err == nil {
+		t.Fatal("a flush after a failed one succeeded")
+	}
+	if err := f1.Wait(ctx); !errors.Is(err, backend.ErrUnavailable) {
+		t.Fatalf("the failed flush: %v", err)
+	}
+	if err := h.WriteBlocks(ctx, nil); !errors.Is(err, ErrHeadBroken) {
+		t.Fatalf("after a failed flush the head says %v, want ErrHeadBroken", err)
+	}
+	// Reopened, the head holds the four durable flushes and nothing of the failed ones.
+	h2, err := r.OpenHead(ctx, "s-o", "vda", 16*testBS, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-o", Server: "s-o", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPITBlocks(t, r, p, model{0: 1, 1: 1, 2: 1, 3: 1})
 }

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -35,18 +37,40 @@ type Head struct {
 	leaves  []ID // leaf ids of the checkpoint, with dirty leaves applied at checkpoint
 	dirty   map[uint64]*dirtyLeaf
 
-	seq     uint64         // last journal written
-	pending []journalEntry // written since the last flush
-	since   uint64         // first pack generation this flush window depends on
-	upto    uint64         // last pack generation this flush window depends on
-	dups    map[ID][]byte  // deduplicated blocks of this window, kept in case a GC condemns them
-	dupSize int
-	added   int64 // bytes stored since the last seal
-	broken  error
-	codec   Codec
-	fresh   bool // no checkpoint or journal existed when it was opened
+	seq    uint64  // last journal sequence given to a flush
+	win    *window // what the blocks written since the last flush need
+	last   *Flusher
+	added  atomic.Int64 // bytes stored since the last seal
+	mu     sync.Mutex   // guards broken (flushes complete in other goroutines)
+	broken error
+	codec  Codec
+	fresh  bool // no checkpoint or journal existed when it was opened
 
 	dirtyBytes int64 // memory held by dirty
+}
+
+// window is what a flush must make durable: the blocks' journal entries, the pack
+// generations their chunks went into, and the blocks that were deduplicated (kept in
+// case a garbage collection condemned their chunks meanwhile).
+type window struct {
+	pending []journalEntry
+	since   uint64 // first pack generation this window depends on
+	upto    uint64 // last pack generation this window depends on
+	dups    map[ID][]byte
+	dupSize int
+	size    int64 // the volume's size when the window closed
+}
+
+func newWindow() *window { return &window{dups: map[ID][]byte{}} }
+
+func (w *window) depend(g uint64) {
+	if g == 0 {
+		return
+	}
+	if w.since == 0 || g < w.since {
+		w.since = g
+	}
+	w.upto = max(w.upto, g)
 }
 
 // dirtyLeaf holds the writes to one leaf since the checkpoint: a small map while they
@@ -161,7 +185,7 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 		return nil, fmt.Errorf("volume %s has a negative size %d", volume, size)
 	}
 	h := &Head{r: r, server: server, volume: volume, prefix: headPrefix(server, volume),
-		dirty: map[uint64]*dirtyLeaf{}, dups: map[ID][]byte{}, codec: opts.Codec}
+		dirty: map[uint64]*dirtyLeaf{}, win: newWindow(), codec: opts.Codec}
 	if h.codec == 0 {
 		h.codec = r.opts.Codec
 	}
@@ -338,15 +362,15 @@ func (h *Head) resize(size int64) {
 
 // SetSize records a new size of the volume (the source disk grew or shrank).
 func (h *Head) SetSize(size int64) error {
-	if h.broken != nil {
-		return h.broken
+	if err := h.brokenErr(); err != nil {
+		return err
 	}
 	if size < 0 {
 		return fmt.Errorf("volume %s: negative size %d", h.volume, size)
 	}
 	if size != h.size || h.leaves == nil {
 		h.resize(size)
-		h.pending = append(h.pending, resizeEntry(size))
+		h.win.pending = append(h.win.pending, resizeEntry(size))
 	}
 	return nil
 }
@@ -374,8 +398,8 @@ type prepared struct {
 // parallel; the blocks are applied in order, so a later write of the same block wins.
 // The data is not retained after WriteBlocks returns. Nothing is durable until Flush.
 func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
-	if h.broken != nil {
-		return h.broken
+	if err := h.brokenErr(); err != nil {
+		return err
 	}
 	r := h.r
 	bs := r.cfg.BlockSize
@@ -435,13 +459,13 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 	for i, b := range blocks {
 		p := prep[i]
 		if err := h.use(ctx, p, b.Data); err != nil {
-			h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
+			h.setBroken(err)
 			return err
 		}
 		h.set(b.Index, p.id)
-		h.pending = append(h.pending, journalEntry{Block: b.Index, ID: p.id})
+		h.win.pending = append(h.win.pending, journalEntry{Block: b.Index, ID: p.id})
 	}
-	if h.dupSize > maxDupBytes {
+	if h.win.dupSize > maxDupBytes {
 		return h.Flush(ctx)
 	}
 	// Memory: a head with many changed tables, or any head once all heads of the
@@ -465,20 +489,20 @@ func (h *Head) use(ctx context.Context, p prepared, data []byte) error {
 		if err != nil {
 			return err
 		}
-		h.depend(g)
-		h.added += int64(len(p.sealed))
+		h.win.depend(g)
+		h.added.Add(int64(len(p.sealed)))
 		return nil
 	}
 	if g, ok := r.packer.has(p.id); ok {
-		h.depend(g)
+		h.win.depend(g)
 		return nil
 	}
 	if p.dup {
-		if _, kept := h.dups[p.id]; !kept {
+		if _, kept := h.win.dups[p.id]; !kept {
 			c := make([]byte, r.cfg.BlockSize)
 			copy(c, data)
-			h.dups[p.id] = c
-			h.dupSize += len(c)
+			h.win.dups[p.id] = c
+			h.win.dupSize += len(c)
 		}
 		return nil
 	}
@@ -486,20 +510,20 @@ func (h *Head) use(ctx context.Context, p prepared, data []byte) error {
 	// it between the check and now): decide again.
 	c := make([]byte, r.cfg.BlockSize)
 	copy(c, data)
-	return h.restore(ctx, p.id, c)
+	return h.restore(ctx, h.win, p.id, c)
 }
 
-// restore stores a block again whose chunk may not be referenced as it is.
-func (h *Head) restore(ctx context.Context, id ID, data []byte) error {
+// restore stores a block again whose chunk may not be referenced as it is, in window w.
+func (h *Head) restore(ctx context.Context, w *window, id ID, data []byte) error {
 	r := h.r
 	if g, ok := r.packer.has(id); ok {
-		h.depend(g)
+		w.depend(g)
 		return nil
 	}
 	if r.dedupable(id) {
-		if _, kept := h.dups[id]; !kept {
-			h.dups[id] = data
-			h.dupSize += len(data)
+		if _, kept := w.dups[id]; !kept {
+			w.dups[id] = data
+			w.dupSize += len(data)
 		}
 		return nil
 	}
@@ -508,37 +532,89 @@ func (h *Head) restore(ctx context.Context, id ID, data []byte) error {
 	if err != nil {
 		return err
 	}
-	h.depend(g)
-	h.added += int64(len(sealed))
+	w.depend(g)
+	h.added.Add(int64(len(sealed)))
 	return nil
 }
 
-func (h *Head) depend(g uint64) {
-	if g == 0 {
-		return
+func (h *Head) brokenErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.broken
+}
+
+func (h *Head) setBroken(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.broken == nil {
+		h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
 	}
-	if h.since == 0 || g < h.since {
-		h.since = g
-	}
-	h.upto = max(h.upto, g)
 }
 
 // Flush makes every block written so far durable: the packs holding new chunks are
 // stored, then a journal naming the blocks. When it returns nil, a crash of this
 // process loses none of them. After an error the head is broken (ErrHeadBroken): open
 // it again.
-func (h *Head) Flush(ctx context.Context) error {
-	if h.broken != nil {
-		return h.broken
-	}
-	if err := h.flush(ctx); err != nil {
-		h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
-		return fmt.Errorf("flush volume %s/%s: %w", h.server, h.volume, err)
-	}
-	return nil
+func (h *Head) Flush(ctx context.Context) error { return h.StartFlush().Wait(ctx) }
+
+// Flusher is a flush under way: StartFlush closes the window of blocks written so far
+// and returns at once, so the writer goes on writing while Wait makes the window
+// durable (in another goroutine if it likes). Flushes of a head complete in order: a
+// Wait waits for the flushes started before, and fails if one of them failed.
+type Flusher struct {
+	h    *Head
+	w    *window
+	seq  uint64 // journal sequence; 0 when the window wrote nothing
+	prev *Flusher
+	once sync.Once
+	done chan struct{}
+	err  error
 }
 
-func (h *Head) flush(ctx context.Context) error {
+// StartFlush closes the current window of writes for a flush; Wait completes it.
+func (h *Head) StartFlush() *Flusher {
+	f := &Flusher{h: h, w: h.win, prev: h.last, done: make(chan struct{})}
+	h.win = newWindow()
+	f.w.size = h.size
+	if err := h.brokenErr(); err != nil {
+		f.err = err
+		f.once.Do(func() { close(f.done) })
+	} else if len(f.w.pending) > 0 {
+		h.seq++
+		f.seq = h.seq
+	}
+	h.last = f
+	return f
+}
+
+// Wait makes the flush's window durable and returns when it is (or failed).
+func (f *Flusher) Wait(ctx context.Context) error {
+	f.once.Do(func() {
+		defer func() {
+			f.prev, f.w = nil, nil // let finished flushes go
+			close(f.done)
+		}()
+		if f.prev != nil {
+			if err := f.prev.Wait(ctx); err != nil {
+				f.err = err
+				return
+			}
+		}
+		if err := f.commit(ctx); err != nil {
+			f.h.setBroken(err)
+			f.err = fmt.Errorf("flush volume %s/%s: %w", f.h.server, f.h.volume, err)
+		}
+	})
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *Flusher) commit(ctx context.Context) error {
+	h, w := f.h, f.w
 	r := h.r
 	for attempt := 0; ; attempt++ {
 		// Garbage collection safety (gc.go): chunks this window deduplicated against
@@ -548,17 +624,17 @@ func (h *Head) flush(ctx context.Context) error {
 		if err := r.ensureFreshView(ctx); err != nil {
 			return err
 		}
-		for id, data := range h.dups {
+		for id, data := range w.dups {
 			if r.isCondemned(id) || !r.dedupable(id) {
-				delete(h.dups, id)
-				if err := h.restore(ctx, id, data); err != nil {
+				delete(w.dups, id)
+				if err := h.restore(ctx, w, id, data); err != nil {
 					return err
 				}
-				delete(h.dups, id)
+				delete(w.dups, id)
 			}
 		}
-		if h.upto > 0 {
-			if err := r.packer.wait(ctx, h.since, h.upto); err != nil {
+		if w.upto > 0 {
+			if err := r.packer.wait(ctx, w.since, w.upto); err != nil {
 				return err
 			}
 		}
@@ -574,18 +650,13 @@ func (h *Head) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	if len(h.pending) > 0 {
-		j := journal{Seq: h.seq + 1, Size: uint64(h.size), Entries: h.pending}
+	if f.seq > 0 {
+		j := journal{Seq: f.seq, Size: uint64(w.size), Entries: w.pending}
 		name := fmt.Sprintf("%sj-%016x", h.prefix, j.Seq)
 		if err := r.putSealed(ctx, name, encodeJournal(j), backend.PutOptions{}); err != nil {
 			return err
 		}
-		h.seq = j.Seq
 	}
-	h.pending = h.pending[:0]
-	clear(h.dups)
-	h.dupSize = 0
-	h.since, h.upto = 0, 0
 	return nil
 }
 
@@ -597,7 +668,7 @@ func (h *Head) checkpoint(ctx context.Context) (headState, error) {
 	}
 	st, err := h.fold(ctx)
 	if err != nil {
-		h.broken = fmt.Errorf("%w: %w", ErrHeadBroken, err)
+		h.setBroken(err)
 		return st, fmt.Errorf("checkpoint volume %s/%s: %w", h.server, h.volume, err)
 	}
 	return st, nil
@@ -633,7 +704,7 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 			return headState{}, err
 		}
 		dep(g)
-		h.added += int64(n)
+		h.added.Add(int64(n))
 		newLeaves[k] = id
 	}
 	root, level, g, n, err := r.buildTree(ctx, newLeaves)
@@ -641,7 +712,7 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		return headState{}, err
 	}
 	dep(g)
-	h.added += int64(n)
+	h.added.Add(int64(n))
 	if maxGen > 0 {
 		if err := r.packer.wait(ctx, minGen, maxGen); err != nil {
 			return headState{}, err
@@ -679,6 +750,6 @@ func (h *Head) Close() error {
 		h.account(-h.dirtyBytes)
 		clear(h.dirty)
 	}
-	h.broken = errors.New("the head is closed")
+	h.setBroken(errors.New("the head is closed"))
 	return nil
 }

@@ -107,14 +107,14 @@ func (r *Repo) SealPIT(ctx context.Context, req SealRequest) (PIT, error) {
 		}
 		pit.Volumes = append(pit.Volumes, PITVolume{Name: h.volume, Size: st.Size, BlockSize: r.cfg.BlockSize,
 			Root: st.Root, RootLevel: st.RootLevel})
-		pit.AddedBytes += h.added
+		pit.AddedBytes += h.added.Load()
 	}
 	sort.Slice(pit.Volumes, func(i, j int) bool { return pit.Volumes[i].Name < pit.Volumes[j].Name })
 	if err := r.putManifest(ctx, pit); err != nil {
 		return PIT{}, fmt.Errorf("seal PIT %s: %w", req.ID, err)
 	}
 	for _, h := range req.Heads {
-		h.added = 0
+		h.added.Store(0)
 	}
 	return pit, nil
 }
