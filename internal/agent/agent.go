@@ -269,6 +269,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
+		if errors.Is(err, errVolumesChanged) {
+			if err := a.reopenVolumes(ctx, cfg.Settings.IgnoreNewDisks); err != nil {
+				a.log.Warn("cannot open the changed volumes; keeping the old set", "err", err)
+			}
+			continue
+		}
 		var se *sessionError
 		switch {
 		case err == nil:
@@ -443,12 +449,13 @@ func (a *Agent) tablePath(v *volume) string { return a.path("hashes-" + v.Name) 
 // saveTables writes every volume's hash table (what the replica holds) to disk.
 func (a *Agent) saveTables() {
 	a.mu.Lock()
-	tables := make([]*tracker.HashTable, len(a.vols))
-	for i, v := range a.vols {
+	vols := append([]*volume(nil), a.vols...)
+	tables := make([]*tracker.HashTable, len(vols))
+	for i, v := range vols {
 		tables[i] = v.table
 	}
 	a.mu.Unlock()
-	for i, v := range a.vols {
+	for i, v := range vols {
 		if t := tables[i]; t != nil {
 			if err := t.Save(a.tablePath(v)); err != nil {
 				a.log.Warn("cannot save a hash table; a restart resends more", "volume", v.Name, "err", err)
@@ -488,5 +495,81 @@ func (a *Agent) hook(ctx context.Context, phase, command string, mounts []string
 		}
 		return fmt.Errorf("the %s hook failed: %v: %s", phase, err, msg)
 	}
+	return nil
+}
+
+// errVolumesChanged ends a session when disks appeared, went or changed size.
+var errVolumesChanged = errors.New("the server's volumes changed")
+
+// volumesChanged looks for new disks (unless ignoreNew, or the volumes were named at
+// install) and for volumes whose size changed.
+func (a *Agent) volumesChanged(ignoreNew bool) bool {
+	paths, err := a.wantedVolumes(ignoreNew)
+	if err != nil || len(paths) != len(a.vols) {
+		return err == nil
+	}
+	for i, p := range paths {
+		v := a.vols[i]
+		if v.Path != p {
+			return true
+		}
+		tv, err := tracker.OpenVolume(p)
+		if err != nil {
+			continue
+		}
+		size := tv.Size()
+		tv.Close()
+		if size != v.SizeBytes {
+			return true
+		}
+	}
+	return false
+}
+
+// wantedVolumes lists the volumes to replicate now: the configured ones, or the disks
+// found (only those replicated already when new disks are ignored).
+func (a *Agent) wantedVolumes(ignoreNew bool) ([]string, error) {
+	paths, err := discover(a.cfg.Volumes)
+	if err != nil || len(a.cfg.Volumes) > 0 || !ignoreNew {
+		return paths, err
+	}
+	known := map[string]bool{}
+	for _, v := range a.vols {
+		known[v.Path] = true
+	}
+	var out []string
+	for _, p := range paths {
+		if known[p] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// reopenVolumes opens the volumes as they are now, reports them, and restarts
+// tracking: every volume is rescanned (only what differs is sent; new ones whole).
+func (a *Agent) reopenVolumes(ctx context.Context, ignoreNew bool) error {
+	paths, err := a.wantedVolumes(ignoreNew)
+	if err != nil {
+		return err
+	}
+	vols, err := openVolumes(paths)
+	if err != nil {
+		return err
+	}
+	a.stopTracker()
+	a.saveTables()
+	old := a.vols
+	for _, v := range vols {
+		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.blockSize))
+	}
+	a.mu.Lock()
+	a.vols = vols
+	a.mu.Unlock()
+	closeVolumes(old)
+	a.startTracker(ctx)
+	a.setRescan("the server's volumes changed")
+	a.log.Info("volumes changed", "volumes", len(vols))
+	a.reportVolumes(ctx)
 	return nil
 }

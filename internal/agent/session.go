@@ -311,7 +311,7 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 	a.setState(api.StateContinuous, nil)
 	interval := time.Duration(cfg.Settings.ConsistencyPointIntervalSeconds) * time.Second
 	bound := time.Duration(cfg.Settings.FreezeTimeoutMs) * time.Millisecond
-	lastPoint := time.Time{}
+	lastPoint, lastLook := time.Time{}, time.Now()
 	handledRequest := ""
 	var passTook time.Duration
 	var growing int
@@ -340,6 +340,13 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 				s.codec = cfg.Settings.Compression
 				interval = time.Duration(cfg.Settings.ConsistencyPointIntervalSeconds) * time.Second
 				bound = time.Duration(cfg.Settings.FreezeTimeoutMs) * time.Millisecond
+			}
+		}
+		// New disks, and disks that changed size, restart the session with them.
+		if time.Since(lastLook) >= volumeLook {
+			lastLook = time.Now()
+			if a.volumesChanged(cfg.Settings.IgnoreNewDisks) {
+				return errVolumesChanged
 			}
 		}
 		// Send what changed.
@@ -508,6 +515,9 @@ var errSessionEnded = errors.New("the session ended")
 
 // codeHookFailed reports a pre-freeze or post-thaw hook that failed.
 const codeHookFailed = "HOOK_FAILED"
+
+// volumeLook is how often the agent looks for new disks and size changes.
+const volumeLook = 10 * time.Second
 
 // Liveness of the link to the replicator.
 const (

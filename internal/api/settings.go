@@ -22,6 +22,10 @@ type ReplicationSettings struct {
 	Compression                     string    `json:"compression"`         // s2, zstd or none
 	StagingStoreURL                 string    `json:"stagingStoreUrl"`     // file:///dir or s3://bucket/prefix?endpoint=…
 	DedicatedReplicator             string    `json:"dedicatedReplicator"` // replicator name; "" assigns automatically
+	// IgnoreNewDisks: disks that appear on the server later are not replicated (by
+	// default the agent picks them up by itself). Only for discovered disks: a server
+	// installed with --volume replicates exactly those.
+	IgnoreNewDisks bool `json:"ignoreNewDisks"`
 }
 
 // PITPolicy decides which consistency points are kept as recovery snapshots: every
@@ -93,6 +97,7 @@ type ReplicationSettingsOverrides struct {
 	Compression                     *string    `json:"compression,omitempty"`
 	StagingStoreURL                 *string    `json:"stagingStoreUrl,omitempty"`
 	DedicatedReplicator             *string    `json:"dedicatedReplicator,omitempty"`
+	IgnoreNewDisks                  *bool      `json:"ignoreNewDisks,omitempty"`
 }
 
 // Apply returns the template with the overrides applied.
@@ -118,6 +123,9 @@ func (s ReplicationSettings) Apply(o ReplicationSettingsOverrides) ReplicationSe
 	set(&s.Compression, o.Compression)
 	set(&s.StagingStoreURL, o.StagingStoreURL)
 	set(&s.DedicatedReplicator, o.DedicatedReplicator)
+	if o.IgnoreNewDisks != nil {
+		s.IgnoreNewDisks = *o.IgnoreNewDisks
+	}
 	return s
 }
 

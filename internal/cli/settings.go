@@ -56,6 +56,7 @@ type replicationFlags struct {
 	bandwidth, dailyRetention                  int
 	interval, freezeTimeout, keepPoints        time.Duration
 	inherit                                    []string
+	ignoreNewDisks                             bool
 }
 
 func (f *replicationFlags) register(fl *pflag.FlagSet) {
@@ -66,6 +67,7 @@ func (f *replicationFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.compression, "compression", "", "s2, zstd or none")
 	fl.StringVar(&f.store, "staging-store", "", "staging store URL: file:///dir or s3://bucket/prefix?endpoint=host:port")
 	fl.StringVar(&f.dedicated, "dedicated-replicator", "", "replicator name to use for the server(s); empty: automatic")
+	fl.BoolVar(&f.ignoreNewDisks, "ignore-new-disks", false, "do not replicate disks that appear later (default: they are picked up)")
 	fl.StringVar(&f.rules, "pit-rules", "", "PIT rules UNITS:INTERVAL:RETENTION, comma-separated (default MINUTE:10:60,HOUR:1:24,DAY:1:7)")
 	fl.IntVar(&f.dailyRetention, "daily-retention", 0, "days daily PITs are kept (1-365)")
 	fl.DurationVar(&f.keepPoints, "keep-consistency-points", 0, "how long every consistency point is kept (whole minutes, e.g. 60m)")
@@ -146,6 +148,10 @@ func (f *replicationFlags) apply(fl *pflag.FlagSet, s *api.ReplicationSettings, 
 	num("bandwidth-mbps", f.bandwidth, &s.BandwidthMbps, &o.BandwidthMbps)
 	num("consistency-interval", int(f.interval/time.Second), &s.ConsistencyPointIntervalSeconds, &o.ConsistencyPointIntervalSeconds)
 	num("freeze-timeout", int(f.freezeTimeout/time.Millisecond), &s.FreezeTimeoutMs, &o.FreezeTimeoutMs)
+	if changed("ignore-new-disks") {
+		v := f.ignoreNewDisks
+		s.IgnoreNewDisks, o.IgnoreNewDisks = v, &v
+	}
 	if pitChanged {
 		p := s.PITPolicy
 		o.PITPolicy = &p
@@ -173,6 +179,8 @@ func (f *replicationFlags) dropOverrides(o *api.ReplicationSettingsOverrides) er
 			o.StagingStoreURL = nil
 		case "dedicated-replicator":
 			o.DedicatedReplicator = nil
+		case "ignore-new-disks":
+			o.IgnoreNewDisks = nil
 		case "pit-rules", "daily-retention", "keep-consistency-points", "pit-policy":
 			o.PITPolicy = nil
 		default:
@@ -263,6 +271,7 @@ func settingsTable(w *tabwriter.Writer, s api.ReplicationSettings, o *api.Replic
 	row(w, "Compression:", s.Compression, mark(ov.Compression != nil))
 	row(w, "Staging store:", s.StagingStoreURL, mark(ov.StagingStoreURL != nil))
 	row(w, "Dedicated replicator:", orDash(s.DedicatedReplicator), mark(ov.DedicatedReplicator != nil))
+	row(w, "New disks:", map[bool]string{false: "replicated", true: "ignored"}[s.IgnoreNewDisks], mark(ov.IgnoreNewDisks != nil))
 	row(w, "Keep every consistency point:", (time.Duration(s.PITPolicy.ConsistencyPointRetentionMinutes) * time.Minute).String(), mark(ov.PITPolicy != nil))
 	for _, r := range s.PITPolicy.Rules {
 		unit := strings.ToLower(r.Units)

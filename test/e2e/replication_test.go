@@ -82,3 +82,42 @@ func deref(p *float64) float64 {
 	}
 	return *p
 }
+
+// TestVolumeThatGrows: the disk under a mounted ext4 grows (online growth of the
+// filesystem itself is refused by this kernel for a loop device, so the filesystem
+// keeps its size); the agent notices, replicates the volume at its new size, and the
+// next PIT is the grown disk with the filesystem's current files.
+func TestVolumeThatGrows(t *testing.T) {
+	dev, file := testutil.LoopDevice(t, 128<<20)
+	testutil.MkfsExt4(t, dev)
+	mnt := testutil.Mount(t, dev)
+	writeFiles(t, mnt, 21, 10, 256)
+	testutil.Run(t, "sync")
+	c := newCluster(t)
+	c.installAgent(dev)
+	c.startAgent()
+	c.waitState(2*time.Minute, api.StateContinuous)
+	// Grow the disk to 256 MiB, then the filesystem.
+	testutil.Run(t, "truncate", "-s", "256M", file)
+	testutil.Run(t, "losetup", "-c", dev)
+	writeFiles(t, mnt, 22, 20, 1024)
+	testutil.Run(t, "sync")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		s, err := c.admin.SourceServer(t.Context(), c.agentID)
+		if err == nil && len(s.Volumes) == 1 && s.Volumes[0].SizeBytes == 256<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the control plane does not see the grown volume: %+v\n%s", s.Volumes, c.logs())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	c.waitState(2*time.Minute, api.StateContinuous)
+	want := treeHashes(t, mnt)
+	pit := c.snapshot()
+	if len(pit.Volumes) != 1 || pit.Volumes[0].SizeBytes != 256<<20 {
+		t.Fatalf("the PIT after the growth has volumes %+v", pit.Volumes)
+	}
+	c.exportAndCheck(pit, volumeNameOf(dev), want)
+}
