@@ -76,6 +76,7 @@ func run(args []string) {
 	codecName := fs.String("codec", "s2", "s2, zstd or none")
 	phases := fs.String("phases", "ingest,change,restore,gc", "what to measure")
 	label := fs.String("label", "", "name of the data set in the results")
+	gcImage := fs.String("gc-image", "", "image the GC phase ingests as a second server (default -image)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	_ = fs.Parse(args)
 	if *cpuprofile != "" {
@@ -110,7 +111,7 @@ func run(args []string) {
 		log.Fatal(err)
 	}
 	mk, _ := store.NewMasterKey()
-	opts := store.Options{BlockSize: *bs, Codec: codec}
+	opts := store.Options{BlockSize: *bs, Compression: *codecName}
 	r, err := store.Init(ctx, be, mk, opts)
 	if err != nil {
 		log.Fatal(err)
@@ -210,7 +211,11 @@ func run(args []string) {
 	r.Close()
 
 	if want["gc"] {
-		gcDuringIngest(ctx, be, mk, opts, *image, tag, size)
+		other := *image
+		if *gcImage != "" {
+			other = *gcImage
+		}
+		gcDuringIngest(ctx, be, mk, opts, other, tag, size)
 	}
 }
 
@@ -279,9 +284,39 @@ func gcDuringIngest(ctx context.Context, be backend.Backend, mk store.MasterKey,
 		log.Fatal(err)
 	}
 	defer r.Close()
-	// The first server's PITs go: their chunks become garbage while the second ingests.
-	for _, id := range []string{"pit-inc"} {
-		_ = r.DeletePIT(ctx, "s-bench", id)
+	// Garbage to collect: the first server's changed blocks change again (a new PIT),
+	// and the PIT that held their previous content goes.
+	h, err := r.OpenHead(ctx, "s-bench", "vda", size, store.HeadOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	nblocks := uint64((size + int64(r.BlockSize()) - 1) / int64(r.BlockSize()))
+	// The same blocks as the change phase (same generator), with new content.
+	pick := rand.New(rand.NewPCG(42, 1))
+	changed := map[uint64]bool{}
+	for uint64(len(changed)) < nblocks/100 {
+		changed[uint64(pick.IntN(int(nblocks-1)))] = true
+	}
+	rng := rand.New(rand.NewPCG(43, 2))
+	var blocks []store.Block
+	for b := range changed {
+		data := make([]byte, r.BlockSize())
+		for k := 0; k < len(data); k += 8 {
+			v := rng.Uint64()
+			for j := 0; j < 8; j++ {
+				data[k+j] = byte(v >> (8 * j))
+			}
+		}
+		blocks = append(blocks, store.Block{Index: b, Data: data})
+	}
+	if err := h.WriteBlocks(ctx, blocks); err != nil {
+		log.Fatal(err)
+	}
+	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-inc2", Server: "s-bench", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}}); err != nil {
+		log.Fatal(err)
+	}
+	if err := r.DeletePIT(ctx, "s-bench", "pit-inc"); err != nil {
+		log.Fatal(err)
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -306,14 +341,15 @@ func gcDuringIngest(ctx context.Context, be backend.Backend, mk store.MasterKey,
 		}
 	}()
 	t0 := time.Now()
-	h, err := r.OpenHead(ctx, "s-bench2", "vda", size, store.HeadOptions{})
+	size = fileSize(image)
+	h2, err := r.OpenHead(ctx, "s-bench2", "vda", size, store.HeadOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := ingest(ctx, h, image, r.BlockSize()); err != nil {
+	if err := ingest(ctx, h2, image, r.BlockSize()); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-2", Server: "s-bench2", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-2", Server: "s-bench2", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h2}}); err != nil {
 		log.Fatal(err)
 	}
 	close(stop)
@@ -328,8 +364,8 @@ func gcDuringIngest(ctx context.Context, be backend.Backend, mk store.MasterKey,
 		log.Fatal(err)
 	}
 	emit(result{Name: "lifeboat GC during ingest, then verify --read-data", Data: tag, Seconds: ingestSecs, Bytes: size,
-		Extra: fmt.Sprintf("%d collections ran during a %.1f s ingest and removed %d dead chunks; verify read %d chunks (%.0f MiB) in %.1f s: %d errors",
-			runs, ingestSecs, dead, rep.ReadChunks, mib(rep.ReadBytes), time.Since(t1).Seconds(), len(rep.Errors))})
+		Extra: fmt.Sprintf("%d collections ran during a %.1f s ingest of %s and removed %d dead chunks; verify read %d chunks (%.0f MiB) in %.1f s: %d errors",
+			runs, ingestSecs, filepath.Base(image), dead, rep.ReadChunks, mib(rep.ReadBytes), time.Since(t1).Seconds(), len(rep.Errors))})
 	if !rep.OK() {
 		log.Fatalf("verify found errors: %v", rep.Errors)
 	}

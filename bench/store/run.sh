@@ -52,7 +52,9 @@ for img in system random; do
   cmp -s "$f" "$out/restic-restore/vol.img" || { echo "restic restore differs from $f" >&2; exit 1; }
   rm -rf "$out/restic" "$out/restic-restore"
   drop
-  .cache/storebench run -image "$f" -dir "$out/lb" -label "$img.img" | tee -a "$res"
+  other=bench/out/random.img
+  [ "$img" = random ] && other=bench/out/system.img
+  .cache/storebench run -image "$f" -dir "$out/lb" -label "$img.img" -gc-image "$other" | tee -a "$res"
   rm -rf "$out/lb"
 done
 

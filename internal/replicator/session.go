@@ -155,14 +155,14 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 		return storeError(err)
 	}
 	s.repo = repo
-	codec, err := store.ParseCodec(a.Settings.Compression)
-	if err != nil {
-		codec = store.CodecS2
+	compression := a.Settings.Compression
+	if _, err := store.ParseCodec(compression); err != nil {
+		compression = ""
 	}
 	welcome := &wire.Welcome{Version: 1, BlockSize: uint32(repo.BlockSize()), WindowBytes: r.cfg.WindowBytes,
 		MaxBatchBytes: r.cfg.MaxBatchBytes}
 	for _, v := range hello.Volumes {
-		h, err := repo.OpenHead(ctx, s.server, v.Name, int64(v.SizeBytes), store.HeadOptions{Codec: codec})
+		h, err := repo.OpenHead(ctx, s.server, v.Name, int64(v.SizeBytes), store.HeadOptions{Compression: compression})
 		if err != nil {
 			return storeError(err)
 		}

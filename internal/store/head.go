@@ -128,7 +128,8 @@ func (d *dirtyLeaf) applyTo(ids []ID) {
 
 // HeadOptions modify OpenHead.
 type HeadOptions struct {
-	Codec Codec // compression for this head's chunks (default: the repository's)
+	// Compression of this head's chunks: "s2", "zstd" or "none"; "" is the repository's.
+	Compression string
 }
 
 // maxDupBytes bounds the deduplicated block data a head keeps between flushes.
@@ -185,9 +186,13 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 		return nil, fmt.Errorf("volume %s has a negative size %d", volume, size)
 	}
 	h := &Head{r: r, server: server, volume: volume, prefix: headPrefix(server, volume),
-		dirty: map[uint64]*dirtyLeaf{}, win: newWindow(), codec: opts.Codec}
-	if h.codec == 0 {
-		h.codec = r.opts.Codec
+		dirty: map[uint64]*dirtyLeaf{}, win: newWindow(), codec: r.codec}
+	if opts.Compression != "" {
+		c, err := ParseCodec(opts.Compression)
+		if err != nil {
+			return nil, err
+		}
+		h.codec = c
 	}
 	if err := h.recover(ctx); err != nil {
 		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)

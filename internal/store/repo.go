@@ -59,10 +59,12 @@ const (
 // Options tune a repository. BlockSize and Fanout are fixed when it is created; the
 // rest apply to one open instance.
 type Options struct {
-	BlockSize int   // bytes per block (Init only; default 64 KiB)
-	Fanout    int   // ids per tree node (Init only; default 1024)
-	PackSize  int   // target pack size (default 16 MiB)
-	Codec     Codec // default compression for new chunks (default s2)
+	BlockSize int // bytes per block (Init only; default 64 KiB)
+	Fanout    int // ids per tree node (Init only; default 1024)
+	PackSize  int // target pack size (default 16 MiB)
+	// Compression is the default codec of new chunks: "s2" (the default, also for ""),
+	// "zstd" or "none".
+	Compression string
 	// GCGrace is how long a garbage collection waits between condemning chunks and
 	// deleting them, so writers in other processes learn of it first. Writers refresh
 	// their view at least every GCGrace/4. Default 10 minutes.
@@ -87,9 +89,7 @@ func (o *Options) fill() {
 	if o.PackSize == 0 {
 		o.PackSize = DefaultPackSize
 	}
-	if o.Codec == 0 {
-		o.Codec = CodecS2
-	}
+
 	if o.GCGrace == 0 {
 		o.GCGrace = DefaultGCGrace
 	}
@@ -128,6 +128,7 @@ type Repo struct {
 	codecs *codecs
 	cfg    config
 	opts   Options
+	codec  Codec // from opts.Compression
 	log    *slog.Logger
 
 	mu          sync.RWMutex
@@ -278,6 +279,10 @@ func OpenOrInit(ctx context.Context, be backend.Backend, mk MasterKey, opts Opti
 var errStop = errors.New("stop")
 
 func newRepo(be backend.Backend, secret []byte, opts Options) (*Repo, error) {
+	codec, err := ParseCodec(opts.Compression)
+	if err != nil {
+		return nil, err
+	}
 	k, err := deriveKeys(secret)
 	if err != nil {
 		return nil, err
@@ -286,7 +291,7 @@ func newRepo(be backend.Backend, secret []byte, opts Options) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Repo{be: be, keys: k, codecs: c, opts: opts, log: opts.Logger,
+	r := &Repo{be: be, keys: k, codecs: c, opts: opts, codec: codec, log: opts.Logger,
 		idx: map[ID]loc{}, packNum: map[ID]uint32{}, indexLoaded: map[string]bool{},
 		condemned: map[ID]struct{}{}, pending: map[string][]ID{}}
 	r.nodes = newNodeCache(256) // 8 MiB of tables at the default fanout

@@ -251,7 +251,7 @@ func TestExportMatchesAndIsSparse(t *testing.T) {
 	ctx := context.Background()
 	r, _, _ := newTestRepo(t, testOptions())
 	const size = 300 * testBS
-	h, err := r.OpenHead(ctx, "s-2", "disk0", size, HeadOptions{Codec: CodecZstd})
+	h, err := r.OpenHead(ctx, "s-2", "disk0", size, HeadOptions{Compression: "zstd"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,7 +623,7 @@ func TestLockedPITCannotBeDeleted(t *testing.T) {
 func TestPrecompressedS2IsStoredAsGiven(t *testing.T) {
 	ctx := context.Background()
 	r, _, _ := newTestRepo(t, testOptions())
-	h, _ := r.OpenHead(ctx, "s-s2", "vda", 8*testBS, HeadOptions{Codec: CodecS2})
+	h, _ := r.OpenHead(ctx, "s-s2", "vda", 8*testBS, HeadOptions{Compression: "s2"})
 	var bl []Block
 	m := model{}
 	for b := uint64(0); b < 8; b++ {
@@ -693,5 +693,34 @@ func TestManyHeadsStayWithinTheMemoryBudget(t *testing.T) {
 				t.Fatalf("head %d block %d is not version %d (%v)", i, b, ver, err)
 			}
 		}
+	}
+}
+
+// TestCompressionNoneIsHonoured: "none" is a choice, not the absence of one.
+func TestCompressionNoneIsHonoured(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.Compression = "none"
+	r, _, _ := newTestRepo(t, opts)
+	for i, c := range []string{"", "s2"} {
+		h, err := r.OpenHead(ctx, "s-n"+c, "vda", 8*testBS, HeadOptions{Compression: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := uint32(2 + 2*i) // compressible text, not the same for both (no dedup)
+		write(t, h, model{}, map[uint64]uint32{0: v, 1: v})
+		if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-n", Server: h.Server(), Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, _ := r.Stats(ctx)
+	for _, s := range st.Servers {
+		compressed := s.CompressionRatio > 1.5
+		if (s.Server == "s-n") == compressed {
+			t.Fatalf("server %s: compression ratio %.2f (the repository says none; s-ns2 asks for s2)", s.Server, s.CompressionRatio)
+		}
+	}
+	if _, err := r.OpenHead(ctx, "s-x", "vda", testBS, HeadOptions{Compression: "lzma"}); err == nil {
+		t.Fatal("an unknown compression was accepted")
 	}
 }

@@ -44,7 +44,7 @@ func (r *Repo) storeChunk(ctx context.Context, typ blobType, plain []byte) (ID, 
 	if r.dedupable(id) {
 		return id, 0, 0, nil
 	}
-	sealed := r.sealChunk(r.opts.Codec, typ, id, plain, nil)
+	sealed := r.sealChunk(r.codec, typ, id, plain, nil)
 	g, err := r.packer.add(ctx, id, typ, len(plain), sealed)
 	return id, g, len(sealed), err
 }
