@@ -110,6 +110,20 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		}
 	}
 	st.Chunks = len(copies)
+	// A chunk stored less than a grace period ago may belong to blocks a writer has not
+	// journaled yet (writers journal within a quarter of it): it is never condemned.
+	young, err := r.youngPacks(ctx, start.Add(-opts.Grace))
+	if err != nil {
+		return st, err
+	}
+	recent := map[ID]bool{}
+	for _, p := range packs {
+		if young[p.Pack] {
+			for _, e := range p.Entries {
+				recent[e.ID] = true
+			}
+		}
+	}
 	stage("marking reachable chunks")
 	live, err := r.mark(ctx)
 	if err != nil {
@@ -117,7 +131,7 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 	}
 	var condemned []ID
 	for id := range copies {
-		if _, ok := live[id]; !ok {
+		if _, ok := live[id]; !ok && !recent[id] {
 			condemned = append(condemned, id)
 		}
 	}
@@ -393,6 +407,23 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 	st.Duration = r.opts.Now().Sub(start)
 	stage(fmt.Sprintf("done: %d dead chunks, %d packs deleted, %d repacked into %d", st.DeadChunks, st.DeletedPacks, st.RepackedPacks, st.NewPacks))
 	return st, nil
+}
+
+// youngPacks returns the packs stored after before.
+func (r *Repo) youngPacks(ctx context.Context, before time.Time) (map[ID]bool, error) {
+	out := map[ID]bool{}
+	err := r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
+		if !oi.ModTime.Before(before) {
+			if id, err := ParseID(oi.Name[strings.LastIndexByte(oi.Name, '/')+1:]); err == nil {
+				out[id] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: list packs: %w", err)
+	}
+	return out, nil
 }
 
 // packKnown reports whether this process knows a pack (it may have just written it).

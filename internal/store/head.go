@@ -53,6 +53,7 @@ type Head struct {
 // generations their chunks went into, and the blocks that were deduplicated (kept in
 // case a garbage collection condemned their chunks meanwhile).
 type window struct {
+	opened  time.Time // when its first block was written
 	pending []journalEntry
 	since   uint64 // first pack generation this window depends on
 	upto    uint64 // last pack generation this window depends on
@@ -470,7 +471,13 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 		h.set(b.Index, p.id)
 		h.win.pending = append(h.win.pending, journalEntry{Block: b.Index, ID: p.id})
 	}
-	if h.win.dupSize > maxDupBytes {
+	if h.win.opened.IsZero() && len(h.win.pending) > 0 {
+		h.win.opened = time.Now()
+	}
+	// A window stays open a quarter of the GC grace period at most: a GC never
+	// condemns a chunk younger than the grace period, so every chunk of a window is
+	// journaled before any GC could take it.
+	if h.win.dupSize > maxDupBytes || (!h.win.opened.IsZero() && time.Since(h.win.opened) > r.opts.GCGrace/4) {
 		return h.Flush(ctx)
 	}
 	// Memory: a head with many changed tables, or any head once all heads of the
