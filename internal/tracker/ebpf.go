@@ -74,12 +74,22 @@ func KernelDev(path string) (uint32, error) {
 func kdev(major, minor uint32) uint32 { return major<<20 | minor&(1<<20-1) }
 
 // event is what the eBPF program writes into the ring buffer for each completed write
-// to a watched disk: 16 bytes, native byte order.
+// to a watched disk, and for each write request issued to it: 24 bytes, native byte
+// order.
 //
-//	0 u32 disk slot
-//	4 u32 number of 512-byte sectors
-//	8 u64 first sector, counted from the start of the whole disk
-const eventSize = 16
+//	 0 u32 disk slot, with issueBit set for an issue
+//	 4 u32 number of 512-byte sectors
+//	 8 u64 first sector, counted from the start of the whole disk
+//	16 u64 the request's address (0 for a bio), which pairs an issue with its completion
+const eventSize = 24
+
+const issueBit = 1 << 31
+
+// Event kinds, also the keys of the sent counters.
+const (
+	kindComplete = 0
+	kindIssue    = 1
+)
 
 // pollInterval is how often Run reads the ring buffer. The program does not wake the
 // reader for each event (a wake-up is an inter-processor interrupt, which in a VM
@@ -101,22 +111,35 @@ type volRange struct {
 // buffer is full the program counts the event as lost instead; the agent answers lost
 // events with a RESCAN.
 //
-// Marks are meant to be a superset of the blocks that changed (but see the known issue
-// at trackerProgram): a write that completes with an error is marked too (it may have changed some of its sectors), and a request that
+// Marks are a superset of the blocks that changed: a write that completes with an
+// error is marked too (it may have changed some of its sectors), and a request that
 // straddles a block boundary marks both blocks.
+//
+// Some kernels do not run the program for a few completions (see the known issue at
+// trackerProgram). So the tracker also watches block:block_rq_issue and keeps the
+// write requests in flight: a request issued again while its last issue has no
+// completion, or one still in flight at a Sync or after a second, is marked anyway.
+// At a consistency point the filesystems are frozen, every write has completed, and
+// Sync marks whatever is still listed: the dirty sets are complete even then.
 type EBPF struct {
 	log   *slog.Logger
 	vols  []volRange
 	slots [][]int // disk slot → indices of the volumes on that disk
 
 	devs, ring, lost *ebpf.Map
-	sent             *ebpf.Map // events the program submitted to the ring buffer
+	sent             *ebpf.Map // events the program submitted to the ring buffer, by kind
 	read             uint64    // events Run read from the ring buffer (Run's goroutine)
 	undelivered      atomic.Uint64
 	progs            []*ebpf.Program
-	links            []link.Link
-	rd               *ringbuf.Reader
-	tracepoints      []string
+	completionProgs  []*ebpf.Program // the programs whose skipped runs lose writes
+
+	// Write requests issued and not seen completing, by address (Run's goroutine).
+	flying      map[uint64]*flight
+	lastSweep   time.Time
+	recovered   atomic.Uint64 // completions the kernel did not report, marked from issues
+	links       []link.Link
+	rd          *ringbuf.Reader
+	tracepoints []string
 
 	mu      sync.Mutex
 	running bool
@@ -125,6 +148,17 @@ type EBPF struct {
 }
 
 var _ Tracker = (*EBPF)(nil)
+
+// flight is a write request issued to a watched disk and not seen completing.
+type flight struct {
+	slot        uint32
+	sector, end uint64
+	swept       bool // marked once by a sweep already
+}
+
+// sweepEvery is how often Run marks the requests still in flight: a completion the
+// kernel did not report is marked within about two of these.
+const sweepEvery = time.Second
 
 // NewEBPF loads the tracker for the given volumes and attaches it; events are recorded
 // from then on, and delivered once Run is called. When the tracker cannot run here the
@@ -138,7 +172,7 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 	if len(vols) == 0 {
 		return nil, errors.New("ebpf tracker: no volumes to watch")
 	}
-	e := &EBPF{log: cfg.log}
+	e := &EBPF{log: cfg.log, flying: map[uint64]*flight{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -186,12 +220,15 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("ebpf tracker: raise the locked-memory limit (RLIMIT_MEMLOCK) for eBPF maps: %w", err)
 	}
-	rqLayout, bioLayout, bioErr, err := kernelLayouts()
+	layouts, err := readKernelLayouts()
 	if err != nil {
 		return nil, fmt.Errorf("ebpf tracker: kernel %s: %w", kernelRelease(), err)
 	}
-	if bioErr != nil {
-		cfg.log.Warn("ebpf tracker: writes to bio-based devices (device-mapper, md, zram) will not be seen", "err", bioErr)
+	if layouts.bioErr != nil {
+		cfg.log.Warn("ebpf tracker: writes to bio-based devices (device-mapper, md, zram) will not be seen", "err", layouts.bioErr)
+	}
+	if layouts.issueErr != nil {
+		cfg.log.Warn("ebpf tracker: write requests are not followed from their issue, so a completion the kernel fails to report is caught by the periodic verification pass only", "err", layouts.issueErr)
 	}
 
 	ringSize := max(cfg.ringSize, os.Getpagesize())
@@ -219,7 +256,7 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 		return nil, fmt.Errorf("ebpf tracker: create the lost-events counter: %w", explainPerm(err))
 	}
 
-	e.sent, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lb_sent", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	e.sent, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lb_sent", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2})
 	if err != nil {
 		return nil, fmt.Errorf("ebpf tracker: create the event counter: %w", explainPerm(err))
 	}
@@ -244,6 +281,9 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 			return fmt.Errorf("load the program for %s: %w", l.tracepoint, explainPerm(err))
 		}
 		e.progs = append(e.progs, prog)
+		if !l.issue {
+			e.completionProgs = append(e.completionProgs, prog)
+		}
 		lk, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			return fmt.Errorf("attach to tracepoint block:%s: %w", l.tracepoint, explainPerm(err))
@@ -252,11 +292,16 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 		e.tracepoints = append(e.tracepoints, "block:"+l.tracepoint)
 		return nil
 	}
-	if err := attach(rqLayout); err != nil {
+	if err := attach(layouts.rq); err != nil {
 		return nil, fmt.Errorf("ebpf tracker: %w", err)
 	}
-	if bioLayout != nil {
-		if err := attach(bioLayout); err != nil {
+	if layouts.bio != nil {
+		if err := attach(layouts.bio); err != nil {
+			return nil, fmt.Errorf("ebpf tracker: %w", err)
+		}
+	}
+	if layouts.issue != nil {
+		if err := attach(layouts.issue); err != nil {
 			return nil, fmt.Errorf("ebpf tracker: %w", err)
 		}
 	}
@@ -287,6 +332,8 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 //
 // and for block_bio_complete(struct request_queue *q, struct bio *bio) the same with
 // bio->bi_iter.bi_size, bio->bi_opf, bio->bi_bdev->bd_dev and bio->bi_iter.bi_sector.
+// For block_rq_issue(struct request *rq) the length is rq->__data_len and the event
+// is flagged as an issue. Request events carry the request's address.
 //
 // A BTF raw tracepoint needs no tracefs and no perf event, and reads the request
 // itself rather than a copy of it.
@@ -295,7 +342,8 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 // the program at all for completions handled in a softirq on top of some tasks (seen:
 // the threads of the VM's PID 1), while ftrace records them; neither the recursion
 // counter nor the ring buffer counters see it. Both this and a perf-event tracepoint
-// program show it. See TestEBPFReplicaEqualsDevice and the agent's periodic RESCAN.
+// program show it. The issue events catch these (see EBPF); see also
+// TestEBPFReplicaEqualsDevice and the agent's periodic verification pass.
 func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instructions {
 	load := func(dst, src asm.Register, f field) asm.Instruction {
 		size := map[int]asm.Size{1: asm.Byte, 2: asm.Half, 4: asm.Word, 8: asm.DWord}[f.size]
@@ -304,6 +352,10 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 	insns := asm.Instructions{
 		// R6 = the request or bio.
 		asm.LoadMem(asm.R6, asm.R1, int16(8*l.objArg), asm.DWord),
+	}
+	kind := int32(kindComplete)
+	if l.issue {
+		kind = kindIssue
 	}
 	// R7 = length in sectors.
 	if l.bytesArg >= 0 {
@@ -326,7 +378,7 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 	insns = append(insns, asm.Ja.Label("exit"))
 	// R8 = first sector; R4 = dev_t.
 	insns = append(insns, load(asm.R8, asm.R6, l.sector).WithSymbol("mark"))
-	if l.bytesArg >= 0 {
+	if l.request {
 		insns = append(insns,
 			load(asm.R3, asm.R6, l.q),
 			asm.JEq.Imm(asm.R3, 0, "exit"),
@@ -344,7 +396,7 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 			load(asm.R4, asm.R3, l.bdDev),
 		)
 	}
-	return append(insns,
+	insns = append(insns,
 		asm.StoreMem(asm.RFP, -4, asm.R4, asm.Word),
 		asm.LoadMapPtr(asm.R1, devs),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -352,19 +404,38 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "exit"),
 		asm.LoadMem(asm.R9, asm.R0, 0, asm.Word),
+	)
+	if l.issue {
+		insns = append(insns, asm.Or.Imm32(asm.R9, -1<<31)) // issueBit
+	}
+	insns = append(insns,
 		asm.JEq.Imm(asm.R7, 0, "exit"),
 		asm.LoadMapPtr(asm.R1, ring),
 		asm.Mov.Imm(asm.R2, eventSize),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRingbufReserve.Call(),
-		asm.JEq.Imm(asm.R0, 0, "lost"),
+	)
+	if l.issue {
+		// A lost issue loses no write (its completion marks the blocks): not counted.
+		insns = append(insns, asm.JEq.Imm(asm.R0, 0, "exit"))
+	} else {
+		insns = append(insns, asm.JEq.Imm(asm.R0, 0, "lost"))
+	}
+	insns = append(insns,
 		asm.StoreMem(asm.R0, 0, asm.R9, asm.Word),
 		asm.StoreMem(asm.R0, 4, asm.R7, asm.Word),
 		asm.StoreMem(asm.R0, 8, asm.R8, asm.DWord),
+	)
+	if l.request {
+		insns = append(insns, asm.StoreMem(asm.R0, 16, asm.R6, asm.DWord))
+	} else {
+		insns = append(insns, asm.Mov.Imm(asm.R1, 0), asm.StoreMem(asm.R0, 16, asm.R1, asm.DWord))
+	}
+	insns = append(insns,
 		asm.Mov.Reg(asm.R1, asm.R0),
 		asm.Mov.Imm(asm.R2, 1), // BPF_RB_NO_WAKEUP: Run polls (see pollInterval)
 		asm.FnRingbufSubmit.Call(),
-		asm.StoreImm(asm.RFP, -8, 0, asm.Word),
+		asm.StoreImm(asm.RFP, -8, int64(kind), asm.Word),
 		asm.LoadMapPtr(asm.R1, sent),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
@@ -372,15 +443,21 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 		asm.JEq.Imm(asm.R0, 0, "exit"),
 		asm.Mov.Imm(asm.R1, 1),
 		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-		asm.Ja.Label("exit"),
-		asm.StoreImm(asm.RFP, -8, 0, asm.Word).WithSymbol("lost"),
-		asm.LoadMapPtr(asm.R1, lost),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "exit"),
-		asm.Mov.Imm(asm.R1, 1),
-		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+	)
+	if !l.issue {
+		insns = append(insns,
+			asm.Ja.Label("exit"),
+			asm.StoreImm(asm.RFP, -8, 0, asm.Word).WithSymbol("lost"),
+			asm.LoadMapPtr(asm.R1, lost),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -8),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "exit"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		)
+	}
+	return append(insns,
 		asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
 		asm.Return(),
 	)
@@ -490,6 +567,9 @@ func (e *EBPF) Run(ctx context.Context, mark func(volume int, first, last uint64
 			e.deliver(rec.RawSample, mark)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Polled: the events up to now were read.
+			if time.Since(e.lastSweep) >= sweepEvery {
+				e.sweep(mark, false)
+			}
 		case errors.Is(err, ringbuf.ErrFlushed):
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -518,14 +598,16 @@ func (e *EBPF) serveSyncs(mark func(int, uint64, uint64)) error {
 		}
 		// Every event counted in sent before the drain is committed to the ring
 		// buffer, so the drain reads it: fewer reads mean the ring lost events.
-		var sent uint64
-		sentErr := e.sent.Lookup(uint32(0), &sent)
+		sent, sentErr := e.sentEvents()
 		if err := e.drain(mark); err != nil {
 			for _, w := range ws {
 				w <- err
 			}
 			return err
 		}
+		// Requests still in flight may have completed unreported: at a consistency
+		// point (filesystems frozen) every one of them has.
+		e.sweep(mark, true)
 		if sentErr == nil && sent > e.read {
 			if miss := sent - e.read; miss > e.undelivered.Load() {
 				e.undelivered.Store(miss)
@@ -559,15 +641,32 @@ func (e *EBPF) drain(mark func(int, uint64, uint64)) error {
 	}
 }
 
-// deliver turns one event into marks of the volumes it touches.
+// sentEvents returns how many events the program submitted, of both kinds.
+func (e *EBPF) sentEvents() (uint64, error) {
+	var total uint64
+	for _, k := range []uint32{kindComplete, kindIssue} {
+		var n uint64
+		if err := e.sent.Lookup(k, &n); err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// deliver turns one event into marks of the volumes it touches, or (an issue) into a
+// request in flight.
 func (e *EBPF) deliver(raw []byte, mark func(int, uint64, uint64)) {
 	e.read++
 	if len(raw) < eventSize {
 		return
 	}
 	slot := binary.NativeEndian.Uint32(raw[0:])
+	issue := slot&issueBit != 0
+	slot &^= issueBit
 	nr := uint64(binary.NativeEndian.Uint32(raw[4:]))
 	sector := binary.NativeEndian.Uint64(raw[8:])
+	rq := binary.NativeEndian.Uint64(raw[16:])
 	if int(slot) >= len(e.slots) {
 		return
 	}
@@ -575,6 +674,54 @@ func (e *EBPF) deliver(raw []byte, mark func(int, uint64, uint64)) {
 	if end < sector {
 		end = ^uint64(0)
 	}
+	f := e.flying[rq]
+	switch {
+	case issue && rq == 0:
+		return
+	case issue:
+		// A request is issued again only after it completed (or was requeued): if its
+		// completion was not seen, the kernel did not report it.
+		if f != nil {
+			e.recovered.Add(1)
+			e.markRange(f.slot, f.sector, f.end, mark)
+		}
+		e.flying[rq] = &flight{slot: slot, sector: sector, end: end}
+		return
+	case rq == 0:
+	case f != nil && end >= f.end:
+		delete(e.flying, rq)
+	case f != nil:
+		f.sector = end // a partial completion; the rest follows
+	}
+	e.markRange(slot, sector, end, mark)
+}
+
+// sweep marks the write requests still in flight. At a Sync (all) every one is
+// marked and kept; otherwise those marked by the previous sweep are dropped (a second
+// has passed: they completed, reported or not) and the others marked.
+func (e *EBPF) sweep(mark func(int, uint64, uint64), all bool) {
+	e.lastSweep = time.Now()
+	n := 0
+	for rq, f := range e.flying {
+		if f.swept && !all {
+			delete(e.flying, rq)
+			continue
+		}
+		f.swept = true
+		e.markRange(f.slot, f.sector, f.end, mark)
+		n++
+	}
+	if n > 0 {
+		e.log.Debug("ebpf tracker: marked write requests without a completion", "requests", n, "sync", all)
+	}
+}
+
+// Recovered returns how many completions the kernel did not report that the tracker
+// noticed from a request issued again.
+func (e *EBPF) Recovered() uint64 { return e.recovered.Load() }
+
+// markRange marks the blocks of the volumes that sectors [sector, end) of a disk touch.
+func (e *EBPF) markRange(slot uint32, sector, end uint64, mark func(int, uint64, uint64)) {
 	for _, vi := range e.slots[slot] {
 		v := e.vols[vi]
 		lo, hi := max(sector, v.start), min(end, v.start+v.sectors)
@@ -636,7 +783,7 @@ func (e *EBPF) LostDetail() LostCounts {
 	if e.lost != nil {
 		_ = e.lost.Lookup(uint32(0), &c.RingFull)
 	}
-	for _, p := range e.progs {
+	for _, p := range e.completionProgs {
 		if st, err := p.Stats(); err == nil {
 			c.Skipped += st.RecursionMisses
 		}

@@ -18,22 +18,29 @@ type field struct {
 	size int   // 1, 2, 4 or 8 bytes
 }
 
-// completionLayout is what the eBPF program needs to know about one block completion
-// tracepoint: which of its arguments holds the request (or bio) and where, inside the
-// kernel's structures, the device, sector, length and operation are. It comes from the
-// running kernel's BTF (/sys/kernel/btf/vmlinux), so no offset is hard-coded.
+// completionLayout is what the eBPF program needs to know about one block tracepoint
+// (a completion, or block_rq_issue): which of its arguments holds the request (or bio)
+// and where, inside the kernel's structures, the device, sector, length and operation
+// are. It comes from the running kernel's BTF (/sys/kernel/btf/vmlinux), so no offset
+// is hard-coded.
 type completionLayout struct {
 	tracepoint string
+	// issue: the tracepoint is block_rq_issue (a request sent to the driver), whose
+	// events let the tracker notice a completion the kernel never reported.
+	issue bool
+	// request: the object is a struct request (the device is found through its queue);
+	// otherwise a struct bio.
+	request bool
 	// The argument (index into the program's context of u64 arguments) holding the
 	// struct request * or struct bio *.
 	objArg int
-	// For block_rq_complete: the nr_bytes argument; -1 for block_bio_complete, whose
-	// length is in the bio.
+	// For block_rq_complete: the nr_bytes argument; -1 where the length is in the
+	// object (size).
 	bytesArg int
 
 	opFlags field // request.cmd_flags or bio.bi_opf
 	sector  field // request.__sector or bio.bi_iter.bi_sector
-	size    field // bio.bi_iter.bi_size (bio only)
+	size    field // request.__data_len or bio.bi_iter.bi_size (when bytesArg is -1)
 	// The device: request.q → request_queue.disk → gendisk.major/first_minor, or
 	// bio.bi_bdev → block_device.bd_dev.
 	q, disk, major, minor field
@@ -42,29 +49,39 @@ type completionLayout struct {
 	markOps []uint32 // operations that change content
 }
 
-// kernelLayouts reads the running kernel's BTF and returns the layouts of
-// block_rq_complete and, when usable, block_bio_complete (nil and the reason otherwise).
-func kernelLayouts() (rq *completionLayout, bio *completionLayout, bioErr error, err error) {
+// kernelLayouts is what kernelLayouts found: block_rq_complete's layout, and those of
+// block_bio_complete and block_rq_issue when usable (nil and the reason otherwise).
+type kernelLayouts struct {
+	rq, bio, issue   *completionLayout
+	bioErr, issueErr error
+}
+
+// readKernelLayouts reads the running kernel's BTF for the tracepoints' layouts.
+func readKernelLayouts() (kernelLayouts, error) {
+	var k kernelLayouts
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("the kernel has no BTF type information (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %w", err)
+		return k, fmt.Errorf("the kernel has no BTF type information (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): %w", err)
 	}
 	ops, err := markingOps(spec)
 	if err != nil {
-		return nil, nil, nil, err
+		return k, err
 	}
-	rq, err = rqLayout(spec)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("tracepoint block:block_rq_complete: %w", err)
+	if k.rq, err = rqLayout(spec, "block_rq_complete"); err != nil {
+		return k, fmt.Errorf("tracepoint block:block_rq_complete: %w", err)
 	}
-	rq.markOps = ops
-	bio, bioErr = bioLayout(spec)
-	if bioErr != nil {
-		bioErr = fmt.Errorf("tracepoint block:block_bio_complete: %w", bioErr)
+	k.rq.markOps = ops
+	if k.bio, k.bioErr = bioLayout(spec); k.bioErr != nil {
+		k.bioErr = fmt.Errorf("tracepoint block:block_bio_complete: %w", k.bioErr)
 	} else {
-		bio.markOps = ops
+		k.bio.markOps = ops
 	}
-	return rq, bio, bioErr, nil
+	if k.issue, k.issueErr = rqLayout(spec, "block_rq_issue"); k.issueErr != nil {
+		k.issueErr = fmt.Errorf("tracepoint block:block_rq_issue: %w", k.issueErr)
+	} else {
+		k.issue.markOps = ops
+	}
+	return k, nil
 }
 
 // markingOps returns the values of enum req_op that may change a device's content:
@@ -123,27 +140,34 @@ func paramIndex(params []btf.FuncParam, structName string) (int, error) {
 	return 0, fmt.Errorf("no struct %s * argument", structName)
 }
 
-func rqLayout(spec *btf.Spec) (*completionLayout, error) {
-	params, err := tpParams(spec, "block_rq_complete")
+// rqLayout returns the layout of a request tracepoint: block_rq_complete, or
+// block_rq_issue.
+func rqLayout(spec *btf.Spec, tracepoint string) (*completionLayout, error) {
+	params, err := tpParams(spec, tracepoint)
 	if err != nil {
 		return nil, err
 	}
-	l := &completionLayout{tracepoint: "block_rq_complete"}
+	l := &completionLayout{tracepoint: tracepoint, request: true, issue: tracepoint == "block_rq_issue", bytesArg: -1}
 	if l.objArg, err = paramIndex(params, "request"); err != nil {
 		return nil, err
 	}
-	// nr_bytes, the completed length, is the last argument (BTF keeps no argument
-	// names for tracepoints): TP_PROTO(struct request *rq, blk_status_t error,
-	// unsigned int nr_bytes).
-	l.bytesArg = len(params) - 1
-	if in, ok := btf.UnderlyingType(params[l.bytesArg].Type).(*btf.Int); !ok || in.Size != 4 || l.bytesArg == l.objArg {
-		return nil, fmt.Errorf("its last argument is not the unsigned int nr_bytes")
+	if !l.issue {
+		// nr_bytes, the completed length, is the last argument (BTF keeps no argument
+		// names for tracepoints): TP_PROTO(struct request *rq, blk_status_t error,
+		// unsigned int nr_bytes).
+		l.bytesArg = len(params) - 1
+		if in, ok := btf.UnderlyingType(params[l.bytesArg].Type).(*btf.Int); !ok || in.Size != 4 || l.bytesArg == l.objArg {
+			return nil, fmt.Errorf("its last argument is not the unsigned int nr_bytes")
+		}
 	}
 	var errs []error
 	get := func(dst *field, structName, path string, sizes ...int) {
 		f, err := structField(spec, structName, path, sizes...)
 		errs = append(errs, err)
 		*dst = f
+	}
+	if l.issue {
+		get(&l.size, "request", "__data_len", 4)
 	}
 	get(&l.opFlags, "request", "cmd_flags", 4)
 	get(&l.sector, "request", "__sector", 8)

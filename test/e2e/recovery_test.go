@@ -262,9 +262,18 @@ func TestRecoverAndDrillServeThePIT(t *testing.T) {
 	if !strings.Contains(console, "SOURCE-REACHED") {
 		t.Fatalf("the recovered server could not reach the source's network:\n%s", console)
 	}
+	// The console is copied into the job's log once a second, so the job may have
+	// ended (its page answering) a moment before the boot marker's line is copied.
 	sawConsole := false
-	for _, e := range events {
-		sawConsole = sawConsole || (e.Type == api.EventConsole && strings.Contains(e.Message, testutil.BootedMarker))
+	for deadline := time.Now().Add(15 * time.Second); !sawConsole; {
+		for _, e := range events {
+			sawConsole = sawConsole || (e.Type == api.EventConsole && strings.Contains(e.Message, testutil.BootedMarker))
+		}
+		if sawConsole || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+		_, _, events = jobOf(t, s, recJob)
 	}
 	if !sawConsole {
 		t.Errorf("the job's log has no CONSOLE entry with the boot marker %q", testutil.BootedMarker)
