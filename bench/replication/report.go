@@ -197,7 +197,7 @@ func (r *report) write(w *os.File) {
 		p("and restic backs it up again (both read the whole image). The large volume gets the same change (same files")
 		p("and offsets, other random bytes) in its own store. *wait for point* is the time from the end of the sync to the")
 		p("consistency point the PIT was taken at (the agent takes one every interval — 1 s, the shortest setting, here —")
-		p("or when asked, but it sees a request only when it next reads its config, every 5 s); *point → listed* is")
+		p("or when asked: `snapshots create` wakes the agent's long poll of its config at once); *point → listed* is")
 		p("freeze, the rest of the change sent and acknowledged, PIT sealed in the store and recorded by the control plane.")
 		p("")
 		var small, large []float64

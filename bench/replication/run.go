@@ -54,7 +54,7 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.IntVar(&f.fioInterval, "fio-interval", 2, "consistency-point interval during the fio load (s)")
 	fs.Float64Var(&f.changePct, "change-pct", 1, "percent of the volume's blocks an incremental cycle changes")
 	fs.Float64Var(&f.quiet, "quiet", 0.25, "before each timed step, wait (up to 2 min) until the CPUs were less than this busy for 3 s")
-	fs.StringVar(&f.codecs, "codecs", "zstd,s2", "compressions of the initial sync; the first is kept for the other phases")
+	fs.StringVar(&f.codecs, "codecs", "s2,zstd", "compressions of the initial sync; the first (the default setting) is kept for the other phases")
 	fs.BoolVar(&f.anchors, "anchors", true, "run the anchors (false: Lifeboat's figures only)")
 	fs.BoolVar(&f.perf, "perf", false, "record perf profiles of the agent and replicator during the initial syncs")
 	_ = fs.Parse(args)

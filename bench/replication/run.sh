@@ -52,7 +52,7 @@ after=$(load)
   echo "figure's own starting load is in bench/out/replication/results.jsonl."
   echo "Data: system.img is a 4 GiB ext4 filesystem holding $(cat bench/out/system.txt 2>/dev/null || echo '~3.5 GB of /usr') and zeros (bench/data.sh),"
   echo "copied to a loop device and mounted; the agent replicates the device (eBPF tracker, 64 KiB blocks,"
-  echo "the default replication settings: zstd, points every 10 s unless a section says otherwise); control plane,"
+  echo "the default replication settings: s2 compression, points every 10 s unless a section says otherwise); control plane,"
   echo "replicator and agent are the lifeboat binary, each its own process, talking over 127.0.0.1; the staging store"
   echo "is a local directory on the same disk as the volume's image, like the anchors' repositories and copies."
   echo "Page cache dropped before each timed step; each includes getting its data on disk."
