@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +18,7 @@ import (
 
 type replicatorFlags struct {
 	data, store, storeKey, listen, site, name, address string
+	memoryLimitMiB                                     int
 }
 
 func newReplicatorCmd(g *globals) *cobra.Command {
@@ -34,6 +36,14 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 			if g.server == "" {
 				return usagef("replicator needs --server URL (the control plane)")
 			}
+			if f.memoryLimitMiB < 0 {
+				return usagef("--memory-limit is in MiB and cannot be negative")
+			}
+			// A soft limit: the garbage collector works harder as the heap nears it (the
+			// replicator's buffers are bounded, so what is above them is garbage).
+			if f.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(int64(f.memoryLimitMiB) << 20)
+			}
 			return runReplicator(cmd.Context(), g, &f, nil)
 		},
 	}
@@ -45,6 +55,7 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 	fl.StringVar(&f.listen, "listen", ":1500", "address agents connect to")
 	fl.StringVar(&f.site, "site", api.DefaultSite, "site this replicator serves (at registration)")
 	fl.StringVar(&f.name, "name", hostname, "name of this replicator (at registration)")
+	fl.IntVar(&f.memoryLimitMiB, "memory-limit", 224, "soft limit of the process's memory in MiB, kept by collecting garbage more often (0: none; GOMEMLIMIT overrides it)")
 	fl.StringVar(&f.address, "address", "", "host:port agents use to reach it (at registration; default: this host and the --listen port)")
 	return cmd
 }

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
@@ -61,8 +63,13 @@ type Config struct {
 	FlushInterval time.Duration // and at least this often while data arrives (default 250 ms)
 	Refresh       time.Duration // how often assignments and settings are re-read (default 5 s)
 	Retention     time.Duration // how often the PIT policy is applied (default 1 min)
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// BatchMemory bounds the decoded batches held at once, across all sessions
+	// (default 32 MiB): when it is used up, sessions stop reading until the store has
+	// taken some, so the replicator's memory does not grow with the number of agents.
+	BatchMemory int64
+
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 func (c *Config) fill() {
@@ -77,6 +84,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxBatchBytes == 0 {
 		c.MaxBatchBytes = 4 << 20
+	}
+	if c.BatchMemory <= 0 {
+		c.BatchMemory = 32 << 20
 	}
 	if c.FlushBytes == 0 {
 		c.FlushBytes = 32 << 20
@@ -111,6 +121,9 @@ type Replicator struct {
 
 	volumes  atomic.Int64 // volumes of live sessions, for the heartbeat
 	received atomic.Int64 // block bytes stored, for metrics
+
+	batchMem *semaphore.Weighted // BatchMemory, taken by the batches being decoded or written
+	slabs    chan []byte         // free batch buffers, shared by the sessions
 }
 
 // New returns a replicator; call Listen and Run.
@@ -120,7 +133,8 @@ func New(cfg Config) (*Replicator, error) {
 		return nil, errors.New("a replicator needs its id, a control plane client and a TLS configuration")
 	}
 	return &Replicator{cfg: cfg, log: cfg.Logger.With("replicator", cfg.ID), assigned: map[string]api.AssignedSourceServer{},
-		repos: map[string]*store.Repo{}, sessions: map[string]*session{}}, nil
+		repos: map[string]*store.Repo{}, sessions: map[string]*session{},
+		batchMem: semaphore.NewWeighted(cfg.BatchMemory), slabs: make(chan []byte, 16)}, nil
 }
 
 // Listen binds the agents' address.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -51,7 +52,7 @@ type session struct {
 
 	out        chan wire.Msg // to the sender
 	work       chan work     // from the reader to the writer
-	slabs      chan []byte   // free buffers for decoded batches (bounds a session's memory)
+	held       atomic.Int64  // bytes of the replicator's BatchMemory this session holds
 	writerDone chan struct{} // closed when the writer returned
 	done       chan struct{} // closed when the session has ended
 
@@ -67,7 +68,8 @@ type work struct {
 	blocks []store.Block
 	bytes  int64
 	marker *wire.Marker
-	slab   []byte // holds the blocks' data; back to the session's free list once written
+	slab   []byte // holds the blocks' data; back to the free list once written
+	cost   int64  // the BatchMemory the slab holds
 }
 
 func (r *Replicator) serveConn(ctx context.Context, raw net.Conn) {
@@ -86,7 +88,7 @@ func (r *Replicator) serveConn(ctx context.Context, raw net.Conn) {
 		return
 	}
 	s := &session{r: r, conn: conn, serial: pki.SerialHex(cs.PeerCertificates[0]),
-		out: make(chan wire.Msg, 64), work: make(chan work, 2), slabs: make(chan []byte, 3), writerDone: make(chan struct{}), done: make(chan struct{})}
+		out: make(chan wire.Msg, 64), work: make(chan work, 2), writerDone: make(chan struct{}), done: make(chan struct{})}
 	s.log = r.log.With("agent", peer.ID, "remote", raw.RemoteAddr().String())
 	if werr := s.open(ctx, peer); werr != nil {
 		s.log.Warn("refused an agent session", "code", werr.Code, "reason", werr.Message)
@@ -190,24 +192,35 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	return nil
 }
 
-// slab returns an empty buffer of at least n bytes, reusing a free one when it fits.
-func (s *session) slab(n int) []byte {
+// slab returns an empty buffer of at least n bytes and its cost, once the replicator's
+// BatchMemory has room for it; it reuses a free buffer when one fits.
+func (s *session) slab(ctx context.Context, n int) ([]byte, int64, error) {
+	cost := min(int64(n), s.r.cfg.BatchMemory)
+	if err := s.r.batchMem.Acquire(ctx, cost); err != nil {
+		return nil, 0, errStopped
+	}
+	s.held.Add(cost)
 	select {
-	case b := <-s.slabs:
+	case b := <-s.r.slabs:
 		if cap(b) >= n {
-			return b[:0]
+			return b[:0], cost, nil
 		}
 	default:
 	}
-	return make([]byte, 0, n)
+	return make([]byte, 0, n), cost, nil
 }
 
-func (s *session) freeSlab(b []byte) {
+// freeSlab gives a batch's buffer and memory back.
+func (s *session) freeSlab(b []byte, cost int64) {
+	if cost > 0 {
+		s.held.Add(-cost)
+		s.r.batchMem.Release(cost)
+	}
 	if b == nil {
 		return
 	}
 	select {
-	case s.slabs <- b[:0]:
+	case s.r.slabs <- b[:0]:
 	default:
 	}
 }
@@ -254,6 +267,10 @@ func (s *session) send(w work) error {
 }
 
 func (s *session) close() {
+	// Batches dropped when the session failed still hold memory.
+	if n := s.held.Swap(0); n > 0 {
+		s.r.batchMem.Release(n)
+	}
 	for _, h := range s.heads {
 		_ = h.Close()
 	}
@@ -293,7 +310,16 @@ func (s *session) run(ctx context.Context) {
 		case <-s.writerDone:
 		}
 	}()
-	rerr := s.reader()
+	rctx, rcancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-s.writerDone:
+			rcancel()
+		case <-rctx.Done():
+		}
+	}()
+	rerr := s.reader(rctx)
+	rcancel()
 	close(s.work)
 	wg.Wait()
 	var final *wire.Error
@@ -318,7 +344,7 @@ func (s *session) run(ctx context.Context) {
 }
 
 // reader decodes frames into work for the writer.
-func (s *session) reader() error {
+func (s *session) reader(ctx context.Context) error {
 	bs := s.repo.BlockSize()
 	zero := make([]byte, bs)
 	var zdec *zstd.Decoder
@@ -343,7 +369,9 @@ func (s *session) reader() error {
 					need += int(e.RawLen) + len(e.Payload)
 				}
 			}
-			w.slab = s.slab(need)
+			if w.slab, w.cost, err = s.slab(ctx, need); err != nil {
+				return err
+			}
 			take := func(n int) []byte {
 				b := w.slab[len(w.slab) : len(w.slab)+n : len(w.slab)+n]
 				w.slab = w.slab[:len(w.slab)+n]
@@ -537,7 +565,7 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 			s.log.Warn("writing to the staging store failed", "volume", s.heads[w.volume].Volume(), "err", err)
 			return storeError(err)
 		}
-		s.freeSlab(w.slab) // the store keeps no reference to the data
+		s.freeSlab(w.slab, w.cost) // the store keeps no reference to the data
 		s.r.received.Add(w.bytes)
 		touched[w.volume] = true
 		if pendingSeq == 0 {

@@ -31,6 +31,7 @@ type packer struct {
 	free     chan []byte     // buffers of finished packs, for the next ones
 	recent   []completedPack // packs indexed since the last view refresh
 	closed   bool
+	queuing  int // full packs waiting for the uploader outside the lock (sendLocked)
 	senders  sync.WaitGroup
 	stopped  chan struct{}
 	cancel   context.CancelFunc
@@ -112,7 +113,7 @@ func (p *packer) add(ctx context.Context, id ID, typ blobType, rawLen int, seale
 	p.pending[id] = b.gen
 	g := b.gen
 	if len(b.buf) >= p.r.opts.PackSize {
-		p.sendLocked(p.rotateLocked())
+		p.sendCurLocked(b)
 	}
 	p.mu.Unlock()
 	return g, ctx.Err()
@@ -122,10 +123,26 @@ func (p *packer) add(ctx context.Context, id ID, typ blobType, rawLen int, seale
 // with it held; while the uploader is busy it waits (back-pressure), without the lock.
 func (p *packer) sendLocked(full *packBuf) {
 	p.senders.Add(1)
+	p.queuing++
 	p.mu.Unlock()
 	p.queue <- full
 	p.senders.Done()
 	p.mu.Lock()
+	p.queuing--
+	p.cond.Broadcast()
+}
+
+// sendCurLocked queues the current pack b, once no other pack waits to be queued: one
+// full pack at most waits for the uploader, so the memory of packs does not grow with
+// the number of writers (each could otherwise fill and hold a pack of its own). If
+// another writer queued b meanwhile, there is nothing left to do.
+func (p *packer) sendCurLocked(b *packBuf) {
+	for p.queuing > 0 && p.cur == b && !p.closed {
+		p.cond.Wait()
+	}
+	if p.cur == b && !p.closed {
+		p.sendLocked(p.rotateLocked())
+	}
 }
 
 func (p *packer) rotateLocked() *packBuf {
@@ -140,7 +157,7 @@ func (p *packer) rotateLocked() *packBuf {
 func (p *packer) wait(ctx context.Context, since, gen uint64) error {
 	p.mu.Lock()
 	if p.cur.gen <= gen && len(p.cur.entries) > 0 && !p.closed {
-		p.sendLocked(p.rotateLocked())
+		p.sendCurLocked(p.cur)
 	}
 	if p.cur.gen <= gen {
 		// Nothing of gen was ever added (an empty generation): it is done.
