@@ -881,6 +881,18 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 				s.setPointErr(&api.ReplicationError{Code: codeHookFailed, Message: "the post-thaw hook failed: " + err.Error()})
 			}
 		}()
+		// Outside the window: write back what the filesystems hold and send it, so the
+		// freeze has little left to flush and the window little to read.
+		if a.tr != nil && freeze.SyncFilesystems(ctx, mounts) == nil {
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			synced := a.tr.Sync(sctx) == nil
+			cancel()
+			for i := 0; synced && i < 8 && s.dirtyBytes() > 0; i++ {
+				if _, err := s.drain(ctx); err != nil {
+					return err
+				}
+			}
+		}
 		fr, freezeErr = a.wd.Freeze(ctx, mounts, bound)
 		if freezeErr != nil {
 			s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,

@@ -166,6 +166,30 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []s
 	return f, nil
 }
 
+// SyncFilesystems writes back what the filesystems mounted at mountpoints hold
+// (syncfs), outside any freeze: done before a freeze, it leaves FIFREEZE little to write
+// and the caller can send what was written before the window opens.
+func SyncFilesystems(ctx context.Context, mountpoints []string) error {
+	handles, err := openMounts(mountpoints)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, h := range handles {
+			unix.Close(h.fd)
+		}
+	}()
+	for _, h := range handles {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := unix.Syncfs(h.fd); err != nil {
+			return fmt.Errorf("sync the filesystem at %s: %w", h.path, err)
+		}
+	}
+	return nil
+}
+
 // openMounts opens each mount point, drops repeats of one filesystem and sorts them.
 func openMounts(mountpoints []string) ([]*fsHandle, error) {
 	sorted := slices.Clone(mountpoints)

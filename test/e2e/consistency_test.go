@@ -221,8 +221,15 @@ func TestHookThatHangsOrFailsSkipsThePoint(t *testing.T) {
 	os.Remove(filepath.Join(flags, "fail"))
 	want := treeHashes(t, mnt)
 	c.exportAndCheck(c.snapshot(), volumeNameOf(dev), want)
-	s, _ := c.admin.SourceServer(context.Background(), c.agentID)
-	if s.Replication.Error != nil {
-		t.Fatalf("the error stayed after the hook worked again: %+v", s.Replication.Error)
+	// The agent clears the error when the PIT is sealed, and reports it with its next
+	// state report (every few seconds).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		s, _ := c.admin.SourceServer(context.Background(), c.agentID)
+		if s.Replication.Error == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the error stayed after the hook worked again: %+v", s.Replication.Error)
+		}
 	}
 }
