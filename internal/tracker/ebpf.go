@@ -435,32 +435,31 @@ func trackerProgram(l *completionLayout, devs, ring, lost, sent int) asm.Instruc
 		asm.Mov.Reg(asm.R1, asm.R0),
 		asm.Mov.Imm(asm.R2, 1), // BPF_RB_NO_WAKEUP: Run polls (see pollInterval)
 		asm.FnRingbufSubmit.Call(),
-		asm.StoreImm(asm.RFP, -8, int64(kind), asm.Word),
-		asm.LoadMapPtr(asm.R1, sent),
+	)
+	insns = append(insns, countInsns(sent, kind)...)
+	if !l.issue {
+		lostCount := countInsns(lost, 0)
+		lostCount[0] = lostCount[0].WithSymbol("lost")
+		insns = append(append(insns, asm.Ja.Label("exit")), lostCount...)
+	}
+	return append(insns,
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
+		asm.Return(),
+	)
+}
+
+// countInsns adds one to element key of the u64 array map m (its jumps go to "exit").
+func countInsns(m int, key int32) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.RFP, -8, int64(key), asm.Word),
+		asm.LoadMapPtr(asm.R1, m),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -8),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "exit"),
 		asm.Mov.Imm(asm.R1, 1),
 		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-	)
-	if !l.issue {
-		insns = append(insns,
-			asm.Ja.Label("exit"),
-			asm.StoreImm(asm.RFP, -8, 0, asm.Word).WithSymbol("lost"),
-			asm.LoadMapPtr(asm.R1, lost),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -8),
-			asm.FnMapLookupElem.Call(),
-			asm.JEq.Imm(asm.R0, 0, "exit"),
-			asm.Mov.Imm(asm.R1, 1),
-			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-		)
 	}
-	return append(insns,
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("exit"),
-		asm.Return(),
-	)
 }
 
 // diskOf returns the whole disk holding the block device dev (dev itself unless it is a
