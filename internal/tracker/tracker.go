@@ -12,7 +12,8 @@
 //   - HashTable: per volume, the hash of each block as the replica holds it, persisted
 //     atomically, so a scan after an agent restart sends only blocks that differ.
 //   - EBPF: the "ebpf" tracker, an eBPF program on the block layer's completion
-//     tracepoints that reports every completed write to the server's volumes.
+//     tracepoints that reports every completed write to the server's volumes, and on
+//     block_rq_issue, so that a completion the kernel fails to report is still marked.
 //
 // The "scan" tracker is not a type: it is the agent hashing every block with Scan and
 // sending those whose hash differs from the HashTable's (initial sync, RESCAN, and the
