@@ -146,16 +146,26 @@ func checkPITBlocks(t *testing.T, r *Repo, p PIT, m model) {
 	}
 }
 
-func TestBackendErrorsKeepTheirKind(t *testing.T) {
-	ctx := context.Background()
-	inner, _ := file.Open(t.TempDir())
-	fb := faulty.Wrap(inner)
-	mk, _ := NewMasterKey()
-	r, err := Init(ctx, fb, mk, testOptions())
+// newFaultyRepo makes a repository on a local store whose faults the test chooses.
+func newFaultyRepo(t *testing.T) (*Repo, *faulty.Backend) {
+	t.Helper()
+	inner, err := file.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	fb := faulty.Wrap(inner)
+	mk, _ := NewMasterKey()
+	r, err := Init(context.Background(), fb, mk, testOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, fb
+}
+
+func TestBackendErrorsKeepTheirKind(t *testing.T) {
+	ctx := context.Background()
+	r, fb := newFaultyRepo(t)
 	h, _ := r.OpenHead(ctx, "s-e", "vda", 8*testBS, HeadOptions{})
 	write(t, h, model{}, map[uint64]uint32{1: 1})
 	if err := h.Flush(ctx); err != nil {
@@ -165,7 +175,7 @@ func TestBackendErrorsKeepTheirKind(t *testing.T) {
 	// STAGING_STORAGE_FULL), the head must be reopened, and what was flushed is intact.
 	fb.Add(faulty.Rule{Op: faulty.OpPut, Kind: backend.ErrFull})
 	write(t, h, model{}, map[uint64]uint32{2: 1})
-	err = h.Flush(ctx)
+	err := h.Flush(ctx)
 	if !errors.Is(err, backend.ErrFull) {
 		t.Fatalf("flush on a full store: %v, want ErrFull", err)
 	}
@@ -195,14 +205,7 @@ func TestBackendErrorsKeepTheirKind(t *testing.T) {
 // journal after a missing one is ever written.
 func TestFlushesCompleteInOrder(t *testing.T) {
 	ctx := context.Background()
-	inner, _ := file.Open(t.TempDir())
-	fb := faulty.Wrap(inner)
-	mk, _ := NewMasterKey()
-	r, err := Init(ctx, fb, mk, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, fb := newFaultyRepo(t)
 	h, _ := r.OpenHead(ctx, "s-o", "vda", 16*testBS, HeadOptions{})
 	var flushes []*Flusher
 	for b := uint64(0); b < 4; b++ {
@@ -214,7 +217,7 @@ func TestFlushesCompleteInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var journals int
-	inner.List(ctx, "heads/", func(oi backend.ObjectInfo) error {
+	fb.List(ctx, "heads/", func(oi backend.ObjectInfo) error {
 		if strings.Contains(oi.Name, "/j-") {
 			journals++
 		}
