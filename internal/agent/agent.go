@@ -121,7 +121,7 @@ type Agent struct {
 
 	cfgMu      sync.Mutex
 	latest     *api.ReplicationConfig // the replication config as last read
-	cfgChanged chan struct{}          // closed when latest changes
+	cfgChanged chan struct{}          // closed when latest changes (then replaced)
 }
 
 // watchConfig keeps the replication config current: it waits on the control plane for
@@ -144,9 +144,7 @@ func (a *Agent) watchConfig(ctx context.Context) {
 			known = fp
 			a.cfgMu.Lock()
 			a.latest = &cfg
-			if a.cfgChanged != nil {
-				close(a.cfgChanged)
-			}
+			close(a.cfgChanged)
 			a.cfgChanged = make(chan struct{})
 			a.cfgMu.Unlock()
 		}
@@ -157,7 +155,7 @@ func (a *Agent) watchConfig(ctx context.Context) {
 func (a *Agent) config(ctx context.Context) (api.ReplicationConfig, bool) {
 	for {
 		a.cfgMu.Lock()
-		cfg := a.latest
+		cfg, ch := a.latest, a.cfgChanged
 		a.cfgMu.Unlock()
 		if cfg != nil {
 			return *cfg, true
@@ -165,7 +163,7 @@ func (a *Agent) config(ctx context.Context) (api.ReplicationConfig, bool) {
 		select {
 		case <-ctx.Done():
 			return api.ReplicationConfig{}, false
-		case <-time.After(100 * time.Millisecond):
+		case <-ch:
 		}
 	}
 }
@@ -175,10 +173,6 @@ func (a *Agent) waitConfigChange(ctx context.Context, d time.Duration) {
 	a.cfgMu.Lock()
 	ch := a.cfgChanged
 	a.cfgMu.Unlock()
-	if ch == nil {
-		sleep(ctx, d)
-		return
-	}
 	select {
 	case <-ctx.Done():
 	case <-ch:
@@ -203,7 +197,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), vols: vols, blockSize: 64 << 10, rescan: true}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), vols: vols, blockSize: 64 << 10, rescan: true,
+		cfgChanged: make(chan struct{})}
 	a.blockSize = a.loadBlockSize()
 	// Every start is a new tracker generation: writes made while no agent ran are unknown.
 	if a.generation, err = a.bumpGeneration(); err != nil {
