@@ -81,6 +81,7 @@ type sess struct {
 	work  chan *item
 	errc  chan error
 	pools sync.Pool // *wire.Batch
+	raws  sync.Pool // *[]byte: items' raw data, perItem blocks
 	zenc  *zstd.Encoder
 
 	mu       sync.Mutex
@@ -592,7 +593,7 @@ func (s *sess) offer(ctx context.Context, vol int, block uint64, data []byte, ha
 	}
 	it := s.cur[vol]
 	if it == nil {
-		it = &item{volume: vol, raw: make([]byte, 0, s.perItem*s.bs)}
+		it = &item{volume: vol, raw: s.rawBuf()}
 		s.cur[vol] = it
 	}
 	it.raw = append(it.raw, data...)
@@ -602,6 +603,14 @@ func (s *sess) offer(ctx context.Context, vol int, block uint64, data []byte, ha
 		return s.dispatch(ctx, vol)
 	}
 	return nil
+}
+
+// rawBuf returns an empty buffer for an item's data.
+func (s *sess) rawBuf() []byte {
+	if b, ok := s.raws.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 0, s.perItem*s.bs)
 }
 
 // dispatch sends a volume's item to the encoders and the ordered queue.
@@ -748,6 +757,8 @@ func (s *sess) sender(ctx context.Context) error {
 			s.a.st.sentBytes.Add(it.rawLen)
 			s.a.st.sentBlocks.Add(int64(len(it.blocks)))
 			s.pools.Put(it.batch)
+			raw := it.raw[:0]
+			s.raws.Put(&raw)
 			it.batch, it.raw = nil, nil
 		}
 		s.lastSend = time.Now()

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
@@ -450,13 +451,16 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 				}
 				if pre := blocks[i].Compressed; pre != nil && blocks[i].CompressedWith == h.codec && h.codec != CodecNone &&
 					len(blocks[i].Data) == bs && len(pre) < bs {
-					prep[i].sealed = r.sealPrecompressed(h.codec, blobData, id, pre)
+					if scratch == nil {
+						scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
+					}
+					prep[i].sealed = r.sealPrecompressed(r.sealedBuf(), h.codec, blobData, id, pre, scratch)
 					continue
 				}
 				if scratch == nil {
-					scratch = make([]byte, 0, bs+bs/8+64)
+					scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
 				}
-				prep[i].sealed = r.sealChunk(h.codec, blobData, id, data, scratch)
+				prep[i].sealed = r.sealChunk(r.sealedBuf(), h.codec, blobData, id, data, scratch)
 			}
 			return nil
 		})
@@ -464,7 +468,11 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 	_ = g.Wait()
 	for i, b := range blocks {
 		p := prep[i]
-		if err := h.use(ctx, p, b.Data); err != nil {
+		err := h.use(ctx, p, b.Data)
+		if p.sealed != nil {
+			r.releaseSealed(p.sealed) // copied into a pack, or not needed
+		}
+		if err != nil {
 			h.setBroken(err)
 			return err
 		}
@@ -539,7 +547,7 @@ func (h *Head) restore(ctx context.Context, w *window, id ID, data []byte) error
 		}
 		return nil
 	}
-	sealed := r.sealChunk(h.codec, blobData, id, data, nil)
+	sealed := r.sealChunk(nil, h.codec, blobData, id, data, nil)
 	g, err := r.packer.add(ctx, id, blobData, len(data), sealed)
 	if err != nil {
 		return err

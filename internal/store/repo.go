@@ -141,8 +141,9 @@ type Repo struct {
 	viewTime    time.Time
 	viewMu      sync.Mutex // serialises view refreshes
 
-	packer *packer
-	nodes  *nodeCache
+	packer     *packer
+	nodes      *nodeCache
+	sealedBufs sync.Pool // *[]byte: see sealedBuf
 
 	dirtyBytes atomic.Int64 // memory of every open head's changed tables
 }
