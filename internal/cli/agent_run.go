@@ -22,6 +22,7 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 	var config, state string
 	var scan bool
 	var scanPause, verify, freezeHold, hookTimeout time.Duration
+	var normalRCU bool
 	var ringBytes int
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -54,7 +55,7 @@ filesystem-consistent consistency points, and report progress to the control pla
 			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, ControlPlane: client, Certificate: cert, CAPool: pool,
 				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger,
 				PreFreeze: conf.PreFreeze, PostThaw: conf.PostThaw, VerifyEvery: verify,
-				RingBytes: ringBytes, FreezeHold: freezeHold, HookTimeout: hookTimeout})
+				RingBytes: ringBytes, FreezeHold: freezeHold, HookTimeout: hookTimeout, NormalRCU: normalRCU})
 			if err != nil {
 				return err
 			}
@@ -68,6 +69,7 @@ filesystem-consistent consistency points, and report progress to the control pla
 	cmd.Flags().BoolVar(&scan, "scan", false, "use the scan tracker even where eBPF could run")
 	cmd.Flags().DurationVar(&scanPause, "scan-pause", 0, "pause after each batch a scan sends (tests)")
 	_ = cmd.Flags().MarkHidden("scan-pause")
+	cmd.Flags().BoolVar(&normalRCU, "freeze-normal-rcu", false, "do not switch the kernel to expedited RCU grace periods during each FIFREEZE (/sys/kernel/rcu_expedited, a few ms per point): freeze windows then last ~30 ms instead of ~2 ms")
 	cmd.Flags().DurationVar(&hookTimeout, "hook-timeout", 30*time.Second, "how long a pre-freeze or post-thaw hook may run before the point is skipped")
 	cmd.Flags().IntVar(&ringBytes, "ebpf-ring-bytes", 0, "size of the eBPF ring buffer (tests)")
 	cmd.Flags().DurationVar(&freezeHold, "freeze-hold", 0, "hold each freeze this long (tests of the freeze watchdog)")

@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +28,35 @@ const (
 	ioctlFIFREEZE = 0xC0045877
 	ioctlFITHAW   = 0xC0045878
 )
+
+// rcuExpeditedFile is the kernel's switch between normal and expedited RCU grace
+// periods. FIFREEZE waits for several normal grace periods (each freeze level of a
+// superblock is a per-CPU rw-semaphore, and taking one for writing waits for a grace
+// period), and those waits are most of a freeze window: about 30 ms on a quiet 2-CPU
+// machine, 1-2 ms with expedited grace periods. So unless told not to, a freeze turns
+// the switch on just before the first FIFREEZE and off again right after the last (the
+// thaw waits for none); if the agent dies in between, the watchdog turns it off. The
+// switch is left alone when it is already on (someone wants it on) or cannot be written
+// (no privilege, read-only /sys): the freeze is then only slower.
+const rcuExpeditedFile = "/sys/kernel/rcu_expedited"
+
+// expediteRCU turns expedited grace periods on if they are off; it reports whether it
+// did, so the caller turns them off again.
+func expediteRCU() bool {
+	b, err := os.ReadFile(rcuExpeditedFile)
+	if err != nil || strings.TrimSpace(string(b)) != "0" {
+		return false
+	}
+	return os.WriteFile(rcuExpeditedFile, []byte("1\n"), 0o644) == nil
+}
+
+// unexpediteRCU turns expedited grace periods off again.
+func unexpediteRCU() error {
+	if err := os.WriteFile(rcuExpeditedFile, []byte("0\n"), 0o644); err != nil {
+		return fmt.Errorf("turn expedited RCU grace periods off again: %w", err)
+	}
+	return nil
+}
 
 // NotConsistentError is what Thaw returns when the filesystems did not stay frozen
 // from the freeze to the thaw: the bound passed and they were thawed by the timer or
@@ -77,10 +108,10 @@ type fsHandle struct {
 // This Freeze has no watchdog process: if the agent is killed while frozen, the
 // filesystems stay frozen. The agent uses (*Watchdog).Freeze.
 func Freeze(ctx context.Context, mountpoints []string, bound time.Duration) (*Frozen, error) {
-	return freeze(ctx, slog.Default(), nil, mountpoints, bound)
+	return freeze(ctx, slog.Default(), nil, true, mountpoints, bound)
 }
 
-func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []string, bound time.Duration) (*Frozen, error) {
+func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, expedite bool, mountpoints []string, bound time.Duration) (*Frozen, error) {
 	if bound <= 0 {
 		return nil, fmt.Errorf("freeze: the time bound must be positive, not %s", bound)
 	}
@@ -108,6 +139,12 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []s
 		}
 	}
 	f := &Frozen{log: log, bound: bound, wd: wd, handles: handles}
+	// Whether to switch expedited RCU on is decided before arming, so the watchdog
+	// knows to switch it off if the agent dies.
+	if expedite {
+		b, err := os.ReadFile(rcuExpeditedFile)
+		expedite = err == nil && strings.TrimSpace(string(b)) == "0"
+	}
 	if wd != nil {
 		paths := make([]string, len(handles))
 		for i, h := range handles {
@@ -115,7 +152,7 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []s
 		}
 		// Armed before the first FIFREEZE: if the agent dies anywhere from here on,
 		// the watchdog thaws.
-		seq, err := wd.arm(ctx, paths, time.Now().Add(bound))
+		seq, err := wd.arm(ctx, paths, time.Now().Add(bound), expedite)
 		if err != nil {
 			closeAll()
 			return nil, err
@@ -123,6 +160,7 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []s
 		f.seq = seq
 	}
 
+	expedited := expedite && expediteRCU()
 	f.start = time.Now()
 	f.timer = time.AfterFunc(bound, f.expire)
 	var failure error
@@ -148,6 +186,11 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, mountpoints []s
 			}
 		}
 		f.mu.Unlock()
+	}
+	if expedited {
+		if err := unexpediteRCU(); err != nil {
+			log.Warn("freeze: "+err.Error(), "file", rcuExpeditedFile)
+		}
 	}
 	f.mu.Lock()
 	expired := f.expired

@@ -51,7 +51,12 @@ func freezeChild(mnt string) int {
 		return 1
 	}
 	if os.Getenv(childEnv+"_MODE") == "hung" {
-		if _, err := wd.arm(ctx, []string{mnt}, time.Now().Add(bound)); err != nil {
+		// As an agent that hangs inside its FIFREEZE, expedited RCU switched on.
+		if _, err := wd.arm(ctx, []string{mnt}, time.Now().Add(bound), true); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := os.WriteFile(rcuExpeditedFile, []byte("1\n"), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -243,27 +248,57 @@ func TestFreezeDurations(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer wd.Close()
-	var worst time.Duration
-	var total time.Duration
-	const n = 20
-	for i := range n {
-		if err := os.WriteFile(filepath.Join(a, "f"), []byte(strconv.Itoa(i)), 0o644); err != nil {
-			t.Fatal(err)
+	normalRCU(t)
+	for _, normal := range []bool{true, false} {
+		wd.NormalRCU = normal
+		var worst time.Duration
+		var total time.Duration
+		const n = 20
+		for i := range n {
+			if err := os.WriteFile(filepath.Join(a, "f"), []byte(strconv.Itoa(i)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f, err := wd.Freeze(context.Background(), []string{b, a}, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := f.Mounts(); len(got) != 2 || got[0] > got[1] {
+				t.Fatalf("freeze order %v is not sorted", got)
+			}
+			if got := rcuSwitch(t); got != "0" {
+				t.Fatalf("expedited RCU is %q while frozen; the freeze must switch it back off after its FIFREEZEs", got)
+			}
+			if err := f.Thaw(); err != nil {
+				t.Fatal(err)
+			}
+			worst = max(worst, f.Elapsed())
+			total += f.Elapsed()
 		}
-		f, err := wd.Freeze(context.Background(), []string{b, a}, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := f.Mounts(); len(got) != 2 || got[0] > got[1] {
-			t.Fatalf("freeze order %v is not sorted", got)
-		}
-		if err := f.Thaw(); err != nil {
-			t.Fatal(err)
-		}
-		worst = max(worst, f.Elapsed())
-		total += f.Elapsed()
+		t.Logf("%d freezes of 2 ext4 filesystems through the watchdog (normal RCU %v): mean %s, worst %s", n, normal, total/n, worst)
 	}
-	t.Logf("%d freezes of 2 ext4 filesystems through the watchdog: mean %s, worst %s", n, total/n, worst)
+}
+
+// normalRCU makes sure expedited RCU grace periods are off for the test and puts back
+// what was there after it.
+func normalRCU(t *testing.T) {
+	t.Helper()
+	old, err := os.ReadFile(rcuExpeditedFile)
+	if err != nil {
+		t.Skipf("no %s here: %v", rcuExpeditedFile, err)
+	}
+	if err := os.WriteFile(rcuExpeditedFile, []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(rcuExpeditedFile, old, 0o644) })
+}
+
+func rcuSwitch(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(rcuExpeditedFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func TestFreezeBoundDuringFreezing(t *testing.T) {
@@ -471,6 +506,7 @@ func TestWatchdogThawsWhenAgentKilled(t *testing.T) {
 // no timer of its own here): the watchdog thaws at the bound.
 func TestWatchdogThawsHungAgent(t *testing.T) {
 	_, mnt := ext4Mount(t)
+	normalRCU(t)
 	child, _, logPath := startFrozenChild(t, mnt, "hung", 2*time.Second)
 	if err := child.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -478,6 +514,9 @@ func TestWatchdogThawsHungAgent(t *testing.T) {
 	_, done := writer(t, mnt, "a")
 	waitDone(t, done, "the agent hung and nothing thawed at the bound")
 	waitLog(t, logPath, "time bound passed", mnt)
+	if got := rcuSwitch(t); got != "0" {
+		t.Fatalf("expedited RCU is %q after the watchdog thawed; it must switch off what the agent switched on", got)
+	}
 }
 
 // waitLog waits (bounded) until the file at path holds every one of want: the

@@ -35,14 +35,15 @@ func IsWatchdog(args []string) bool { return len(args) > 1 && args[1] == watchdo
 // commands on the watchdog's stdin, replies on its stdout).
 //
 //	watchdog → agent  {"op":"ready","pid":N}
-//	agent → watchdog  {"op":"arm","seq":N,"deadline":UNIX_NANO,"mounts":[...]}
+//	agent → watchdog  {"op":"arm","seq":N,"deadline":UNIX_NANO,"mounts":[...],"rcu":true}
 //	watchdog → agent  {"op":"armed","seq":N}
 //	agent → watchdog  {"op":"disarm","seq":N}
 //	watchdog → agent  {"op":"disarmed","seq":N,"thawed":[...]}   thawed: what it thawed itself
 //
 // While armed, the watchdog thaws the mounts when the deadline passes, when its stdin
 // closes (the agent died: the kernel closes the agent's end of the pipe), or when it is
-// asked to terminate.
+// asked to terminate; with "rcu" it then also turns expedited RCU grace periods off
+// (the agent turned them on for the freeze, see rcuExpeditedFile).
 type wdMsg struct {
 	Op       string   `json:"op"`
 	Seq      uint64   `json:"seq,omitempty"`
@@ -50,6 +51,7 @@ type wdMsg struct {
 	Mounts   []string `json:"mounts,omitempty"`
 	Thawed   []string `json:"thawed,omitempty"`
 	Pid      int      `json:"pid,omitempty"`
+	RCU      bool     `json:"rcu,omitempty"`
 }
 
 // Watchdog is a long-lived child process that thaws the filesystems of a freeze if the
@@ -58,6 +60,10 @@ type wdMsg struct {
 // freeze window would make the window long.
 type Watchdog struct {
 	log *slog.Logger
+	// NormalRCU, set before the first freeze, keeps the freezes from switching the
+	// kernel to expedited RCU grace periods (see rcuExpeditedFile): longer windows,
+	// no change to a system-wide setting.
+	NormalRCU bool
 
 	mu     sync.Mutex
 	proc   *wdProc
@@ -189,12 +195,12 @@ func (w *Watchdog) Pid() int {
 // FIFREEZE until Thaw, the watchdog thaws the filesystems if the agent dies or the bound
 // passes. One freeze at a time.
 func (w *Watchdog) Freeze(ctx context.Context, mountpoints []string, bound time.Duration) (*Frozen, error) {
-	return freeze(ctx, w.log, w, mountpoints, bound)
+	return freeze(ctx, w.log, w, !w.NormalRCU, mountpoints, bound)
 }
 
 // arm tells the watchdog what to thaw and by when, and waits for its answer; it runs
 // before the freeze window opens. It restarts a watchdog that has exited.
-func (w *Watchdog) arm(ctx context.Context, mounts []string, deadline time.Time) (uint64, error) {
+func (w *Watchdog) arm(ctx context.Context, mounts []string, deadline time.Time, rcu bool) (uint64, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -216,7 +222,7 @@ func (w *Watchdog) arm(ctx context.Context, mounts []string, deadline time.Time)
 		w.proc = p
 	}
 	w.seq++
-	err := w.proc.send(wdMsg{Op: "arm", Seq: w.seq, Deadline: deadline.UnixNano(), Mounts: mounts})
+	err := w.proc.send(wdMsg{Op: "arm", Seq: w.seq, Deadline: deadline.UnixNano(), Mounts: mounts, RCU: rcu})
 	var m wdMsg
 	if err == nil {
 		m, err = w.proc.read(time.Now().Add(replyTimeout))
@@ -326,6 +332,11 @@ func RunWatchdog(args []string) int {
 			return
 		}
 		thawed, errs := thawPaths(armed.Mounts)
+		if armed.RCU {
+			if err := unexpediteRCU(); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		thawedBy[armed.Seq] = thawed
 		// Log only once thawed: the log may go to a frozen filesystem.
 		if len(thawed) > 0 || len(errs) > 0 {
