@@ -9,12 +9,18 @@ import (
 	"unsafe"
 
 	"github.com/zeebo/xxh3"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
 // maxIO is the largest single read: large enough for sequential disk speed, small
 // enough to keep two of them in memory per volume.
 const maxIO = 4 << 20
+
+// readDepth is how many reads of scattered blocks ReadBlocks keeps in flight: a disk
+// serves several at once, where one at a time pays every round trip in turn (the
+// blocks of a consistency point are read while the filesystems are frozen).
+const readDepth = 8
 
 // A scan has scanReaders reads in flight and scanBuffers buffers: those being read,
 // one being hashed, and one spare.
@@ -206,7 +212,8 @@ func (v *Volume) readAt(buf []byte, off int64) (int, error) {
 }
 
 // ReadBlocks reads the given blocks and calls fn with each block's content, in the
-// order given. Runs of adjacent blocks are read with one large aligned read. data is
+// order given. Runs of adjacent blocks are read with one large aligned read, up to
+// readDepth runs at once. data is
 // valid only during the call to fn; the last block of a volume whose size is not a
 // multiple of blockSize is short. Blocks past the end of the volume are skipped. An
 // error from fn stops the reads and is returned as it is.
@@ -219,6 +226,47 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 	buf := *bufp
 	perRead := len(buf) / blockSize
 	nblocks := v.Blocks(blockSize)
+	// A wave is the runs that fit in buf together; they are read concurrently, then
+	// handed to fn in order.
+	type run struct {
+		first      uint64
+		n          int
+		at         int64 // offset in buf
+		want, read int64
+	}
+	var wave []run
+	used := int64(0)
+	flush := func() error {
+		g := errgroup.Group{}
+		g.SetLimit(readDepth)
+		for k := range wave {
+			r := &wave[k]
+			g.Go(func() error {
+				off := int64(r.first) * int64(blockSize)
+				length := (r.want + int64(v.align) - 1) / int64(v.align) * int64(v.align)
+				got, err := v.readAt(buf[r.at:r.at+length], off)
+				r.read = int64(got)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		for _, r := range wave {
+			if r.read < r.want {
+				return fmt.Errorf("read volume %s: %w at byte %d (the volume shrank?)", v.path, io.ErrUnexpectedEOF, int64(r.first)*int64(blockSize)+r.read)
+			}
+			for k := range r.n {
+				lo := r.at + int64(k*blockSize)
+				hi := min(lo+int64(blockSize), r.at+r.want)
+				if err := fn(r.first+uint64(k), buf[lo:hi]); err != nil {
+					return err
+				}
+			}
+		}
+		wave, used = wave[:0], 0
+		return nil
+	}
 	for i := 0; i < len(blocks); {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -235,23 +283,16 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 		off := int64(first) * int64(blockSize)
 		want := min(int64(n*blockSize), v.size-off)
 		length := (want + int64(v.align) - 1) / int64(v.align) * int64(v.align)
-		got, err := v.readAt(buf[:length], off)
-		if err != nil {
-			return err
-		}
-		if int64(got) < want {
-			return fmt.Errorf("read volume %s: %w at byte %d (the volume shrank?)", v.path, io.ErrUnexpectedEOF, off+int64(got))
-		}
-		for k := range n {
-			lo := int64(k * blockSize)
-			hi := min(lo+int64(blockSize), want)
-			if err := fn(first+uint64(k), buf[lo:hi]); err != nil {
+		if used+length > int64(len(buf)) {
+			if err := flush(); err != nil {
 				return err
 			}
 		}
+		wave = append(wave, run{first: first, n: n, at: used, want: want})
+		used += length
 		i += n
 	}
-	return nil
+	return flush()
 }
 
 // Scan reads the volume sequentially from block from to the end and calls fn with each

@@ -58,9 +58,13 @@ func TestVolumeFileReadBlocksAndScan(t *testing.T) {
 	}
 
 	// Adjacent runs, a long run past one read, gaps, out of order, the short last
-	// block, and a block past the end (skipped).
+	// block, a block past the end (skipped), and scattered blocks, more than fit in
+	// one wave of concurrent reads.
 	want := []uint64{0, 1, 2, 7, 5, 6, nb - 1, nb + 5}
 	for b := uint64(10); b < 10+maxIO/bs+3; b++ {
+		want = append(want, b)
+	}
+	for b := uint64(10 + maxIO/bs + 4); b < nb-1 && len(want) < 300; b += 2 {
 		want = append(want, b)
 	}
 	var got []uint64
