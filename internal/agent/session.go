@@ -912,6 +912,12 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		}
 	}
 	at := time.Now()
+	// Where the window's time goes, for the log: the FIFREEZEs, waiting for the
+	// tracker's events, reading the blocks.
+	var tFreeze, tSync, tRead time.Duration
+	if fr != nil {
+		tFreeze = fr.Elapsed()
+	}
 	if fr != nil && a.cfg.FreezeHold > 0 {
 		sleep(ctx, a.cfg.FreezeHold)
 	}
@@ -926,8 +932,11 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	var readErr error
 	if a.tr != nil {
 		sctx, cancel := context.WithTimeout(ctx, max(bound, time.Second))
+		t := time.Now()
 		readErr = a.tr.Sync(sctx)
 		cancel()
+		tSync = time.Since(t)
+		t = time.Now()
 		var buf []uint64
 		for i, v := range a.vols {
 			for readErr == nil && v.dirty.Count() > 0 {
@@ -938,6 +947,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 				})
 			}
 		}
+		tRead = time.Since(t)
 	} else {
 		var total int64
 		for i, v := range a.vols {
@@ -1013,9 +1023,13 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	if len(got) == 0 && a.tr != nil {
 		s.matched(at)
 	}
-	a.log.Debug("consistency point", "level", level.String(), "freeze_ms", freezeMs, "blocks", len(got), "reason", freezeErr)
+	a.log.Debug("consistency point", "level", level.String(), "freeze_ms", freezeMs, "fifreeze_ms", ms(tFreeze),
+		"tracker_sync_ms", ms(tSync), "read_ms", ms(tRead), "blocks", len(got), "reason", freezeErr)
 	return nil
 }
+
+// ms is d in milliseconds, for logs.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // setPointErr records why a consistency point failed (nil: one succeeded); it is
 // reported until a point succeeds.
