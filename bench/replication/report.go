@@ -265,7 +265,7 @@ func (r *report) write(w *os.File) {
 		if i := strings.Index(x.Data, "bs="); i >= 0 {
 			bsv = strings.Fields(x.Data[i:])[0]
 		}
-		for _, n := range []string{"FIFREEZE+FITHAW", "FIFREEZE+FITHAW under load " + bsv} {
+		for _, n := range []string{"FIFREEZE+FITHAW", "FIFREEZE+FITHAW, expedited RCU", "FIFREEZE+FITHAW under load " + bsv, "FIFREEZE+FITHAW under load " + bsv + ", expedited RCU"} {
 			if fa, ok := r.find("freeze-anchor", n, "", -1); ok {
 				p("| kernel alone (ms): %s | %s | %s | %s | %0.f |", fa.Cmd, fx(fa.Extra["p50Ms"], 1), fx(fa.Extra["p99Ms"], 1), fx(fa.Extra["maxMs"], 1), fa.Extra["samples"])
 			}

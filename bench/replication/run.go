@@ -580,22 +580,36 @@ func largestFile(root string) (string, int64, error) {
 
 // timeFreezes times n FIFREEZE + FITHAW of the mounted filesystem, gap apart, syncfs
 // first as the agent does: what the kernel alone costs for a freeze on this volume.
-func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration) ([]float64, error) {
+// With expedite, expedited RCU grace periods are on during the FIFREEZE, as the agent
+// has them by default.
+func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration, expedite bool) ([]float64, error) {
 	f, err := os.Open(mnt)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	const rcu = "/sys/kernel/rcu_expedited"
 	var ms []float64
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		if err := unix.Syncfs(int(f.Fd())); err != nil {
 			return nil, err
 		}
 		t0 := time.Now()
-		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045877, 0); e != 0 { // FIFREEZE
+		if expedite {
+			if err := os.WriteFile(rcu, []byte("1\n"), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		_, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045877, 0) // FIFREEZE
+		if expedite {
+			if err := os.WriteFile(rcu, []byte("0\n"), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		if e != 0 {
 			return nil, fmt.Errorf("FIFREEZE %s: %w", mnt, e)
 		}
-		_, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045878, 0) // FITHAW
+		_, _, e = syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045878, 0) // FITHAW
 		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
 		if e != 0 {
 			return nil, fmt.Errorf("FITHAW %s: %w", mnt, e)
@@ -610,15 +624,31 @@ func (b *bench) addFreezeAnchor(name, cmd, data, load string, ms []float64) {
 		Extra: map[string]float64{"p50Ms": pct(ms, 50), "p99Ms": pct(ms, 99), "maxMs": pct(ms, 100), "samples": float64(len(ms))}})
 }
 
+func freezeAnchorName(name string, expedite bool) string {
+	if expedite {
+		return name + ", expedited RCU"
+	}
+	return name
+}
+
+func rcuNote(expedite bool) string {
+	if expedite {
+		return "; expedited RCU grace periods during FIFREEZE, as the agent does"
+	}
+	return "; normal RCU grace periods"
+}
+
 // freezeAnchor times the kernel's freeze of the idle volume (no agent yet).
 func (b *bench) freezeAnchor(ctx context.Context, data, mnt string, n int) error {
 	b.quietWait(ctx)
 	load := startLoad()
-	ms, err := timeFreezes(ctx, mnt, n, 200*time.Millisecond)
-	if err != nil {
-		return err
+	for _, expedite := range []bool{false, true} {
+		ms, err := timeFreezes(ctx, mnt, n, 200*time.Millisecond, expedite)
+		if err != nil {
+			return err
+		}
+		b.addFreezeAnchor(freezeAnchorName("FIFREEZE+FITHAW", expedite), "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW (idle volume, no agent)"+rcuNote(expedite), data, load, ms)
 	}
-	b.addFreezeAnchor("FIFREEZE+FITHAW", "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW (idle volume, no agent)", data, load, ms)
 	return nil
 }
 
@@ -639,7 +669,11 @@ func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, 
 		return err
 	}
 	sleepCtx(ctx, 5*time.Second)
-	ms, ferr := timeFreezes(ctx, mnt, 30, time.Second)
+	ms, ferr := timeFreezes(ctx, mnt, 15, time.Second, false)
+	var mse []float64
+	if ferr == nil {
+		mse, ferr = timeFreezes(ctx, mnt, 15, time.Second, true)
+	}
 	werr := fio.Wait()
 	if _, err := cl.admin.ReplicationAction(ctx, a.id, api.ActionResume); err != nil {
 		return err
@@ -650,8 +684,10 @@ func (b *bench) freezeUnderLoad(ctx context.Context, cl *cluster, a *agentProc, 
 	if werr != nil {
 		return fmt.Errorf("fio: %w", werr)
 	}
-	b.addFreezeAnchor("FIFREEZE+FITHAW under load "+bs, "syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW, every 1 s during the same fio load, replication paused",
-		data, load, ms)
+	for k, m := range [][]float64{ms, mse} {
+		b.addFreezeAnchor(freezeAnchorName("FIFREEZE+FITHAW under load "+bs, k == 1),
+			"syncfs; then timed: ioctl FIFREEZE; ioctl FITHAW, every 1 s during the same fio load, replication paused"+rcuNote(k == 1), data, load, m)
+	}
 	_, err := a.waitState(ctx, 5*time.Minute, func(s agent.Status) bool {
 		return s.State == api.StateContinuous && s.BacklogBytes == 0 && s.LagSeconds != nil && *s.LagSeconds < 2 && time.Since(s.UpdatedAt) < 3*time.Second
 	})
