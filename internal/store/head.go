@@ -454,13 +454,13 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 					if scratch == nil {
 						scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
 					}
-					prep[i].sealed = r.sealPrecompressed(r.sealedBuf(), h.codec, blobData, id, pre, scratch)
+					prep[i].sealed = r.sealPrecompressed(h.codec, blobData, id, pre, scratch)
 					continue
 				}
 				if scratch == nil {
 					scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
 				}
-				prep[i].sealed = r.sealChunk(r.sealedBuf(), h.codec, blobData, id, data, scratch)
+				prep[i].sealed = r.sealChunk(h.codec, blobData, id, data, scratch)
 			}
 			return nil
 		})
@@ -468,11 +468,7 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 	_ = g.Wait()
 	for i, b := range blocks {
 		p := prep[i]
-		err := h.use(ctx, p, b.Data)
-		if p.sealed != nil {
-			r.releaseSealed(p.sealed) // copied into a pack, or not needed
-		}
-		if err != nil {
+		if err := h.use(ctx, p, b.Data); err != nil {
 			h.setBroken(err)
 			return err
 		}
@@ -547,7 +543,7 @@ func (h *Head) restore(ctx context.Context, w *window, id ID, data []byte) error
 		}
 		return nil
 	}
-	sealed := r.sealChunk(nil, h.codec, blobData, id, data, nil)
+	sealed := r.sealChunk(h.codec, blobData, id, data, nil)
 	g, err := r.packer.add(ctx, id, blobData, len(data), sealed)
 	if err != nil {
 		return err

@@ -141,9 +141,8 @@ type Repo struct {
 	viewTime    time.Time
 	viewMu      sync.Mutex // serialises view refreshes
 
-	packer     *packer
-	nodes      *nodeCache
-	sealedBufs sync.Pool // *[]byte: see sealedBuf
+	packer *packer
+	nodes  *nodeCache
 
 	dirtyBytes atomic.Int64 // memory of every open head's changed tables
 }

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/klauspost/compress/s2"
-
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
@@ -21,33 +19,18 @@ func chunkAAD(typ blobType, id ID) []byte {
 	return aad[:]
 }
 
-// sealChunk compresses and encrypts a chunk's plaintext, appending it to dst; scratch
-// (may be nil) holds the compressed form.
-func (r *Repo) sealChunk(dst []byte, codec Codec, typ blobType, id ID, plain []byte, scratch []byte) []byte {
+// sealChunk compresses and encrypts a chunk's plaintext into a buffer of its own;
+// scratch (may be nil) holds the compressed form.
+func (r *Repo) sealChunk(codec Codec, typ blobType, id ID, plain []byte, scratch []byte) []byte {
 	comp := r.codecs.compress(scratch[:0], codec, plain)
-	return r.keys.seal(dst, comp, chunkAAD(typ, id))
+	return r.keys.seal(make([]byte, 0, len(comp)+sealOverhead), comp, chunkAAD(typ, id))
 }
 
-// sealPrecompressed encrypts a chunk whose compressed form the caller made, appending
-// it to dst; scratch (may be nil) holds the codec byte and the compressed form.
-func (r *Repo) sealPrecompressed(dst []byte, codec Codec, typ blobType, id ID, comp []byte, scratch []byte) []byte {
+// sealPrecompressed encrypts a chunk whose compressed form the caller made into a
+// buffer of its own; scratch (may be nil) holds the codec byte and the compressed form.
+func (r *Repo) sealPrecompressed(codec Codec, typ blobType, id ID, comp []byte, scratch []byte) []byte {
 	plain := append(append(scratch[:0], byte(codec)), comp...)
-	return r.keys.seal(dst, plain, chunkAAD(typ, id))
-}
-
-// sealedBuf returns an empty buffer that holds any sealed data chunk. Give it back
-// with releaseSealed once the packer has copied the chunk.
-func (r *Repo) sealedBuf() []byte {
-	if b, ok := r.sealedBufs.Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, 1+s2.MaxEncodedLen(r.cfg.BlockSize)+sealOverhead)
-}
-
-func (r *Repo) releaseSealed(b []byte) {
-	if cap(b) >= 1+s2.MaxEncodedLen(r.cfg.BlockSize)+sealOverhead {
-		r.sealedBufs.Put(&b)
-	}
+	return r.keys.seal(make([]byte, 0, len(plain)+sealOverhead), plain, chunkAAD(typ, id))
 }
 
 // storeChunk stores a chunk unless it is already stored (and not condemned) or
@@ -61,7 +44,7 @@ func (r *Repo) storeChunk(ctx context.Context, typ blobType, plain []byte) (ID, 
 	if r.dedupable(id) {
 		return id, 0, 0, nil
 	}
-	sealed := r.sealChunk(nil, r.codec, typ, id, plain, nil)
+	sealed := r.sealChunk(r.codec, typ, id, plain, nil)
 	g, err := r.packer.add(ctx, id, typ, len(plain), sealed)
 	return id, g, len(sealed), err
 }
