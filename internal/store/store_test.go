@@ -724,3 +724,27 @@ func TestCompressionNoneIsHonoured(t *testing.T) {
 		t.Fatal("an unknown compression was accepted")
 	}
 }
+
+// A pack buffer grows as chunks come but never past PackSize plus the slack for the
+// chunk that fills it and its trailer, and keeps what was in it.
+func TestPackBufferGrowthIsBounded(t *testing.T) {
+	r, _, _ := newTestRepo(t, testOptions())
+	p := r.packer
+	var buf []byte
+	chunk := bytes.Repeat([]byte{7}, 40<<10)
+	for len(buf)+len(chunk) <= r.opts.PackSize+packSlack {
+		buf = p.grow(buf, len(chunk))
+		buf = append(buf, chunk...)
+		if limit := r.opts.PackSize + packSlack; cap(buf) > limit {
+			t.Fatalf("a pack buffer of %d bytes has capacity %d, more than %d", len(buf), cap(buf), limit)
+		}
+	}
+	if !bytes.Equal(buf[len(buf)-len(chunk):], chunk) || !bytes.Equal(buf[:len(chunk)], chunk) {
+		t.Fatal("growing lost the buffer's content")
+	}
+	// A chunk larger than the slack still fits.
+	big := make([]byte, 2*packSlack)
+	if buf = p.grow(buf, len(big)); cap(buf)-len(buf) < len(big) {
+		t.Fatalf("no room for a %d-byte chunk: len %d cap %d", len(big), len(buf), cap(buf))
+	}
+}
