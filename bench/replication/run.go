@@ -589,6 +589,10 @@ func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration, expe
 	}
 	defer f.Close()
 	const rcu = "/sys/kernel/rcu_expedited"
+	old, err := os.ReadFile(rcu)
+	if err != nil && expedite {
+		return nil, err
+	}
 	var ms []float64
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		if err := unix.Syncfs(int(f.Fd())); err != nil {
@@ -601,10 +605,9 @@ func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration, expe
 			}
 		}
 		_, _, e := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), 0xC0045877, 0) // FIFREEZE
+		var rerr error
 		if expedite {
-			if err := os.WriteFile(rcu, []byte("0\n"), 0o644); err != nil {
-				return nil, err
-			}
+			rerr = os.WriteFile(rcu, old, 0o644) // back as it was; thaw first if this failed
 		}
 		if e != 0 {
 			return nil, fmt.Errorf("FIFREEZE %s: %w", mnt, e)
@@ -613,6 +616,9 @@ func timeFreezes(ctx context.Context, mnt string, n int, gap time.Duration, expe
 		ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
 		if e != 0 {
 			return nil, fmt.Errorf("FITHAW %s: %w", mnt, e)
+		}
+		if rerr != nil {
+			return nil, rerr
 		}
 		sleepCtx(ctx, gap)
 	}

@@ -40,20 +40,20 @@ const (
 // (no privilege, read-only /sys): the freeze is then only slower.
 const rcuExpeditedFile = "/sys/kernel/rcu_expedited"
 
-// expediteRCU turns expedited grace periods on if they are off; it reports whether it
-// did, so the caller turns them off again.
-func expediteRCU() bool {
+// rcuNormal reports whether expedited grace periods are off (and the switch readable).
+func rcuNormal() bool {
 	b, err := os.ReadFile(rcuExpeditedFile)
-	if err != nil || strings.TrimSpace(string(b)) != "0" {
-		return false
-	}
-	return os.WriteFile(rcuExpeditedFile, []byte("1\n"), 0o644) == nil
+	return err == nil && strings.TrimSpace(string(b)) == "0"
 }
 
-// unexpediteRCU turns expedited grace periods off again.
-func unexpediteRCU() error {
-	if err := os.WriteFile(rcuExpeditedFile, []byte("0\n"), 0o644); err != nil {
-		return fmt.Errorf("turn expedited RCU grace periods off again: %w", err)
+// setRCUExpedited turns expedited grace periods on or off.
+func setRCUExpedited(on bool) error {
+	v := []byte("0\n")
+	if on {
+		v = []byte("1\n")
+	}
+	if err := os.WriteFile(rcuExpeditedFile, v, 0o644); err != nil {
+		return fmt.Errorf("switch expedited RCU grace periods to %v: %w", on, err)
 	}
 	return nil
 }
@@ -141,10 +141,7 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, expedite bool, 
 	f := &Frozen{log: log, bound: bound, wd: wd, handles: handles}
 	// Whether to switch expedited RCU on is decided before arming, so the watchdog
 	// knows to switch it off if the agent dies.
-	if expedite {
-		b, err := os.ReadFile(rcuExpeditedFile)
-		expedite = err == nil && strings.TrimSpace(string(b)) == "0"
-	}
+	expedite = expedite && rcuNormal()
 	if wd != nil {
 		paths := make([]string, len(handles))
 		for i, h := range handles {
@@ -160,7 +157,7 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, expedite bool, 
 		f.seq = seq
 	}
 
-	expedited := expedite && expediteRCU()
+	expedited := expedite && setRCUExpedited(true) == nil
 	f.start = time.Now()
 	f.timer = time.AfterFunc(bound, f.expire)
 	var failure error
@@ -188,7 +185,7 @@ func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, expedite bool, 
 		f.mu.Unlock()
 	}
 	if expedited {
-		if err := unexpediteRCU(); err != nil {
+		if err := setRCUExpedited(false); err != nil {
 			log.Warn("freeze: "+err.Error(), "file", rcuExpeditedFile)
 		}
 	}

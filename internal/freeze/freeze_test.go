@@ -56,7 +56,7 @@ func freezeChild(mnt string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if err := os.WriteFile(rcuExpeditedFile, []byte("1\n"), 0o644); err != nil {
+		if err := setRCUExpedited(true); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -283,10 +283,8 @@ func TestFreezeDurations(t *testing.T) {
 func normalRCU(t *testing.T) {
 	t.Helper()
 	old, err := os.ReadFile(rcuExpeditedFile)
-	if err != nil {
-		t.Skipf("no %s here: %v", rcuExpeditedFile, err)
-	}
-	if err := os.WriteFile(rcuExpeditedFile, []byte("0\n"), 0o644); err != nil {
+	testutil.Need(t, err == nil, fmt.Sprintf("the kernel has no %s (%v)", rcuExpeditedFile, err))
+	if err := setRCUExpedited(false); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.WriteFile(rcuExpeditedFile, old, 0o644) })

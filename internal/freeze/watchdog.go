@@ -333,7 +333,7 @@ func RunWatchdog(args []string) int {
 		}
 		thawed, errs := thawPaths(armed.Mounts)
 		if armed.RCU {
-			if err := unexpediteRCU(); err != nil {
+			if err := setRCUExpedited(false); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -449,16 +449,13 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 					prep[i].dup = true
 					continue
 				}
-				if pre := blocks[i].Compressed; pre != nil && blocks[i].CompressedWith == h.codec && h.codec != CodecNone &&
-					len(blocks[i].Data) == bs && len(pre) < bs {
-					if scratch == nil {
-						scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
-					}
-					prep[i].sealed = r.sealPrecompressed(h.codec, blobData, id, pre, scratch)
-					continue
-				}
 				if scratch == nil {
 					scratch = make([]byte, 0, 1+s2.MaxEncodedLen(bs))
+				}
+				if pre := blocks[i].Compressed; pre != nil && blocks[i].CompressedWith == h.codec && h.codec != CodecNone &&
+					len(blocks[i].Data) == bs && len(pre) < bs {
+					prep[i].sealed = r.sealPrecompressed(h.codec, blobData, id, pre, scratch)
+					continue
 				}
 				prep[i].sealed = r.sealChunk(h.codec, blobData, id, data, scratch)
 			}

@@ -213,10 +213,9 @@ func (v *Volume) readAt(buf []byte, off int64) (int, error) {
 
 // ReadBlocks reads the given blocks and calls fn with each block's content, in the
 // order given. Runs of adjacent blocks are read with one large aligned read, up to
-// readDepth runs at once. data is
-// valid only during the call to fn; the last block of a volume whose size is not a
-// multiple of blockSize is short. Blocks past the end of the volume are skipped. An
-// error from fn stops the reads and is returned as it is.
+// readDepth runs at once. data is valid only during the call to fn; the last block of
+// a volume whose size is not a multiple of blockSize is short. Blocks past the end of
+// the volume are skipped. An error from fn stops the reads and is returned as it is.
 func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int, fn func(block uint64, data []byte) error) error {
 	if err := v.checkBlockSize(blockSize); err != nil {
 		return err
@@ -229,10 +228,10 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 	// A wave is the runs that fit in buf together; they are read concurrently, then
 	// handed to fn in order.
 	type run struct {
-		first      uint64
-		n          int
-		at         int64 // offset in buf
-		want, read int64
+		first              uint64
+		n                  int
+		at                 int64 // offset in buf
+		want, length, read int64 // bytes of the volume, of the aligned read, read
 	}
 	var wave []run
 	used := int64(0)
@@ -242,9 +241,7 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 		for k := range wave {
 			r := &wave[k]
 			g.Go(func() error {
-				off := int64(r.first) * int64(blockSize)
-				length := (r.want + int64(v.align) - 1) / int64(v.align) * int64(v.align)
-				got, err := v.readAt(buf[r.at:r.at+length], off)
+				got, err := v.readAt(buf[r.at:r.at+r.length], int64(r.first)*int64(blockSize))
 				r.read = int64(got)
 				return err
 			})
@@ -288,7 +285,7 @@ func (v *Volume) ReadBlocks(ctx context.Context, blocks []uint64, blockSize int,
 				return err
 			}
 		}
-		wave = append(wave, run{first: first, n: n, at: used, want: want})
+		wave = append(wave, run{first: first, n: n, at: used, want: want, length: length})
 		used += length
 		i += n
 	}

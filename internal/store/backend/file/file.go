@@ -169,12 +169,14 @@ const (
 
 // write writes data at the start of the new file f.
 func write(f *os.File, data []byte) error {
-	if n := len(data) &^ (directAlign - 1); len(data) >= directMin &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 {
-		if done, err := writeDirect(f, data[:n]); done {
-			data = data[n:]
-		} else if err != nil {
+	aligned := len(data) &^ (directAlign - 1)
+	if len(data) >= directMin && uintptr(unsafe.Pointer(unsafe.SliceData(data)))%directAlign == 0 {
+		done, err := writeDirect(f, data[:aligned])
+		if err != nil {
 			return err
+		}
+		if done {
+			data = data[aligned:]
 		} else if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return err
 		}
