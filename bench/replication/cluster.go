@@ -253,7 +253,7 @@ func startReplicatorHere(ctx context.Context, c *cluster, data, token string) (*
 	if err != nil {
 		return nil, err
 	}
-	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool),
+	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
 		Listen: c.repAddr, MasterKey: mk, Logger: slog.New(slog.NewTextHandler(lf, nil))})
 	if err != nil {
 		lf.Close()

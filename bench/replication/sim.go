@@ -49,12 +49,14 @@ type simFlags struct {
 }
 
 type simAgent struct {
-	i       int
-	id      string
-	cert    tls.Certificate
-	pool    *x509.CertPool
-	client  *api.Client
-	repAddr string
+	i        int
+	id       string
+	account  string
+	cert     tls.Certificate
+	pool     *x509.CertPool
+	client   *api.Client
+	repAddr  string
+	assigned wire.Assigned // the replicator it may send to
 
 	// results (own goroutines only until the end)
 	lat     []float64 // ms, in the measurement window
@@ -320,7 +322,7 @@ func registerSim(ctx context.Context, reg *api.Client, cl *cluster, i int, volSi
 	if err != nil {
 		return nil, err
 	}
-	return &simAgent{i: i, id: resp.SourceServer.ID, cert: cert, pool: pool, client: client}, nil
+	return &simAgent{i: i, id: resp.SourceServer.ID, account: resp.SourceServer.AccountID, cert: cert, pool: pool, client: client}, nil
 }
 
 // waitAssigned asks the control plane, as each agent does, for its replicator.
@@ -331,6 +333,7 @@ func waitAssigned(ctx context.Context, agents []*simAgent, timeout time.Duration
 			cfg, err := a.client.ReplicationConfig(ctx, a.id)
 			if err == nil && cfg.Replicator != nil {
 				a.repAddr = cfg.Replicator.Address
+				a.assigned = wire.Assigned{Account: a.account, ID: cfg.Replicator.ID, Serials: cfg.Replicator.CertificateSerials}
 				break
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
@@ -356,7 +359,7 @@ func simBlock(raw []byte, rng *rand.ChaCha8, agent int, seq uint64) {
 // session runs one agent's session until ctx ends.
 func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.Bool, opened *atomic.Int64) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := wire.Dial(dctx, a.repAddr, wire.ClientTLSConfig(a.cert, a.pool, ""))
+	conn, err := wire.Dial(dctx, a.repAddr, wire.ClientTLSConfig(a.cert, a.pool, "", a.assigned))
 	cancel()
 	if err != nil {
 		return err

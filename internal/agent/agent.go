@@ -43,9 +43,10 @@ type ControlPlane interface {
 // Config configures an agent.
 type Config struct {
 	ServerID     string // the source server id this agent replicates
+	AccountID    string // its account: the agent accepts only replicators of it
 	ControlPlane ControlPlane
 	Certificate  tls.Certificate // the agent's client certificate
-	CAPool       *x509.CertPool  // the CA that signs replicators
+	CAPool       *x509.CertPool  // the CA that signs replicators (the replication config may name a newer one)
 	Volumes      []string        // block devices or image files; empty: discovered
 	StateDir     string          // hash tables, tracker generation, status
 	ForceScan    bool            // never use the eBPF tracker

@@ -3,9 +3,11 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -104,14 +106,37 @@ type pointInfo struct {
 	freezeMs float64
 }
 
+// sameReplicator reports whether two configs name the same replicator with the same
+// certificates: a replicator replaced, moved or re-keyed ends the session at once.
+func sameReplicator(a, b *api.ReplicatorEndpoint) bool {
+	return a != nil && b != nil && a.ID == b.ID && a.Address == b.Address && slices.Equal(a.CertificateSerials, b.CertificateSerials)
+}
+
+// replicatorCAs is the CA that signs replicators: the replication config's, else the
+// one saved at install.
+func (a *Agent) replicatorCAs(cfg api.ReplicationConfig) *x509.CertPool {
+	if cfg.CACertificates != "" {
+		pool := x509.NewCertPool()
+		if pool.AppendCertsFromPEM([]byte(cfg.CACertificates)) {
+			return pool
+		}
+	}
+	return a.cfg.CAPool
+}
+
 func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 	rep := cfg.Replicator
 	if a.currentState() == api.StateInitiating {
 		a.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepInProgress, nil)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	conn, err := wire.Dial(dctx, rep.Address, wire.ClientTLSConfig(a.cfg.Certificate, a.cfg.CAPool, ""))
+	conn, err := wire.Dial(dctx, rep.Address, wire.ClientTLSConfig(a.cfg.Certificate, a.replicatorCAs(cfg), "",
+		wire.Assigned{Account: a.cfg.AccountID, ID: rep.ID, Serials: rep.CertificateSerials}))
 	cancel()
+	if errors.Is(err, wire.ErrNotAssigned) {
+		return &sessionError{state: a.currentState(), code: api.ErrUnstableNetwork,
+			msg: fmt.Sprintf("refused to send to %s: %v; the agent asks the control plane again and retries", rep.Address, err)}
+	}
 	if err != nil {
 		return &sessionError{state: a.currentState(), code: api.ErrUnstableNetwork,
 			msg: fmt.Sprintf("cannot connect to replication server %s at %s: %v; the agent retries by itself", rep.Name, rep.Address, err)}
@@ -333,7 +358,7 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 		if nc, ok := a.config(ctx); ok && nc.Fingerprint() != cfg.Fingerprint() {
 			{
 				if nc.Control.Desired != api.DesiredReplicating || nc.Control.Generation != cfg.Control.Generation ||
-					nc.Replicator == nil || nc.Replicator.Address != cfg.Replicator.Address {
+					!sameReplicator(nc.Replicator, cfg.Replicator) {
 					return nil
 				}
 				cfg = nc

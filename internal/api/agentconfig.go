@@ -30,7 +30,7 @@ type AgentConfig struct {
 	PostThaw       string `yaml:"postThaw,omitempty"`
 	Certificate    string `yaml:"certificate"`    // PEM client certificate
 	Key            string `yaml:"key"`            // PEM private key
-	CACertificates string `yaml:"caCertificates"` // PEM CA that signs replicators (and this control plane)
+	CACertificates string `yaml:"caCertificates"` // PEM CA that signs replicators' certificates
 }
 
 // LoadAgentConfig reads an agent configuration file.
@@ -46,7 +46,7 @@ func LoadAgentConfig(path string) (*AgentConfig, error) {
 	if err := yaml.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("agent configuration %s is not valid YAML: %w", path, err)
 	}
-	if c.Server == "" || !ValidID(PrefixSourceServer, c.SourceServerID) || c.Certificate == "" || c.Key == "" {
+	if c.Server == "" || !ValidID(PrefixSourceServer, c.SourceServerID) || c.Certificate == "" || c.Key == "" || c.ServerPin == "" {
 		return nil, fmt.Errorf("agent configuration %s is incomplete: register again with lifeboat agent install --replace", path)
 	}
 	return &c, nil
@@ -74,15 +74,11 @@ func (c *AgentConfig) TLSCertificate() (tls.Certificate, error) {
 }
 
 // Client returns an API client that authenticates as the agent and trusts the control
-// plane by its pin (or, without one, by the CA certificates).
+// plane by its pin.
 func (c *AgentConfig) Client() (*Client, error) {
 	cert, err := c.TLSCertificate()
 	if err != nil {
 		return nil, err
 	}
-	cfg := ClientConfig{Server: c.Server, Pin: c.ServerPin, Certificate: &cert, UserAgent: "lifeboat-agent"}
-	if c.ServerPin == "" {
-		cfg.CAPEM = []byte(c.CACertificates)
-	}
-	return NewClient(cfg)
+	return NewClient(ClientConfig{Server: c.Server, Pin: c.ServerPin, Certificate: &cert, UserAgent: "lifeboat-agent"})
 }

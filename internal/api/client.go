@@ -25,9 +25,10 @@ type ClientConfig struct {
 	Server string // https://host:port
 	Token  string // API token (lbt_…) or install token (lbi_…), sent as a bearer token
 
-	// Trust: CAPEM trusts exactly these CA certificates; Pin trusts a server whose
-	// chain has a certificate with this pin; with neither, an install token's pin is
-	// used, else the system's roots.
+	// Trust: CAPEM trusts exactly these CA certificates (and refuses certificates of
+	// Lifeboat's other roles); Pin trusts a server whose chain has a certificate with
+	// this pin and the control plane's identity (pki.VerifyPinned); with neither, an
+	// install token's pin is used, else the system's roots.
 	CAPEM []byte
 	Pin   string
 
@@ -72,6 +73,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			return nil, errors.New("the CA bundle holds no PEM certificate")
 		}
 		tc.RootCAs = pool
+		// A Lifeboat certificate of another role (a replicator's, say) never passes
+		// for the control plane, even if the bundle holds its CA.
+		tc.VerifyConnection = pki.RefuseOtherRoles
 	case pin != "":
 		tc = pki.PinnedTLSConfig(pin)
 	}

@@ -19,6 +19,7 @@ const (
 	CodeConflict         = "conflict"           // 409: the state of the target refuses the change
 	CodeQuotaExceeded    = "quota_exceeded"     // 409
 	CodeDuplicateMachine = "duplicate_machine"  // 409
+	CodeDuplicateName    = "duplicate_name"     // 409: a replicator of that name is registered
 	CodeTooLarge         = "too_large"          // 413
 	CodeTooManyRequests  = "too_many_requests"  // 429
 	CodeInternal         = "internal"           // 500

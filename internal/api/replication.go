@@ -106,3 +106,48 @@ func (c *Client) ReplicationConfigWait(ctx context.Context, id, known string, wa
 	q := url.Values{"known": {known}, "wait": {strconv.Itoa(int(min(wait, MaxConfigWait) / time.Second))}}
 	return out, c.do(ctx, "GET", "/api/v1/source-servers/"+esc(id)+"/replication-config", q, nil, &out)
 }
+
+// Fingerprint identifies what a replicator acts on in its list of assigned servers: which
+// servers, their agents' certificate serials, their settings and what operators asked.
+// Progress reports (lag, state) change often and are left out, so a replicator waiting
+// for a change (AssignedSourceServersWait) wakes for changes that matter to it only.
+func (l AssignedSourceServerList) Fingerprint() string {
+	type key struct {
+		ID       string
+		Serials  []string
+		Settings ReplicationSettings
+		Control  ReplicationControl
+	}
+	keys := make([]key, len(l.Items))
+	for i, a := range l.Items {
+		keys[i] = key{a.SourceServer.ID, a.CertificateSerials, a.Settings, a.Control}
+	}
+	b, _ := json.Marshal(keys)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// AssignedSourceServersWait returns the replicator's assigned servers as soon as they
+// differ from the list whose fingerprint is known, or after wait (at most MaxConfigWait):
+// a replicator learns at once that an agent's certificate was replaced or a server moved.
+func (c *Client) AssignedSourceServersWait(ctx context.Context, id, known string, wait time.Duration) (AssignedSourceServerList, error) {
+	var out AssignedSourceServerList
+	q := url.Values{"known": {known}, "wait": {strconv.Itoa(int(min(wait, MaxConfigWait) / time.Second))}}
+	return out, c.do(ctx, "GET", "/api/v1/replicators/"+esc(id)+"/source-servers", q, nil, &out)
+}
+
+// AssignedSourceServer returns one server assigned to the replicator, read now; ok is
+// false when it is not assigned to it.
+func (c *Client) AssignedSourceServer(ctx context.Context, id, serverID string) (a AssignedSourceServer, ok bool, err error) {
+	var out AssignedSourceServerList
+	q := url.Values{"source_server": {serverID}}
+	if err := c.do(ctx, "GET", "/api/v1/replicators/"+esc(id)+"/source-servers", q, nil, &out); err != nil {
+		return a, false, err
+	}
+	for _, it := range out.Items {
+		if it.SourceServer.ID == serverID {
+			return it, true, nil
+		}
+	}
+	return a, false, nil
+}

@@ -70,8 +70,8 @@ type Health struct {
 	Database string `json:"database"` // sqlite or postgres
 }
 
-// CAResponse carries the CA certificate that signs agents' and replicators' certificates
-// (GET /api/v1/ca, no credentials needed).
+// CAResponse carries the control plane's CA certificate, which signs only its serving
+// certificate (GET /api/v1/ca, no credentials needed): what CLI users trust the API with.
 type CAResponse struct {
 	CACertificates string `json:"caCertificates"`
 }
@@ -135,17 +135,20 @@ type CreateSiteRequest struct {
 
 // Token describes an API or install token. The secret is never shown again after creation.
 type Token struct {
-	ID          string     `json:"id"`
-	Kind        string     `json:"kind"`            // install or api
-	Role        Role       `json:"role,omitempty"`  // api tokens
-	Scope       string     `json:"scope,omitempty"` // install tokens: source-server or replicator
-	Description string     `json:"description"`
-	CreatedBy   string     `json:"createdBy"`
-	CreatedAt   time.Time  `json:"createdAt"`
-	ExpiresAt   *time.Time `json:"expiresAt,omitempty"`
-	UsesLeft    *int       `json:"usesLeft,omitempty"` // absent: unlimited
-	Uses        int        `json:"uses"`
-	RevokedAt   *time.Time `json:"revokedAt,omitempty"`
+	ID    string `json:"id"`
+	Kind  string `json:"kind"`            // install or api
+	Role  Role   `json:"role,omitempty"`  // api tokens
+	Scope string `json:"scope,omitempty"` // install tokens: source-server or replicator
+	// AllowReplace: an install token that may re-register a machine or replicator name
+	// that is registered already, taking over its id (only admins create tokens).
+	AllowReplace bool       `json:"allowReplace,omitempty"`
+	Description  string     `json:"description"`
+	CreatedBy    string     `json:"createdBy"`
+	CreatedAt    time.Time  `json:"createdAt"`
+	ExpiresAt    *time.Time `json:"expiresAt,omitempty"`
+	UsesLeft     *int       `json:"usesLeft,omitempty"` // absent: unlimited
+	Uses         int        `json:"uses"`
+	RevokedAt    *time.Time `json:"revokedAt,omitempty"`
 }
 
 // TokenList is the list of an account's tokens.
@@ -162,6 +165,10 @@ type CreateTokenRequest struct {
 	TTLSeconds  int64  `json:"ttlSeconds,omitempty"`
 	Uses        int    `json:"uses,omitempty"`
 	Description string `json:"description,omitempty"`
+	// AllowReplace lets an install token re-register what is registered already (a
+	// machine id, a replicator name), taking over its identity: use it for one
+	// reinstall, with --uses 1.
+	AllowReplace bool `json:"allowReplace,omitempty"`
 }
 
 // CreateTokenResponse carries the token string: the only time it is shown.
@@ -239,7 +246,8 @@ type RegisterSourceServerRequest struct {
 	MemoryBytes  int64    `json:"memoryBytes,omitempty"`
 	Volumes      []Volume `json:"volumes,omitempty"`
 	// Replace re-registers a machine that is already registered in the account: it keeps
-	// its source server id, settings and replica, and its old certificate stops working.
+	// its source server id, settings and replica, and its old certificate stops working
+	// at once. It needs an admin API token or an install token created with allowReplace.
 	Replace bool `json:"replace,omitempty"`
 }
 
@@ -247,7 +255,7 @@ type RegisterSourceServerRequest struct {
 type RegisterSourceServerResponse struct {
 	SourceServer   SourceServer `json:"sourceServer"`
 	Certificate    string       `json:"certificate"`    // PEM, client certificate for the agent's key
-	CACertificates string       `json:"caCertificates"` // PEM, the CA that signs agents and replicators
+	CACertificates string       `json:"caCertificates"` // PEM, the CA that signs replicators (the agent checks its replicator with it)
 	Replaced       bool         `json:"replaced"`       // an existing registration was replaced
 }
 
@@ -257,7 +265,8 @@ type RenewCertificateRequest struct {
 	CSR string `json:"csr"`
 }
 
-// RenewCertificateResponse is the renewed certificate.
+// RenewCertificateResponse is the renewed certificate, and the CA that signs the peers
+// of its holder (replicators for an agent, agents for a replicator).
 type RenewCertificateResponse struct {
 	Certificate    string    `json:"certificate"`
 	CACertificates string    `json:"caCertificates"`
@@ -269,11 +278,14 @@ type UpdateVolumesRequest struct {
 	Volumes []Volume `json:"volumes"`
 }
 
-// ReplicatorEndpoint tells an agent where to send its blocks.
+// ReplicatorEndpoint tells an agent where to send its blocks, and which certificate to
+// accept there: one of the replicator's current serials, naming its id and the agent's
+// account (a replaced or deleted replicator's certificate is refused at once).
 type ReplicatorEndpoint struct {
-	ID      string `json:"id"`
-	Name    string `json:"name"`
-	Address string `json:"address"` // host:port of its TLS listener
+	ID                 string   `json:"id"`
+	Name               string   `json:"name"`
+	Address            string   `json:"address"` // host:port of its TLS listener
+	CertificateSerials []string `json:"certificateSerials"`
 }
 
 // ReplicationConfig is what an agent needs to replicate: its effective settings and the
@@ -282,7 +294,7 @@ type ReplicationConfig struct {
 	SourceServerID string              `json:"sourceServerId"`
 	Settings       ReplicationSettings `json:"settings"`
 	Replicator     *ReplicatorEndpoint `json:"replicator,omitempty"`
-	CACertificates string              `json:"caCertificates"`
+	CACertificates string              `json:"caCertificates"` // PEM, the CA that signs replicators
 	Control        ReplicationControl  `json:"control"`
 }
 
@@ -334,6 +346,10 @@ type RegisterReplicatorRequest struct {
 	Site    string `json:"site"`
 	Address string `json:"address"` // host:port agents connect to (its certificate names this host)
 	Version string `json:"version,omitempty"`
+	// Replace re-registers a replicator name that is registered already: it keeps its
+	// id and servers, and its old certificate stops working at once. It needs an admin
+	// API token or an install token created with allowReplace.
+	Replace bool `json:"replace,omitempty"`
 }
 
 // RegisterReplicatorResponse carries the replicator's identity and credentials. The
@@ -341,7 +357,7 @@ type RegisterReplicatorRequest struct {
 type RegisterReplicatorResponse struct {
 	Replicator     Replicator `json:"replicator"`
 	Certificate    string     `json:"certificate"`
-	CACertificates string     `json:"caCertificates"`
+	CACertificates string     `json:"caCertificates"` // PEM, the CA that signs agents
 }
 
 // HeartbeatRequest is sent by a replicator every HeartbeatIntervalSeconds.

@@ -114,6 +114,9 @@ func (r CreateTokenRequest) Validate() error {
 		if r.Scope != "" {
 			return Invalid("scope is for install tokens only")
 		}
+		if r.AllowReplace {
+			return Invalid("allowReplace is for install tokens only: an admin API token may re-register without it")
+		}
 	case TokenInstall:
 		if r.Role != "" {
 			return Invalid("role is for api tokens only: an install token can only register a machine")

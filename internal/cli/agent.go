@@ -51,7 +51,7 @@ token carries a pin of the control plane's CA, which is checked before anything 
 	fl.BoolVar(&f.noService, "no-service", false, "do not write and enable a systemd unit")
 	fl.StringVar(&f.preFreeze, "pre-freeze", "", "command run before each consistency point's freeze (e.g. flush a database)")
 	fl.StringVar(&f.postThaw, "post-thaw", "", "command run after each consistency point's thaw")
-	fl.BoolVar(&f.replace, "replace", false, "re-register a machine that is registered already (keeps its source server id)")
+	fl.BoolVar(&f.replace, "replace", false, "re-register a machine that is registered already, keeping its source server id (needs an admin API token or an install token made with --allow-replace)")
 	fl.StringVar(&f.machineID, "machine-id", "", "machine id instead of /etc/machine-id (tests that simulate many agents)")
 	fl.StringVar(&f.unitDir, "unit-dir", "/etc/systemd/system", "directory for the systemd unit")
 	_ = fl.MarkHidden("machine-id")
@@ -67,6 +67,9 @@ func runAgentInstall(cmd *cobra.Command, g *globals, f *installFlags) error {
 	if err != nil || !tok.Install {
 		return usagef("--token must be an install token (lbi_…): create one with lifeboat tokens create --kind install")
 	}
+	// The control plane is trusted through the token's pin only: its certificate must
+	// chain to its own CA and carry its identity (pki.VerifyPinned), so nothing else
+	// signed by Lifeboat — a replicator, say — ever sees the token.
 	if old, err := api.LoadAgentConfig(f.config); err == nil && !f.replace {
 		return fmt.Errorf("this machine is already registered as source server %s (%s): pass --replace to register it again", old.SourceServerID, f.config)
 	}

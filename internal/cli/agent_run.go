@@ -52,7 +52,7 @@ filesystem-consistent consistency points, and report progress to the control pla
 			if !pool.AppendCertsFromPEM([]byte(conf.CACertificates)) {
 				return fmt.Errorf("the agent configuration %s holds no CA certificate: register again with lifeboat agent install --replace", config)
 			}
-			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, ControlPlane: client, Certificate: cert, CAPool: pool,
+			a, err := agent.New(agent.Config{ServerID: conf.SourceServerID, AccountID: conf.AccountID, ControlPlane: client, Certificate: cert, CAPool: pool,
 				Volumes: conf.Volumes, StateDir: state, ForceScan: scan, ScanPause: scanPause, Version: version, Logger: g.logger,
 				PreFreeze: conf.PreFreeze, PostThaw: conf.PostThaw, VerifyEvery: verify,
 				RingBytes: ringBytes, FreezeHold: freezeHold, HookTimeout: hookTimeout, NormalRCU: normalRCU})

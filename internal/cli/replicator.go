@@ -19,6 +19,7 @@ import (
 type replicatorFlags struct {
 	data, store, storeKey, listen, site, name, address string
 	memoryLimitMiB                                     int
+	replace                                            bool
 }
 
 func newReplicatorCmd(g *globals) *cobra.Command {
@@ -44,7 +45,7 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 			if f.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
 				debug.SetMemoryLimit(int64(f.memoryLimitMiB) << 20)
 			}
-			return runReplicator(cmd.Context(), g, &f, nil)
+			return runReplicator(cmd.Context(), g, &f)
 		},
 	}
 	fl := cmd.Flags()
@@ -57,12 +58,12 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 	fl.StringVar(&f.name, "name", hostname, "name of this replicator (at registration)")
 	fl.IntVar(&f.memoryLimitMiB, "memory-limit", 224, "soft limit of the process's memory in MiB, kept by collecting garbage more often (0: none; GOMEMLIMIT overrides it)")
 	fl.StringVar(&f.address, "address", "", "host:port agents use to reach it (at registration; default: this host and the --listen port)")
+	fl.BoolVar(&f.replace, "replace", false, "register again a replicator --name that is registered already, keeping its id and servers (needs an admin API token or an install token made with --allow-replace)")
 	return cmd
 }
 
-// runReplicator registers (once) and runs a replicator. caPEM, when given, trusts the
-// control plane by its CA (lifeboat up) rather than by the token's pin.
-func runReplicator(ctx context.Context, g *globals, f *replicatorFlags, caPEM []byte) error {
+// runReplicator registers (once) and runs a replicator.
+func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 	if f.storeKey == "" {
 		f.storeKey = stagingKeyFile(f.data)
 	}
@@ -78,7 +79,7 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags, caPEM []
 		address = net.JoinHostPort(host, port)
 	}
 	creds, err := replicator.LoadOrRegister(ctx, filepath.Join(f.data, "replicator.yaml"), replicator.RegisterOptions{
-		Server: g.server, Token: g.token, Name: f.name, Site: f.site, Address: address, CAPEM: caPEM})
+		Server: g.server, Token: g.token, Name: f.name, Site: f.site, Address: address, Replace: f.replace})
 	if err != nil {
 		return err
 	}
@@ -99,7 +100,7 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags, caPEM []
 	if err != nil {
 		return err
 	}
-	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool),
+	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
 		Listen: f.listen, MasterKey: mk, DefaultStoreURL: f.store, Logger: g.logger})
 	if err != nil {
 		return err

@@ -19,8 +19,10 @@ func newTokensCmd(g *globals) *cobra.Command {
 		Use:   "create --kind install|api",
 		Short: "Create a token; its secret is printed once",
 		Long: `Create a token. An install token (default lifetime 1 hour) registers machines:
---scope source-server (default) for agents, replicator for replicators. An API token
-carries a role: admin, operator or viewer.`,
+--scope source-server (default) for agents, replicator for replicators. It cannot
+re-register a machine id or replicator name that is registered already (that takes over
+its identity) unless made with --allow-replace: use that for one reinstall, with --uses 1.
+An API token carries a role: admin, operator or viewer.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req.Role = api.Role(role)
@@ -60,6 +62,7 @@ carries a role: admin, operator or viewer.`,
 	fl.DurationVar(&ttl, "ttl", 0, "lifetime (default 1h for install tokens, none for API tokens)")
 	fl.IntVar(&req.Uses, "uses", 0, "how many registrations an install token allows (0: unlimited)")
 	fl.StringVar(&req.Description, "description", "", "what the token is for")
+	fl.BoolVar(&req.AllowReplace, "allow-replace", false, "an install token that may re-register a machine or replicator registered already, taking over its id (agent install --replace, replicator --replace)")
 
 	list := &cobra.Command{
 		Use: "list", Short: "List tokens (never their secrets)", Args: noArgs,

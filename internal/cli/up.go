@@ -41,21 +41,22 @@ func upComponents(g *globals, replicatorListen string) []upComponent {
 }
 
 // runUpReplicator runs the local replicator of lifeboat up, registering it on first start
-// with a one-use install token the control plane makes for itself.
+// with a one-use install token the control plane makes for itself (allowed to replace
+// the local replicator's registration, for a data directory that lost its credentials).
 func runUpReplicator(ctx context.Context, g *globals, u *upEnv, listen string) error {
 	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, storeKey: stagingKeyFile(u.DataDir), listen: listen,
-		site: api.DefaultSite, name: "local", address: listen}
+		site: api.DefaultSite, name: "local", address: listen, replace: true}
 	local := *g
 	local.server = u.CP.URL()
 	if _, err := os.Stat(filepath.Join(u.DataDir, "replicator.yaml")); err != nil {
 		tok, err := u.CP.CreateToken(ctx, u.CP.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall,
-			Scope: api.ScopeReplicator, Uses: 1, Description: "the local replicator of lifeboat up"})
+			Scope: api.ScopeReplicator, Uses: 1, AllowReplace: true, Description: "the local replicator of lifeboat up"})
 		if err != nil {
 			return err
 		}
 		local.token = tok.Secret
 	}
-	return runReplicator(ctx, &local, f, u.CP.CACertPEM())
+	return runReplicator(ctx, &local, f)
 }
 
 func newUpCmd(g *globals) *cobra.Command {

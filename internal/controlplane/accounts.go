@@ -19,7 +19,7 @@ func (cp *ControlPlane) health(c *call) (api.Health, error) {
 }
 
 func (cp *ControlPlane) caCert(*call) (api.CAResponse, error) {
-	return api.CAResponse{CACertificates: string(cp.ca.CertPEM())}, nil
+	return api.CAResponse{CACertificates: string(cp.ca.ControlPlane.CertPEM())}, nil
 }
 
 func whoami(c *call) (api.Whoami, error) {
@@ -183,7 +183,7 @@ func (cp *ControlPlane) newToken(accountID string, req api.CreateTokenRequest, b
 	}
 	kind, id := by.actor()
 	row := db.Token{Token: api.Token{ID: tok.ID, Kind: req.Kind, Role: req.Role, Scope: req.Scope, Description: req.Description,
-		CreatedBy: kind + ":" + id, CreatedAt: now}, AccountID: accountID, SecretHash: tok.Hash()}
+		AllowReplace: req.AllowReplace, CreatedBy: kind + ":" + id, CreatedAt: now}, AccountID: accountID, SecretHash: tok.Hash()}
 	ttl := time.Duration(req.TTLSeconds) * time.Second
 	if req.Kind == api.TokenInstall {
 		if row.Scope == "" {
@@ -228,6 +228,9 @@ func (c *call) createToken(req api.CreateTokenRequest) (api.CreateTokenResponse,
 		}
 		if row.UsesLeft != nil {
 			detail["uses"] = *row.UsesLeft
+		}
+		if row.AllowReplace {
+			detail["allowReplace"] = true
 		}
 		return c.record(tx, c.p.AccountID, "token.create", "token", row.ID, detail, nil)
 	})

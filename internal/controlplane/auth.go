@@ -18,7 +18,16 @@ type principal struct {
 	ID        string   // token id, source server id or replicator id
 	Role      api.Role // users
 	Scope     string   // install tokens
-	System    bool     // the account is the system account
+	// AllowReplace: an install token made to re-register what is registered already.
+	AllowReplace bool
+	System       bool // the account is the system account
+}
+
+// mayReplace reports whether the principal may re-register an existing machine id or
+// replicator name, taking over its identity: an admin, or an install token an admin made
+// for that (docs/security.md).
+func (p principal) mayReplace() bool {
+	return (p.Kind == api.CallerUser && p.Role == api.RoleAdmin) || (p.Kind == api.CallerInstall && p.AllowReplace)
 }
 
 // actor names the principal in the audit log.
@@ -91,7 +100,7 @@ func (cp *ControlPlane) authenticateToken(c *call, raw string) (principal, error
 	}
 	p := principal{AccountID: row.AccountID, ID: row.ID, System: row.AccountID == cp.system}
 	if row.Kind == api.TokenInstall {
-		p.Kind, p.Scope = api.CallerInstall, row.Scope
+		p.Kind, p.Scope, p.AllowReplace = api.CallerInstall, row.Scope, row.AllowReplace
 	} else {
 		p.Kind, p.Role = api.CallerUser, row.Role
 	}
@@ -99,10 +108,15 @@ func (cp *ControlPlane) authenticateToken(c *call, raw string) (principal, error
 }
 
 func (cp *ControlPlane) authenticateCertificate(c *call) (principal, error) {
-	leaf := c.r.TLS.VerifiedChains[0][0]
+	chain := c.r.TLS.VerifiedChains[0]
+	leaf := chain[0]
 	id, err := pki.IdentityOf(leaf)
 	if err != nil {
 		return principal{}, unauthenticated(api.CodeUnauthenticated, "the client certificate carries no Lifeboat identity: %s", err)
+	}
+	// Each kind of identity is valid only from its own CA.
+	if id.Kind == pki.KindControlPlane || !chain[len(chain)-1].Equal(cp.ca.For(id.Kind).Certificate()) {
+		return principal{}, unauthenticated(api.CodeUnauthenticated, "the client certificate for %s was not issued by the CA of %ss", id, id.Kind)
 	}
 	serial := pki.SerialHex(leaf)
 	var account, current, previous string

@@ -36,8 +36,10 @@ type Config struct {
 	// Hosts are extra DNS names and IP addresses the server certificate names, beside
 	// 127.0.0.1, ::1, localhost and the host of Listen.
 	Hosts []string
-	// TLSCertFile and TLSKeyFile replace the CA-issued server certificate with the
-	// operator's (PEM chain, leaf first). Client certificates are still the CA's.
+	// TLSCertFile and TLSKeyFile are the operator's certificate (PEM chain, leaf first),
+	// served to browsers and other clients instead of the one from the control plane's
+	// CA. Lifeboat's own clients ask for the CA-issued one by name (pki.ControlPlaneSNI)
+	// and check it against the pin of the control plane's CA, whatever is set here.
 	TLSCertFile, TLSKeyFile string
 	// DefaultStoreURL is the staging store recorded in the system account's replication
 	// template when the database is created; empty: file://DataDir/staging.
@@ -70,10 +72,11 @@ type ControlPlane struct {
 	cfg      Config
 	log      *slog.Logger
 	db       *db.DB
-	ca       *pki.CA
-	tlsCert  tls.Certificate
-	pin      string // pin of the anchor of the served chain, put in install tokens
-	system   string // id of the system account
+	ca       *pki.Authorities
+	tlsCert  tls.Certificate  // from the control plane's CA, with its identity
+	public   *tls.Certificate // the operator's (--tls-cert), for everyone else
+	pin      string           // pin of the control plane's CA, put in install tokens
+	system   string           // id of the system account
 	routes   []*route
 	handler  http.Handler
 	events   *broker
@@ -81,8 +84,9 @@ type ControlPlane struct {
 	server   *http.Server
 	stopping chan struct{} // closed when shutdown begins: ends event streams
 
-	watchMu  sync.Mutex               // guards watchers
+	watchMu  sync.Mutex               // guards watchers and repWatch
 	watchers map[string]chan struct{} // source server id → closed when its config changes
+	repWatch chan struct{}            // closed when any server's config or assignment changes
 	stopOnce sync.Once
 	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
 }
@@ -132,8 +136,12 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(), stopping: make(chan struct{})}
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
-	if cp.ca, err = pki.LoadOrCreateCA(pkiDir); err != nil {
+	if cp.ca, err = pki.LoadOrCreateAuthorities(pkiDir); err != nil {
 		return nil, err
+	}
+	if cp.ca.Legacy() {
+		cp.log.Warn("this data directory has the single CA of an older Lifeboat: agents and replicators registered before must register again (agent install --replace, replicator --replace)",
+			"ca", filepath.Join(pkiDir, pki.CACertFile))
 	}
 	if err := cp.loadServerCertificate(pkiDir); err != nil {
 		return nil, err
@@ -158,24 +166,24 @@ func (cp *ControlPlane) loadServerCertificate(pkiDir string) error {
 	if (cp.cfg.TLSCertFile == "") != (cp.cfg.TLSKeyFile == "") {
 		return errors.New("give both --tls-cert and --tls-key, or neither")
 	}
-	var err error
 	if cp.cfg.TLSCertFile != "" {
-		cp.tlsCert, err = tls.LoadX509KeyPair(cp.cfg.TLSCertFile, cp.cfg.TLSKeyFile)
+		pub, err := tls.LoadX509KeyPair(cp.cfg.TLSCertFile, cp.cfg.TLSKeyFile)
 		if err != nil {
 			return fmt.Errorf("load the TLS certificate %s and key %s: %w", cp.cfg.TLSCertFile, cp.cfg.TLSKeyFile, err)
 		}
-	} else {
-		hosts := []string{"127.0.0.1", "::1", "localhost"}
-		if h, _, err := net.SplitHostPort(cp.cfg.Listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
-			hosts = append(hosts, h)
-		}
-		hosts = append(hosts, cp.cfg.Hosts...)
-		if cp.tlsCert, err = cp.ca.LoadOrIssueServerCertificate(pkiDir, hosts, cp.cfg.Now()); err != nil {
-			return err
-		}
+		cp.public = &pub
 	}
-	cp.pin, err = pki.AnchorPin(cp.tlsCert.Certificate)
-	return err
+	hosts := []string{"127.0.0.1", "::1", "localhost"}
+	if h, _, err := net.SplitHostPort(cp.cfg.Listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+		hosts = append(hosts, h)
+	}
+	hosts = append(hosts, cp.cfg.Hosts...)
+	var err error
+	if cp.tlsCert, err = cp.ca.ControlPlane.LoadOrIssueServerCertificate(pkiDir, hosts, cp.cfg.Now()); err != nil {
+		return err
+	}
+	cp.pin = pki.Pin(cp.ca.ControlPlane.Certificate())
+	return nil
 }
 
 // bootstrap creates the system account with its default site on first start.
@@ -212,13 +220,21 @@ func (cp *ControlPlane) bootstrap(ctx context.Context) error {
 }
 
 // TLSConfig is the server's TLS configuration: TLS 1.3 only; client certificates are
-// optional (API tokens work without one) but verified against the CA when sent.
+// optional (API tokens work without one) but verified against the agents' and
+// replicators' CAs when sent. Lifeboat's clients (by pki.ControlPlaneSNI), and everyone
+// when the operator gave no certificate of their own, get the certificate of the
+// control plane's CA.
 func (cp *ControlPlane) TLSConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cp.tlsCert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    cp.ca.Pool(),
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if cp.public == nil || hello.ServerName == pki.ControlPlaneSNI {
+				return &cp.tlsCert, nil
+			}
+			return cp.public, nil
+		},
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  cp.ca.ClientPool(),
 	}
 }
 
@@ -305,13 +321,13 @@ func (cp *ControlPlane) URL() string {
 // Handler is the API and console as an http.Handler (TLS is the server's business).
 func (cp *ControlPlane) Handler() http.Handler { return cp.handler }
 
-// CACertPEM returns the CA certificate that signs agents' and replicators' certificates.
-func (cp *ControlPlane) CACertPEM() []byte { return cp.ca.CertPEM() }
+// CACertPEM returns the control plane's CA certificate: what clients trust the API with.
+func (cp *ControlPlane) CACertPEM() []byte { return cp.ca.ControlPlane.CertPEM() }
 
-// CAPool returns a pool with the CA certificate.
-func (cp *ControlPlane) CAPool() *x509.CertPool { return cp.ca.Pool() }
+// CAPool returns a pool with the control plane's CA certificate.
+func (cp *ControlPlane) CAPool() *x509.CertPool { return cp.ca.ControlPlane.Pool() }
 
-// Pin is the pin install tokens carry: of the certificate anchoring the served chain.
+// Pin is the pin install tokens carry: of the control plane's CA.
 func (cp *ControlPlane) Pin() string { return cp.pin }
 
 // SystemAccountID is the id of the system account, created at first start.

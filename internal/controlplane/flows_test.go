@@ -3,12 +3,14 @@ package controlplane_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +135,11 @@ func TestQuotaRefusesThe301st(t *testing.T) {
 	})
 }
 
+// TestDuplicateMachineIsReportedAndReplaceKeepsTheID: a second registration of a machine
+// id is refused; re-registering it in place (it keeps its id, replica and PITs) takes
+// over its identity, so an ordinary install token cannot — machine ids are not secret —
+// while an install token an admin made for it, or an admin API token, can; it is
+// audited, and the old certificate stops working at once.
 func TestDuplicateMachineIsReportedAndReplaceKeepsTheID(t *testing.T) {
 	eachDB(t, func(t *testing.T, e *env) {
 		oldAgent, first := e.agent("same-machine")
@@ -147,9 +154,18 @@ func TestDuplicateMachineIsReportedAndReplaceKeepsTheID(t *testing.T) {
 		if err != nil || len(list.Items) != 1 {
 			t.Fatalf("after a refused duplicate: %d servers, %v; want 1", len(list.Items), err)
 		}
-		second, err := e.register(e.installToken(api.ScopeSourceServer, 1), "same-machine", true)
+		// The takeover: anyone with an install token who knows the machine id.
+		_, err = e.register(e.installToken(api.ScopeSourceServer, 1), "same-machine", true)
+		ae = wantAPIError(t, err, 403, api.CodeForbidden)
+		if !strings.Contains(ae.Message, "--allow-replace") {
+			t.Errorf("refused takeover says %q, not how to do it rightly", ae.Message)
+		}
+		if _, err := oldAgent.SourceServer(e.ctx, first.SourceServer.ID); err != nil {
+			t.Fatalf("a refused takeover broke the real agent: %v", err)
+		}
+		second, err := e.register(e.token(api.CreateTokenRequest{Kind: api.TokenInstall, Uses: 1, AllowReplace: true}), "same-machine", true)
 		if err != nil {
-			t.Fatalf("replace: %v", err)
+			t.Fatalf("replace with an install token made for it: %v", err)
 		}
 		if second.SourceServer.ID != first.SourceServer.ID || !second.Replaced {
 			t.Fatalf("replace gave %s (replaced=%v), want the same id %s", second.SourceServer.ID, second.Replaced, first.SourceServer.ID)
@@ -159,13 +175,75 @@ func TestDuplicateMachineIsReportedAndReplaceKeepsTheID(t *testing.T) {
 		if _, err := e.certClient(second.Certificate).SourceServer(e.ctx, first.SourceServer.ID); err != nil {
 			t.Fatalf("the new certificate does not work: %v", err)
 		}
+		// An admin API token may re-register too, and both are audited.
+		third, err := e.register(e.token(api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin}), "same-machine", true)
+		if err != nil || third.SourceServer.ID != first.SourceServer.ID {
+			t.Fatalf("replace with an admin token: %v", err)
+		}
+		audit, err := e.admin.Audit(e.ctx, api.AuditFilter{Action: "source-server.reregister"})
+		if err != nil || len(audit.Items) != 2 || audit.Items[0].ActorKind == audit.Items[1].ActorKind {
+			t.Fatalf("re-registrations audited: %+v, %v", audit.Items, err)
+		}
+		for _, it := range audit.Items {
+			if it.ActorKind != api.CallerUser && it.ActorKind != api.CallerInstall {
+				t.Fatalf("re-registration audited as done by %s", it.ActorKind)
+			}
+		}
 		// Deleting frees the machine id for a fresh registration (a new id).
 		if err := e.admin.DeleteSourceServer(e.ctx, first.SourceServer.ID, false); err != nil {
 			t.Fatal(err)
 		}
-		third, err := e.register(e.installToken(api.ScopeSourceServer, 1), "same-machine", false)
-		if err != nil || third.SourceServer.ID == first.SourceServer.ID {
-			t.Fatalf("after delete: %v, id %s", err, third.SourceServer.ID)
+		fourth, err := e.register(e.installToken(api.ScopeSourceServer, 1), "same-machine", false)
+		if err != nil || fourth.SourceServer.ID == first.SourceServer.ID {
+			t.Fatalf("after delete: %v, id %s", err, fourth.SourceServer.ID)
+		}
+	})
+}
+
+// TestReplicatorNameTakeoverNeedsAnAdmin: registering a replicator under a name that is
+// registered already would take over its id, its servers and the address their agents
+// stream to: refused without replace, and with replace unless an admin allowed it. An
+// allowed re-registration is audited, the old certificate is refused at once, and agents
+// are told the new certificate's serial only.
+func TestReplicatorNameTakeoverNeedsAnAdmin(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		oldRep, first := e.replicator("r1", "default")
+		agent, a := e.agent("machine-a")
+		register := func(token string, replace bool, address string) (api.RegisterReplicatorResponse, error) {
+			csrPEM, _ := csr(e.t)
+			return e.client(token).RegisterReplicator(e.ctx, api.RegisterReplicatorRequest{CSR: string(csrPEM), Name: "r1", Site: "default",
+				Address: address, Replace: replace})
+		}
+		_, err := register(e.installToken(api.ScopeReplicator, 1), false, "192.0.2.66:1500")
+		wantAPIError(t, err, 409, api.CodeDuplicateName)
+		_, err = register(e.installToken(api.ScopeReplicator, 1), true, "192.0.2.66:1500")
+		wantAPIError(t, err, 403, api.CodeForbidden)
+		cfg, err := agent.ReplicationConfig(e.ctx, a.SourceServer.ID)
+		if err != nil || cfg.Replicator == nil || cfg.Replicator.Address != "127.0.0.1:1500" {
+			t.Fatalf("a refused takeover moved the agent: %+v, %v", cfg.Replicator, err)
+		}
+		firstSerial := cfg.Replicator.CertificateSerials
+		if _, err := oldRep.Heartbeat(e.ctx, first.Replicator.ID, api.HeartbeatRequest{}); err != nil {
+			t.Fatalf("a refused takeover broke the real replicator: %v", err)
+		}
+		second, err := register(e.token(api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeReplicator, Uses: 1, AllowReplace: true}),
+			true, "127.0.0.1:1501")
+		if err != nil {
+			t.Fatalf("replace with an install token made for it: %v", err)
+		}
+		if second.Replicator.ID != first.Replicator.ID {
+			t.Fatalf("replace gave id %s, want %s", second.Replicator.ID, first.Replicator.ID)
+		}
+		_, err = oldRep.Heartbeat(e.ctx, first.Replicator.ID, api.HeartbeatRequest{})
+		wantAPIError(t, err, 401, api.CodeUnauthenticated)
+		cfg, err = agent.ReplicationConfig(e.ctx, a.SourceServer.ID)
+		if err != nil || cfg.Replicator == nil || cfg.Replicator.Address != "127.0.0.1:1501" || len(cfg.Replicator.CertificateSerials) != 1 ||
+			slices.Contains(firstSerial, cfg.Replicator.CertificateSerials[0]) {
+			t.Fatalf("after the re-registration the agent is told %+v (old serials %v), %v", cfg.Replicator, firstSerial, err)
+		}
+		audit, err := e.admin.Audit(e.ctx, api.AuditFilter{Action: "replicator.reregister"})
+		if err != nil || len(audit.Items) != 1 || audit.Items[0].Detail["previousAddress"] != "127.0.0.1:1500" {
+			t.Fatalf("re-registration audited: %+v, %v", audit.Items, err)
 		}
 	})
 }
@@ -655,12 +733,13 @@ func TestConsolePage(t *testing.T) {
 	}
 }
 
-// TestOperatorCertificate serves a certificate from another CA (the operator's): install
-// tokens pin that CA, agents register through the pin and then authenticate with
-// certificates from Lifeboat's own CA.
+// TestOperatorCertificate serves a certificate from another CA (the operator's) to
+// clients that trust it, while install tokens keep pinning the control plane's own CA:
+// agents ask for its certificate by name, register through the pin and then
+// authenticate with certificates from Lifeboat's agents' CA.
 func TestOperatorCertificate(t *testing.T) {
 	opDir := t.TempDir()
-	opCA, err := pki.LoadOrCreateCA(opDir)
+	opCA, err := pki.LoadOrCreateCA(opDir, pki.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -687,8 +766,16 @@ func TestOperatorCertificate(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cp.Serve(sctx) }()
 	defer func() { cancel(); <-done; cp.Close() }()
-	if cp.Pin() != pki.Pin(opCA.Certificate()) {
-		t.Fatal("install tokens do not pin the operator's CA")
+	if cp.Pin() == pki.Pin(opCA.Certificate()) || cp.Pin() != pki.Pin(mustParseCert(t, cp.CACertPEM())) {
+		t.Fatal("install tokens do not pin the control plane's own CA")
+	}
+	// Browsers and other clients trusting the operator's CA get its certificate.
+	browser, err := api.NewClient(api.ClientConfig{Server: cp.URL(), CAPEM: opCA.CertPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := browser.Health(ctx); err != nil {
+		t.Fatalf("a client trusting the operator's CA: %v", err)
 	}
 	tok, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall})
 	if err != nil {
@@ -712,7 +799,17 @@ func TestOperatorCertificate(t *testing.T) {
 	if _, err := agent.SourceServer(ctx, reg.SourceServer.ID); err != nil {
 		t.Fatalf("the agent's certificate was refused: %v", err)
 	}
-	if reg.CACertificates != string(cp.CACertPEM()) || reg.CACertificates == string(opCA.CertPEM()) {
+	if reg.CACertificates == string(cp.CACertPEM()) || reg.CACertificates == string(opCA.CertPEM()) ||
+		!strings.Contains(mustParseCert(t, []byte(reg.CACertificates)).Subject.CommonName, "replicators") {
 		t.Fatal("registration returned the wrong CA for replicators")
 	}
+}
+
+func mustParseCert(t *testing.T, pemText []byte) *x509.Certificate {
+	t.Helper()
+	c, err := pki.ParseCertificatePEM(pemText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

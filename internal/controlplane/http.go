@@ -20,13 +20,14 @@ import (
 const MaxBodyBytes = 1 << 20
 
 // call is one API request being served: who asked, and the changes it made, whose events
-// are published once their transaction commits.
+// and wake-ups are sent once their transaction commits.
 type call struct {
 	cp      *ControlPlane
 	ctx     context.Context
 	r       *http.Request
 	p       principal
 	pending []pendingEvent
+	wakes   []string // source server ids whose agents (and all replicators) to wake
 }
 
 type pendingEvent struct {
@@ -207,17 +208,24 @@ func (cp *ControlPlane) apiError(r *http.Request, err error) *api.Error {
 // update runs fn in a write transaction and, once it committed, publishes the events
 // the change queued.
 func (c *call) update(fn func(tx *db.Tx) error) error {
-	c.pending = c.pending[:0]
+	c.pending, c.wakes = c.pending[:0], c.wakes[:0]
 	if err := c.cp.db.Update(c.ctx, fn); err != nil {
-		c.pending = nil
+		c.pending, c.wakes = nil, nil
 		return err
 	}
 	for _, e := range c.pending {
 		c.cp.events.publish(e.account, e.ev)
 	}
-	c.pending = nil
+	for _, id := range c.wakes {
+		c.cp.serverChanged(id)
+	}
+	c.pending, c.wakes = nil, nil
 	return nil
 }
+
+// wake queues a wake-up of the agent of source server id ("": of every agent) and of
+// the replicators, sent once the transaction commits, so they read what it wrote.
+func (c *call) wake(id string) { c.wakes = append(c.wakes, id) }
 
 // view runs fn in a read-only transaction.
 func (c *call) view(fn func(tx *db.Tx) error) error { return c.cp.db.View(c.ctx, fn) }

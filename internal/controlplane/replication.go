@@ -245,8 +245,19 @@ func (cp *ControlPlane) watchServer(id string) <-chan struct{} {
 	return ch
 }
 
+// watchReplicators returns a channel closed at the next change of any server's
+// replication config or assignment: what replicators wait on for their assigned list.
+func (cp *ControlPlane) watchReplicators() <-chan struct{} {
+	cp.watchMu.Lock()
+	defer cp.watchMu.Unlock()
+	if cp.repWatch == nil {
+		cp.repWatch = make(chan struct{})
+	}
+	return cp.repWatch
+}
+
 // serverChanged wakes the agents waiting on a server's replication config ("" wakes
-// all: an account's template changed).
+// all: an account's template changed), and the replicators waiting on their lists.
 func (cp *ControlPlane) serverChanged(id string) {
 	cp.watchMu.Lock()
 	defer cp.watchMu.Unlock()
@@ -255,5 +266,9 @@ func (cp *ControlPlane) serverChanged(id string) {
 			close(ch)
 			delete(cp.watchers, k)
 		}
+	}
+	if cp.repWatch != nil {
+		close(cp.repWatch)
+		cp.repWatch = nil
 	}
 }

@@ -32,13 +32,19 @@ func (c *call) registerReplicator(req *api.RegisterReplicatorRequest) (api.Regis
 		if err != nil && !errors.Is(err, db.ErrNotFound) {
 			return err
 		}
+		if found {
+			if err := c.mayReregisterReplicator(existing, req.Replace); err != nil {
+				return err
+			}
+			c.wake("") // agents of this replicator must stop accepting its old certificate
+		}
 		r := existing
 		if !found {
 			r = db.Replicator{Replicator: api.Replicator{ID: api.NewID(api.PrefixReplicator), AccountID: c.p.AccountID,
 				Name: req.Name, CreatedAt: now}}
 		}
 		r.SiteID, r.Address, r.Version, r.LastHeartbeatAt = req.Site, req.Address, req.Version, &now
-		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindReplicator, Account: r.AccountID, ID: r.ID},
+		cert, certPEM, err := c.cp.ca.Replicators.SignCSR(csr, pki.Identity{Kind: pki.KindReplicator, Account: r.AccountID, ID: r.ID},
 			pki.ServerHosts(req.Address), now)
 		if err != nil {
 			return err
@@ -47,7 +53,7 @@ func (c *call) registerReplicator(req *api.RegisterReplicatorRequest) (api.Regis
 		action := "replicator.register"
 		if found {
 			// A replicator registering again under its name (reinstalled, lost its key)
-			// keeps its id and servers; its old certificate stops working.
+			// keeps its id and servers; its old certificate stops working everywhere.
 			action = "replicator.reregister"
 			err = tx.ReregisterReplicator(r, now)
 		} else {
@@ -56,18 +62,37 @@ func (c *call) registerReplicator(req *api.RegisterReplicatorRequest) (api.Regis
 		if err != nil {
 			return err
 		}
-		if err := c.record(tx, r.AccountID, action, "replicator", r.ID,
-			map[string]any{"name": r.Name, "site": r.SiteID, "address": r.Address, "installToken": c.p.ID}, nil); err != nil {
+		detail := map[string]any{"name": r.Name, "site": r.SiteID, "address": r.Address}
+		if found {
+			detail["previousAddress"] = existing.Address
+		}
+		if err := c.record(tx, r.AccountID, action, "replicator", r.ID, detail, nil); err != nil {
 			return err
 		}
 		if err := c.assignAccount(tx, r.AccountID); err != nil {
 			return err
 		}
 		fresh, err := tx.Replicator(r.ID, c.cp.liveSince())
-		out = api.RegisterReplicatorResponse{Replicator: fresh.Replicator, Certificate: string(certPEM), CACertificates: string(c.cp.ca.CertPEM())}
+		out = api.RegisterReplicatorResponse{Replicator: fresh.Replicator, Certificate: string(certPEM), CACertificates: string(c.cp.ca.Agents.CertPEM())}
 		return err
 	})
 	return out, err
+}
+
+// mayReregisterReplicator says whether the caller may register again a replicator name
+// that is registered already: it takes over the replicator's id, servers and address, so
+// it must be asked for (replace) and allowed (principal.mayReplace).
+func (c *call) mayReregisterReplicator(existing db.Replicator, replace bool) error {
+	if !replace {
+		return api.Errorf(409, api.CodeDuplicateName,
+			"a replicator named %s is registered already (%s at %s): to register it again in place (it keeps its id and servers; its old certificate stops working at once), run lifeboat replicator --replace with an admin API token or an install token made with lifeboat tokens create --kind install --scope replicator --allow-replace --uses 1; or choose another --name",
+			existing.Name, existing.ID, existing.Address)
+	}
+	if !c.p.mayReplace() {
+		return api.Forbidden("re-registering replicator %s (%s) takes over its id, servers and address: it needs an admin API token or an install token made with --allow-replace (lifeboat tokens create --kind install --scope replicator --allow-replace --uses 1)",
+			existing.Name, existing.ID)
+	}
+	return nil
 }
 
 func (c *call) loadReplicator(tx *db.Tx, id string) (db.Replicator, error) {
@@ -109,6 +134,7 @@ func (c *call) deleteReplicator() (noBody, error) {
 		if err := tx.DeleteReplicator(r.ID); err != nil {
 			return err
 		}
+		c.wake("") // its agents stop accepting its certificate at once
 		if err := c.record(tx, r.AccountID, "replicator.delete", "replicator", r.ID,
 			map[string]any{"name": r.Name, "assignedSourceServers": r.AssignedSourceServers}, nil); err != nil {
 			return err
@@ -149,7 +175,41 @@ func (c *call) heartbeat(req *api.HeartbeatRequest) (api.HeartbeatResponse, erro
 	return out, err
 }
 
+// assignedServers lists the servers assigned to the replicator, with what it needs to
+// serve them. With ?source_server=ID, only that one (read now: the replicator checks each
+// new session with it). With ?known=FP&wait=N, it waits up to N seconds for the list to
+// differ from the one with fingerprint FP (api.AssignedSourceServerList.Fingerprint),
+// so a replaced certificate or a moved server reaches the replicator at once.
 func (c *call) assignedServers() (api.AssignedSourceServerList, error) {
+	q := c.r.URL.Query()
+	only := q.Get("source_server")
+	if only != "" && !api.ValidID(api.PrefixSourceServer, only) {
+		return api.AssignedSourceServerList{}, api.Invalid("source_server %q is not a source server id", only)
+	}
+	wait, err := waitParam(q.Get("wait"))
+	if err != nil {
+		return api.AssignedSourceServerList{}, err
+	}
+	known := q.Get("known")
+	deadline := time.Now().Add(wait)
+	for {
+		changed := c.cp.watchReplicators() // before reading: no change is missed between the two
+		out, err := c.readAssignedServers(only)
+		if err != nil || known == "" || out.Fingerprint() != known || !time.Now().Before(deadline) {
+			return out, err
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Until(deadline)):
+		case <-c.ctx.Done():
+			return out, c.ctx.Err()
+		case <-c.cp.stopping:
+			return out, nil
+		}
+	}
+}
+
+func (c *call) readAssignedServers(only string) (api.AssignedSourceServerList, error) {
 	out := api.AssignedSourceServerList{Items: []api.AssignedSourceServer{}}
 	err := c.view(func(tx *db.Tx) error {
 		r, err := c.loadReplicator(tx, c.pathID())
@@ -160,8 +220,15 @@ func (c *call) assignedServers() (api.AssignedSourceServerList, error) {
 		if err != nil {
 			return err
 		}
-		rows, _, err := tx.ListSourceServers(r.AccountID, api.SourceServerFilter{ReplicatorID: r.ID, Full: true, Limit: 1 << 30})
-		if err != nil {
+		var rows []db.SourceServer
+		if only != "" {
+			s, err := tx.SourceServer(only)
+			if err == nil && s.ReplicatorID == r.ID && s.AccountID == r.AccountID {
+				rows = append(rows, s)
+			} else if err != nil && !errors.Is(err, db.ErrNotFound) {
+				return err
+			}
+		} else if rows, _, err = tx.ListSourceServers(r.AccountID, api.SourceServerFilter{ReplicatorID: r.ID, Full: true, Limit: 1 << 30}); err != nil {
 			return err
 		}
 		for _, s := range rows {
@@ -169,16 +236,21 @@ func (c *call) assignedServers() (api.AssignedSourceServerList, error) {
 			if err != nil {
 				return err
 			}
-			serials := []string{s.CertSerial}
-			if s.PrevCertSerial != "" {
-				serials = append(serials, s.PrevCertSerial)
-			}
 			out.Items = append(out.Items, api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides),
-				CertificateSerials: serials, Control: ctl})
+				CertificateSerials: certSerials(s.CertSerial, s.PrevCertSerial), Control: ctl})
 		}
 		return nil
 	})
 	return out, err
+}
+
+// certSerials lists the certificate serials a verifier accepts: the current one and,
+// after a renewal, the previous one.
+func certSerials(current, previous string) []string {
+	if previous == "" {
+		return []string{current}
+	}
+	return []string{current, previous}
 }
 
 func (c *call) renewReplicatorCertificate(req *api.RenewCertificateRequest) (api.RenewCertificateResponse, error) {
@@ -193,7 +265,7 @@ func (c *call) renewReplicatorCertificate(req *api.RenewCertificateRequest) (api
 		if err != nil {
 			return err
 		}
-		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindReplicator, Account: r.AccountID, ID: r.ID},
+		cert, certPEM, err := c.cp.ca.Replicators.SignCSR(csr, pki.Identity{Kind: pki.KindReplicator, Account: r.AccountID, ID: r.ID},
 			pki.ServerHosts(r.Address), now)
 		if err != nil {
 			return err
@@ -201,7 +273,8 @@ func (c *call) renewReplicatorCertificate(req *api.RenewCertificateRequest) (api
 		if err := tx.SetReplicatorCertificate(r.ID, pki.SerialHex(cert), cert.NotAfter, now); err != nil {
 			return err
 		}
-		out = api.RenewCertificateResponse{Certificate: string(certPEM), CACertificates: string(c.cp.ca.CertPEM()), ExpiresAt: cert.NotAfter.UTC()}
+		c.wake("") // its agents learn the new serial
+		out = api.RenewCertificateResponse{Certificate: string(certPEM), CACertificates: string(c.cp.ca.Agents.CertPEM()), ExpiresAt: cert.NotAfter.UTC()}
 		return c.record(tx, r.AccountID, "replicator.renew-certificate", "replicator", r.ID, map[string]any{"expiresAt": out.ExpiresAt}, nil)
 	})
 	return out, err
@@ -261,6 +334,7 @@ func (c *call) assignAccount(tx *db.Tx, accountID string) error {
 		if err := tx.SetAssignment(u.ID, newID, now); err != nil {
 			return err
 		}
+		c.wake(u.ID) // the agent learns its new replicator, the replicators their lists
 		if pick != nil {
 			pick.AssignedSourceServers++
 		}

@@ -36,7 +36,7 @@ func (cp *ControlPlane) routeTable() []*route {
 			endpoint: noBodyEndpoint(cp.openAPI)},
 		{method: "GET", path: "/api/v1/health", summary: "Health of the control plane and its database", access: access{public: true},
 			endpoint: noBodyEndpoint(cp.health)},
-		{method: "GET", path: "/api/v1/ca", summary: "The CA certificate that signs agents and replicators", access: access{public: true},
+		{method: "GET", path: "/api/v1/ca", summary: "The control plane's CA certificate (it signs only the control plane's own)", access: access{public: true},
 			endpoint: noBodyEndpoint(cp.caCert)},
 		{method: "GET", path: "/api/v1/whoami", summary: "Who the caller is",
 			access:   access{role: api.RoleViewer, install: "*", agent: true, replicator: true},
@@ -67,8 +67,8 @@ func (cp *ControlPlane) routeTable() []*route {
 		{method: "DELETE", path: "/api/v1/tokens/{id}", summary: "Revoke a token", access: admin, status: 204,
 			endpoint: noBodyEndpoint((*call).revokeToken)},
 
-		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install)",
-			access: access{install: api.ScopeSourceServer}, status: 201, endpoint: withBody((*call).registerSourceServer)},
+		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install); replace needs an admin or an install token made with allowReplace",
+			access: access{install: api.ScopeSourceServer, role: api.RoleAdmin}, status: 201, endpoint: withBody((*call).registerSourceServer)},
 		{method: "GET", path: "/api/v1/source-servers", summary: "List source servers, ready for recovery first", access: viewer,
 			query: append([]queryParam{
 				{"state", "string", "data replication states, comma-separated"},
@@ -124,8 +124,8 @@ func (cp *ControlPlane) routeTable() []*route {
 		{method: "PUT", path: "/api/v1/settings/replication", summary: "Replace the account's replication settings template", access: admin,
 			endpoint: withBody((*call).putTemplate)},
 
-		{method: "POST", path: "/api/v1/replicators/register", summary: "Register a replicator",
-			access: access{install: api.ScopeReplicator}, status: 201, endpoint: withBody((*call).registerReplicator)},
+		{method: "POST", path: "/api/v1/replicators/register", summary: "Register a replicator; replace needs an admin or an install token made with allowReplace",
+			access: access{install: api.ScopeReplicator, role: api.RoleAdmin}, status: 201, endpoint: withBody((*call).registerReplicator)},
 		{method: "GET", path: "/api/v1/replicators", summary: "List replicators", access: viewer,
 			endpoint: noBodyEndpoint((*call).listReplicators)},
 		{method: "GET", path: "/api/v1/replicators/{id}", summary: "Describe a replicator",
@@ -135,7 +135,11 @@ func (cp *ControlPlane) routeTable() []*route {
 		{method: "POST", path: "/api/v1/replicators/{id}/heartbeat", summary: "Replicator heartbeat with metrics",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).heartbeat)},
 		{method: "GET", path: "/api/v1/replicators/{id}/source-servers", summary: "Source servers assigned to a replicator, with their effective settings",
-			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator}, endpoint: noBodyEndpoint((*call).assignedServers)},
+			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator},
+			query: []queryParam{{"source_server", "string", "only this source server (empty list when it is not assigned here)"},
+				{"known", "string", "fingerprint of the list the caller has: wait for a different one"},
+				{"wait", "integer", "seconds to wait for a change of the list (with known), 0 to 25"}},
+			endpoint: noBodyEndpoint((*call).assignedServers)},
 		{method: "POST", path: "/api/v1/replicators/{id}/certificate", summary: "Renew the replicator's certificate",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
 

@@ -23,8 +23,11 @@ func parseCSR(pemText string) (*x509.CertificateRequest, error) {
 }
 
 // consumeInstallToken counts one use of the caller's install token, inside the
-// registration's transaction.
+// registration's transaction (admins registering with an API token use none).
 func (c *call) consumeInstallToken(tx *db.Tx) error {
+	if c.p.Kind != api.CallerInstall {
+		return nil
+	}
 	if err := tx.ConsumeToken(c.p.ID, c.cp.cfg.Now()); errors.Is(err, db.ErrNotFound) {
 		return unauthenticated(api.CodeTokenUsedUp, "install token %s has no use left or expired meanwhile: create a new one with lifeboat tokens create --kind install", c.p.ID)
 	} else if err != nil {
@@ -53,10 +56,11 @@ func (c *call) registerSourceServer(req *api.RegisterSourceServerRequest) (api.R
 		if err != nil && !errors.Is(err, db.ErrNotFound) {
 			return err
 		}
-		if found && !req.Replace {
-			return api.Errorf(409, api.CodeDuplicateMachine,
-				"machine %s is already registered as source server %s (hostname %s): delete it first (lifeboat source-servers delete %s) or re-register it under the same id with lifeboat agent install --replace",
-				req.MachineID, existing.ID, existing.Hostname, existing.ID)
+		if found {
+			if err := c.mayReregisterMachine(existing, req.Replace); err != nil {
+				return err
+			}
+			c.wake(existing.ID) // its replicator must drop the old certificate's session at once
 		}
 		s := existing
 		if !found {
@@ -79,7 +83,7 @@ func (c *call) registerSourceServer(req *api.RegisterSourceServerRequest) (api.R
 		if s.Volumes == nil {
 			s.Volumes = []api.Volume{}
 		}
-		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: acct.ID, ID: s.ID}, nil, now)
+		cert, certPEM, err := c.cp.ca.Agents.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: acct.ID, ID: s.ID}, nil, now)
 		if err != nil {
 			return err
 		}
@@ -100,7 +104,10 @@ func (c *call) registerSourceServer(req *api.RegisterSourceServerRequest) (api.R
 		if err != nil {
 			return err
 		}
-		detail := map[string]any{"machineId": s.MachineID, "hostname": s.Hostname, "installToken": c.p.ID}
+		detail := map[string]any{"machineId": s.MachineID, "hostname": s.Hostname}
+		if found {
+			detail["previousHostname"] = existing.Hostname
+		}
 		if err := c.record(tx, acct.ID, action, "source-server", s.ID, detail, nil); err != nil {
 			return err
 		}
@@ -111,10 +118,27 @@ func (c *call) registerSourceServer(req *api.RegisterSourceServerRequest) (api.R
 		}
 		s, err = tx.SourceServer(s.ID)
 		out = api.RegisterSourceServerResponse{SourceServer: s.SourceServer, Certificate: string(certPEM),
-			CACertificates: string(c.cp.ca.CertPEM()), Replaced: found}
+			CACertificates: string(c.cp.ca.Replicators.CertPEM()), Replaced: found}
 		return err
 	})
 	return out, err
+}
+
+// mayReregisterMachine says whether the caller may register again a machine id that is
+// registered already: it takes over the source server's id, its replica and its PITs, so
+// it must be asked for (replace) and allowed (principal.mayReplace). Machine ids are not
+// secrets (/etc/machine-id is world-readable and every recovered copy carries it).
+func (c *call) mayReregisterMachine(existing db.SourceServer, replace bool) error {
+	if !replace {
+		return api.Errorf(409, api.CodeDuplicateMachine,
+			"machine %s is already registered as source server %s (hostname %s): delete it first (lifeboat source-servers delete %s) or re-register it under the same id with lifeboat agent install --replace and an admin API token or an install token made with --allow-replace",
+			existing.MachineID, existing.ID, existing.Hostname, existing.ID)
+	}
+	if !c.p.mayReplace() {
+		return api.Forbidden("re-registering machine %s takes over source server %s (hostname %s), its replica and its PITs: it needs an admin API token or an install token made with --allow-replace (lifeboat tokens create --kind install --allow-replace --uses 1)",
+			existing.MachineID, existing.ID, existing.Hostname)
+	}
+	return nil
 }
 
 // loadServer reads a source server of the caller's account (404 otherwise).
@@ -244,6 +268,7 @@ func (c *call) deleteSourceServer() (noBody, error) {
 		if err := tx.DeleteSourceServer(s.ID); err != nil {
 			return err
 		}
+		c.wake(s.ID) // its replicator ends its session at once
 		return c.record(tx, s.AccountID, "source-server.delete", "source-server", s.ID,
 			map[string]any{"hostname": s.Hostname, "machineId": s.MachineID, "snapshots": n}, nil)
 	})
@@ -261,14 +286,15 @@ func (c *call) renewSourceCertificate(req *api.RenewCertificateRequest) (api.Ren
 		if err != nil {
 			return err
 		}
-		cert, certPEM, err := c.cp.ca.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: s.AccountID, ID: s.ID}, nil, now)
+		cert, certPEM, err := c.cp.ca.Agents.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: s.AccountID, ID: s.ID}, nil, now)
 		if err != nil {
 			return err
 		}
 		if err := tx.SetSourceCertificate(s.ID, pki.SerialHex(cert), cert.NotAfter, now); err != nil {
 			return err
 		}
-		out = api.RenewCertificateResponse{Certificate: string(certPEM), CACertificates: string(c.cp.ca.CertPEM()), ExpiresAt: cert.NotAfter.UTC()}
+		c.wake(s.ID) // its replicator learns the new serial
+		out = api.RenewCertificateResponse{Certificate: string(certPEM), CACertificates: string(c.cp.ca.Replicators.CertPEM()), ExpiresAt: cert.NotAfter.UTC()}
 		return c.record(tx, s.AccountID, "source-server.renew-certificate", "source-server", s.ID,
 			map[string]any{"expiresAt": out.ExpiresAt}, nil)
 	})
@@ -355,14 +381,10 @@ func effective(tx *db.Tx, s db.SourceServer) (api.ReplicationSettings, error) {
 
 func (c *call) replicationConfig() (api.ReplicationConfig, error) {
 	q := c.r.URL.Query()
-	known, waitS := q.Get("known"), q.Get("wait")
-	wait := time.Duration(0)
-	if waitS != "" {
-		n, err := strconv.Atoi(waitS)
-		if err != nil || n < 0 || time.Duration(n)*time.Second > api.MaxConfigWait {
-			return api.ReplicationConfig{}, api.Invalid("wait must be 0 to %d seconds, not %q", int(api.MaxConfigWait/time.Second), waitS)
-		}
-		wait = time.Duration(n) * time.Second
+	known := q.Get("known")
+	wait, err := waitParam(q.Get("wait"))
+	if err != nil {
+		return api.ReplicationConfig{}, err
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -383,6 +405,18 @@ func (c *call) replicationConfig() (api.ReplicationConfig, error) {
 	}
 }
 
+// waitParam parses the ?wait= of a long poll: 0 to api.MaxConfigWait seconds.
+func waitParam(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || time.Duration(n)*time.Second > api.MaxConfigWait {
+		return 0, api.Invalid("wait must be 0 to %d seconds, not %q", int(api.MaxConfigWait/time.Second), s)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
 func (c *call) readReplicationConfig() (api.ReplicationConfig, error) {
 	var out api.ReplicationConfig
 	err := c.view(func(tx *db.Tx) error {
@@ -391,7 +425,7 @@ func (c *call) readReplicationConfig() (api.ReplicationConfig, error) {
 			return err
 		}
 		out.SourceServerID = s.ID
-		out.CACertificates = string(c.cp.ca.CertPEM())
+		out.CACertificates = string(c.cp.ca.Replicators.CertPEM())
 		if out.Settings, err = effective(tx, s); err != nil {
 			return err
 		}
@@ -400,7 +434,7 @@ func (c *call) readReplicationConfig() (api.ReplicationConfig, error) {
 			if err != nil {
 				return err
 			}
-			out.Replicator = &api.ReplicatorEndpoint{ID: r.ID, Name: r.Name, Address: r.Address}
+			out.Replicator = &api.ReplicatorEndpoint{ID: r.ID, Name: r.Name, Address: r.Address, CertificateSerials: certSerials(r.CertSerial, r.PrevCertSerial)}
 		}
 		out.Control, err = tx.ReplicationControl(s.ID)
 		return err

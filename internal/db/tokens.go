@@ -14,19 +14,21 @@ type Token struct {
 	SecretHash string
 }
 
-const tokenCols = `id, account_id, kind, role, scope, secret_hash, description, created_by, created_at, expires_at, uses_left, uses, revoked_at`
+const tokenCols = `id, account_id, kind, role, scope, secret_hash, description, created_by, created_at, expires_at, uses_left, uses, revoked_at, allow_replace`
 
 func scanToken(row interface{ Scan(...any) error }) (Token, error) {
 	var tk Token
 	var role string
 	var created int64
 	var expires, usesLeft, revoked sql.NullInt64
+	var allowReplace int
 	err := row.Scan(&tk.ID, &tk.AccountID, &tk.Kind, &role, &tk.Scope, &tk.SecretHash, &tk.Description,
-		&tk.CreatedBy, &created, &expires, &usesLeft, &tk.Uses, &revoked)
+		&tk.CreatedBy, &created, &expires, &usesLeft, &tk.Uses, &revoked, &allowReplace)
 	if err != nil {
 		return tk, classify(err)
 	}
 	tk.Role = api.Role(role)
+	tk.AllowReplace = allowReplace != 0
 	tk.CreatedAt = fromMS(created)
 	tk.ExpiresAt = optTime(expires)
 	tk.RevokedAt = optTime(revoked)
@@ -43,9 +45,9 @@ func (t *Tx) CreateToken(tk Token) error {
 	if tk.UsesLeft != nil {
 		usesLeft = *tk.UsesLeft
 	}
-	_, err := t.exec(`INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := t.exec(`INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		tk.ID, tk.AccountID, tk.Kind, string(tk.Role), tk.Scope, tk.SecretHash, tk.Description, tk.CreatedBy,
-		ms(tk.CreatedAt), nullMS(tk.ExpiresAt), usesLeft, tk.Uses, nullMS(tk.RevokedAt))
+		ms(tk.CreatedAt), nullMS(tk.ExpiresAt), usesLeft, tk.Uses, nullMS(tk.RevokedAt), boolInt(tk.AllowReplace))
 	return err
 }
 

@@ -1,8 +1,11 @@
-// Package pki is Lifeboat's own certificate authority and its credentials: the CA created
-// at the control plane's first start, the control plane's server certificate, client
-// certificates signed from the CSRs of agents and replicators (with the identity they
-// carry), and the install and API tokens, including the CA pin an install token embeds so
-// a fresh agent can trust a self-signed control plane on first contact.
+// Package pki is Lifeboat's own public key infrastructure: three certificate authorities
+// created at the control plane's first start, one per role — the control plane's CA
+// signs only its serving certificate, the agents' CA only source-server certificates, the
+// replicators' CA only replicator certificates — so a certificate of one role can never
+// pass for another (docs/security.md). It also holds the identities certificates carry,
+// and the install and API tokens, including the pin of the control plane's CA that an
+// install token embeds so a fresh agent can trust a self-signed control plane on first
+// contact.
 package pki
 
 import (
@@ -20,6 +23,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,28 +39,119 @@ const (
 	certificateBackdate = 5 * time.Minute // tolerate clocks a little behind
 )
 
-// File names under the PKI directory.
+// File names under the PKI directory. CACertFile is the control plane's CA: the one
+// clients trust the API with (LIFEBOAT_CA_CERT).
 const (
-	CACertFile     = "ca.crt"
-	caKeyFile      = "ca.key"
-	ServerCertFile = "server.crt"
-	serverKeyFile  = "server.key"
+	CACertFile           = "ca.crt"
+	AgentCACertFile      = "agent-ca.crt"
+	ReplicatorCACertFile = "replicator-ca.crt"
+	ServerCertFile       = "server.crt"
+	serverKeyFile        = "server.key"
 )
 
-// CA is the control plane's certificate authority.
+// Role is what a CA signs. Each role has its own CA and key.
+type Role string
+
+// The roles.
+const (
+	RoleControlPlane Role = "control-plane" // the control plane's serving certificate
+	RoleAgents       Role = "agents"        // source-server (agent) client certificates
+	RoleReplicators  Role = "replicators"   // replicator certificates (server and client)
+)
+
+// files returns the certificate and key file names of a role's CA.
+func (r Role) files() (cert, key string, err error) {
+	switch r {
+	case RoleControlPlane:
+		return CACertFile, "ca.key", nil
+	case RoleAgents:
+		return AgentCACertFile, "agent-ca.key", nil
+	case RoleReplicators:
+		return ReplicatorCACertFile, "replicator-ca.key", nil
+	}
+	return "", "", fmt.Errorf("unknown CA role %q", r)
+}
+
+// signs is the identity kind a role's CA signs.
+func (r Role) signs() string {
+	switch r {
+	case RoleAgents:
+		return KindSourceServer
+	case RoleReplicators:
+		return KindReplicator
+	}
+	return KindControlPlane
+}
+
+// legacyCAName is the common name of the single CA of Lifeboat before the roles had CAs
+// of their own; it signed every certificate.
+const legacyCAName = "Lifeboat CA"
+
+// CA is one of the control plane's certificate authorities.
 type CA struct {
+	role    Role
 	cert    *x509.Certificate
 	key     crypto.Signer
 	certPEM []byte
 }
 
-// LoadOrCreateCA loads the CA from dir, or creates it there (ECDSA P-256, 10 years) when
-// dir has none. The key file is written with mode 0600.
-func LoadOrCreateCA(dir string) (*CA, error) {
-	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, caKeyFile)
+// Authorities are the three CAs of a control plane.
+type Authorities struct {
+	ControlPlane, Agents, Replicators *CA
+}
+
+// LoadOrCreateAuthorities loads (creating what is missing) the three CAs in dir.
+func LoadOrCreateAuthorities(dir string) (*Authorities, error) {
+	var a Authorities
+	var err error
+	for _, x := range []struct {
+		role Role
+		dst  **CA
+	}{{RoleControlPlane, &a.ControlPlane}, {RoleAgents, &a.Agents}, {RoleReplicators, &a.Replicators}} {
+		if *x.dst, err = LoadOrCreateCA(dir, x.role); err != nil {
+			return nil, err
+		}
+	}
+	return &a, nil
+}
+
+// Legacy reports whether the control plane's CA is the single CA of an older Lifeboat,
+// which also signed agents and replicators: their old certificates are no longer
+// accepted, and they must be registered again.
+func (a *Authorities) Legacy() bool { return a.ControlPlane.cert.Subject.CommonName == legacyCAName }
+
+// ClientPool holds the CAs of the clients the control plane authenticates by certificate:
+// agents and replicators.
+func (a *Authorities) ClientPool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(a.Agents.cert)
+	p.AddCert(a.Replicators.cert)
+	return p
+}
+
+// For returns the CA that signs identities of kind (KindSourceServer, KindReplicator or
+// KindControlPlane).
+func (a *Authorities) For(kind string) *CA {
+	switch kind {
+	case KindSourceServer:
+		return a.Agents
+	case KindReplicator:
+		return a.Replicators
+	}
+	return a.ControlPlane
+}
+
+// LoadOrCreateCA loads the CA of role from dir, or creates it there (ECDSA P-256, 10
+// years) when dir has none. The key file is written with mode 0600.
+func LoadOrCreateCA(dir string, role Role) (*CA, error) {
+	certFile, keyFile, err := role.files()
+	if err != nil {
+		return nil, err
+	}
+	certPath, keyPath := filepath.Join(dir, certFile), filepath.Join(dir, keyFile)
 	certPEM, err := os.ReadFile(certPath)
 	if errors.Is(err, os.ErrNotExist) {
-		return createCA(dir)
+		return createCA(dir, role)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the CA certificate: %w", err)
@@ -76,10 +171,14 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	if !publicKeysEqual(cert.PublicKey, key.Public()) {
 		return nil, fmt.Errorf("CA key %s does not belong to certificate %s: restore the pair from backup", keyPath, certPath)
 	}
-	return &CA{cert: cert, key: key, certPEM: certPEM}, nil
+	return &CA{role: role, cert: cert, key: key, certPEM: certPEM}, nil
 }
 
-func createCA(dir string) (*CA, error) {
+func createCA(dir string, role Role) (*CA, error) {
+	certFile, keyFile, err := role.files()
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create the PKI directory: %w", err)
 	}
@@ -90,7 +189,7 @@ func createCA(dir string) (*CA, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          newSerial(),
-		Subject:               pkix.Name{CommonName: "Lifeboat CA", Organization: []string{"Lifeboat"}},
+		Subject:               pkix.Name{CommonName: "Lifeboat " + string(role) + " CA", Organization: []string{"Lifeboat"}},
 		NotBefore:             now.Add(-certificateBackdate),
 		NotAfter:              now.Add(CAValidity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -113,14 +212,17 @@ func createCA(dir string) (*CA, error) {
 	certPEM := EncodeCertificatePEM(der)
 	// Key first: a crash between the two writes leaves no certificate, so the next
 	// start creates a new pair instead of finding a certificate without its key.
-	if err := WriteFileAtomic(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
+	if err := WriteFileAtomic(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
 		return nil, err
 	}
-	return &CA{cert: cert, key: key, certPEM: certPEM}, nil
+	return &CA{role: role, cert: cert, key: key, certPEM: certPEM}, nil
 }
+
+// Role is what the CA signs.
+func (c *CA) Role() Role { return c.role }
 
 // Certificate returns the CA certificate.
 func (c *CA) Certificate() *x509.Certificate { return c.cert }
@@ -141,22 +243,28 @@ func (c *CA) Verify(cert *x509.Certificate, usage x509.ExtKeyUsage, now time.Tim
 	return err
 }
 
-// IssueServer issues a server certificate for hosts (DNS names and IP addresses) for a
-// key it generates, and returns the certificate chain (leaf, then CA) and key in PEM.
+// IssueServer issues the control plane's serving certificate for hosts (DNS names and IP
+// addresses, and always ControlPlaneSNI) for a key it generates, carrying the control
+// plane's identity, and returns the certificate chain (leaf, then CA) and key in PEM.
+// Only the control plane's CA issues it.
 func (c *CA) IssueServer(hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	if c.role != RoleControlPlane {
+		return nil, nil, fmt.Errorf("the %s CA does not issue the control plane's certificate", c.role)
+	}
 	key, err := NewKey()
 	if err != nil {
 		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: newSerial(),
-		Subject:      pkix.Name{CommonName: "lifeboat control plane"},
+		Subject:      pkix.Name{CommonName: ControlPlaneIdentity.String()},
 		NotBefore:    now.Add(-certificateBackdate),
 		NotAfter:     now.Add(ServerCertValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		URIs:         []*url.URL{ControlPlaneIdentity.URI()},
 	}
-	addHosts(tmpl, hosts)
+	addHosts(tmpl, append([]string{ControlPlaneSNI}, hosts...))
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue the server certificate: %w", err)
@@ -169,14 +277,15 @@ func (c *CA) IssueServer(hosts []string, now time.Time) (certPEM, keyPEM []byte,
 }
 
 // LoadOrIssueServerCertificate returns the control plane's TLS certificate from dir,
-// issuing a new one when there is none, when it does not name every host, when it was
-// not issued by this CA, or when it expires within 60 days.
+// issuing a new one when there is none, when it does not name every host or carry the
+// control plane's identity, when it was not issued by this CA, or when it expires within
+// 60 days.
 func (c *CA) LoadOrIssueServerCertificate(dir string, hosts []string, now time.Time) (tls.Certificate, error) {
 	certPath, keyPath := filepath.Join(dir, ServerCertFile), filepath.Join(dir, serverKeyFile)
 	if tc, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
 		leaf, err := x509.ParseCertificate(tc.Certificate[0])
-		if err == nil && c.Verify(leaf, x509.ExtKeyUsageServerAuth, now) == nil &&
-			leaf.NotAfter.Sub(now) > serverRenewBefore && namesAll(leaf, hosts) {
+		if err == nil && c.Verify(leaf, x509.ExtKeyUsageServerAuth, now) == nil && isControlPlane(leaf) &&
+			leaf.NotAfter.Sub(now) > serverRenewBefore && namesAll(leaf, append([]string{ControlPlaneSNI}, hosts...)) {
 			tc.Leaf = leaf
 			return tc, nil
 		}

@@ -18,30 +18,55 @@ import (
 	"time"
 )
 
-// Identity kinds carried by client certificates.
+// Identity kinds carried by certificates.
 const (
 	KindSourceServer = "source-server"
 	KindReplicator   = "replicator"
+	KindControlPlane = "control-plane"
 )
 
-// Identity is who a client certificate speaks for. It is encoded in the certificate as
-// the URI SAN lifeboat://<account-id>/<kind>/<id> and the CommonName <kind>:<id>.
+// ControlPlaneSNI is the server name Lifeboat's own clients (agents, replicators, agent
+// install) send to the control plane: it answers it with its own certificate, from its
+// own CA, even when it serves browsers an operator's certificate (--tls-cert). It is a
+// name under .internal, which is never delegated in the public DNS.
+const ControlPlaneSNI = "control-plane.lifeboat.internal"
+
+// Identity is who a certificate speaks for. It is encoded in the certificate as the URI
+// SAN lifeboat://<account-id>/<kind>/<id> and the CommonName <kind>:<id>; the control
+// plane's serving certificate carries lifeboat://control-plane and the CommonName
+// control-plane (ControlPlaneIdentity).
 type Identity struct {
-	Kind    string // KindSourceServer or KindReplicator
-	Account string // acct-…
-	ID      string // s-… or rep-…
+	Kind    string // KindSourceServer, KindReplicator or KindControlPlane
+	Account string // acct-… (empty for the control plane)
+	ID      string // s-… or rep-… (empty for the control plane)
 }
 
-func (id Identity) String() string { return id.Kind + ":" + id.ID }
+// ControlPlaneIdentity is the identity of the control plane's serving certificate.
+var ControlPlaneIdentity = Identity{Kind: KindControlPlane}
+
+func (id Identity) String() string {
+	if id.Kind == KindControlPlane {
+		return id.Kind
+	}
+	return id.Kind + ":" + id.ID
+}
 
 // URI returns the identity's URI SAN.
 func (id Identity) URI() *url.URL {
+	if id.Kind == KindControlPlane {
+		return &url.URL{Scheme: "lifeboat", Host: KindControlPlane}
+	}
 	return &url.URL{Scheme: "lifeboat", Host: id.Account, Path: "/" + id.Kind + "/" + id.ID}
 }
 
 func (id Identity) valid() error {
 	var prefix string
 	switch id.Kind {
+	case KindControlPlane:
+		if id != ControlPlaneIdentity {
+			return fmt.Errorf("the control plane's identity has no account or id, not %q/%q", id.Account, id.ID)
+		}
+		return nil
 	case KindSourceServer:
 		prefix = "s-"
 	case KindReplicator:
@@ -58,12 +83,17 @@ func (id Identity) valid() error {
 	return nil
 }
 
-// IdentityOf reads the identity from a client certificate issued by the CA. It checks
-// the encoding only: the caller verifies the chain (the TLS handshake does).
+// IdentityOf reads the identity from a certificate issued by one of Lifeboat's CAs. It
+// checks the encoding only: the caller verifies the chain (the TLS handshake does) and
+// that the chain ends at the CA of the identity's kind.
 func IdentityOf(cert *x509.Certificate) (Identity, error) {
 	var found []Identity
 	for _, u := range cert.URIs {
 		if u.Scheme != "lifeboat" {
+			continue
+		}
+		if u.Host == KindControlPlane && u.Path == "" && u.RawQuery == "" && u.Fragment == "" && u.User == nil {
+			found = append(found, ControlPlaneIdentity)
 			continue
 		}
 		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
@@ -83,6 +113,12 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 		return Identity{}, fmt.Errorf("certificate common name %q does not match its identity %s", cert.Subject.CommonName, id)
 	}
 	return id, nil
+}
+
+// isControlPlane reports whether cert carries the control plane's identity.
+func isControlPlane(cert *x509.Certificate) bool {
+	id, err := IdentityOf(cert)
+	return err == nil && id == ControlPlaneIdentity
 }
 
 // ParseCSR decodes a PEM certificate request and checks its signature and key: ECDSA
@@ -137,11 +173,16 @@ func ServerHosts(address string) []string {
 }
 
 // SignCSR issues a client certificate (valid one year from now) for the CSR's key,
-// carrying id. serverHosts, when given, makes it a server certificate for those hosts
-// too (replicators use one certificate for their listener and their API calls).
+// carrying id, which must be of the kind this CA signs (agents: source servers;
+// replicators: replicators). serverHosts, when given, makes it a server certificate for
+// those hosts too (replicators use one certificate for their listener and their API
+// calls).
 func (c *CA) SignCSR(csr *x509.CertificateRequest, id Identity, serverHosts []string, now time.Time) (*x509.Certificate, []byte, error) {
 	if err := id.valid(); err != nil {
 		return nil, nil, err
+	}
+	if id.Kind != c.role.signs() || id.Kind == KindControlPlane {
+		return nil, nil, fmt.Errorf("the %s CA does not sign %s certificates", c.role, id.Kind)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: newSerial(),

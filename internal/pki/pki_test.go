@@ -10,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -24,11 +26,11 @@ import (
 
 func TestCAPersistsAndKeyIsPrivate(t *testing.T) {
 	dir := t.TempDir()
-	ca1, err := pki.LoadOrCreateCA(dir)
+	ca1, err := pki.LoadOrCreateCA(dir, pki.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca2, err := pki.LoadOrCreateCA(dir)
+	ca2, err := pki.LoadOrCreateCA(dir, pki.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,21 +49,21 @@ func TestCAPersistsAndKeyIsPrivate(t *testing.T) {
 	}
 	// A key that does not match the certificate is refused.
 	other := t.TempDir()
-	if _, err := pki.LoadOrCreateCA(other); err != nil {
+	if _, err := pki.LoadOrCreateCA(other, pki.RoleControlPlane); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(filepath.Join(other, "ca.key"))
 	if err := os.WriteFile(filepath.Join(dir, "ca.key"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pki.LoadOrCreateCA(dir); err == nil || !strings.Contains(err.Error(), "does not belong") {
+	if _, err := pki.LoadOrCreateCA(dir, pki.RoleControlPlane); err == nil || !strings.Contains(err.Error(), "does not belong") {
 		t.Fatalf("mismatched key: got %v", err)
 	}
 }
 
 func TestServerCertificateReissuedWhenHostsChange(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(dir)
+	ca, err := pki.LoadOrCreateCA(dir, pki.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,10 +103,65 @@ func TestServerCertificateReissuedWhenHostsChange(t *testing.T) {
 	if len(c4.Certificate) != 2 {
 		t.Fatalf("served chain has %d certificates, want leaf and CA", len(c4.Certificate))
 	}
+	if id, err := pki.IdentityOf(c4.Leaf); err != nil || id != pki.ControlPlaneIdentity {
+		t.Fatalf("the control plane's certificate carries %+v, %v", id, err)
+	}
+	if err := c4.Leaf.VerifyHostname(pki.ControlPlaneSNI); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEachCASignsOnlyItsRole: the agents' CA signs only source servers, the replicators'
+// CA only replicators, and only the control plane's CA its serving certificate; the
+// three CAs are distinct, so a certificate of one role never chains to another's CA.
+func TestEachCASignsOnlyItsRole(t *testing.T) {
+	dir := t.TempDir()
+	a, err := pki.LoadOrCreateAuthorities(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := pki.LoadOrCreateAuthorities(dir)
+	if err != nil || !again.Agents.Certificate().Equal(a.Agents.Certificate()) {
+		t.Fatalf("reloading the authorities gave other CAs: %v", err)
+	}
+	key, _ := pki.NewKey()
+	csrPEM, _ := pki.NewCSR(key, "x")
+	csr, err := pki.ParseCSR(csrPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	agent := pki.Identity{Kind: pki.KindSourceServer, Account: "acct-1", ID: "s-1"}
+	rep := pki.Identity{Kind: pki.KindReplicator, Account: "acct-1", ID: "rep-1"}
+	for _, bad := range []struct {
+		ca *pki.CA
+		id pki.Identity
+	}{{a.Agents, rep}, {a.Replicators, agent}, {a.ControlPlane, agent}, {a.ControlPlane, rep}, {a.Agents, pki.ControlPlaneIdentity}} {
+		if _, _, err := bad.ca.SignCSR(csr, bad.id, nil, now); err == nil {
+			t.Errorf("the %s CA signed %s", bad.ca.Role(), bad.id)
+		}
+	}
+	for _, ca := range []*pki.CA{a.Agents, a.Replicators} {
+		if _, _, err := ca.IssueServer([]string{"127.0.0.1"}, now); err == nil {
+			t.Errorf("the %s CA issued a control-plane certificate", ca.Role())
+		}
+	}
+	cert, _, err := a.Replicators.SignCSR(csr, rep, []string{"127.0.0.1"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ca := range []*pki.CA{a.ControlPlane, a.Agents} {
+		if ca.Verify(cert, x509.ExtKeyUsageServerAuth, now) == nil {
+			t.Errorf("a replicator certificate chains to the %s CA", ca.Role())
+		}
+	}
+	if a.For(pki.KindReplicator) != a.Replicators || a.For(pki.KindSourceServer) != a.Agents || a.For(pki.KindControlPlane) != a.ControlPlane {
+		t.Fatal("For picks the wrong CA")
+	}
 }
 
 func TestSignCSRCarriesIdentity(t *testing.T) {
-	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	a, err := pki.LoadOrCreateAuthorities(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +179,7 @@ func TestSignCSRCarriesIdentity(t *testing.T) {
 	}
 	now := time.Now()
 	id := pki.Identity{Kind: pki.KindReplicator, Account: "acct-0123456789abcdef0", ID: "rep-0123456789abcdef0"}
+	ca := a.Replicators
 	cert, certPEM, err := ca.SignCSR(csr, id, pki.ServerHosts("192.0.2.7:1500"), now)
 	if err != nil {
 		t.Fatal(err)
@@ -157,11 +215,11 @@ func TestSignCSRCarriesIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A source-server certificate has no serverAuth.
-	agent, _, err := ca.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: id.Account, ID: "s-0123456789abcdef0"}, nil, now)
+	agent, _, err := a.Agents.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: id.Account, ID: "s-0123456789abcdef0"}, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ca.Verify(agent, x509.ExtKeyUsageServerAuth, now) == nil {
+	if a.Agents.Verify(agent, x509.ExtKeyUsageServerAuth, now) == nil {
 		t.Fatal("an agent certificate is valid for serverAuth")
 	}
 }
@@ -269,25 +327,31 @@ func FuzzParseToken(f *testing.F) {
 	})
 }
 
-// TestPinnedTLS connects to a real TLS server with the CA's server certificate: the CA's
-// pin is accepted, another pin refused before any request is sent.
+// TestPinnedTLS connects to real TLS servers: one with the control plane's certificate
+// (accepted by the pin of the control plane's CA, refused by another pin before any
+// request is sent), and impostors holding a replicator's certificate — from the
+// replicators' CA, and, as an older Lifeboat's single CA allowed, from the pinned CA
+// itself — which are refused before the request too.
 func TestPinnedTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(dir)
+	a, err := pki.LoadOrCreateAuthorities(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.LoadOrIssueServerCertificate(dir, []string{"127.0.0.1"}, time.Now())
+	cert, err := a.ControlPlane.LoadOrIssueServerCertificate(dir, []string{"127.0.0.1"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
+	pin := pki.Pin(a.ControlPlane.Certificate())
 	requests := 0
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests++ }))
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-	srv.StartTLS()
-	defer srv.Close()
-
-	get := func(pin string) error {
+	serve := func(c tls.Certificate) *httptest.Server {
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { requests++ }))
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS13}
+		srv.StartTLS()
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	get := func(srv *httptest.Server, pin string) error {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.PinnedTLSConfig(pin)}}
 		resp, err := c.Get(srv.URL)
 		if err == nil {
@@ -295,25 +359,84 @@ func TestPinnedTLS(t *testing.T) {
 		}
 		return err
 	}
-	anchor, err := pki.AnchorPin(cert.Certificate)
-	if err != nil || anchor != pki.Pin(ca.Certificate()) {
-		t.Fatalf("anchor pin %s, %v; want the CA's", anchor, err)
+	real := serve(cert)
+	if err := get(real, pin); err != nil {
+		t.Fatalf("the control plane CA's pin was refused: %v", err)
 	}
-	if err := get(pki.Pin(ca.Certificate())); err != nil {
-		t.Fatalf("the CA pin was refused: %v", err)
-	}
-	other, err := pki.LoadOrCreateCA(t.TempDir())
+	other, err := pki.LoadOrCreateCA(t.TempDir(), pki.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := get(pki.Pin(other.Certificate())); !errors.Is(err, pki.ErrPinMismatch) {
+	if err := get(real, pki.Pin(other.Certificate())); !errors.Is(err, pki.ErrPinMismatch) {
 		t.Fatalf("another CA's pin was accepted: %v", err)
 	}
+	// A replicator's certificate, chain included, from the same control plane.
+	key, _ := pki.NewKey()
+	csrPEM, _ := pki.NewCSR(key, "impostor")
+	csr, _ := pki.ParseCSR(csrPEM)
+	_, repPEM, err := a.Replicators.SignCSR(csr, pki.Identity{Kind: pki.KindReplicator, Account: "acct-1", ID: "rep-1"}, []string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := pki.EncodeKeyPEM(key)
+	repCert, err := tls.X509KeyPair(append(repPEM, a.Replicators.CertPEM()...), keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := get(serve(repCert), pin); !errors.Is(err, pki.ErrPinMismatch) {
+		t.Fatalf("a replicator's certificate passed the control plane's pin: %v", err)
+	}
+	// A certificate signed by the pinned CA that is not the control plane's (as the
+	// single CA of older Lifeboat versions signed replicators): refused by identity.
+	legacy, legacyCA := signedByHand(t, "lifeboat://acct-1/replicator/rep-1")
+	if err := get(serve(legacy), pki.Pin(legacyCA)); !errors.Is(err, pki.ErrNotControlPlane) {
+		t.Fatalf("a replicator certificate of the pinned CA was accepted: %v", err)
+	}
 	if requests != 1 {
-		t.Fatalf("server saw %d requests, want 1 (the refused one must not be sent)", requests)
+		t.Fatalf("servers saw %d requests, want 1 (refused ones must not be sent)", requests)
 	}
 	// A pinned leaf (an operator certificate without its CA) is accepted as itself.
 	if err := pki.VerifyPinned(pki.Pin(cert.Leaf), []*x509.Certificate{cert.Leaf}); err != nil {
 		t.Fatal(err)
 	}
+	// RefuseOtherRoles, for clients trusting a CA file: a Lifeboat identity other than
+	// the control plane's is refused, no identity (an operator's certificate) passes.
+	if err := pki.RefuseOtherRoles(tls.ConnectionState{PeerCertificates: []*x509.Certificate{legacy.Leaf}}); !errors.Is(err, pki.ErrNotControlPlane) {
+		t.Fatalf("RefuseOtherRoles accepted a replicator: %v", err)
+	}
+	if err := pki.RefuseOtherRoles(tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert.Leaf}}); err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := signedByHand(t, "")
+	if err := pki.RefuseOtherRoles(tls.ConnectionState{PeerCertificates: []*x509.Certificate{plain.Leaf}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// signedByHand makes a CA and a server certificate for 127.0.0.1 it signs, carrying
+// the URI SAN uri (none when empty), outside package pki's rules.
+func signedByHand(t *testing.T, uri string) (tls.Certificate, *x509.Certificate) {
+	t.Helper()
+	caKey, _ := pki.NewKey()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Lifeboat CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := pki.NewKey()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "replicator:rep-1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	if uri != "" {
+		u, _ := url.Parse(uri)
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key, Leaf: leaf}, ca
 }

@@ -128,9 +128,12 @@ func Pin(cert *x509.Certificate) string { return Fingerprint(cert)[:PinLength] }
 // ErrPinMismatch is returned (wrapped) when a server's chain does not match a pin.
 var ErrPinMismatch = errors.New("the server's certificates do not match the CA pin in the install token")
 
-// VerifyPinned checks a TLS peer chain against a pin: one certificate of the chain must
-// match the pin, and the leaf must be that certificate or chain up to it. Host names are
-// not checked: the pin is the trust anchor, as in kubeadm's discovery.
+// VerifyPinned checks a TLS peer chain against a pin. When the leaf itself matches, it is
+// accepted (the pin names that very certificate). Otherwise a certificate of the chain
+// must match the pin, the leaf must chain up to it for server authentication, and the
+// leaf must carry the control plane's identity: a pin names the control plane's CA, and
+// nothing else that CA might have signed passes for the control plane. Host names are not
+// checked: the pin is the trust anchor, as in kubeadm's discovery.
 func VerifyPinned(pin string, chain []*x509.Certificate) error {
 	if len(chain) == 0 {
 		return errors.New("the server sent no certificate")
@@ -152,16 +155,25 @@ func VerifyPinned(pin string, chain []*x509.Certificate) error {
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 			return fmt.Errorf("the server's certificate does not chain to the pinned CA: %w", err)
 		}
+		if !isControlPlane(chain[0]) {
+			return fmt.Errorf("%w: the server's certificate (%q) does not carry the control plane's identity", ErrNotControlPlane, chain[0].Subject.CommonName)
+		}
 		return nil
 	}
 	return ErrPinMismatch
 }
 
+// ErrNotControlPlane is returned (wrapped) when a server presents a certificate of the
+// right CA that is not the control plane's: another Lifeboat component posing as it.
+var ErrNotControlPlane = errors.New("the server is not the control plane")
+
 // PinnedTLSConfig returns a client TLS configuration (TLS 1.3) that trusts a server only
-// if its chain matches pin (see VerifyPinned).
+// if its chain matches pin (see VerifyPinned). It asks for the control plane's own
+// certificate by name (ControlPlaneSNI).
 func PinnedTLSConfig(pin string) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
+		ServerName:         ControlPlaneSNI,
 		InsecureSkipVerify: true, // replaced by VerifyConnection's pin check
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return VerifyPinned(pin, cs.PeerCertificates)
@@ -169,15 +181,18 @@ func PinnedTLSConfig(pin string) *tls.Config {
 	}
 }
 
-// AnchorPin returns the pin of the certificate that anchors a served chain: its last
-// certificate (the CA when the chain includes it; the leaf itself when alone).
-func AnchorPin(chain [][]byte) (string, error) {
-	if len(chain) == 0 {
-		return "", errors.New("empty certificate chain")
+// RefuseOtherRoles is a VerifyConnection check for clients that verify the control plane
+// with a CA file: a certificate that carries a Lifeboat identity must carry the control
+// plane's (one from an operator's CA carries none and is checked by the chain alone).
+func RefuseOtherRoles(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the server sent no certificate")
 	}
-	c, err := x509.ParseCertificate(chain[len(chain)-1])
-	if err != nil {
-		return "", err
+	leaf := cs.PeerCertificates[0]
+	for _, u := range leaf.URIs {
+		if u.Scheme == "lifeboat" && !isControlPlane(leaf) {
+			return fmt.Errorf("%w: its certificate is for %s", ErrNotControlPlane, u)
+		}
 	}
-	return Pin(c), nil
+	return nil
 }

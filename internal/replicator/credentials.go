@@ -41,7 +41,7 @@ func LoadCredentials(path string) (*Credentials, error) {
 	if err := yaml.Unmarshal(data, &c); err != nil {
 		return nil, fmt.Errorf("replicator credentials %s are not valid YAML: %w", path, err)
 	}
-	if c.Server == "" || !api.ValidID(api.PrefixReplicator, c.ID) || c.Certificate == "" || c.Key == "" {
+	if c.Server == "" || !api.ValidID(api.PrefixReplicator, c.ID) || c.Certificate == "" || c.Key == "" || c.ServerPin == "" {
 		return nil, fmt.Errorf("replicator credentials %s are incomplete: remove the file and register again with --token", path)
 	}
 	return &c, nil
@@ -69,7 +69,7 @@ func (c *Credentials) TLSCertificate() (tls.Certificate, error) {
 	return cert, nil
 }
 
-// CAPool is the CA that signs agents' certificates.
+// CAPool is the CA that signs agents' certificates (and no other).
 func (c *Credentials) CAPool() (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM([]byte(c.CACertificates)) {
@@ -84,11 +84,7 @@ func (c *Credentials) Client() (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := api.ClientConfig{Server: c.Server, Pin: c.ServerPin, Certificate: &cert, UserAgent: "lifeboat-replicator"}
-	if c.ServerPin == "" {
-		cfg.CAPEM = []byte(c.CACertificates)
-	}
-	return api.NewClient(cfg)
+	return api.NewClient(api.ClientConfig{Server: c.Server, Pin: c.ServerPin, Certificate: &cert, UserAgent: "lifeboat-replicator"})
 }
 
 // RegisterOptions describe a replicator to register.
@@ -98,8 +94,10 @@ type RegisterOptions struct {
 	Name    string
 	Site    string
 	Address string // host:port agents will connect to
-	// CAPEM trusts the control plane by its CA instead of the token's pin (lifeboat up).
-	CAPEM []byte
+	// Replace re-registers a replicator of the same name in place (its id and servers
+	// stay; its old certificate stops working everywhere). It needs an install token
+	// created with --allow-replace, or an admin API token.
+	Replace bool
 }
 
 // Register registers a new replicator with an install token and returns its
@@ -109,6 +107,8 @@ func Register(ctx context.Context, o RegisterOptions) (*Credentials, error) {
 	if err != nil || !tok.Install {
 		return nil, errors.New("the token must be a replicator install token (lbi_…): create one with lifeboat tokens create --kind install --scope replicator")
 	}
+	// The control plane is trusted through the token's pin only: of its own CA, and
+	// its certificate must carry its identity (pki.VerifyPinned).
 	key, err := pki.NewKey()
 	if err != nil {
 		return nil, err
@@ -121,23 +121,17 @@ func Register(ctx context.Context, o RegisterOptions) (*Credentials, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := api.ClientConfig{Server: o.Server, Token: o.Token, UserAgent: "lifeboat-replicator"}
-	if len(o.CAPEM) > 0 {
-		cfg.CAPEM = o.CAPEM
-	} else {
-		cfg.Pin = tok.Pin
-	}
-	c, err := api.NewClient(cfg)
+	c, err := api.NewClient(api.ClientConfig{Server: o.Server, Token: o.Token, Pin: tok.Pin, UserAgent: "lifeboat-replicator"})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	resp, err := c.RegisterReplicator(ctx, api.RegisterReplicatorRequest{CSR: string(csr), Name: o.Name, Site: o.Site,
-		Address: o.Address, Version: "lifeboat"})
+		Address: o.Address, Version: "lifeboat", Replace: o.Replace})
 	if err != nil {
 		return nil, fmt.Errorf("register replicator %s: %w", o.Name, err)
 	}
-	return &Credentials{Server: o.Server, ServerPin: cfg.Pin, ID: resp.Replicator.ID, AccountID: resp.Replicator.AccountID,
+	return &Credentials{Server: o.Server, ServerPin: tok.Pin, ID: resp.Replicator.ID, AccountID: resp.Replicator.AccountID,
 		Name: o.Name, Site: o.Site, Address: o.Address, Certificate: resp.Certificate, Key: string(keyPEM),
 		CACertificates: resp.CACertificates}, nil
 }

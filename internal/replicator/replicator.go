@@ -37,7 +37,8 @@ import (
 // *api.Client authenticated as the replicator).
 type ControlPlane interface {
 	Heartbeat(ctx context.Context, id string, req api.HeartbeatRequest) (api.HeartbeatResponse, error)
-	AssignedSourceServers(ctx context.Context, id string) (api.AssignedSourceServerList, error)
+	AssignedSourceServersWait(ctx context.Context, id, known string, wait time.Duration) (api.AssignedSourceServerList, error)
+	AssignedSourceServer(ctx context.Context, id, serverID string) (api.AssignedSourceServer, bool, error)
 	CreateRecoverySnapshot(ctx context.Context, serverID string, req api.CreateRecoverySnapshotRequest) (api.RecoverySnapshot, error)
 	DeleteRecoverySnapshots(ctx context.Context, serverID string, ids []string) (api.DeleteRecoverySnapshotsResponse, error)
 	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
@@ -61,8 +62,11 @@ type Config struct {
 	MaxBatchBytes uint32        // largest Blocks frame accepted (default 4 MiB)
 	FlushBytes    int64         // flush and acknowledge at least every this many bytes (default 32 MiB)
 	FlushInterval time.Duration // and at least this often while data arrives (default 250 ms)
-	Refresh       time.Duration // how often assignments and settings are re-read (default 5 s)
-	Retention     time.Duration // how often the PIT policy is applied (default 1 min)
+	// Refresh is how long to wait before asking again for the assigned servers after the
+	// control plane failed to answer (default 5 s); while it answers, the replicator
+	// waits on it for changes (a long poll) and learns of them at once.
+	Refresh   time.Duration
+	Retention time.Duration // how often the PIT policy is applied (default 1 min)
 	// BatchMemory bounds the decoded batches held at once, across all sessions
 	// (default 32 MiB): when it is used up, sessions stop reading until the store has
 	// taken some, so the replicator's memory does not grow with the number of agents.
@@ -115,6 +119,7 @@ type Replicator struct {
 
 	mu       sync.Mutex
 	assigned map[string]api.AssignedSourceServer // by source server id
+	known    string                              // fingerprint of the list assigned holds
 	repos    map[string]*store.Repo              // by staging store URL
 	sessions map[string]*session                 // by source server id: at most one each
 	listener net.Listener
@@ -164,7 +169,7 @@ func (r *Replicator) Run(ctx context.Context) error {
 		r.log.Warn("reading assignments from the control plane failed; retrying", "err", err)
 	}
 	var wg sync.WaitGroup
-	wg.Go(func() { r.loop(ctx, r.cfg.Refresh, r.refresh) })
+	wg.Go(func() { r.watchAssignments(ctx) })
 	wg.Go(func() { r.heartbeatLoop(ctx) })
 	wg.Go(func() { r.loop(ctx, r.cfg.Retention, r.applyRetention) })
 	wg.Go(func() {
@@ -212,19 +217,63 @@ func (r *Replicator) loop(ctx context.Context, every time.Duration, fn func(cont
 	}
 }
 
-// refresh reads the servers assigned to this replicator and their settings. Sessions
-// of servers no longer assigned are ended (their agent asks the control plane again).
-func (r *Replicator) refresh(ctx context.Context) error {
-	list, err := r.cfg.ControlPlane.AssignedSourceServers(ctx, r.cfg.ID)
+// watchAssignments keeps the list of assigned servers current until ctx ends: it waits
+// on the control plane for a change of the list, so a replaced agent certificate, a
+// stopped replication or a moved server ends its session at once; after a failure it
+// asks again every Refresh.
+func (r *Replicator) watchAssignments(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := r.refreshWait(ctx, api.MaxConfigWait)
+		if err == nil {
+			continue
+		}
+		if ctx.Err() == nil {
+			r.log.Warn("reading assigned source servers from the control plane failed; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(r.cfg.Refresh):
+		}
+	}
+}
+
+// refresh reads the servers assigned to this replicator and their settings now.
+func (r *Replicator) refresh(ctx context.Context) error { return r.refreshWait(ctx, 0) }
+
+// refreshWait reads the assigned servers, waiting up to wait for the list to differ from
+// the one the replicator has. Sessions of servers no longer assigned, or whose
+// certificate was replaced, or whose replication was stopped, are ended (their agent asks
+// the control plane again). When the control plane refuses the replicator itself
+// (deleted, or registered again elsewhere), every session ends.
+func (r *Replicator) refreshWait(ctx context.Context, wait time.Duration) error {
+	r.mu.Lock()
+	known := r.known
+	r.mu.Unlock()
+	if wait == 0 {
+		known = ""
+	}
+	list, err := r.cfg.ControlPlane.AssignedSourceServersWait(ctx, r.cfg.ID, known, wait)
+	var ae *api.Error
+	if errors.As(err, &ae) && (ae.Status == 401 || ae.Status == 403 || ae.Status == 404) {
+		list, err = api.AssignedSourceServerList{}, fmt.Errorf("the control plane refuses this replicator (%w): it serves nothing until registered again", err)
+		r.setAssigned(list)
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("read assigned source servers: %w", err)
 	}
+	r.setAssigned(list)
+	return nil
+}
+
+// setAssigned makes list the assigned servers and ends the sessions it no longer allows.
+func (r *Replicator) setAssigned(list api.AssignedSourceServerList) {
 	m := make(map[string]api.AssignedSourceServer, len(list.Items))
 	for _, a := range list.Items {
 		m[a.SourceServer.ID] = a
 	}
 	r.mu.Lock()
-	r.assigned = m
+	r.assigned, r.known = m, list.Fingerprint()
 	var drop []*session
 	for id, s := range r.sessions {
 		a, ok := m[id]
@@ -236,7 +285,25 @@ func (r *Replicator) refresh(ctx context.Context) error {
 	for _, s := range drop {
 		s.stop(&wire.Error{Code: wire.CodeNotAuthorized, Message: "this server is no longer assigned to this replicator (or its certificate was replaced, or replication was stopped): ask the control plane where to replicate"})
 	}
-	return nil
+}
+
+// lookup returns a server's assignment as the control plane says it now, so a session
+// of a replaced certificate is refused at once; when the control plane cannot be
+// reached, as the last list it sent says.
+func (r *Replicator) lookup(ctx context.Context, server string) (api.AssignedSourceServer, bool, error) {
+	a, ok, err := r.cfg.ControlPlane.AssignedSourceServer(ctx, r.cfg.ID, server)
+	if err == nil {
+		return a, ok, nil
+	}
+	var ae *api.Error
+	if errors.As(err, &ae) || ctx.Err() != nil {
+		return a, false, err // it answered, and refused: no fallback
+	}
+	r.log.Warn("the control plane cannot be reached to check a new session; using the last assignment list", "server", server, "err", err)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, ok = r.assigned[server]
+	return a, ok, nil
 }
 
 func servesSerial(a api.AssignedSourceServer, serial string) bool {

@@ -118,17 +118,9 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	}
 	s.hello, s.server = hello, hello.SourceServerID
 	s.log = s.log.With("server", s.server)
-	r.mu.Lock()
-	a, assigned := r.assigned[s.server]
-	r.mu.Unlock()
-	if !assigned || !servesSerial(a, s.serial) {
-		// Perhaps assigned a moment ago, or the certificate renewed: read again once.
-		if err := r.refresh(ctx); err != nil {
-			return &wire.Error{Code: wire.CodeShuttingDown, Message: "the replicator cannot reach the control plane to check this server: retry later"}
-		}
-		r.mu.Lock()
-		a, assigned = r.assigned[s.server]
-		r.mu.Unlock()
+	a, assigned, err := r.lookup(ctx, s.server)
+	if err != nil {
+		return &wire.Error{Code: wire.CodeShuttingDown, Message: "the replicator cannot check this server with the control plane: retry later"}
 	}
 	switch {
 	case !assigned:

@@ -131,8 +131,9 @@ func pair(t testing.TB) (agent, replicator *Conn) {
 	t.Helper()
 	ca := newTestCA(t)
 	now := time.Now()
-	addr, acc := serve(t, ServerTLSConfig(ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now), ca.pool()))
-	c, err := Dial(t.Context(), addr, ClientTLSConfig(ca.issue(t, agentIdentity(), nil, now), ca.pool(), "127.0.0.1"))
+	repCert := ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now)
+	addr, acc := serve(t, ServerTLSConfig(repCert, ca.agents(), testAccount))
+	c, err := Dial(t.Context(), addr, ClientTLSConfig(ca.issue(t, agentIdentity(), nil, now), ca.replicators(), "127.0.0.1", assigned(t, repCert)))
 	if err != nil {
 		t.Fatal(err)
 	}

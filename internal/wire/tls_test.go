@@ -29,20 +29,21 @@ func replicatorIdentity() pki.Identity {
 	return pki.Identity{Kind: pki.KindReplicator, Account: testAccount, ID: replicatorRID}
 }
 
-// testCA is a real CA made by internal/pki in a temporary directory.
-type testCA struct{ ca *pki.CA }
+// testCA is a real set of CAs made by internal/pki in a temporary directory.
+type testCA struct{ ca *pki.Authorities }
 
 func newTestCA(t testing.TB) *testCA {
 	t.Helper()
-	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	ca, err := pki.LoadOrCreateAuthorities(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &testCA{ca: ca}
 }
 
-// issue signs a certificate for a fresh key the way the control plane does from a CSR:
-// serverHosts makes it a server certificate too; now sets its validity (a year from now).
+// issue signs a certificate for a fresh key the way the control plane does from a CSR,
+// by the CA of the identity's kind: serverHosts makes it a server certificate too; now
+// sets its validity (a year from now).
 func (c *testCA) issue(t testing.TB, id pki.Identity, serverHosts []string, now time.Time) tls.Certificate {
 	t.Helper()
 	key, err := pki.NewKey()
@@ -57,7 +58,7 @@ func (c *testCA) issue(t testing.TB, id pki.Identity, serverHosts []string, now 
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, certPEM, err := c.ca.SignCSR(csr, id, serverHosts, now)
+	_, certPEM, err := c.ca.For(id.Kind).SignCSR(csr, id, serverHosts, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,23 @@ func (c *testCA) issue(t testing.TB, id pki.Identity, serverHosts []string, now 
 	return cert
 }
 
-func (c *testCA) pool() *x509.CertPool { return c.ca.Pool() }
+// agents and replicators are the pools of the agents' and the replicators' CAs.
+func (c *testCA) agents() *x509.CertPool      { return c.ca.Agents.Pool() }
+func (c *testCA) replicators() *x509.CertPool { return c.ca.Replicators.Pool() }
+
+// assigned is what an agent's replication config says of the replicator with cert.
+func assigned(t testing.TB, cert tls.Certificate) Assigned {
+	t.Helper()
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.IdentityOf(leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Assigned{Account: id.Account, ID: id.ID, Serials: []string{pki.SerialHex(leaf)}}
+}
 
 type accepted struct {
 	conn *Conn
@@ -112,10 +129,11 @@ func serve(t testing.TB, cfg *tls.Config) (string, <-chan accepted) {
 func TestMutualTLSSessionAccepted(t *testing.T) {
 	ca := newTestCA(t)
 	now := time.Now()
-	srvCfg := ServerTLSConfig(ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now), ca.pool())
+	repCert := ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now)
+	srvCfg := ServerTLSConfig(repCert, ca.agents(), testAccount)
 	addr, acc := serve(t, srvCfg)
 
-	c, err := Dial(t.Context(), addr, ClientTLSConfig(ca.issue(t, agentIdentity(), nil, now), ca.pool(), "127.0.0.1"))
+	c, err := Dial(t.Context(), addr, ClientTLSConfig(ca.issue(t, agentIdentity(), nil, now), ca.replicators(), "127.0.0.1", assigned(t, repCert)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,11 +204,21 @@ func TestMutualTLSRefusals(t *testing.T) {
 	now := time.Now()
 	agentCert := ca.issue(t, agentIdentity(), nil, now)
 	replicatorCert := ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now)
+	want := assigned(t, replicatorCert)
+	otherID := pki.Identity{Kind: pki.KindReplicator, Account: testAccount, ID: "rep-0123456789abcdef1"}
+	otherAccount := pki.Identity{Kind: pki.KindReplicator, Account: "acct-0123456789abcdef1", ID: replicatorRID}
 	noCert := func(cfg *tls.Config) *tls.Config {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &tls.Certificate{}, nil }
 		return cfg
 	}
 	noALPN := func(cfg *tls.Config) *tls.Config { cfg.NextProtos, cfg.VerifyConnection = nil, nil; return cfg }
+	client := func(cert tls.Certificate) *tls.Config {
+		return ClientTLSConfig(cert, ca.replicators(), "127.0.0.1", want)
+	}
+	// A replicator whose certificate is valid but not the one the agent was assigned.
+	expecting := func(id pki.Identity) *tls.Config {
+		return ClientTLSConfig(agentCert, ca.replicators(), "127.0.0.1", Assigned{Account: id.Account, ID: id.ID, Serials: want.Serials})
+	}
 
 	cases := []struct {
 		name      string
@@ -199,26 +227,31 @@ func TestMutualTLSRefusals(t *testing.T) {
 		serverErr string // the server's handshake fails with this
 		clientErr string // the client's Dial fails with this
 	}{
-		{name: "no client certificate", server: replicatorCert,
-			client: noCert(ClientTLSConfig(agentCert, ca.pool(), "127.0.0.1")), serverErr: "didn't provide a certificate"},
-		{name: "certificate from another CA", server: replicatorCert,
-			client: ClientTLSConfig(otherCA.issue(t, agentIdentity(), nil, now), ca.pool(), "127.0.0.1"), serverErr: "unknown authority"},
+		{name: "no client certificate", server: replicatorCert, client: noCert(client(agentCert)), serverErr: "didn't provide a certificate"},
+		{name: "certificate from another control plane", server: replicatorCert,
+			client: client(otherCA.issue(t, agentIdentity(), nil, now)), serverErr: "unknown authority"},
 		{name: "expired certificate", server: replicatorCert,
-			client: ClientTLSConfig(ca.issue(t, agentIdentity(), nil, now.Add(-2*365*24*time.Hour)), ca.pool(), "127.0.0.1"), serverErr: "expired"},
-		{name: "replicator certificate as an agent", server: replicatorCert,
-			client: ClientTLSConfig(replicatorCert, ca.pool(), "127.0.0.1"), serverErr: "only source-server agents"},
-		{name: "client without the lifeboat ALPN", server: replicatorCert,
-			client: noALPN(ClientTLSConfig(agentCert, ca.pool(), "127.0.0.1")), serverErr: "did not negotiate"},
+			client: client(ca.issue(t, agentIdentity(), nil, now.Add(-2*365*24*time.Hour))), serverErr: "expired"},
+		{name: "replicator certificate as an agent", server: replicatorCert, client: client(replicatorCert), serverErr: "unknown authority"},
+		{name: "agent of another account", server: replicatorCert,
+			client:    client(ca.issue(t, pki.Identity{Kind: pki.KindSourceServer, Account: otherAccount.Account, ID: agentServerID}, nil, now)),
+			serverErr: "serves account " + testAccount + " only"},
+		{name: "client without the lifeboat ALPN", server: replicatorCert, client: noALPN(client(agentCert)), serverErr: "did not negotiate"},
 		{name: "source-server certificate as the server", server: ca.issue(t, agentIdentity(), nil, now),
-			client: ClientTLSConfig(agentCert, ca.pool(), "127.0.0.1"), clientErr: "failed to verify certificate"},
+			client: client(agentCert), clientErr: "failed to verify certificate"},
 		{name: "source-server certificate with serverAuth as the server", server: ca.issue(t, agentIdentity(), []string{"127.0.0.1"}, now),
-			client: ClientTLSConfig(agentCert, ca.pool(), "127.0.0.1"), clientErr: "not a replicator"},
-		{name: "server from another CA", server: otherCA.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now),
-			client: ClientTLSConfig(agentCert, ca.pool(), "127.0.0.1"), clientErr: "unknown authority"},
+			client: client(agentCert), clientErr: "unknown authority"},
+		{name: "server from another control plane", server: otherCA.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now),
+			client: client(agentCert), clientErr: "unknown authority"},
+		{name: "another replicator than the assigned one", server: replicatorCert, client: expecting(otherID), clientErr: "not the assigned replicator"},
+		{name: "a replicator of another account", server: ca.issue(t, otherAccount, []string{"127.0.0.1"}, now),
+			client: client(agentCert), clientErr: "not the assigned replicator"},
+		{name: "the assigned replicator's replaced certificate", server: ca.issue(t, replicatorIdentity(), []string{"127.0.0.1"}, now),
+			client: client(agentCert), clientErr: "no longer lists"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			addr, acc := serve(t, ServerTLSConfig(tc.server, ca.pool()))
+			addr, acc := serve(t, ServerTLSConfig(tc.server, ca.agents(), testAccount))
 			c, dialErr := Dial(t.Context(), addr, tc.client)
 			if dialErr == nil {
 				defer c.Close()
@@ -264,7 +297,7 @@ func TestPeerIdentityNeedsAVerifiedCertificate(t *testing.T) {
 	if _, err := PeerIdentity(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}); err == nil {
 		t.Fatal("an unverified certificate gave an identity")
 	}
-	id, err := PeerIdentity(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}, VerifiedChains: [][]*x509.Certificate{{leaf, ca.ca.Certificate()}}})
+	id, err := PeerIdentity(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}, VerifiedChains: [][]*x509.Certificate{{leaf, ca.ca.Agents.Certificate()}}})
 	if err != nil || id != agentIdentity() {
 		t.Fatalf("%+v, %v", id, err)
 	}
@@ -291,7 +324,7 @@ func TestDialBoundedByContext(t *testing.T) {
 		cancel()
 	}()
 	ca := newTestCA(t)
-	_, err = Dial(ctx, l.Addr().String(), ClientTLSConfig(ca.issue(t, agentIdentity(), nil, time.Now()), ca.pool(), "127.0.0.1"))
+	_, err = Dial(ctx, l.Addr().String(), ClientTLSConfig(ca.issue(t, agentIdentity(), nil, time.Now()), ca.replicators(), "127.0.0.1", Assigned{}))
 	if c, ok := <-held; ok {
 		c.Close()
 	}
