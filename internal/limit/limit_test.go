@@ -11,8 +11,10 @@ import (
 
 func TestCounterCapsEachKey(t *testing.T) {
 	c := NewCounter(2)
-	if !c.Acquire("a") || !c.Acquire("a") {
-		t.Fatal("the first two of a were refused")
+	for i := range 2 {
+		if !c.Acquire("a") {
+			t.Fatalf("acquisition %d of a was refused under a cap of 2", i+1)
+		}
 	}
 	if c.Acquire("a") {
 		t.Fatal("a third of a was allowed past a cap of 2")

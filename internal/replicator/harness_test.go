@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
-	"hash/crc32"
 	"net"
 	"sync"
 	"testing"
@@ -169,26 +167,4 @@ func (e *env) dial(a agent) (*tls.Conn, error) {
 func answer(c net.Conn) (wire.Msg, error) {
 	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	return wire.NewConn(c).ReadMsg()
-}
-
-// rawHello is the frame of a Hello of server with volumes, encoded with no check at
-// all, as a hostile agent could send it; count is the declared number of volumes.
-func rawHello(server string, count int, vols []wire.Volume) []byte {
-	p := binary.BigEndian.AppendUint16(nil, 1)
-	for _, s := range []string{server, "test", "scan"} {
-		p = binary.BigEndian.AppendUint16(p, uint16(len(s)))
-		p = append(p, s...)
-	}
-	p = binary.BigEndian.AppendUint64(p, 1)
-	p = binary.BigEndian.AppendUint16(p, uint16(count))
-	for _, v := range vols {
-		p = binary.BigEndian.AppendUint16(p, uint16(len(v.Name)))
-		p = append(p, v.Name...)
-		p = binary.BigEndian.AppendUint64(p, v.SizeBytes)
-		p = binary.BigEndian.AppendUint32(p, v.BlockSize)
-	}
-	f := []byte{byte(wire.TypeHello), 0, 0, 0}
-	f = binary.BigEndian.AppendUint32(f, uint32(len(p)))
-	f = append(f, p...)
-	return binary.BigEndian.AppendUint32(f, crc32.Checksum(f, crc32.MakeTable(crc32.Castagnoli)))
 }

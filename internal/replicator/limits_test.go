@@ -14,6 +14,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
+	"github.com/lifeboat-dr/lifeboat/internal/wire/wiretest"
 )
 
 // storeFiles lists the files of a file staging store.
@@ -55,7 +56,7 @@ func TestHostileHellosAreRefusedBeforeTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Write(rawHello(a.id, 1, []wire.Volume{vol("vda", 1<<30)})); err != nil {
+	if _, err := c.Write(wiretest.HelloFrame(a.id, 1, []wire.Volume{vol("vda", 1<<30)})); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := answer(c); err != nil || m.Type() != wire.TypeWelcome {
@@ -92,7 +93,7 @@ func TestHostileHellosAreRefusedBeforeTheStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Write(rawHello(a.id, tc.count, tc.vols)); err != nil {
+		if _, err := c.Write(wiretest.HelloFrame(a.id, tc.count, tc.vols)); err != nil {
 			t.Fatal(err)
 		}
 		answers[i], errs[i] = answer(c)
@@ -157,7 +158,7 @@ func welcomed(t *testing.T, e *env, a agent, what string) {
 		c, err := e.dial(a)
 		var m wire.Msg
 		if err == nil {
-			if _, err = c.Write(rawHello(a.id, 1, []wire.Volume{{Name: "vda", SizeBytes: 1 << 20, BlockSize: 512}})); err == nil {
+			if _, err = c.Write(wiretest.HelloFrame(a.id, 1, []wire.Volume{{Name: "vda", SizeBytes: 1 << 20, BlockSize: 512}})); err == nil {
 				m, err = answer(c)
 			}
 			c.Close()
@@ -266,7 +267,7 @@ func TestAFailedOpenDoesNotHoldUpTheNextSession(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Write(rawHello(a.id, 1, []wire.Volume{{Name: "vda", SizeBytes: 1 << 20, BlockSize: 512}})); err != nil {
+		if _, err := c.Write(wiretest.HelloFrame(a.id, 1, []wire.Volume{{Name: "vda", SizeBytes: 1 << 20, BlockSize: 512}})); err != nil {
 			t.Fatal(err)
 		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
