@@ -16,6 +16,7 @@ const (
 	CodeForbidden        = "forbidden"          // 403: authenticated, but not allowed to do this
 	CodeNotFound         = "not_found"          // 404
 	CodeMethodNotAllowed = "method_not_allowed" // 405
+	CodeRequestTimeout   = "request_timeout"    // 408: the request did not arrive in time
 	CodeConflict         = "conflict"           // 409: the state of the target refuses the change
 	CodeQuotaExceeded    = "quota_exceeded"     // 409
 	CodeDuplicateMachine = "duplicate_machine"  // 409

@@ -3,6 +3,8 @@ package api
 import (
 	"regexp"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
 // Data replication states, as AWS DRS names them (DESIGN §3.6).
@@ -275,18 +277,16 @@ func (r CreateRecoverySnapshotRequest) Validate() error {
 	if !ValidLevel(r.Level) {
 		return Invalid("level must be filesystem, crash or none, not %q", r.Level)
 	}
-	if len(r.Volumes) == 0 || len(r.Volumes) > 256 {
-		return Invalid("a snapshot needs 1 to 256 volumes, not %d", len(r.Volumes))
+	if len(r.Volumes) == 0 {
+		return Invalid("a snapshot needs at least one volume")
 	}
-	seen := map[string]bool{}
 	for _, v := range r.Volumes {
-		if v.Name == "" || len(v.Name) > 255 || v.SizeBytes < 0 || len(v.Ref) > 1024 {
-			return Invalid("snapshot volume %q needs a name (at most 255 bytes), a size of 0 or more and a ref of at most 1024 bytes", v.Name)
+		if v.SizeBytes < 0 || len(v.Ref) > 1024 {
+			return Invalid("snapshot volume %q needs a size of 0 or more and a ref of at most 1024 bytes", v.Name)
 		}
-		if seen[v.Name] {
-			return Invalid("snapshot volume %q is listed twice", v.Name)
-		}
-		seen[v.Name] = true
+	}
+	if err := volspec.Check(len(r.Volumes), func(i int) (string, uint64) { return r.Volumes[i].Name, uint64(r.Volumes[i].SizeBytes) }); err != nil {
+		return Invalid("snapshot: %s", err)
 	}
 	if r.SizeBytes < 0 {
 		return Invalid("sizeBytes must be 0 or more, not %d", r.SizeBytes)

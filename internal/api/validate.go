@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
 var (
@@ -14,25 +16,20 @@ var (
 	printableRE  = regexp.MustCompile(`^[\x20-\x7e]*$`)
 )
 
-// ValidateVolumes checks a volume list as an agent reports it.
+// ValidateVolumes checks a volume list as an agent reports it: names, sizes and count
+// by the rule every component shares (volspec), then the descriptive fields.
 func ValidateVolumes(vs []Volume) error {
-	if len(vs) > 256 {
-		return Invalid("at most 256 volumes are allowed, not %d", len(vs))
-	}
-	names := map[string]bool{}
 	for _, v := range vs {
-		if v.Name == "" || len(v.Name) > 255 || !printableRE.MatchString(v.Name) {
-			return Invalid("volume name %q must be 1-255 printable characters", v.Name)
-		}
-		if names[v.Name] {
-			return Invalid("volume %q is listed twice", v.Name)
-		}
-		names[v.Name] = true
-		if !filepath.IsAbs(v.Path) || len(v.Path) > 4096 || filepath.Clean(v.Path) != v.Path {
-			return Invalid("volume %s: path %q must be a clean absolute path", v.Name, v.Path)
-		}
 		if v.SizeBytes < 0 {
 			return Invalid("volume %s: sizeBytes must be 0 or more, not %d", v.Name, v.SizeBytes)
+		}
+	}
+	if err := volspec.Check(len(vs), func(i int) (string, uint64) { return vs[i].Name, uint64(vs[i].SizeBytes) }); err != nil {
+		return Invalid("%s", err)
+	}
+	for _, v := range vs {
+		if !filepath.IsAbs(v.Path) || len(v.Path) > 4096 || filepath.Clean(v.Path) != v.Path {
+			return Invalid("volume %s: path %q must be a clean absolute path", v.Name, v.Path)
 		}
 		if v.MajorMinor != "" && !majorMinorRE.MatchString(v.MajorMinor) {
 			return Invalid("volume %s: majorMinor %q must look like 253:0", v.Name, v.MajorMinor)

@@ -62,6 +62,8 @@ type Config struct {
 	StoreKeyFile string
 	// Recovery configures drills and recoveries (jobs.go).
 	Recovery RecoveryConfig
+	// Limits sets the API's timeouts and caps (limits.go); zero fields take defaults.
+	Limits Limits
 }
 
 // DefaultListen is the API address of `lifeboat server` and `lifeboat up`.
@@ -80,6 +82,7 @@ type ControlPlane struct {
 	routes   []*route
 	handler  http.Handler
 	events   *broker
+	guard    *guard // what clients hold at once (limits.go)
 	listener net.Listener
 	server   *http.Server
 	stopping chan struct{} // closed when shutdown begins: ends event streams
@@ -133,7 +136,9 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
-	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(), stopping: make(chan struct{})}
+	cfg.Limits = cfg.Limits.withDefaults()
+	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(cfg.Limits.MaxEventStreamsPerAccount), guard: newGuard(cfg.Limits),
+		stopping: make(chan struct{})}
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
 	if cp.ca, err = pki.LoadOrCreateAuthorities(pkiDir); err != nil {
@@ -257,11 +262,14 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	lim := cp.cfg.Limits
 	cp.server = &http.Server{
 		Handler:           cp.handler,
 		TLSConfig:         cp.TLSConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		ReadTimeout:       lim.ReadTimeout,  // the request, body included (net/http lifts it once the body is read)
+		WriteTimeout:      lim.WriteTimeout, // long-polls and streams extend it per write (call.extendWrite)
+		IdleTimeout:       lim.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cp.log.Handler(), slog.LevelDebug),
 	}
 	bgCtx, stopBG := context.WithCancel(ctx)
@@ -271,7 +279,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 
 	errc := make(chan error, 1)
-	go func() { errc <- cp.server.Serve(tls.NewListener(cp.listener, cp.server.TLSConfig)) }()
+	go func() { errc <- cp.server.Serve(tls.NewListener(capListener{cp.listener, cp}, cp.server.TLSConfig)) }()
 	cp.log.Info("control plane serving", "url", cp.URL(), "database", cp.db.Kind())
 	var err error
 	select {

@@ -15,17 +15,19 @@ import (
 const (
 	eventRing       = 4096 // events kept for clients that reconnect
 	subscriberQueue = 512  // events queued per client before it is dropped as too slow
-	maxSubscribers  = 256
+	maxSubscribers  = 256  // streams of all accounts; Limits.MaxEventStreamsPerAccount per account
 	keepAlive       = 15 * time.Second
 )
 
 // broker fans events out to the event streams of this process. The audit log is the
 // durable record of changes; the stream is for watching them live.
 type broker struct {
-	mu   sync.Mutex
-	seq  int64
-	ring []stored // the last eventRing events, oldest first
-	subs map[*subscriber]struct{}
+	mu         sync.Mutex
+	seq        int64
+	ring       []stored // the last eventRing events, oldest first
+	subs       map[*subscriber]struct{}
+	perAccount map[string]int // subscribers by account
+	maxAccount int            // most subscribers of one account
 }
 
 type stored struct {
@@ -39,7 +41,9 @@ type subscriber struct {
 	dropped bool // set (under mu) when it fell behind; its channel is closed
 }
 
-func newBroker() *broker { return &broker{subs: map[*subscriber]struct{}{}} }
+func newBroker(maxPerAccount int) *broker {
+	return &broker{subs: map[*subscriber]struct{}{}, perAccount: map[string]int{}, maxAccount: maxPerAccount}
+}
 
 func (b *broker) publish(account string, ev api.Event) {
 	b.mu.Lock()
@@ -64,16 +68,21 @@ func (b *broker) publish(account string, ev api.Event) {
 	}
 }
 
-// subscribe registers a client of account. When after > 0 it returns the events after
-// that sequence number still in the ring, and gap=true when some were lost.
-func (b *broker) subscribe(account string, after int64) (s *subscriber, replay []api.Event, gap bool, ok bool) {
+// subscribe registers a client of account, unless the control plane or the account
+// has as many as it may (a 429 then). When after > 0 it returns the events after that
+// sequence number still in the ring, and gap=true when some were lost.
+func (b *broker) subscribe(account string, after int64) (s *subscriber, replay []api.Event, gap bool, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.perAccount[account] >= b.maxAccount {
+		return nil, nil, false, tooMany("this account has %d event streams open, the most one account may: close one and retry", b.maxAccount)
+	}
 	if len(b.subs) >= maxSubscribers {
-		return nil, nil, false, false
+		return nil, nil, false, tooMany("the control plane serves %d event streams, the most it may: retry later", maxSubscribers)
 	}
 	s = &subscriber{account: account, ch: make(chan api.Event, subscriberQueue)}
 	b.subs[s] = struct{}{}
+	b.perAccount[account]++
 	if after > 0 {
 		oldest := b.seq - int64(len(b.ring)) + 1
 		gap = after < oldest-1 || after > b.seq
@@ -83,13 +92,16 @@ func (b *broker) subscribe(account string, after int64) (s *subscriber, replay [
 			}
 		}
 	}
-	return s, replay, gap, true
+	return s, replay, gap, nil
 }
 
 func (b *broker) unsubscribe(s *subscriber) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.subs, s)
+	if b.perAccount[s.account]--; b.perAccount[s.account] <= 0 {
+		delete(b.perAccount, s.account)
+	}
 }
 
 // streamEvents serves /api/v1/events as server-sent events. Each event has its Seq as
@@ -107,12 +119,16 @@ func (c *call) streamEvents(w http.ResponseWriter) error {
 		}
 		after = n
 	}
-	sub, replay, gap, ok := c.cp.events.subscribe(c.p.AccountID, after)
-	if !ok {
-		return api.Errorf(http.StatusTooManyRequests, api.CodeTooManyRequests, "too many event streams are open: close some and retry")
+	sub, replay, gap, err := c.cp.events.subscribe(c.p.AccountID, after)
+	if err != nil {
+		c.cp.guard.logs.Warn(c.cp.log, "events:"+c.p.AccountID, "refused an event stream", "account", c.p.AccountID, "reason", err)
+		return err
 	}
 	defer c.cp.events.unsubscribe(sub)
 
+	// The stream has no end: each write gets the API's WriteTimeout, so a client that
+	// stops reading is cut off instead of holding the stream forever.
+	c.extendWrite(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
@@ -137,6 +153,7 @@ func (c *call) streamEvents(w http.ResponseWriter) error {
 		case <-c.cp.stopping:
 			return nil
 		case <-tick.C:
+			c.extendWrite(w)
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return nil
 			}
@@ -145,6 +162,7 @@ func (c *call) streamEvents(w http.ResponseWriter) error {
 				// Too slow: end the stream; the client reconnects with Last-Event-ID.
 				return nil
 			}
+			c.extendWrite(w)
 			if err := writeEvent(w, ev); err != nil {
 				return nil
 			}

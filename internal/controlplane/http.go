@@ -25,6 +25,7 @@ type call struct {
 	cp      *ControlPlane
 	ctx     context.Context
 	r       *http.Request
+	body    []byte // the request body, read by admit
 	p       principal
 	pending []pendingEvent
 	wakes   []string // source server ids whose agents (and all replicators) to wake
@@ -53,7 +54,7 @@ func withBody[Req, Resp any](fn func(*call, *Req) (Resp, error)) endpoint {
 		resp: respType[Resp](),
 		serve: func(c *call, _ http.ResponseWriter) (any, error) {
 			var req Req
-			if err := decodeBody(c.r.Body, &req); err != nil {
+			if err := DecodeRequest(c.body, &req); err != nil {
 				return nil, err
 			}
 			return fn(c, &req)
@@ -72,16 +73,11 @@ func documentedAs[Doc any](fn func(*call) (any, error)) endpoint {
 	return e
 }
 
-// noBodyEndpoint is an endpoint without a request body.
+// noBodyEndpoint is an endpoint without a request body (admit refuses one).
 func noBodyEndpoint[Resp any](fn func(*call) (Resp, error)) endpoint {
 	return endpoint{
-		resp: respType[Resp](),
-		serve: func(c *call, _ http.ResponseWriter) (any, error) {
-			if err := expectNoBody(c.r.Body); err != nil {
-				return nil, err
-			}
-			return fn(c)
-		},
+		resp:  respType[Resp](),
+		serve: func(c *call, _ http.ResponseWriter) (any, error) { return fn(c) },
 	}
 }
 
@@ -96,16 +92,6 @@ func respType[Resp any]() reflect.Type {
 		return nil
 	}
 	return t
-}
-
-// decodeBody decodes one JSON value into v, refusing unknown fields, trailing data and
-// bodies over MaxBodyBytes, then validates it when v has a Validate method.
-func decodeBody(body io.Reader, v any) error {
-	data, err := io.ReadAll(io.LimitReader(body, MaxBodyBytes+1))
-	if err != nil {
-		return api.Invalid("the request body could not be read: %v", err)
-	}
-	return DecodeRequest(data, v)
 }
 
 // DecodeRequest is the API's request decoding: exactly one JSON value, no unknown
@@ -159,14 +145,6 @@ func jsonKind(t reflect.Type) string {
 		return "RFC 3339 time string"
 	}
 	return "JSON object"
-}
-
-func expectNoBody(body io.Reader) error {
-	n, _ := io.Copy(io.Discard, io.LimitReader(body, 1))
-	if n > 0 {
-		return api.Invalid("this endpoint takes no request body")
-	}
-	return nil
 }
 
 // writeJSON writes v with the given status.

@@ -15,6 +15,10 @@ type route struct {
 	access       access
 	status       int // success status: 200, 201 or 204
 	query        []queryParam
+	// stream: the answer may take longer than Limits.WriteTimeout (a long-poll, an event
+	// stream, a download). It counts against its caller instead of its account, and
+	// gives each of its writes a deadline of its own (call.extendWrite).
+	stream bool
 	endpoint
 }
 
@@ -91,7 +95,7 @@ func (cp *ControlPlane) routeTable() []*route {
 			access:   access{agent: true, replicator: true, target: targetSourceServer},
 			endpoint: withBody((*call).updateReplicationState)},
 		{method: "GET", path: "/api/v1/source-servers/{id}/replication-config", summary: "Effective settings and assigned replicator, for the agent",
-			access: access{role: api.RoleViewer, agent: true, target: targetSourceServer}, endpoint: noBodyEndpoint((*call).replicationConfig)},
+			access: access{role: api.RoleViewer, agent: true, target: targetSourceServer}, stream: true, endpoint: noBodyEndpoint((*call).replicationConfig)},
 		{method: "POST", path: "/api/v1/source-servers/{id}/replication/{action}", summary: "Start, stop, pause, resume or retry replication",
 			access: access{role: api.RoleOperator, target: targetSourceServer}, endpoint: noBodyEndpoint((*call).replicationAction)},
 		{method: "POST", path: "/api/v1/source-servers/{id}/recovery-snapshots/request", summary: "Ask the agent for a consistency point (a PIT) now",
@@ -186,7 +190,7 @@ func (cp *ControlPlane) routeTable() []*route {
 			query:    append([]queryParam{{"target", "string", "target id"}, {"action", "string", "action, e.g. source-server.register"}}, pagingQry...),
 			endpoint: noBodyEndpoint((*call).listAudit)},
 		{method: "GET", path: "/api/v1/events", summary: "Server-sent events: one per change (resume with Last-Event-ID)", access: viewer,
-			endpoint: rawEndpoint((*call).streamEvents)},
+			stream: true, endpoint: rawEndpoint((*call).streamEvents)},
 	}
 }
 
@@ -238,19 +242,16 @@ func (cp *ControlPlane) serveRoute(rt *route) http.Handler {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes+1)
 		c := &call{cp: cp, ctx: r.Context(), r: r}
-		if !rt.access.public {
-			p, err := cp.authenticate(c)
-			if err != nil {
-				writeError(w, cp.apiError(r, err))
-				return
-			}
-			c.p = p
-			if err := cp.authorize(c, rt.access); err != nil {
-				writeError(w, cp.apiError(r, err))
-				return
-			}
+		release, err := cp.admit(c, rt)
+		if err != nil {
+			writeError(w, cp.apiError(r, err))
+			return
 		}
+		defer release()
 		resp, err := rt.serve(c, w)
+		if rt.stream {
+			c.extendWrite(w)
+		}
 		if err != nil {
 			writeError(w, cp.apiError(r, err))
 			return

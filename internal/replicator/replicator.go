@@ -71,6 +71,10 @@ type Config struct {
 	// (default 32 MiB): when it is used up, sessions stop reading until the store has
 	// taken some, so the replicator's memory does not grow with the number of agents.
 	BatchMemory int64
+	// Caps on agents' connections (limits.go): TLS handshakes in flight, overall
+	// (default 64) and per remote IP (default 16), and connections past their
+	// handshake (default 1024; a replicator serves one account, so this is its cap).
+	MaxHandshakes, MaxHandshakesPerIP, MaxSessions int
 
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -104,6 +108,15 @@ func (c *Config) fill() {
 	if c.Retention == 0 {
 		c.Retention = time.Minute
 	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = defaultMaxHandshakes
+	}
+	if c.MaxHandshakesPerIP <= 0 {
+		c.MaxHandshakesPerIP = defaultMaxHandshakesPerIP
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = defaultMaxSessions
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -129,6 +142,7 @@ type Replicator struct {
 
 	batchMem *semaphore.Weighted // BatchMemory, taken by the batches being decoded or written
 	slabs    chan []byte         // free batch buffers, shared by the sessions
+	caps     *caps               // what agents' connections hold at once
 }
 
 // New returns a replicator; call Listen and Run.
@@ -137,9 +151,10 @@ func New(cfg Config) (*Replicator, error) {
 	if cfg.ControlPlane == nil || cfg.TLS == nil || cfg.ID == "" {
 		return nil, errors.New("a replicator needs its id, a control plane client and a TLS configuration")
 	}
-	return &Replicator{cfg: cfg, log: cfg.Logger.With("replicator", cfg.ID), assigned: map[string]api.AssignedSourceServer{},
+	log := cfg.Logger.With("replicator", cfg.ID)
+	return &Replicator{cfg: cfg, log: log, assigned: map[string]api.AssignedSourceServer{},
 		repos: map[string]*store.Repo{}, sessions: map[string]*session{},
-		batchMem: semaphore.NewWeighted(cfg.BatchMemory), slabs: make(chan []byte, 16)}, nil
+		batchMem: semaphore.NewWeighted(cfg.BatchMemory), slabs: make(chan []byte, 16), caps: newCaps(cfg, log)}, nil
 }
 
 // Listen binds the agents' address.
@@ -188,7 +203,12 @@ func (r *Replicator) Run(ctx context.Context) error {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		conns.Go(func() { r.serveConn(ctx, raw) })
+		handshakeDone, ok := r.caps.handshake(raw)
+		if !ok {
+			raw.Close()
+			continue
+		}
+		conns.Go(func() { r.serveConn(ctx, raw, handshakeDone) })
 	}
 	conns.Wait()
 	wg.Wait()

@@ -49,6 +49,7 @@ type session struct {
 	ws     *wire.Session
 	repo   *store.Repo
 	heads  []*store.Head
+	served bool // the Welcome went out: the session counts in the replicator's volumes
 
 	out        chan wire.Msg // to the sender
 	work       chan work     // from the reader to the writer
@@ -72,31 +73,42 @@ type work struct {
 	cost   int64  // the BatchMemory the slab holds
 }
 
-func (r *Replicator) serveConn(ctx context.Context, raw net.Conn) {
+// serveConn runs the TLS handshake of an accepted connection (then calls
+// handshakeDone) and serves the agent's session.
+func (r *Replicator) serveConn(ctx context.Context, raw net.Conn, handshakeDone func()) {
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	conn, err := wire.Accept(hctx, raw, r.cfg.TLS)
 	cancel()
+	handshakeDone()
 	if err != nil {
-		r.log.Warn("refused a connection", "remote", raw.RemoteAddr(), "err", err)
+		r.caps.logs.Warn(r.log, remoteIP(raw), "refused a connection", "remote", raw.RemoteAddr(), "err", err)
 		return
 	}
 	defer conn.Close()
 	cs := conn.ConnectionState()
 	peer, err := wire.PeerIdentity(cs)
 	if err != nil || len(cs.PeerCertificates) == 0 {
-		r.log.Warn("refused a connection without an agent identity", "remote", raw.RemoteAddr(), "err", err)
+		r.caps.logs.Warn(r.log, remoteIP(raw), "refused a connection without an agent identity", "remote", raw.RemoteAddr(), "err", err)
 		return
 	}
+	sessionDone, refusal := r.caps.session(peer.ID)
+	if refusal != nil {
+		_ = conn.WriteMsg(refusal)
+		_ = conn.Flush()
+		return
+	}
+	defer sessionDone()
 	s := &session{r: r, conn: conn, serial: pki.SerialHex(cs.PeerCertificates[0]),
 		out: make(chan wire.Msg, 64), work: make(chan work, 2), writerDone: make(chan struct{}), done: make(chan struct{})}
 	s.log = r.log.With("agent", peer.ID, "remote", raw.RemoteAddr().String())
+	// close also undoes a refused open: the heads it opened, the server's place.
+	defer s.close()
 	if werr := s.open(ctx, peer); werr != nil {
-		s.log.Warn("refused an agent session", "code", werr.Code, "reason", werr.Message)
+		r.caps.logs.Warn(s.log, peer.ID, "refused an agent session", "code", werr.Code, "reason", werr.Message)
 		_ = conn.WriteMsg(werr)
 		_ = conn.Flush()
 		return
 	}
-	defer s.close()
 	s.run(ctx)
 }
 
@@ -106,6 +118,11 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	r := s.r
 	_ = s.conn.SetReadDeadline(time.Now().Add(helloTimeout))
 	m, err := s.conn.ReadMsg()
+	if errors.Is(err, wire.ErrProtocol) {
+		// A Hello beyond the bounds of docs/wire.md §8 (volume sizes, their sum, their
+		// count, their names) ends here, before the control plane or the store is asked.
+		return &wire.Error{Code: wire.CodeProtocol, Message: "the Hello was refused: " + err.Error()}
+	}
 	if err != nil {
 		return &wire.Error{Code: wire.CodeProtocol, Message: "no Hello: " + err.Error()}
 	}
@@ -140,6 +157,8 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 		old.stop(&wire.Error{Code: wire.CodeShuttingDown, Message: "a new session of this server replaced this one"})
 		select {
 		case <-old.done:
+		case <-ctx.Done():
+			return &wire.Error{Code: wire.CodeShuttingDown, Message: "the replicator is stopping: reconnect later"}
 		case <-time.After(2 * time.Minute):
 			return &wire.Error{Code: wire.CodeShuttingDown, Message: "the previous session of this server is still ending: retry later"}
 		}
@@ -180,6 +199,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	}
 	s.conn.SetMaxPayload(int(r.cfg.MaxBatchBytes))
 	r.volumes.Add(int64(len(s.heads)))
+	s.served = true
 	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration)
 	return nil
 }
@@ -266,14 +286,16 @@ func (s *session) close() {
 	for _, h := range s.heads {
 		_ = h.Close()
 	}
-	s.r.volumes.Add(-int64(len(s.heads)))
 	s.r.mu.Lock()
 	if s.r.sessions[s.server] == s {
 		delete(s.r.sessions, s.server)
 	}
 	s.r.mu.Unlock()
 	close(s.done)
-	s.log.Info("agent session ended")
+	if s.served {
+		s.r.volumes.Add(-int64(len(s.heads)))
+		s.log.Info("agent session ended")
+	}
 }
 
 // run reads frames (this goroutine), writes blocks to the store (the writer) and sends

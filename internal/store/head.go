@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
+	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
 // Head is the current (unsealed) state of one volume of one source server: the
@@ -181,8 +182,8 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 	if !validPathName(server) {
 		return nil, fmt.Errorf("server id %q cannot name a head: use lowercase letters, digits, '-' and '_'", server)
 	}
-	if volume == "" || len(volume) > 255 {
-		return nil, fmt.Errorf("volume name %q must be 1 to 255 bytes", volume)
+	if err := volspec.CheckName(volume); err != nil {
+		return nil, err
 	}
 	if size < 0 {
 		return nil, fmt.Errorf("volume %s has a negative size %d", volume, size)

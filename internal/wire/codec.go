@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
 // dec reads big-endian fields from a payload. The first problem sticks: later reads
@@ -114,12 +116,12 @@ func (k strKind) check(s string) error {
 
 // String field limits, in bytes.
 const (
-	MaxIDLen      = 64   // source server ids, PIT ids
-	MaxVersionLen = 64   // agent version
-	MaxTrackerLen = 32   // tracker name
-	MaxNameLen    = 1024 // volume name
-	MaxCodeLen    = 64   // error codes
-	MaxMessageLen = 4096 // error messages
+	MaxIDLen      = 64                 // source server ids, PIT ids
+	MaxVersionLen = 64                 // agent version
+	MaxTrackerLen = 32                 // tracker name
+	MaxNameLen    = volspec.MaxNameLen // volume name
+	MaxCodeLen    = 64                 // error codes
+	MaxMessageLen = 4096               // error messages
 )
 
 func printableASCII(s string) bool {
@@ -183,7 +185,8 @@ func kindTracker() strKind {
 	return strKind{name: "a tracker name of lowercase letters, digits and '-'", max: MaxTrackerLen, class: lowerToken}
 }
 func kindName() strKind {
-	return strKind{name: "a volume name of UTF-8 text without NUL", max: MaxNameLen, class: text}
+	return strKind{name: "a volume name (letters, digits, '.', '_' and '-', not starting with '.' or '-')", max: MaxNameLen,
+		class: func(s string) bool { return volspec.CheckName(s) == nil }}
 }
 func kindCode() strKind {
 	return strKind{name: "an UPPER_CASE code", max: MaxCodeLen, class: isCode}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+
+	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
 // Version is the protocol version this package speaks.
@@ -15,13 +17,20 @@ const ALPN = "lifeboat/1"
 
 // Limits of the messages, beyond the frame limit.
 const (
-	MaxVolumes     = 256     // volumes per source server in one session
-	MinBlockSize   = 4 << 10 // smallest store block size a Welcome may set
-	MaxBlockSize   = 4 << 20 // largest store block size, and largest raw length of an entry
-	MinSectorSize  = 512     // smallest device block size a Hello may report
+	MaxVolumes     = volspec.MaxCount // volumes per source server in one session
+	MinBlockSize   = 4 << 10          // smallest store block size a Welcome may set
+	MaxBlockSize   = 4 << 20          // largest store block size, and largest raw length of an entry
+	MinSectorSize  = 512              // smallest device block size a Hello may report
 	MaxSectorSize  = 64 << 10
 	BlocksOverhead = 14 // Blocks payload bytes before the first entry
 	EntryOverhead  = 25 // payload bytes of one entry besides its data
+)
+
+// Limits of the volume sizes a Hello declares (docs/wire.md §8): the replicator sets up
+// a replica of every volume, so an agent may not make it reserve more than this.
+const (
+	MaxVolumeBytes = volspec.MaxBytes       // one volume: 64 TiB, the staging store's limit too
+	MaxServerBytes = volspec.MaxServerBytes // all of a Hello's volumes together: 256 TiB
 )
 
 // Msg is one protocol message. The set is closed: Hello, Welcome, Blocks, Batch (which
@@ -33,8 +42,8 @@ type Msg interface {
 
 // Volume is one volume of a source server as its agent reports it in Hello.
 type Volume struct {
-	Name      string // device path or image file, unique in the Hello
-	SizeBytes uint64
+	Name      string // a device's kernel name or an image file's base name (volspec.CheckName), unique in the Hello
+	SizeBytes uint64 // at most MaxVolumeBytes, all of a Hello's together at most MaxServerBytes
 	BlockSize uint32 // the device's logical block size (what O_DIRECT aligns to): a power of two, 512 to 65536
 }
 
@@ -161,9 +170,6 @@ func (m *Hello) appendPayload(b []byte) ([]byte, error) {
 	if m.Version < 1 {
 		return b, errors.New("encode Hello: version must be at least 1")
 	}
-	if len(m.Volumes) > MaxVolumes {
-		return b, fmt.Errorf("encode Hello: %d volumes, at most %d allowed", len(m.Volumes), MaxVolumes)
-	}
 	if err := checkVolumes(m.Volumes); err != nil {
 		return b, fmt.Errorf("encode Hello: %w", err)
 	}
@@ -190,18 +196,15 @@ func (m *Hello) appendPayload(b []byte) ([]byte, error) {
 	return b, nil
 }
 
+// checkVolumes checks a Hello's volumes: the bounds of docs/wire.md §5.1 and §8 on
+// names, sizes and their sum (volspec), and the device block sizes.
 func checkVolumes(vs []Volume) error {
 	for i, v := range vs {
 		if !isPow2(uint64(v.BlockSize)) || v.BlockSize < MinSectorSize || v.BlockSize > MaxSectorSize {
 			return fmt.Errorf("volume %d block size %d is not a power of two from %d to %d", i, v.BlockSize, MinSectorSize, MaxSectorSize)
 		}
-		for j := range i {
-			if vs[j].Name == v.Name {
-				return fmt.Errorf("volumes %d and %d are both named %q", j, i, v.Name)
-			}
-		}
 	}
-	return nil
+	return volspec.Check(len(vs), func(i int) (string, uint64) { return vs[i].Name, vs[i].SizeBytes })
 }
 
 func decodeHello(p []byte) (*Hello, error) {

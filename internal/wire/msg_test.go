@@ -17,10 +17,11 @@ import (
 // lists and the largest values the limits allow.
 func sampleMessages(t testing.TB) map[string]Msg {
 	t.Helper()
+	// As many volumes as allowed, with the longest names, adding up to the largest total.
 	maxVolumes := make([]Volume, MaxVolumes)
 	for i := range maxVolumes {
-		name := fmt.Sprintf("/dev/disk/by-id/%04d-", i)
-		maxVolumes[i] = Volume{Name: name + strings.Repeat("é", (MaxNameLen-len(name))/2), SizeBytes: ^uint64(0) - uint64(i), BlockSize: MaxSectorSize}
+		name := fmt.Sprintf("disk-%04d.", i)
+		maxVolumes[i] = Volume{Name: name + strings.Repeat("x", MaxNameLen-len(name)), SizeBytes: MaxServerBytes / MaxVolumes, BlockSize: MaxSectorSize}
 	}
 	replicas := make([]Replica, MaxVolumes)
 	sizes := make([]uint64, MaxVolumes)
@@ -49,7 +50,9 @@ func sampleMessages(t testing.TB) map[string]Msg {
 	comp := s2.Encode(nil, raw)
 	return map[string]Msg{
 		"hello": &Hello{Version: 1, SourceServerID: "s-0123456789abcdef0", AgentVersion: "v0.1.0", Tracker: "ebpf", TrackerGeneration: 7,
-			Volumes: []Volume{{Name: "/dev/vda", SizeBytes: 10 << 30, BlockSize: 512}, {Name: "/var/lib/images/db.img", SizeBytes: 12345, BlockSize: 4096}}},
+			Volumes: []Volume{{Name: "vda", SizeBytes: 10 << 30, BlockSize: 512}, {Name: "db.img", SizeBytes: 12345, BlockSize: 4096}}},
+		"hello largest volume": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "scan",
+			Volumes: []Volume{{Name: "nvme0n1", SizeBytes: MaxVolumeBytes, BlockSize: 4096}}},
 		"hello no volumes": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "scan"},
 		"hello max": &Hello{Version: ^uint16(0), SourceServerID: "s-" + strings.Repeat("x", MaxIDLen-2), AgentVersion: strings.Repeat("v", MaxVersionLen),
 			Tracker: strings.Repeat("t", MaxTrackerLen), TrackerGeneration: ^uint64(0), Volumes: maxVolumes},
@@ -188,16 +191,22 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 func TestEncodeRefusesWhatDecodeWouldRefuse(t *testing.T) {
 	long := strings.Repeat("x", 5000)
 	cases := map[string]Msg{
-		"hello version 0":         &Hello{SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf"},
-		"hello no id":             &Hello{Version: 1, AgentVersion: "v", Tracker: "ebpf"},
-		"hello id with space":     &Hello{Version: 1, SourceServerID: "s 1", AgentVersion: "v", Tracker: "ebpf"},
-		"hello long version":      &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: long, Tracker: "ebpf"},
-		"hello tracker case":      &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "EBPF"},
-		"hello too many volumes":  &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: make([]Volume, MaxVolumes+1)},
-		"hello sector size":       &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a", BlockSize: 1000}}},
-		"hello duplicate volume":  &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a", BlockSize: 512}, {Name: "a", BlockSize: 512}}},
-		"hello volume name NUL":   &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a\x00", BlockSize: 512}}},
-		"hello volume bad utf8":   &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "\xff", BlockSize: 512}}},
+		"hello version 0":        &Hello{SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf"},
+		"hello no id":            &Hello{Version: 1, AgentVersion: "v", Tracker: "ebpf"},
+		"hello id with space":    &Hello{Version: 1, SourceServerID: "s 1", AgentVersion: "v", Tracker: "ebpf"},
+		"hello long version":     &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: long, Tracker: "ebpf"},
+		"hello tracker case":     &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "EBPF"},
+		"hello too many volumes": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: make([]Volume, MaxVolumes+1)},
+		"hello sector size":      &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a", BlockSize: 1000}}},
+		"hello duplicate volume": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a", BlockSize: 512}, {Name: "a", BlockSize: 512}}},
+		"hello volume name NUL":  &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a\x00", BlockSize: 512}}},
+		"hello volume bad utf8":  &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "\xff", BlockSize: 512}}},
+		"hello volume path":      &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "/dev/vda", BlockSize: 512}}},
+		"hello volume dot-dot":   &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "..", BlockSize: 512}}},
+		"hello volume too large": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{{Name: "a", SizeBytes: MaxVolumeBytes + 1, BlockSize: 512}}},
+		"hello volumes too large": &Hello{Version: 1, SourceServerID: "s-1", AgentVersion: "v", Tracker: "ebpf", Volumes: []Volume{
+			{Name: "a", SizeBytes: MaxVolumeBytes, BlockSize: 512}, {Name: "b", SizeBytes: MaxVolumeBytes, BlockSize: 512},
+			{Name: "c", SizeBytes: MaxVolumeBytes, BlockSize: 512}, {Name: "d", SizeBytes: MaxVolumeBytes, BlockSize: 512}, {Name: "e", SizeBytes: 1, BlockSize: 512}}},
 		"welcome block size":      &Welcome{Version: 1, BlockSize: 3 << 10, WindowBytes: 1 << 20, MaxBatchBytes: 1 << 20},
 		"welcome small batch":     &Welcome{Version: 1, BlockSize: 64 << 10, WindowBytes: 1 << 20, MaxBatchBytes: 64 << 10},
 		"welcome small window":    &Welcome{Version: 1, BlockSize: 64 << 10, WindowBytes: 1 << 19, MaxBatchBytes: 1 << 20},

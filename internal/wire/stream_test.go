@@ -147,7 +147,7 @@ func pair(t testing.TB) (agent, replicator *Conn) {
 
 func streamHello() *Hello {
 	return &Hello{Version: 1, SourceServerID: agentServerID, AgentVersion: "test", Tracker: "ebpf", TrackerGeneration: 3,
-		Volumes: []Volume{{Name: "/dev/vdb", SizeBytes: streamSize, BlockSize: 512}}}
+		Volumes: []Volume{{Name: "vdb", SizeBytes: streamSize, BlockSize: 512}}}
 }
 
 func streamWelcome() *Welcome {

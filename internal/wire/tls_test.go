@@ -139,7 +139,7 @@ func TestMutualTLSSessionAccepted(t *testing.T) {
 	}
 	defer c.Close()
 	hello := &Hello{Version: 1, SourceServerID: agentServerID, AgentVersion: "test", Tracker: "scan", TrackerGeneration: 1,
-		Volumes: []Volume{{Name: "/dev/vdb", SizeBytes: 1 << 30, BlockSize: 512}}}
+		Volumes: []Volume{{Name: "vdb", SizeBytes: 1 << 30, BlockSize: 512}}}
 	if err := c.WriteMsg(hello); err != nil {
 		t.Fatal(err)
 	}

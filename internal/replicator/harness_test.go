@@ -1,0 +1,170 @@
+package replicator_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/replicator"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/wire"
+)
+
+// fakeControlPlane assigns servers to the replicator under test and records nothing.
+type fakeControlPlane struct {
+	mu       sync.Mutex
+	assigned []api.AssignedSourceServer
+}
+
+func (f *fakeControlPlane) Heartbeat(context.Context, string, api.HeartbeatRequest) (api.HeartbeatResponse, error) {
+	return api.HeartbeatResponse{}, nil
+}
+
+func (f *fakeControlPlane) AssignedSourceServers(context.Context, string) (api.AssignedSourceServerList, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return api.AssignedSourceServerList{Items: append([]api.AssignedSourceServer(nil), f.assigned...)}, nil
+}
+
+func (f *fakeControlPlane) CreateRecoverySnapshot(_ context.Context, _ string, req api.CreateRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
+	return api.RecoverySnapshot{ID: req.ID}, nil
+}
+
+func (f *fakeControlPlane) DeleteRecoverySnapshots(context.Context, string, []string) (api.DeleteRecoverySnapshotsResponse, error) {
+	return api.DeleteRecoverySnapshotsResponse{}, nil
+}
+
+func (f *fakeControlPlane) UpdateReplicationState(context.Context, string, api.ReplicationStateUpdate) (api.ReplicationState, error) {
+	return api.ReplicationState{}, nil
+}
+
+// env is a replicator serving on 127.0.0.1 with a file staging store in a temporary
+// directory, certificates from a throwaway CA, and one account.
+type env struct {
+	t       *testing.T
+	ca      *pki.CA
+	cp      *fakeControlPlane
+	rep     *replicator.Replicator
+	account string
+	store   string // the staging store's directory
+}
+
+// startReplicator starts a replicator whose configuration configure may change.
+func startReplicator(t *testing.T, configure func(*replicator.Config)) *env {
+	t.Helper()
+	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ca: ca, cp: &fakeControlPlane{}, account: api.NewID(api.PrefixAccount), store: t.TempDir()}
+	repID := api.NewID(api.PrefixReplicator)
+	cert := e.issue(pki.Identity{Kind: pki.KindReplicator, Account: e.account, ID: repID}, []string{"127.0.0.1"})
+	mk, err := store.NewMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := replicator.Config{ID: repID, ControlPlane: e.cp, TLS: wire.ServerTLSConfig(cert, ca.Pool()), Listen: "127.0.0.1:0",
+		MasterKey: mk, DefaultStoreURL: "file://" + e.store}
+	if configure != nil {
+		configure(&cfg)
+	}
+	if e.rep, err = replicator.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rep.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.rep.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("replicator: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the replicator did not stop within 30s")
+		}
+	})
+	return e
+}
+
+// issue signs a certificate for a fresh key, as the control plane does from a CSR.
+func (e *env) issue(id pki.Identity, serverHosts []string) tls.Certificate {
+	e.t.Helper()
+	key, err := pki.NewKey()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	csrPEM, err := pki.NewCSR(key, "test")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	csr, err := pki.ParseCSR(csrPEM)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	_, certPEM, err := e.ca.SignCSR(csr, id, serverHosts, time.Now())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	keyPEM, err := pki.EncodeKeyPEM(key)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return cert
+}
+
+// agent is a source server assigned to the replicator, with its certificate.
+type agent struct {
+	id   string
+	cert tls.Certificate
+}
+
+// newAgent registers a source server with the fake control plane, assigned to the
+// replicator.
+func (e *env) newAgent() agent {
+	e.t.Helper()
+	a := agent{id: api.NewID(api.PrefixSourceServer)}
+	a.cert = e.issue(pki.Identity{Kind: pki.KindSourceServer, Account: e.account, ID: a.id}, nil)
+	leaf, err := x509.ParseCertificate(a.cert.Certificate[0])
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.cp.mu.Lock()
+	e.cp.assigned = append(e.cp.assigned, api.AssignedSourceServer{SourceServer: api.SourceServer{ID: a.id, AccountID: e.account},
+		CertificateSerials: []string{pki.SerialHex(leaf)}, Control: api.ReplicationControl{Desired: api.DesiredReplicating}})
+	e.cp.mu.Unlock()
+	return a
+}
+
+// dial opens a TLS connection to the replicator as agent a, with the handshake done.
+func (e *env) dial(a agent) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: wire.ClientTLSConfig(a.cert, e.ca.Pool(), "127.0.0.1")}
+	c, err := d.DialContext(ctx, "tcp", e.rep.Addr())
+	if err != nil {
+		return nil, err
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c.(*tls.Conn), nil
+}
+
+// answer reads the replicator's first frame on c.
+func answer(c net.Conn) (wire.Msg, error) {
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	return wire.NewConn(c).ReadMsg()
+}
