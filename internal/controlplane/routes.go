@@ -143,7 +143,7 @@ func (cp *ControlPlane) routeTable() []*route {
 			query: []queryParam{{"source_server", "string", "only this source server (empty list when it is not assigned here)"},
 				{"known", "string", "fingerprint of the list the caller has: wait for a different one"},
 				{"wait", "integer", "seconds to wait for a change of the list (with known), 0 to 25"}},
-			endpoint: noBodyEndpoint((*call).assignedServers)},
+			stream: true, endpoint: noBodyEndpoint((*call).assignedServers)},
 		{method: "POST", path: "/api/v1/replicators/{id}/certificate", summary: "Renew the replicator's certificate",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
 

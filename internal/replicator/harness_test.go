@@ -20,16 +20,57 @@ import (
 type fakeControlPlane struct {
 	mu       sync.Mutex
 	assigned []api.AssignedSourceServer
+	changed  chan struct{} // closed (and replaced) when assigned changes
 }
 
 func (f *fakeControlPlane) Heartbeat(context.Context, string, api.HeartbeatRequest) (api.HeartbeatResponse, error) {
 	return api.HeartbeatResponse{}, nil
 }
 
-func (f *fakeControlPlane) AssignedSourceServers(context.Context, string) (api.AssignedSourceServerList, error) {
+func (f *fakeControlPlane) list() (api.AssignedSourceServerList, <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return api.AssignedSourceServerList{Items: append([]api.AssignedSourceServer(nil), f.assigned...)}, nil
+	if f.changed == nil {
+		f.changed = make(chan struct{})
+	}
+	return api.AssignedSourceServerList{Items: append([]api.AssignedSourceServer(nil), f.assigned...)}, f.changed
+}
+
+// assign adds a server to the list and wakes the replicator's wait, as the control
+// plane does.
+func (f *fakeControlPlane) assign(a api.AssignedSourceServer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.assigned = append(f.assigned, a)
+	if f.changed != nil {
+		close(f.changed)
+		f.changed = nil
+	}
+}
+
+func (f *fakeControlPlane) AssignedSourceServersWait(ctx context.Context, _, known string, wait time.Duration) (api.AssignedSourceServerList, error) {
+	l, changed := f.list()
+	if known == "" || l.Fingerprint() != known {
+		return l, nil
+	}
+	select {
+	case <-changed:
+	case <-time.After(wait):
+	case <-ctx.Done():
+		return l, ctx.Err()
+	}
+	l, _ = f.list()
+	return l, nil
+}
+
+func (f *fakeControlPlane) AssignedSourceServer(_ context.Context, _, serverID string) (api.AssignedSourceServer, bool, error) {
+	l, _ := f.list()
+	for _, a := range l.Items {
+		if a.SourceServer.ID == serverID {
+			return a, true, nil
+		}
+	}
+	return api.AssignedSourceServer{}, false, nil
 }
 
 func (f *fakeControlPlane) CreateRecoverySnapshot(_ context.Context, _ string, req api.CreateRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
@@ -48,28 +89,40 @@ func (f *fakeControlPlane) UpdateReplicationState(context.Context, string, api.R
 // directory, certificates from a throwaway CA, and one account.
 type env struct {
 	t       *testing.T
-	ca      *pki.CA
+	ca      *pki.Authorities
 	cp      *fakeControlPlane
 	rep     *replicator.Replicator
 	account string
 	store   string // the staging store's directory
+	// the replicator's id and certificate serial, which agents check
+	repID, repSerial string
+}
+
+func serialOf(t testing.TB, cert tls.Certificate) string {
+	t.Helper()
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki.SerialHex(leaf)
 }
 
 // startReplicator starts a replicator whose configuration configure may change.
 func startReplicator(t *testing.T, configure func(*replicator.Config)) *env {
 	t.Helper()
-	ca, err := pki.LoadOrCreateCA(t.TempDir())
+	ca, err := pki.LoadOrCreateAuthorities(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{t: t, ca: ca, cp: &fakeControlPlane{}, account: api.NewID(api.PrefixAccount), store: t.TempDir()}
 	repID := api.NewID(api.PrefixReplicator)
 	cert := e.issue(pki.Identity{Kind: pki.KindReplicator, Account: e.account, ID: repID}, []string{"127.0.0.1"})
+	e.repID, e.repSerial = repID, serialOf(t, cert)
 	mk, err := store.NewMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := replicator.Config{ID: repID, ControlPlane: e.cp, TLS: wire.ServerTLSConfig(cert, ca.Pool()), Listen: "127.0.0.1:0",
+	cfg := replicator.Config{ID: repID, ControlPlane: e.cp, TLS: wire.ServerTLSConfig(cert, ca.Agents.Pool(), e.account), Listen: "127.0.0.1:0",
 		MasterKey: mk, DefaultStoreURL: "file://" + e.store}
 	if configure != nil {
 		configure(&cfg)
@@ -112,7 +165,7 @@ func (e *env) issue(id pki.Identity, serverHosts []string) tls.Certificate {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	_, certPEM, err := e.ca.SignCSR(csr, id, serverHosts, time.Now())
+	_, certPEM, err := e.ca.For(id.Kind).SignCSR(csr, id, serverHosts, time.Now())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -139,14 +192,8 @@ func (e *env) newAgent() agent {
 	e.t.Helper()
 	a := agent{id: api.NewID(api.PrefixSourceServer)}
 	a.cert = e.issue(pki.Identity{Kind: pki.KindSourceServer, Account: e.account, ID: a.id}, nil)
-	leaf, err := x509.ParseCertificate(a.cert.Certificate[0])
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.cp.mu.Lock()
-	e.cp.assigned = append(e.cp.assigned, api.AssignedSourceServer{SourceServer: api.SourceServer{ID: a.id, AccountID: e.account},
-		CertificateSerials: []string{pki.SerialHex(leaf)}, Control: api.ReplicationControl{Desired: api.DesiredReplicating}})
-	e.cp.mu.Unlock()
+	e.cp.assign(api.AssignedSourceServer{SourceServer: api.SourceServer{ID: a.id, AccountID: e.account},
+		CertificateSerials: []string{serialOf(e.t, a.cert)}, Control: api.ReplicationControl{Desired: api.DesiredReplicating}})
 	return a
 }
 
@@ -154,7 +201,8 @@ func (e *env) newAgent() agent {
 func (e *env) dial(a agent) (*tls.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	d := tls.Dialer{Config: wire.ClientTLSConfig(a.cert, e.ca.Pool(), "127.0.0.1")}
+	d := tls.Dialer{Config: wire.ClientTLSConfig(a.cert, e.ca.Replicators.Pool(), "127.0.0.1",
+		wire.Assigned{Account: e.account, ID: e.repID, Serials: []string{e.repSerial}})}
 	c, err := d.DialContext(ctx, "tcp", e.rep.Addr())
 	if err != nil {
 		return nil, err
