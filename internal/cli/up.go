@@ -43,8 +43,7 @@ func upComponents(g *globals, replicatorListen string) []upComponent {
 // runUpReplicator runs the local replicator of lifeboat up, registering it on first start
 // with a one-use install token the control plane makes for itself.
 func runUpReplicator(ctx context.Context, g *globals, u *upEnv, listen string) error {
-	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, storeKey: stagingKeyFile(u.DataDir), listen: listen,
-		site: api.DefaultSite, name: "local", address: listen}
+	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, listen: listen, site: api.DefaultSite, name: "local", address: listen}
 	local := *g
 	local.server = u.CP.URL()
 	if _, err := os.Stat(filepath.Join(u.DataDir, "replicator.yaml")); err != nil {

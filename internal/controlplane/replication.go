@@ -210,7 +210,7 @@ func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.Rec
 	if snap.LockUntil != nil && !until.After(*snap.LockUntil) {
 		return snap.RecoverySnapshot, nil // already locked at least that long
 	}
-	repo, err := c.cp.rec.stores.Open(c.ctx, storeURL)
+	repo, err := c.cp.rec.stores.Open(c.ctx, snap.AccountID, storeURL)
 	if err != nil {
 		return api.RecoverySnapshot{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
 			"the control plane cannot open the staging store to lock PIT %s: %v", snap.ID, err)

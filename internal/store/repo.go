@@ -217,7 +217,7 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 		return nil, err
 	}
 	if secret == nil {
-		return nil, fmt.Errorf("%s: %w (its keys were made by keys %s; this key is %s): give the key file the repository was created with",
+		return nil, fmt.Errorf("%s: %w (its secret is wrapped by the keys %s; this key is %s): give the master key file the repository was created with",
 			be.Location(), ErrWrongKey, strings.Join(prints, ", "), mk.Fingerprint())
 	}
 	r, err := newRepo(be, secret, opts)
