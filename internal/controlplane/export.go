@@ -23,11 +23,11 @@ import (
 // extents. Each export is audited; at most RecoveryConfig.MaxExports run at once.
 
 const (
-	exportWindow       = 64               // blocks read ahead (4 MiB at the default block size)
-	exportReaders      = 8                // blocks read at once
-	exportWriteTimeout = 2 * time.Minute  // to write one window: a client that stops reading is cut
-	defaultMaxExports  = 4                // RecoveryConfig.MaxExports
-	exportBufferBytes  = 256 << 10        // buffered writes to the connection
+	exportWindow       = 64              // blocks read ahead (4 MiB at the default block size)
+	exportReaders      = 8               // blocks read at once
+	exportWriteTimeout = 2 * time.Minute // to write one window: a client that stops reading is cut
+	defaultMaxExports  = 4               // RecoveryConfig.MaxExports
+	exportBufferBytes  = 256 << 10       // buffered writes to the connection
 )
 
 // exportVolume answers GET /api/v1/recovery-snapshots/{id}/volumes/{name}.
