@@ -294,6 +294,9 @@ func progressEvery(g *globals, volume string) func(done, total int64) {
 
 // exportOverAPI writes one volume of a PIT, streamed by the control plane, into root.
 func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root, pit, volume string) error {
+	if _, err := api.ExportFileName(volume); err != nil {
+		return err
+	}
 	body, err := c.ExportVolume(ctx, pit, volume)
 	if err != nil {
 		return err
@@ -304,7 +307,7 @@ func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root
 		return err
 	}
 	start := time.Now()
-	written, err := writeExtents(body, f, progressEvery(g, volume))
+	size, written, err := writeExtents(body, f, progressEvery(g, volume))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -315,34 +318,33 @@ func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root
 		_ = root.Remove(name)
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit, err)
 	}
-	fi, _ := root.Stat(name)
-	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written) in %s\n", filepath.Join(root.Name(), name), bytesIEC(fi.Size()), volume,
+	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written) in %s\n", filepath.Join(root.Name(), name), bytesIEC(size), volume,
 		bytesIEC(written), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
 // writeExtents writes an export stream into f, sized to the volume, leaving holes where
-// no extent is; it returns the bytes written once the stream's trailer checked out.
-func writeExtents(r io.Reader, f *os.File, progress func(done, total int64)) (int64, error) {
+// no extent is; it returns the volume's size and the bytes written once the stream's
+// trailer checked out.
+func writeExtents(r io.Reader, f *os.File, progress func(done, total int64)) (size, written int64, err error) {
 	x, err := api.NewExtentReader(r)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	size := x.Header().Size
+	size = x.Header().Size
 	if err := f.Truncate(size); err != nil {
-		return 0, err
+		return size, 0, err
 	}
-	var written int64
 	for {
 		off, b, err := x.Next()
 		if errors.Is(err, io.EOF) {
-			return written, nil
+			return size, written, nil
 		}
 		if err != nil {
-			return written, err
+			return size, written, err
 		}
 		if _, err := f.WriteAt(b, off); err != nil {
-			return written, err
+			return size, written, err
 		}
 		written += int64(len(b))
 		progress(off+int64(len(b)), size)
