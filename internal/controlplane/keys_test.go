@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // replicatorIn registers a replicator in an account and returns its client.
@@ -316,4 +318,71 @@ func TestMasterKeyFileMustMatchTheDatabase(t *testing.T) {
 func openControlPlane(e *env, dbURL, keyFile string) (*controlplane.ControlPlane, error) {
 	return controlplane.Open(e.ctx, controlplane.Config{DataDir: e.dataDir, DBURL: dbURL, Listen: "127.0.0.1:0",
 		Now: e.clock.Now, StoreKeyFile: keyFile})
+}
+
+// TestStoreCredentialsGoOnlyToTheAccountsReplicators: a system admin gives an account an
+// S3 store with credentials of its own; neither the control plane's environment nor the
+// replicator's holds any, yet the control plane makes the store and the account's
+// replicator, given them with the key, opens it; the secret is in no answer but that
+// one, nor in the audit log.
+func TestStoreCredentialsGoOnlyToTheAccountsReplicators(t *testing.T) {
+	s3 := testutil.StartVersitygw(t)
+	bucket := s3.Bucket(t, false)
+	for _, k := range []string{"LIFEBOAT_S3_ACCESS_KEY", "LIFEBOAT_S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+		t.Setenv(k, "")
+	}
+	e := start(t, db.SQLite)
+	url := "s3://" + bucket + "/tenant?endpoint=" + s3.Endpoint + "&region=" + s3.Region + "&tls=false"
+	creds := &api.S3Credentials{AccessKey: s3.AccessKey, SecretKey: s3.SecretKey}
+	_, err := e.admin.CreateAccount(e.ctx, api.CreateAccountRequest{Name: "files", StagingStoreURL: "file:///srv/x", StagingStoreCredentials: creds})
+	wantAPIError(t, err, 400, api.CodeInvalid)
+	tenant, err := e.admin.CreateAccount(e.ctx, api.CreateAccountRequest{Name: "tenant", StagingStoreURL: url, StagingStoreCredentials: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := tenant.Account.StagingStores; len(st) != 1 || st[0].URL != url || !st[0].HasCredentials {
+		t.Fatalf("the tenant's stores: %+v", st)
+	}
+	if _, err := backendurl.Open(e.ctx, url); err == nil {
+		t.Fatal("the store opens with the environment's credentials: the test proves nothing")
+	}
+	rep, reg := e.replicatorIn(tenant.Account.ID, "rep")
+	resp, err := rep.StagingStoreKey(e.ctx, reg.Replicator.ID, api.StagingStoreKeyRequest{StagingStoreURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Credentials == nil || *resp.Credentials != *creds {
+		t.Fatalf("the replicator was given credentials %+v", resp.Credentials)
+	}
+	key, err := resp.Key32()
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := backendurl.OpenWith(e.ctx, resp.StagingStoreURL, resp.Credentials.AccessKey, resp.Credentials.SecretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	r, err := store.Open(e.ctx, be, key, store.Options{})
+	if err != nil {
+		t.Fatalf("the account's replicator opening its S3 store with what it was given: %v", err)
+	}
+	r.Close()
+	tc := e.client(tenant.AdminToken)
+	acct, err := tc.Account(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit, err := e.admin.Audit(e.ctx, api.AuditFilter{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenantAudit, err := tc.Audit(e.ctx, api.AuditFilter{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, _ := json.Marshal([]any{acct, audit, tenantAudit})
+	if strings.Contains(string(blob), s3.SecretKey) {
+		t.Fatal("the store's secret key is shown in the account or the audit log")
+	}
 }
