@@ -207,7 +207,7 @@ func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install
 	fmt.Fprintf(w, "  admin token:    %s\n", adminTokenFile(u.DataDir))
 	fmt.Fprintf(w, "  CA certificate: %s\n", caFile(u.DataDir))
 	fmt.Fprintf(w, "  staging store:  %s\n", u.StoreURL)
-	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: without it nothing can be restored)\n", stagingKeyFile(u.DataDir))
+	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: with the database it holds every account's key, and alone it opens every staging store)\n", stagingKeyFile(u.DataDir))
 	fmt.Fprintf(w, "  replicator:     %s\n", u.Replicator)
 	fmt.Fprintf(w, "  data directory: %s\n\n", u.DataDir)
 	fmt.Fprintf(w, "Protect a Linux server: run this on it (as root) within the hour:\n\n")

@@ -386,3 +386,42 @@ func TestStoreCredentialsGoOnlyToTheAccountsReplicators(t *testing.T) {
 		t.Fatal("the store's secret key is shown in the account or the audit log")
 	}
 }
+
+// TestAccountMadeBeforeKeysGetsItsOwnStore: an account made before stores belonged to
+// accounts inherited the system account's store. After the upgrade its replicators are
+// refused that store's key, it has a default store of its own, and a system admin moves
+// it there with one update.
+func TestAccountMadeBeforeKeysGetsItsOwnStore(t *testing.T) {
+	e := &env{t: t, kind: db.SQLite, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(),
+		ctx: context.Background(), agentTimeout: time.Hour}
+	dbURL := dbtest.URL(t, db.SQLite)
+	e.open(dbURL)
+	legacy := api.NewID(api.PrefixAccount)
+	err := e.cp.DB().Update(e.ctx, func(tx *db.Tx) error {
+		sys, err := tx.Account(e.cp.SystemAccountID())
+		if err != nil {
+			return err
+		}
+		if err := tx.CreateAccount(db.Account{Account: api.Account{ID: legacy, Name: "legacy", QuotaSourceServers: 10, CreatedAt: e.clock.Now()},
+			Template: sys.Template}); err != nil {
+			return err
+		}
+		return tx.CreateSite(legacy, api.Site{ID: api.DefaultSite, CreatedAt: e.clock.Now()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.restart(dbURL)
+	rep, reg := e.replicatorIn(legacy, "rep")
+	_, err = storeKey(t, e, rep, reg.Replicator.ID, e.cp.DefaultStoreURL())
+	wantAPIError(t, err, 403, api.CodeForbidden)
+	def := api.DefaultStagingStore
+	acct, err := e.admin.UpdateAccount(e.ctx, legacy, api.UpdateAccountRequest{StagingStoreURL: &def})
+	own := e.cp.DefaultStoreURL() + "/" + legacy
+	if err != nil || len(acct.StagingStores) != 1 || acct.StagingStores[0].URL != own {
+		t.Fatalf("moving the account to its default store: %+v, %v", acct.StagingStores, err)
+	}
+	if _, err := storeKey(t, e, rep, reg.Replicator.ID, own); err != nil {
+		t.Fatalf("the account's replicator asking for its own store's key: %v", err)
+	}
+}
