@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"encoding/pem"
 	"io/fs"
@@ -18,6 +17,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // randomImage writes an image of size bytes, random in every fourth 64 KiB block.
@@ -35,15 +35,6 @@ func randomImage(t *testing.T, size int64) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func sha(t *testing.T, p string) [32]byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(b)
 }
 
 // TestExportWithoutAKeyFile: lifeboat export reads a PIT through the control plane (no
@@ -69,7 +60,7 @@ func TestExportWithoutAKeyFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.must("export", srv.ID, "--pit", pit.ID, "--to", out)
-	if sha(t, filepath.Join(out, "vda.img")) != sha(t, img) {
+	if testutil.FileSHA256(t, filepath.Join(out, "vda.img")) != testutil.FileSHA256(t, img) {
 		t.Fatal("the exported image differs from the volume written to the store")
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "keep me" {
@@ -77,7 +68,7 @@ func TestExportWithoutAKeyFile(t *testing.T) {
 	}
 	offline := filepath.Join(e.dir, "offline")
 	e.must("store", "export", srv.ID, pit.ID, "--store", e.cp.DefaultStoreURL(), "--key", filepath.Join(e.dir, "data", "staging.key"), "--to", offline)
-	if sha(t, filepath.Join(offline, "vda.img")) != sha(t, img) {
+	if testutil.FileSHA256(t, filepath.Join(offline, "vda.img")) != testutil.FileSHA256(t, img) {
 		t.Fatal("the offline export differs from the volume written to the store")
 	}
 }

@@ -35,24 +35,15 @@ func (c *call) exportVolume(w http.ResponseWriter) error {
 	name := c.r.PathValue("name")
 	var snap db.Snapshot
 	var storeURL string
-	err := c.view(func(tx *db.Tx) error {
-		var err error
-		if snap, err = c.loadSnapshot(tx, c.pathID()); err != nil {
-			return err
-		}
-		if !slices.ContainsFunc(snap.Volumes, func(v api.SnapshotVolume) bool { return v.Name == name }) {
-			return api.NotFound("recovery snapshot %s has no volume %q: see lifeboat snapshots list %s", snap.ID, name, snap.SourceServerID)
-		}
-		s, err := tx.SourceServer(snap.SourceServerID)
-		if err != nil {
-			return err
-		}
-		eff, err := effective(tx, s)
-		storeURL = eff.StagingStoreURL
+	err := c.view(func(tx *db.Tx) (err error) {
+		snap, storeURL, err = c.snapshotStore(tx, c.pathID())
 		return err
 	})
 	if err != nil {
 		return err
+	}
+	if !slices.ContainsFunc(snap.Volumes, func(v api.SnapshotVolume) bool { return v.Name == name }) {
+		return api.NotFound("recovery snapshot %s has no volume %q: see lifeboat snapshots list %s", snap.ID, name, snap.SourceServerID)
 	}
 	select {
 	case c.cp.rec.exports <- struct{}{}:
@@ -82,6 +73,21 @@ func (c *call) exportVolume(w http.ResponseWriter) error {
 	}
 	c.cp.log.Info("volume exported", "snapshot", snap.ID, "volume", name, "bytes", v.Size(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// snapshotStore loads a recovery snapshot of the caller's account and the staging store
+// its server's settings name.
+func (c *call) snapshotStore(tx *db.Tx, id string) (db.Snapshot, string, error) {
+	snap, err := c.loadSnapshot(tx, id)
+	if err != nil {
+		return snap, "", err
+	}
+	s, err := tx.SourceServer(snap.SourceServerID)
+	if err != nil {
+		return snap, "", err
+	}
+	eff, err := effective(tx, s)
+	return snap, eff.StagingStoreURL, err
 }
 
 // openExport opens a volume of a snapshot's PIT in its store, with its account's key.

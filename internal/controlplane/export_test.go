@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"crypto/sha256"
 	"errors"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // readExport writes an export stream into a sparse file and returns its path.
@@ -46,15 +46,6 @@ func readExport(t *testing.T, body io.ReadCloser) string {
 			t.Fatal(err)
 		}
 	}
-}
-
-func fileSHA256(t *testing.T, p string) [32]byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(b)
 }
 
 // TestExportThroughTheAPI: an operator exports a PIT's volume with no key: the bytes
@@ -89,7 +80,7 @@ func TestExportThroughTheAPI(t *testing.T) {
 	_, err = op.ExportVolume(e.ctx, pit.ID, "vda")
 	wantAPIError(t, err, 429, api.CodeTooManyRequests)
 	got := readExport(t, first)
-	if fileSHA256(t, got) != fileSHA256(t, img) {
+	if testutil.FileSHA256(t, got) != testutil.FileSHA256(t, img) {
 		t.Fatal("the exported volume differs from the image written to the store")
 	}
 	var st syscall.Stat_t
@@ -104,7 +95,7 @@ func TestExportThroughTheAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fileSHA256(t, readExport(t, again)) != fileSHA256(t, img) {
+	if testutil.FileSHA256(t, readExport(t, again)) != testutil.FileSHA256(t, img) {
 		t.Fatal("the second export differs")
 	}
 	audit, err := e.admin.Audit(e.ctx, api.AuditFilter{Action: "recovery-snapshot.export"})

@@ -190,17 +190,8 @@ func (cp *ControlPlane) agentWatchLoop(ctx context.Context) {
 func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
 	var snap db.Snapshot
 	var storeURL string
-	err := c.view(func(tx *db.Tx) error {
-		var err error
-		if snap, err = c.loadSnapshot(tx, c.pathID()); err != nil {
-			return err
-		}
-		s, err := tx.SourceServer(snap.SourceServerID)
-		if err != nil {
-			return err
-		}
-		eff, err := effective(tx, s)
-		storeURL = eff.StagingStoreURL
+	err := c.view(func(tx *db.Tx) (err error) {
+		snap, storeURL, err = c.snapshotStore(tx, c.pathID())
 		return err
 	})
 	if err != nil {
