@@ -61,7 +61,8 @@ func (cp *ControlPlane) openKeys(ctx context.Context, fresh bool) error {
 		}
 		if !fresh || len(prints) > 0 {
 			return fmt.Errorf("%w; the control plane holds the staging stores' master key: copy the key file the stores were made with "+
-				"(the replicators' DATA/staging.key before this version) to %s, or give its path with --store-key", err, keyFile)
+				"(the replicators' DATA/staging.key before this version) to %s, or give its path with --store-key "+
+				"(a database that never held data can be removed to start afresh)", err, keyFile)
 		}
 		if mk, err = store.LoadOrCreateMasterKey(keyFile); err != nil {
 			return err
