@@ -20,8 +20,8 @@ type StoreAccess struct {
 }
 
 // AccessFunc returns the access to the staging store at url for an account, or an
-// error when the store is not that account's. The control plane's checks ownership and
-// prepares the store's repository (README "Keys and staging stores").
+// error when the store is not that account's. The control plane's checks that the
+// account owns the store, and prepares its repository (README "Keys and staging stores").
 type AccessFunc func(ctx context.Context, accountID, url string) (StoreAccess, error)
 
 // Stores opens staging stores, each with the key of the account it belongs to, and keeps
