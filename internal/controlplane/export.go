@@ -33,12 +33,7 @@ const (
 // exportVolume answers GET /api/v1/recovery-snapshots/{id}/volumes/{name}.
 func (c *call) exportVolume(w http.ResponseWriter) error {
 	name := c.r.PathValue("name")
-	var snap db.Snapshot
-	var storeURL string
-	err := c.view(func(tx *db.Tx) (err error) {
-		snap, storeURL, err = c.snapshotStore(tx, c.pathID())
-		return err
-	})
+	snap, storeURL, err := c.snapshotStore(c.pathID())
 	if err != nil {
 		return err
 	}
@@ -77,17 +72,20 @@ func (c *call) exportVolume(w http.ResponseWriter) error {
 
 // snapshotStore loads a recovery snapshot of the caller's account and the staging store
 // its server's settings name.
-func (c *call) snapshotStore(tx *db.Tx, id string) (db.Snapshot, string, error) {
-	snap, err := c.loadSnapshot(tx, id)
-	if err != nil {
-		return snap, "", err
-	}
-	s, err := tx.SourceServer(snap.SourceServerID)
-	if err != nil {
-		return snap, "", err
-	}
-	eff, err := effective(tx, s)
-	return snap, eff.StagingStoreURL, err
+func (c *call) snapshotStore(id string) (snap db.Snapshot, storeURL string, err error) {
+	err = c.view(func(tx *db.Tx) error {
+		if snap, err = c.loadSnapshot(tx, id); err != nil {
+			return err
+		}
+		s, err := tx.SourceServer(snap.SourceServerID)
+		if err != nil {
+			return err
+		}
+		eff, err := effective(tx, s)
+		storeURL = eff.StagingStoreURL
+		return err
+	})
+	return snap, storeURL, err
 }
 
 // openExport opens a volume of a snapshot's PIT in its store, with its account's key.

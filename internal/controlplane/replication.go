@@ -188,12 +188,7 @@ func (cp *ControlPlane) agentWatchLoop(ctx context.Context) {
 // protectSnapshot locks a PIT: first in the staging store (which enforces it, and on S3
 // with Object Lock has the bucket enforce it), then in the record.
 func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
-	var snap db.Snapshot
-	var storeURL string
-	err := c.view(func(tx *db.Tx) (err error) {
-		snap, storeURL, err = c.snapshotStore(tx, c.pathID())
-		return err
-	})
+	snap, storeURL, err := c.snapshotStore(c.pathID())
 	if err != nil {
 		return api.RecoverySnapshot{}, err
 	}
