@@ -13,7 +13,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/agent"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
@@ -244,17 +243,13 @@ func startReplicatorHere(ctx context.Context, c *cluster, data, token string) (*
 	if err != nil {
 		return nil, err
 	}
-	mk, err := store.LoadOrCreateMasterKey(filepath.Join(data, "staging.key"))
-	if err != nil {
-		return nil, err
-	}
 	logPath := filepath.Join(c.dir, "replicator.log")
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
-		Listen: c.repAddr, MasterKey: mk, Logger: slog.New(slog.NewTextHandler(lf, nil))})
+		Listen: c.repAddr, Logger: slog.New(slog.NewTextHandler(lf, nil))})
 	if err != nil {
 		lf.Close()
 		return nil, err

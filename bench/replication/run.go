@@ -730,7 +730,7 @@ func pitFreezes(ctx context.Context, cl *cluster, server string, from, to time.T
 		return nil, 0, err
 	}
 	defer be.Close()
-	mk, err := store.LoadOrCreateMasterKey(filepath.Join(cl.dir, "rep", "staging.key"))
+	mk, err := store.LoadMasterKey(filepath.Join(cl.dir, "cp", "staging.key")) // the control plane's master key opens every store
 	if err != nil {
 		return nil, 0, err
 	}

@@ -104,3 +104,27 @@ func FuzzReadEvents(f *testing.F) {
 		}
 	})
 }
+
+func TestAccountRequestsWithStores(t *testing.T) {
+	creds := &S3Credentials{AccessKey: "a", SecretKey: "s"}
+	url := "s3://bucket/p?endpoint=127.0.0.1:9000"
+	def, quota := DefaultStagingStore, 5
+	for name, err := range map[string]error{
+		"credentials without a store": UpdateAccountRequest{QuotaSourceServers: &quota, StagingStoreCredentials: creds}.Validate(),
+		"an empty secret":             CreateAccountRequest{Name: "x", StagingStoreURL: url, StagingStoreCredentials: &S3Credentials{AccessKey: "a"}}.Validate(),
+		"a store that is no URL":      CreateAccountRequest{Name: "x", StagingStoreURL: "http://x"}.Validate(),
+		"nothing to change":           UpdateAccountRequest{}.Validate(),
+	} {
+		if err == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+	for name, err := range map[string]error{
+		"a store with credentials": CreateAccountRequest{Name: "x", StagingStoreURL: url, StagingStoreCredentials: creds}.Validate(),
+		"the default store":        UpdateAccountRequest{StagingStoreURL: &def}.Validate(),
+	} {
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

@@ -85,6 +85,8 @@ type Account struct {
 	QuotaSourceServers       int       `json:"quotaSourceServers"`
 	ReplicatingSourceServers int       `json:"replicatingSourceServers"`
 	CreatedAt                time.Time `json:"createdAt"`
+	// StagingStores are the account's staging stores (the first is its template's).
+	StagingStores []StagingStore `json:"stagingStores"`
 }
 
 // DefaultQuotaSourceServers is the default number of replicating source servers per account.
@@ -99,6 +101,10 @@ type AccountList struct {
 type CreateAccountRequest struct {
 	Name               string `json:"name"`
 	QuotaSourceServers *int   `json:"quotaSourceServers,omitempty"` // default 300
+	// StagingStoreURL is the account's staging store; default: the control plane's
+	// default store with the account id appended (a subdirectory, or an S3 prefix).
+	StagingStoreURL         string         `json:"stagingStoreUrl,omitempty"`
+	StagingStoreCredentials *S3Credentials `json:"stagingStoreCredentials,omitempty"`
 }
 
 // CreateAccountResponse returns the new account and an admin API token for it (shown once).
@@ -110,7 +116,16 @@ type CreateAccountResponse struct {
 // UpdateAccountRequest changes an account's settings; absent fields are left as they are.
 type UpdateAccountRequest struct {
 	QuotaSourceServers *int `json:"quotaSourceServers,omitempty"`
+	// StagingStoreURL gives the account this store (if it has it not yet) and makes it
+	// its template's; "default" names the account's default store. Its earlier stores
+	// stay its own (their PITs remain readable). StagingStoreCredentials, when given,
+	// become that store's S3 credentials.
+	StagingStoreURL         *string        `json:"stagingStoreUrl,omitempty"`
+	StagingStoreCredentials *S3Credentials `json:"stagingStoreCredentials,omitempty"`
 }
+
+// DefaultStagingStore, as UpdateAccountRequest.StagingStoreURL, names the account's default store.
+const DefaultStagingStore = "default"
 
 // Site is a location with staging storage, replicators and a launch provider.
 type Site struct {

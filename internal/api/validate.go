@@ -153,17 +153,45 @@ func (r CreateAccountRequest) Validate() error {
 		return Invalid("account name %q must be 1-63 lowercase letters, digits or '-'", r.Name)
 	}
 	if r.QuotaSourceServers != nil {
-		return ValidateQuota(*r.QuotaSourceServers)
+		if err := ValidateQuota(*r.QuotaSourceServers); err != nil {
+			return err
+		}
 	}
-	return nil
+	if r.StagingStoreURL != "" {
+		if err := ValidateStoreURL(r.StagingStoreURL); err != nil {
+			return err
+		}
+	}
+	return validateStoreCredentials(r.StagingStoreURL != "", r.StagingStoreCredentials)
 }
 
 // Validate checks an account update.
 func (r UpdateAccountRequest) Validate() error {
-	if r.QuotaSourceServers == nil {
-		return Invalid("nothing to change: give quotaSourceServers")
+	if r.QuotaSourceServers == nil && r.StagingStoreURL == nil {
+		return Invalid("nothing to change: give quotaSourceServers or stagingStoreUrl")
 	}
-	return ValidateQuota(*r.QuotaSourceServers)
+	if r.QuotaSourceServers != nil {
+		if err := ValidateQuota(*r.QuotaSourceServers); err != nil {
+			return err
+		}
+	}
+	if r.StagingStoreURL != nil && *r.StagingStoreURL != DefaultStagingStore {
+		if err := ValidateStoreURL(*r.StagingStoreURL); err != nil {
+			return err
+		}
+	}
+	return validateStoreCredentials(r.StagingStoreURL != nil, r.StagingStoreCredentials)
+}
+
+// validateStoreCredentials checks credentials, which need the store URL they are for.
+func validateStoreCredentials(haveURL bool, c *S3Credentials) error {
+	if c == nil {
+		return nil
+	}
+	if !haveURL {
+		return Invalid("stagingStoreCredentials need the stagingStoreUrl they are for")
+	}
+	return c.Validate()
 }
 
 // Validate checks a site request.

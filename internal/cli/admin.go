@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -9,17 +10,36 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
 )
 
 func newAccountsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "accounts", Short: "Accounts (tenants) and their quotas"}
+	cmd := &cobra.Command{Use: "accounts", Short: "Accounts (tenants), their quotas and staging stores"}
 	table := func(items []api.Account) func(w *tabwriter.Writer) {
 		return func(w *tabwriter.Writer) {
-			row(w, "ID", "NAME", "REPLICATING", "QUOTA", "SYSTEM")
+			row(w, "ID", "NAME", "REPLICATING", "QUOTA", "SYSTEM", "STAGING STORE")
 			for _, a := range items {
-				row(w, a.ID, a.Name, a.ReplicatingSourceServers, a.QuotaSourceServers, yesNo(a.System))
+				store := "-"
+				if len(a.StagingStores) > 0 {
+					store = a.StagingStores[0].URL
+					if n := len(a.StagingStores) - 1; n > 0 {
+						store += fmt.Sprintf(" (+%d)", n)
+					}
+				}
+				row(w, a.ID, a.Name, a.ReplicatingSourceServers, a.QuotaSourceServers, yesNo(a.System), store)
 			}
 		}
+	}
+	var s3FromEnv bool
+	credentials := func() (*api.S3Credentials, error) {
+		if !s3FromEnv {
+			return nil, nil
+		}
+		access, secret, err := backendurl.Credentials(os.LookupEnv)
+		if err != nil {
+			return nil, &UsageError{Err: err}
+		}
+		return &api.S3Credentials{AccessKey: access, SecretKey: secret}, nil
 	}
 	list := &cobra.Command{
 		Use: "list", Short: "List all accounts (system admins)", Args: noArgs,
@@ -36,7 +56,7 @@ func newAccountsCmd(g *globals) *cobra.Command {
 		},
 	}
 	describe := &cobra.Command{
-		Use: "describe", Short: "Show your account", Args: noArgs,
+		Use: "describe", Short: "Show your account and its staging stores", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.client()
 			if err != nil {
@@ -50,12 +70,20 @@ func newAccountsCmd(g *globals) *cobra.Command {
 		},
 	}
 	var quota int
+	var storeURL string
 	create := &cobra.Command{
-		Use: "create NAME", Short: "Create an account; prints its first admin token", Args: exactArgs(1, "an account name"),
+		Use: "create NAME", Short: "Create an account with its own staging store; prints its first admin token", Args: exactArgs(1, "an account name"),
+		Long: `Create an account (system admins). It gets its own staging store: --staging-store, or by
+default the control plane's default store with the account id appended. Its key, kept by the
+control plane, opens its stores and no other account's.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.CreateAccountRequest{Name: args[0]}
+			req := api.CreateAccountRequest{Name: args[0], StagingStoreURL: storeURL}
 			if cmd.Flags().Changed("quota") {
 				req.QuotaSourceServers = &quota
+			}
+			var err error
+			if req.StagingStoreCredentials, err = credentials(); err != nil {
+				return err
 			}
 			if err := req.Validate(); err != nil {
 				return &UsageError{Err: err}
@@ -77,6 +105,51 @@ func newAccountsCmd(g *globals) *cobra.Command {
 		},
 	}
 	create.Flags().IntVar(&quota, "quota", api.DefaultQuotaSourceServers, "replicating source servers allowed")
+	create.Flags().StringVar(&storeURL, "staging-store", "", "the account's staging store URL (default: the control plane's default store with the account id appended)")
+	s3Flag := func(cmd *cobra.Command) {
+		cmd.Flags().BoolVar(&s3FromEnv, "s3-credentials-from-env", false,
+			"give the staging store its own S3 credentials, read from LIFEBOAT_S3_ACCESS_KEY and LIFEBOAT_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+	}
+	s3Flag(create)
+	update := &cobra.Command{
+		Use:   "update ACCOUNT-ID [--staging-store URL] [--quota N]",
+		Short: "Give an account a staging store (its template's from now on) or change its quota (system admins)",
+		Long: `Change an account (system admins). --staging-store gives the account that store, if it has it
+not yet, and makes it the store of its replication template; "default" names the account's
+default store. A store belongs to one account; the account's earlier stores stay its own, so
+their recovery snapshots stay readable. With --s3-credentials-from-env the store gets its own
+S3 credentials, which the control plane keeps wrapped by its master key and gives only to the
+account's replicators.`,
+		Args: exactArgs(1, "an account id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var req api.UpdateAccountRequest
+			if cmd.Flags().Changed("quota") {
+				req.QuotaSourceServers = &quota
+			}
+			if cmd.Flags().Changed("staging-store") {
+				req.StagingStoreURL = &storeURL
+			}
+			var err error
+			if req.StagingStoreCredentials, err = credentials(); err != nil {
+				return err
+			}
+			if err := req.Validate(); err != nil {
+				return &UsageError{Err: err}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			a, err := c.UpdateAccount(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return g.show(a, table([]api.Account{a}))
+		},
+	}
+	update.Flags().IntVar(&quota, "quota", api.DefaultQuotaSourceServers, "replicating source servers allowed")
+	update.Flags().StringVar(&storeURL, "staging-store", "", `staging store URL to give the account, or "default"`)
+	s3Flag(update)
 	setQuota := &cobra.Command{
 		Use: "set-quota ACCOUNT-ID N", Short: "Change how many replicating source servers an account may have (system admins)",
 		Args: exactArgs(2, "an account id and a number"),
@@ -100,7 +173,7 @@ func newAccountsCmd(g *globals) *cobra.Command {
 			return g.show(a, table([]api.Account{a}))
 		},
 	}
-	cmd.AddCommand(list, describe, create, setQuota)
+	cmd.AddCommand(list, describe, create, update, setQuota)
 	return cmd
 }
 

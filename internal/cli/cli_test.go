@@ -316,7 +316,8 @@ func TestUpPrintsWhatTheUserNeeds(t *testing.T) {
 			t.Errorf("up's summary lacks %q:\n%s", want, text)
 		}
 	}
-	for path, mode := range map[string]os.FileMode{filepath.Join(dir, "admin-token"): 0o600, filepath.Join(dir, "staging"): 0o700 | os.ModeDir} {
+	for path, mode := range map[string]os.FileMode{filepath.Join(dir, "admin-token"): 0o600, filepath.Join(dir, "staging"): 0o700 | os.ModeDir,
+		filepath.Join(dir, "staging.key"): 0o600} {
 		fi, err := os.Stat(path)
 		if err != nil || fi.Mode() != mode {
 			t.Errorf("%s: %v, mode %v, want %v", path, err, fi.Mode(), mode)

@@ -2,7 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,12 +185,16 @@ func waitForPIT(ctx context.Context, c *api.Client, server string, since time.Ti
 }
 
 func newExportCmd(g *globals) *cobra.Command {
-	var pitID, to, storeURL, key string
+	var pitID, to string
 	cmd := &cobra.Command{
 		Use:   "export ID --to DIR",
 		Short: "Write a PIT's volumes as sparse raw images (default: the newest consistent PIT)",
 		Long: `Write every volume of a recovery snapshot to DIR/<volume>.img as a sparse raw image (holes
-for zero blocks), reading the staging store directly with its master key (--key).`,
+for zero blocks). The control plane reads the staging store with the key of the server's
+account and streams the volume's non-zero regions (role operator; every export is audited):
+no key file is needed here. Files are created only inside DIR, and a volume whose name is not
+a plain file name is refused. Without the control plane, use lifeboat store export with the
+master key file.`,
 		Args: exactArgs(1, "a source server id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" {
@@ -210,28 +217,13 @@ for zero blocks), reading the staging store directly with its master key (--key)
 			} else if snap, err = newestConsistent(ctx, c, server); err != nil {
 				return err
 			}
-			if storeURL == "" {
-				ss, err := c.ServerReplicationSettings(ctx, server)
-				if err != nil {
-					return err
-				}
-				storeURL = ss.Effective.StagingStoreURL
-			}
-			sf := storeFlags{url: storeURL, key: key}
-			repo, err := sf.open(ctx, g, false, store.Options{})
+			root, err := openExportDir(to)
 			if err != nil {
 				return err
 			}
-			defer repo.Close()
-			pit, err := repo.LoadPIT(ctx, server, snap.ID)
-			if err != nil {
-				return err
-			}
-			if err := os.MkdirAll(to, 0o755); err != nil {
-				return err
-			}
-			for _, v := range pit.Volumes {
-				if err := exportVolume(ctx, g, repo, pit, v.Name, filepath.Join(to, v.Name+".img")); err != nil {
+			defer root.Close()
+			for _, v := range snap.Volumes {
+				if err := exportOverAPI(ctx, g, c, root, snap.ID, v.Name); err != nil {
 					return err
 				}
 			}
@@ -240,8 +232,6 @@ for zero blocks), reading the staging store directly with its master key (--key)
 	}
 	cmd.Flags().StringVar(&pitID, "pit", "", "the recovery snapshot (pit-…); default the newest consistent one")
 	cmd.Flags().StringVar(&to, "to", "", "directory for the images")
-	cmd.Flags().StringVar(&storeURL, "store", "", "staging store URL (default: the server's replication settings)")
-	cmd.Flags().StringVar(&key, "key", stagingKeyFile(defaultDataDir()), "master key file of the staging store")
 	return cmd
 }
 
@@ -265,32 +255,125 @@ func newestConsistent(ctx context.Context, c *api.Client, server string) (api.Re
 	}
 }
 
-func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.PIT, volume, path string) error {
+// openExportDir creates (0700) and opens the directory images are written to: every
+// file is created through the returned root, so none lands outside it.
+func openExportDir(dir string) (*os.Root, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create the export directory: %w", err)
+	}
+	return os.OpenRoot(dir)
+}
+
+// createImage creates a volume's image file in root, new (0600): a file of that name is
+// removed first, so an image is never written through a link planted there.
+func createImage(root *os.Root, volume string) (*os.File, string, error) {
+	name, err := api.ExportFileName(volume)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, "", fmt.Errorf("replace %s: %w", filepath.Join(root.Name(), name), err)
+	}
+	f, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, "", fmt.Errorf("create %s: %w", filepath.Join(root.Name(), name), err)
+	}
+	return f, name, nil
+}
+
+// progressEvery reports an export's progress at most every 2 seconds.
+func progressEvery(g *globals, volume string) func(done, total int64) {
+	last := time.Now()
+	return func(done, total int64) {
+		if time.Since(last) >= 2*time.Second && total > 0 {
+			last = time.Now()
+			fmt.Fprintf(g.stderr, "export %s: %.0f%% (%s of %s)\n", volume, 100*float64(done)/float64(total), bytesIEC(done), bytesIEC(total))
+		}
+	}
+}
+
+// exportOverAPI writes one volume of a PIT, streamed by the control plane, into root.
+func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root, pit, volume string) error {
+	if _, err := api.ExportFileName(volume); err != nil {
+		return err
+	}
+	body, err := c.ExportVolume(ctx, pit, volume)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	f, name, err := createImage(root, volume)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	size, written, err := writeExtents(body, f, progressEvery(g, volume))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = root.Remove(name)
+		return fmt.Errorf("export volume %s of %s: %w", volume, pit, err)
+	}
+	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written) in %s\n", filepath.Join(root.Name(), name), bytesIEC(size), volume,
+		bytesIEC(written), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// writeExtents writes an export stream into f, sized to the volume, leaving holes where
+// no extent is; it returns the volume's size and the bytes written once the stream's
+// trailer checked out.
+func writeExtents(r io.Reader, f *os.File, progress func(done, total int64)) (size, written int64, err error) {
+	x, err := api.NewExtentReader(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	size = x.Header().Size
+	if err := f.Truncate(size); err != nil {
+		return size, 0, err
+	}
+	for {
+		off, b, err := x.Next()
+		if errors.Is(err, io.EOF) {
+			return size, written, nil
+		}
+		if err != nil {
+			return size, written, err
+		}
+		if _, err := f.WriteAt(b, off); err != nil {
+			return size, written, err
+		}
+		written += int64(len(b))
+		progress(off+int64(len(b)), size)
+	}
+}
+
+// exportVolume writes one volume of a PIT, read from the store directly, into root.
+func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.PIT, volume string, root *os.Root) error {
 	v, err := repo.OpenVolume(ctx, pit, volume)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, name, err := createImage(root, volume)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	start, last := time.Now(), time.Now()
-	st, err := v.Export(ctx, f, store.ExportOptions{Progress: func(done, total int64) {
-		if time.Since(last) >= 2*time.Second {
-			last = time.Now()
-			fmt.Fprintf(g.stderr, "export %s: %.0f%% (%s of %s)\n", volume, 100*float64(done)/float64(total), bytesIEC(done), bytesIEC(total))
-		}
-	}})
+	start := time.Now()
+	st, err := v.Export(ctx, f, store.ExportOptions{Progress: progressEvery(g, volume)})
 	if err == nil {
 		err = f.Sync()
 	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		os.Remove(path)
+		_ = root.Remove(name)
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit.ID, err)
 	}
-	el := time.Since(start)
-	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written, %d zero blocks as holes) in %s\n", path, strings.TrimSpace(bytesIEC(st.Bytes)),
-		volume, bytesIEC(st.WrittenBytes), st.ZeroBlocks, el.Round(time.Millisecond))
+	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written, %d zero blocks as holes) in %s\n", filepath.Join(root.Name(), name),
+		strings.TrimSpace(bytesIEC(st.Bytes)), volume, bytesIEC(st.WrittenBytes), st.ZeroBlocks, time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
@@ -30,8 +29,9 @@ func newReplicatorCmd(g *globals) *cobra.Command {
 		Long: `Run a replication server until SIGTERM or SIGINT. The first start registers it with the
 control plane using a replicator install token (--token; lifeboat tokens create --kind install
 --scope replicator) and keeps its credentials in the data directory. It writes to the staging
-store of each server's replication settings (--store when they name none), with the master
-key in --store-key (created when missing: copy it to every replicator of the same store).`,
+store of each server's replication settings (--store when they name none). It holds no key
+file: the control plane gives it the key of its own account's stores (and their S3
+credentials, when a system admin set some), which it keeps in memory only.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if g.server == "" {
@@ -52,7 +52,8 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 	hostname, _ := os.Hostname()
 	fl.StringVar(&f.data, "data", filepath.Join(defaultDataDir(), "replicator"), "data directory: credentials")
 	fl.StringVar(&f.store, "store", "", "staging store URL for servers whose settings name none")
-	fl.StringVar(&f.storeKey, "store-key", "", "master key file of the staging store (default DATA/staging.key)")
+	fl.StringVar(&f.storeKey, "store-key", "", "ignored: the control plane gives the replicator its stores' keys")
+	_ = fl.MarkHidden("store-key")
 	fl.StringVar(&f.listen, "listen", ":1500", "address agents connect to")
 	fl.StringVar(&f.site, "site", api.DefaultSite, "site this replicator serves (at registration)")
 	fl.StringVar(&f.name, "name", hostname, "name of this replicator (at registration)")
@@ -64,8 +65,9 @@ key in --store-key (created when missing: copy it to every replicator of the sam
 
 // runReplicator registers (once) and runs a replicator.
 func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
-	if f.storeKey == "" {
-		f.storeKey = stagingKeyFile(f.data)
+	if f.storeKey != "" {
+		g.logger.Warn("--store-key is ignored: the control plane gives the replicator the key of each staging store of its account; keep the master key file with the control plane only",
+			"file", f.storeKey)
 	}
 	address := f.address
 	if address == "" {
@@ -96,12 +98,8 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 	if err != nil {
 		return err
 	}
-	mk, err := store.LoadOrCreateMasterKey(f.storeKey)
-	if err != nil {
-		return err
-	}
 	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
-		Listen: f.listen, MasterKey: mk, DefaultStoreURL: f.store, Logger: g.logger})
+		Listen: f.listen, DefaultStoreURL: f.store, Logger: g.logger})
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ type serverFlags struct {
 	data, db, listen, tlsCert, tlsKey string
 	hosts                             []string
 	replicatorListen                  string // up only
-	storeKey                          string // server only: the staging store's master key (default DATA/staging.key)
+	storeKey                          string // server only: the master key file (default DATA/staging.key)
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
@@ -25,7 +25,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: CA, certificates, database (and staging for up)")
 	if withDB {
 		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL; default an SQLite file in the data directory")
-		fl.StringVar(&f.storeKey, "store-key", "", "master key file of the staging store, to read PITs for recovery (default DATA/staging.key)")
+		fl.StringVar(&f.storeKey, "store-key", "", "master key file: wraps every account's key and opens every staging store (default DATA/staging.key, created with a new database)")
 	}
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
 	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")

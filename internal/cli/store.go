@@ -21,8 +21,8 @@ type storeFlags struct {
 	url, key string
 }
 
-// stagingKeyFile is where `lifeboat up` and the replicator keep the staging store's
-// master key by default.
+// stagingKeyFile is where the control plane (lifeboat server and up) keeps the master
+// key by default.
 func stagingKeyFile(dataDir string) string { return filepath.Join(dataDir, "staging.key") }
 
 func (f *storeFlags) register(cmd *cobra.Command) {
@@ -74,9 +74,55 @@ func newStoreCmd(g *globals) *cobra.Command {
 		Use:   "store",
 		Short: "Work on a staging store directly: create, verify, collect garbage, statistics",
 		Long: `Commands that open a staging store (the repository of replicated volumes and recovery
-snapshots) with its master key, without the control plane.`,
+snapshots) with the master key file, without the control plane: the master key opens every
+account's store.`,
 	}
-	cmd.AddCommand(newStoreInitCmd(g), newStoreVerifyCmd(g), newStoreGCCmd(g), newStoreStatsCmd(g), newStoreRebuildIndexCmd(g))
+	cmd.AddCommand(newStoreInitCmd(g), newStoreVerifyCmd(g), newStoreGCCmd(g), newStoreStatsCmd(g), newStoreRebuildIndexCmd(g),
+		newStoreExportCmd(g))
+	return cmd
+}
+
+func newStoreExportCmd(g *globals) *cobra.Command {
+	var f storeFlags
+	var to string
+	cmd := &cobra.Command{
+		Use:   "export SERVER PIT --to DIR",
+		Short: "Write a PIT's volumes as sparse raw images, reading the store with the master key file",
+		Long: `Write every volume of recovery snapshot PIT of source server SERVER to DIR/<volume>.img
+as a sparse raw image, reading the staging store directly: for when the control plane is
+gone. The master key file opens every account's store (lifeboat export, through the control
+plane, needs no key file). Files are created only inside DIR, and a volume whose name is
+not a plain file name is refused.`,
+		Args: exactArgs(2, "a source server id and a recovery snapshot id (pit-…)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("store export needs --to DIR")
+			}
+			ctx := cmd.Context()
+			r, err := f.open(ctx, g, false, store.Options{})
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			pit, err := r.LoadPIT(ctx, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			root, err := openExportDir(to)
+			if err != nil {
+				return err
+			}
+			defer root.Close()
+			for _, v := range pit.Volumes {
+				if err := exportVolume(ctx, g, r, pit, v.Name, root); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&to, "to", "", "directory for the images")
 	return cmd
 }
 

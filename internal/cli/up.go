@@ -44,8 +44,7 @@ func upComponents(g *globals, replicatorListen string) []upComponent {
 // with a one-use install token the control plane makes for itself (allowed to replace
 // the local replicator's registration, for a data directory that lost its credentials).
 func runUpReplicator(ctx context.Context, g *globals, u *upEnv, listen string) error {
-	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, storeKey: stagingKeyFile(u.DataDir), listen: listen,
-		site: api.DefaultSite, name: "local", address: listen, replace: true}
+	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, listen: listen, site: api.DefaultSite, name: "local", address: listen, replace: true}
 	local := *g
 	local.server = u.CP.URL()
 	if _, err := os.Stat(filepath.Join(u.DataDir, "replicator.yaml")); err != nil {
@@ -209,7 +208,7 @@ func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install
 	fmt.Fprintf(w, "  admin token:    %s\n", adminTokenFile(u.DataDir))
 	fmt.Fprintf(w, "  CA certificate: %s\n", caFile(u.DataDir))
 	fmt.Fprintf(w, "  staging store:  %s\n", u.StoreURL)
-	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: without it nothing can be restored)\n", stagingKeyFile(u.DataDir))
+	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: with the database it holds every account's key, and alone it opens every staging store)\n", stagingKeyFile(u.DataDir))
 	fmt.Fprintf(w, "  replicator:     %s\n", u.Replicator)
 	fmt.Fprintf(w, "  data directory: %s\n\n", u.DataDir)
 	fmt.Fprintf(w, "Protect a Linux server: run this on it (as root) within the hour:\n\n")

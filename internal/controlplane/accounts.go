@@ -26,10 +26,24 @@ func whoami(c *call) (api.Whoami, error) {
 	return api.Whoami{Kind: c.p.Kind, AccountID: c.p.AccountID, ID: c.p.ID, Role: c.p.Role, System: c.p.System}, nil
 }
 
-// accountView adds the live count of replicating servers to an account row.
+// accountView adds the live count of replicating servers and the staging stores to an
+// account row (the template's store first).
 func accountView(tx *db.Tx, a db.Account) (api.Account, error) {
 	n, err := tx.CountReplicating(a.ID)
+	if err != nil {
+		return a.Account, err
+	}
 	a.ReplicatingSourceServers = n
+	stores, err := tx.StagingStores(a.ID)
+	a.StagingStores = []api.StagingStore{}
+	for _, s := range stores {
+		v := api.StagingStore{URL: s.URL, HasCredentials: s.Credentials != nil}
+		if s.URL == a.Template.StagingStoreURL {
+			a.StagingStores = append([]api.StagingStore{v}, a.StagingStores...)
+		} else {
+			a.StagingStores = append(a.StagingStores, v)
+		}
+	}
 	return a.Account, err
 }
 
@@ -75,16 +89,23 @@ func (c *call) createAccount(req *api.CreateAccountRequest) (api.CreateAccountRe
 	if err := c.view(func(tx *db.Tx) (err error) { sys, err = tx.Account(c.cp.system); return err }); err != nil {
 		return api.CreateAccountResponse{}, err
 	}
-	// A new account starts from the system account's template (its staging store).
+	// A new account starts from the system account's template, with its own staging
+	// store: the one given, or its default one.
 	a := db.Account{Account: api.Account{ID: api.NewID(api.PrefixAccount), Name: req.Name, QuotaSourceServers: quota, CreatedAt: now},
 		Template: sys.Template}
 	a.Template.TargetSite = api.DefaultSite
 	a.Template.DedicatedReplicator = ""
+	storeURL, err := c.accountStoreURL(a.ID, req.StagingStoreURL)
+	if err != nil {
+		return api.CreateAccountResponse{}, err
+	}
+	a.Template.StagingStoreURL = storeURL
 	tok, row, err := c.cp.newToken(a.ID, api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin,
 		Description: "first admin token of account " + req.Name}, c.p, now)
 	if err != nil {
 		return api.CreateAccountResponse{}, err
 	}
+	var out api.Account
 	err = c.update(func(tx *db.Tx) error {
 		if err := tx.CreateAccount(a); err != nil {
 			if errors.Is(err, db.ErrConflict) {
@@ -98,16 +119,29 @@ func (c *call) createAccount(req *api.CreateAccountRequest) (api.CreateAccountRe
 		if err := tx.CreateToken(row); err != nil {
 			return err
 		}
-		detail := map[string]any{"name": a.Name, "quotaSourceServers": quota}
-		if err := c.record(tx, a.ID, "account.create", "account", a.ID, detail, nil); err != nil {
+		if err := c.recordBoth(tx, a.ID, "account.create", "account", a.ID,
+			map[string]any{"name": a.Name, "quotaSourceServers": quota, "stagingStore": storeURL}); err != nil {
 			return err
 		}
-		return c.record(tx, c.p.AccountID, "account.create", "account", a.ID, detail, nil)
+		if err := c.addStore(tx, a.ID, storeURL, req.StagingStoreCredentials); err != nil {
+			return err
+		}
+		out, err = accountView(tx, a)
+		return err
 	})
 	if err != nil {
 		return api.CreateAccountResponse{}, err
 	}
-	return api.CreateAccountResponse{Account: a.Account, AdminToken: tok.String()}, nil
+	return api.CreateAccountResponse{Account: out, AdminToken: tok.String()}, nil
+}
+
+// accountStoreURL is the canonical store URL a system admin asks for an account: the
+// one given, or with "" or "default" the account's default store.
+func (c *call) accountStoreURL(accountID, raw string) (string, error) {
+	if raw == "" || raw == api.DefaultStagingStore {
+		return c.cp.defaultStoreURL(accountID)
+	}
+	return canonicalStoreURL(raw)
 }
 
 func (c *call) updateAccount(req *api.UpdateAccountRequest) (api.Account, error) {
@@ -120,23 +154,61 @@ func (c *call) updateAccount(req *api.UpdateAccountRequest) (api.Account, error)
 		if err != nil {
 			return err
 		}
-		if err := tx.SetAccountQuota(a.ID, *req.QuotaSourceServers, c.cp.cfg.Now()); err != nil {
-			return err
+		if req.QuotaSourceServers != nil {
+			if err := tx.SetAccountQuota(a.ID, *req.QuotaSourceServers, c.cp.cfg.Now()); err != nil {
+				return err
+			}
+			detail := map[string]any{"quotaSourceServers": *req.QuotaSourceServers, "previous": a.QuotaSourceServers}
+			if err := c.recordBoth(tx, a.ID, "account.set-quota", "account", a.ID, detail); err != nil {
+				return err
+			}
+			a.QuotaSourceServers = *req.QuotaSourceServers
 		}
-		detail := map[string]any{"quotaSourceServers": *req.QuotaSourceServers, "previous": a.QuotaSourceServers}
-		if err := c.record(tx, a.ID, "account.set-quota", "account", a.ID, detail, nil); err != nil {
-			return err
-		}
-		if a.ID != c.p.AccountID {
-			if err := c.record(tx, c.p.AccountID, "account.set-quota", "account", a.ID, detail, nil); err != nil {
+		if req.StagingStoreURL != nil {
+			if err := c.setAccountStore(tx, &a, *req.StagingStoreURL, req.StagingStoreCredentials); err != nil {
 				return err
 			}
 		}
-		a.QuotaSourceServers = *req.QuotaSourceServers
 		out, err = accountView(tx, a)
 		return err
 	})
+	if err == nil && req.StagingStoreURL != nil {
+		c.cp.serverChanged("")
+	}
 	return out, err
+}
+
+// setAccountStore gives an account a store (if it has it not yet) and makes it its
+// template's; the account's earlier stores stay its own, so their PITs stay readable.
+func (c *call) setAccountStore(tx *db.Tx, a *db.Account, raw string, creds *api.S3Credentials) error {
+	u, err := c.accountStoreURL(a.ID, raw)
+	if err != nil {
+		return err
+	}
+	st, err := tx.StagingStore(u)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		err = c.addStore(tx, a.ID, u, creds)
+	case err != nil:
+	case st.AccountID != a.ID:
+		err = api.Conflict("staging store %s is account %s's: each store belongs to one account; choose another URL", u, st.AccountID)
+	case creds != nil:
+		if err = checkCredentialsStore(u); err == nil {
+			err = tx.SetStagingStoreCredentials(u, c.cp.wrapCredentials(u, *creds), c.cp.cfg.Now())
+		}
+		if err == nil {
+			err = c.recordBoth(tx, a.ID, "staging-store.set-credentials", "staging-store", u, nil)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	previous := a.Template.StagingStoreURL
+	a.Template.StagingStoreURL = u
+	if err := tx.SetReplicationTemplate(a.ID, a.Template, c.cp.cfg.Now()); err != nil {
+		return err
+	}
+	return c.recordBoth(tx, a.ID, "account.set-staging-store", "account", a.ID, map[string]any{"stagingStore": u, "previous": previous})
 }
 
 func (c *call) listSites() (api.SiteList, error) {

@@ -57,8 +57,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; nil: time.Now. Tests move it.
 	Now func() time.Time
-	// StoreKeyFile is the staging store's master key, with which the control plane
-	// reads PITs to launch them; empty: DataDir/staging.key.
+	// StoreKeyFile is the master key file: it wraps every account's key, and every
+	// staging store's secret (README "Keys and staging stores"). Created when the
+	// database is new; empty: DataDir/staging.key.
 	StoreKeyFile string
 	// Recovery configures drills and recoveries (jobs.go).
 	Recovery RecoveryConfig
@@ -92,6 +93,7 @@ type ControlPlane struct {
 	repWatch chan struct{}            // closed when any server's config or assignment changes
 	stopOnce sync.Once
 	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
+	keys     *keyring       // the master key; account keys and stores (storekeys.go)
 }
 
 // Open opens (creating on first start) the data directory, database, CA and server
@@ -154,7 +156,12 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cp.db, err = db.Open(ctx, cfg.DBURL); err != nil {
 		return nil, err
 	}
-	if err := cp.bootstrap(ctx); err != nil {
+	fresh, err := cp.bootstrap(ctx)
+	if err != nil {
+		cp.db.Close()
+		return nil, err
+	}
+	if err := cp.openKeys(ctx, fresh); err != nil {
 		cp.db.Close()
 		return nil, err
 	}
@@ -191,9 +198,10 @@ func (cp *ControlPlane) loadServerCertificate(pkiDir string) error {
 	return nil
 }
 
-// bootstrap creates the system account with its default site on first start.
-func (cp *ControlPlane) bootstrap(ctx context.Context) error {
-	return cp.db.Update(ctx, func(tx *db.Tx) error {
+// bootstrap creates the system account with its default site on first start, and says
+// whether it did (the database is new).
+func (cp *ControlPlane) bootstrap(ctx context.Context) (fresh bool, err error) {
+	err = cp.db.Update(ctx, func(tx *db.Tx) error {
 		a, err := tx.SystemAccount()
 		if err == nil {
 			cp.system = a.ID
@@ -220,8 +228,10 @@ func (cp *ControlPlane) bootstrap(ctx context.Context) error {
 			return err
 		}
 		cp.system = acct.ID
+		fresh = true
 		return nil
 	})
+	return fresh, err
 }
 
 // TLSConfig is the server's TLS configuration: TLS 1.3 only; client certificates are

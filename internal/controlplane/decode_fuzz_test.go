@@ -46,6 +46,9 @@ func FuzzDecodeRequest(f *testing.F) {
 		api.CreateInstanceRequest{Name: "old-web", Site: "default", Disks: []string{"/dev/vdb"}, BootMode: "kernel",
 			Tags: map[string]string{api.LaunchIntoTagDRS: api.LaunchIntoTagValue}},
 		api.UpdateInstanceTagsRequest{Set: map[string]string{"a": "b"}, Remove: []string{"c"}},
+		api.StagingStoreKeyRequest{StagingStoreURL: "s3://bucket/p?endpoint=127.0.0.1:9000&tls=false"},
+		api.CreateAccountRequest{Name: "t", StagingStoreURL: "s3://b/p", StagingStoreCredentials: &api.S3Credentials{AccessKey: "a", SecretKey: "s"}},
+		api.UpdateAccountRequest{StagingStoreURL: new(string), StagingStoreCredentials: &api.S3Credentials{AccessKey: "a", SecretKey: "s"}},
 		api.LaunchSettings{Provider: "image", CPUs: 1, MemoryMiB: 512, Network: api.LaunchNetwork{Mode: "isolated"}, BootMode: "kernel",
 			KernelArgs: "root=/dev/vda", DiskFormat: "qcow2", ImageTarget: &api.ImageTarget{Dir: "/srv/images"}},
 	}

@@ -39,9 +39,10 @@ type pendingEvent struct {
 // endpoint adapts a typed handler to the route table: it knows the request and response
 // types (for decoding and the OpenAPI document) and how to serve.
 type endpoint struct {
-	req, resp reflect.Type // nil: no body
-	raw       bool         // serve writes the answer itself
-	serve     func(c *call, w http.ResponseWriter) (any, error)
+	req, resp   reflect.Type // nil: no body
+	raw         bool         // serve writes the answer itself
+	contentType string       // of a raw answer other than the event stream
+	serve       func(c *call, w http.ResponseWriter) (any, error)
 }
 
 // noBody is the request type of endpoints that take no body.
@@ -84,6 +85,14 @@ func noBodyEndpoint[Resp any](fn func(*call) (Resp, error)) endpoint {
 // rawEndpoint writes its own answer (the event stream).
 func rawEndpoint(fn func(*call, http.ResponseWriter) error) endpoint {
 	return endpoint{raw: true, serve: func(c *call, w http.ResponseWriter) (any, error) { return nil, fn(c, w) }}
+}
+
+// streamEndpoint streams its own answer of contentType, after a request without a body
+// (admit refuses one); an error before it wrote anything is answered as usual.
+func streamEndpoint(contentType string, fn func(*call, http.ResponseWriter) error) endpoint {
+	e := rawEndpoint(fn)
+	e.contentType = contentType
+	return e
 }
 
 func respType[Resp any]() reflect.Type {

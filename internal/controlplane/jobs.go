@@ -45,6 +45,8 @@ type RecoveryConfig struct {
 	ConsoleCapture time.Duration
 	// JobLease is how long a job's claim holds without renewal (default 30 s).
 	JobLease time.Duration
+	// MaxExports bounds the volumes exported through the API at once (default 4).
+	MaxExports int
 }
 
 // recoveryState is the control plane's recovery machinery.
@@ -56,6 +58,7 @@ type recoveryState struct {
 	existing  *launch.Existing
 	runner    *recovery.Runner
 	ids       *recovery.EventIDs
+	exports   chan struct{} // one per export running (export.go)
 }
 
 // openRecovery sets up the stores, providers and job runner (Serve runs it).
@@ -79,8 +82,8 @@ func (cp *ControlPlane) openRecovery() error {
 	if rc.JobLease <= 0 {
 		rc.JobLease = 30 * time.Second
 	}
-	if cp.cfg.StoreKeyFile == "" {
-		cp.cfg.StoreKeyFile = filepath.Join(cp.cfg.DataDir, "staging.key")
+	if rc.MaxExports <= 0 {
+		rc.MaxExports = defaultMaxExports
 	}
 	for _, d := range []string{rc.Dir, rc.InstanceDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -94,8 +97,9 @@ func (cp *ControlPlane) openRecovery() error {
 	log := cp.log.With("component", "recovery")
 	providers := launch.Providers(launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
 		Host: runnerID, Logger: log})
-	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.cfg.StoreKeyFile, log),
-		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{}}
+	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.storeAccess, log),
+		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{},
+		exports: make(chan struct{}, rc.MaxExports)}
 	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers, Dir: rc.Dir,
 		RunnerID: runnerID, Lease: rc.JobLease, IDs: r.ids, Publish: cp.events.publish,
 		ControlPlane: func() (string, string) { return cp.URL(), cp.pin },
@@ -228,7 +232,7 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 	// The PIT must still be in the staging store (retention removes PITs there first).
 	for i := range picks {
 		p := &picks[i]
-		repo, err := c.cp.rec.stores.Open(c.ctx, p.storeURL)
+		repo, err := c.cp.rec.stores.Open(c.ctx, p.server.AccountID, p.storeURL)
 		if err != nil {
 			return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
 				"the control plane cannot read the staging store of %s: %s", p.server.ID, err)

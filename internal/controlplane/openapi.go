@@ -54,6 +54,8 @@ func (cp *ControlPlane) OpenAPIDocument() OpenAPI {
 		}
 		ok := map[string]any{"description": http.StatusText(status)}
 		switch {
+		case rt.raw && rt.contentType != "":
+			ok["content"] = map[string]any{rt.contentType: map[string]any{"schema": map[string]any{"type": "string", "format": "binary"}}}
 		case rt.raw:
 			ok["content"] = map[string]any{"text/event-stream": map[string]any{"schema": g.schema(reflect.TypeFor[api.Event]())}}
 		case rt.resp != nil && status != http.StatusNoContent:

@@ -228,11 +228,11 @@ func TestInstanceRegistration(t *testing.T) {
 // host, so a tenant's recovery refuses it (the instance still launches).
 func TestTenantsRunNoScriptsOnTheHost(t *testing.T) {
 	e := startWith(t, db.SQLite, nil)
-	repo := recoverytest.Store(t, e.cp)
 	tenant, err := e.admin.CreateAccount(e.ctx, api.CreateAccountRequest{Name: "tenant"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	repo := recoverytest.AccountStore(t, e.cp, tenant.Account.ID)
 	srv := recoverytest.ServerIn(t, e.cp, tenant.Account.ID, "m1", map[string]int64{"vda": 1 << 20})
 	recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 4)})
 	marker := filepath.Join(t.TempDir(), "ran")

@@ -188,21 +188,7 @@ func (cp *ControlPlane) agentWatchLoop(ctx context.Context) {
 // protectSnapshot locks a PIT: first in the staging store (which enforces it, and on S3
 // with Object Lock has the bucket enforce it), then in the record.
 func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.RecoverySnapshot, error) {
-	var snap db.Snapshot
-	var storeURL string
-	err := c.view(func(tx *db.Tx) error {
-		var err error
-		if snap, err = c.loadSnapshot(tx, c.pathID()); err != nil {
-			return err
-		}
-		s, err := tx.SourceServer(snap.SourceServerID)
-		if err != nil {
-			return err
-		}
-		eff, err := effective(tx, s)
-		storeURL = eff.StagingStoreURL
-		return err
-	})
+	snap, storeURL, err := c.snapshotStore(c.pathID())
 	if err != nil {
 		return api.RecoverySnapshot{}, err
 	}
@@ -210,7 +196,7 @@ func (c *call) protectSnapshot(req *api.ProtectRecoverySnapshotRequest) (api.Rec
 	if snap.LockUntil != nil && !until.After(*snap.LockUntil) {
 		return snap.RecoverySnapshot, nil // already locked at least that long
 	}
-	repo, err := c.cp.rec.stores.Open(c.ctx, storeURL)
+	repo, err := c.cp.rec.stores.Open(c.ctx, snap.AccountID, storeURL)
 	if err != nil {
 		return api.RecoverySnapshot{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
 			"the control plane cannot open the staging store to lock PIT %s: %v", snap.ID, err)

@@ -52,7 +52,7 @@ func (cp *ControlPlane) routeTable() []*route {
 			endpoint: noBodyEndpoint((*call).listAccounts)},
 		{method: "POST", path: "/api/v1/accounts", summary: "Create an account and its first admin token", access: sysAdmin, status: 201,
 			endpoint: withBody((*call).createAccount)},
-		{method: "PATCH", path: "/api/v1/accounts/{id}", summary: "Change an account's quota", access: sysAdmin,
+		{method: "PATCH", path: "/api/v1/accounts/{id}", summary: "Change an account's quota or give it a staging store", access: sysAdmin,
 			endpoint: withBody((*call).updateAccount)},
 
 		{method: "GET", path: "/api/v1/sites", summary: "List sites", access: viewer,
@@ -122,6 +122,8 @@ func (cp *ControlPlane) routeTable() []*route {
 		{method: "DELETE", path: "/api/v1/recovery-snapshots/{id}", summary: "Delete a recovery snapshot that is not locked",
 			access: access{role: api.RoleAdmin, replicator: true, target: targetSnapshot}, status: 204,
 			endpoint: noBodyEndpoint((*call).deleteSnapshot)},
+		{method: "GET", path: "/api/v1/recovery-snapshots/{id}/volumes/{name}", summary: "Export a volume of a recovery snapshot: its non-zero extents (docs/recovery.md)",
+			access: operator, stream: true, endpoint: streamEndpoint(api.ExtentContentType, (*call).exportVolume)},
 
 		{method: "GET", path: "/api/v1/settings/replication", summary: "The account's replication settings template", access: viewer,
 			endpoint: noBodyEndpoint((*call).getTemplate)},
@@ -146,6 +148,8 @@ func (cp *ControlPlane) routeTable() []*route {
 			stream: true, endpoint: noBodyEndpoint((*call).assignedServers)},
 		{method: "POST", path: "/api/v1/replicators/{id}/certificate", summary: "Renew the replicator's certificate",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
+		{method: "POST", path: "/api/v1/replicators/{id}/store-key", summary: "The key of a staging store of the replicator's account",
+			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).stagingStoreKey)},
 
 		// Recovery: drills, recoveries and terminations (jobs), recovery instances, and
 		// existing instances to launch into (jobs.go, recovery_instances.go, instances.go).

@@ -492,6 +492,13 @@ func (c *call) putServerSettings(req *api.ReplicationSettingsOverrides) (api.Ser
 		if err != nil {
 			return err
 		}
+		if req.StagingStoreURL != nil {
+			u, err := c.checkSettingsStore(tx, a.Template.Apply(s.Overrides).StagingStoreURL, *req.StagingStoreURL)
+			if err != nil {
+				return err
+			}
+			req.StagingStoreURL = &u
+		}
 		eff := a.Template.Apply(*req)
 		if err := eff.Validate(); err != nil {
 			return err
@@ -529,6 +536,13 @@ func (c *call) putTemplate(req *api.ReplicationSettings) (api.ReplicationSetting
 	now := c.cp.cfg.Now()
 	err := c.update(func(tx *db.Tx) error {
 		if err := c.checkSettingRefs(tx, *req); err != nil {
+			return err
+		}
+		a, err := tx.Account(c.p.AccountID)
+		if err != nil {
+			return err
+		}
+		if req.StagingStoreURL, err = c.checkSettingsStore(tx, a.Template.StagingStoreURL, req.StagingStoreURL); err != nil {
 			return err
 		}
 		if err := tx.SetReplicationTemplate(c.p.AccountID, *req, now); err != nil {

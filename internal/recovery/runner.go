@@ -570,7 +570,7 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 	if st.provider = r.cfg.Providers[st.settings.Provider]; st.provider == nil {
 		return &launch.Refusal{Reason: fmt.Sprintf("launch provider %q is not available on this control plane", st.settings.Provider)}
 	}
-	if st.repo, err = r.cfg.Stores.Open(ctx, storeURL); err != nil {
+	if st.repo, err = r.cfg.Stores.Open(ctx, st.server.AccountID, storeURL); err != nil {
 		return err
 	}
 	st.pit, err = st.repo.LoadPIT(ctx, st.server.ID, st.snapshot.ID)

@@ -11,62 +11,76 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
 )
 
-// Stores opens staging stores by URL with one master key and keeps them open: the
-// control plane reads PITs from the stores its replicators write.
+// StoreAccess is what opens one staging store: its canonical URL, the key of the account
+// it belongs to, and its own S3 credentials when it has some (else the environment's).
+type StoreAccess struct {
+	URL                  string
+	Key                  store.MasterKey
+	AccessKey, SecretKey string
+}
+
+// AccessFunc returns the access to the staging store at url for an account, or an
+// error when the store is not that account's. The control plane's checks that the
+// account owns the store, and prepares its repository (README "Keys and staging stores").
+type AccessFunc func(ctx context.Context, accountID, url string) (StoreAccess, error)
+
+// Stores opens staging stores, each with the key of the account it belongs to, and keeps
+// them open: the control plane reads PITs from the stores its replicators write.
 type Stores struct {
-	keyFile string
+	access  AccessFunc
 	log     *slog.Logger
 	mu      sync.Mutex
-	open    map[string]*store.Repo
+	open    map[string]*store.Repo // by canonical URL
 	opening map[string]*sync.Mutex
 }
 
-// NewStores returns a cache of stores opened with the master key in keyFile.
-func NewStores(keyFile string, log *slog.Logger) *Stores {
+// NewStores returns a cache of stores opened with the keys access gives.
+func NewStores(access AccessFunc, log *slog.Logger) *Stores {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Stores{keyFile: keyFile, log: log, open: map[string]*store.Repo{}, opening: map[string]*sync.Mutex{}}
+	return &Stores{access: access, log: log, open: map[string]*store.Repo{}, opening: map[string]*sync.Mutex{}}
 }
 
-// Open returns the repository at url, opening it on first use.
-func (s *Stores) Open(ctx context.Context, url string) (*store.Repo, error) {
+// Open returns the repository at url for an account, opening it on first use. Every
+// call checks that the store is the account's, also when it is open already.
+func (s *Stores) Open(ctx context.Context, accountID, url string) (*store.Repo, error) {
+	a, err := s.access(ctx, accountID, url)
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
-	if r, ok := s.open[url]; ok {
+	if r, ok := s.open[a.URL]; ok {
 		s.mu.Unlock()
 		return r, nil
 	}
-	m, ok := s.opening[url]
+	m, ok := s.opening[a.URL]
 	if !ok {
 		m = &sync.Mutex{}
-		s.opening[url] = m
+		s.opening[a.URL] = m
 	}
 	s.mu.Unlock()
 	m.Lock() // one opening per store: loading the index is the slow part
 	defer m.Unlock()
 	s.mu.Lock()
-	r, ok := s.open[url]
+	r, ok := s.open[a.URL]
 	s.mu.Unlock()
 	if ok {
 		return r, nil
 	}
-	mk, err := store.LoadMasterKey(s.keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("the control plane reads PITs with the staging store's master key: %w (give it with lifeboat server --store-key)", err)
-	}
-	be, err := backendurl.Open(ctx, url)
+	be, err := backendurl.OpenWith(ctx, a.URL, a.AccessKey, a.SecretKey)
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
-	r, err = store.Open(ctx, be, mk, store.Options{Logger: s.log})
+	r, err = store.Open(ctx, be, a.Key, store.Options{Logger: s.log})
 	if err != nil {
 		be.Close()
-		return nil, fmt.Errorf("open the staging store %s: %w", url, err)
+		return nil, fmt.Errorf("open the staging store %s: %w", a.URL, err)
 	}
-	s.log.Info("staging store opened for recovery", "store", url, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("staging store opened for recovery", "store", a.URL, "account", accountID, "took", time.Since(start).Round(time.Millisecond))
 	s.mu.Lock()
-	s.open[url] = r
+	s.open[a.URL] = r
 	s.mu.Unlock()
 	return r, nil
 }

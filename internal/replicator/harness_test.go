@@ -13,6 +13,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
@@ -20,7 +21,12 @@ import (
 type fakeControlPlane struct {
 	mu       sync.Mutex
 	assigned []api.AssignedSourceServer
-	changed  chan struct{} // closed (and replaced) when assigned changes
+	changed  chan struct{}   // closed (and replaced) when assigned changes
+	key      store.MasterKey // the account's key, which opens the test's store
+}
+
+func (f *fakeControlPlane) StagingStoreKey(_ context.Context, _ string, req api.StagingStoreKeyRequest) (api.StagingStoreKeyResponse, error) {
+	return api.StagingStoreKeyResponse{StagingStoreURL: req.StagingStoreURL, Key: f.key[:]}, nil
 }
 
 func (f *fakeControlPlane) Heartbeat(context.Context, string, api.HeartbeatRequest) (api.HeartbeatResponse, error) {
@@ -118,12 +124,22 @@ func startReplicator(t *testing.T, configure func(*replicator.Config)) *env {
 	repID := api.NewID(api.PrefixReplicator)
 	cert := e.issue(pki.Identity{Kind: pki.KindReplicator, Account: e.account, ID: repID}, []string{"127.0.0.1"})
 	e.repID, e.repSerial = repID, serialOf(t, cert)
-	mk, err := store.NewMasterKey()
+	if e.cp.key, err = store.NewMasterKey(); err != nil {
+		t.Fatal(err)
+	}
+	// The control plane creates an account's store before it hands out its key.
+	be, err := file.Open(e.store)
 	if err != nil {
 		t.Fatal(err)
 	}
+	repo, err := store.Init(context.Background(), be, e.cp.key, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo.Close()
+	be.Close()
 	cfg := replicator.Config{ID: repID, ControlPlane: e.cp, TLS: wire.ServerTLSConfig(cert, ca.Agents.Pool(), e.account), Listen: "127.0.0.1:0",
-		MasterKey: mk, DefaultStoreURL: "file://" + e.store}
+		DefaultStoreURL: "file://" + e.store}
 	if configure != nil {
 		configure(&cfg)
 	}

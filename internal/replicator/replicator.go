@@ -28,7 +28,6 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
-	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
@@ -42,6 +41,7 @@ type ControlPlane interface {
 	CreateRecoverySnapshot(ctx context.Context, serverID string, req api.CreateRecoverySnapshotRequest) (api.RecoverySnapshot, error)
 	DeleteRecoverySnapshots(ctx context.Context, serverID string, ids []string) (api.DeleteRecoverySnapshotsResponse, error)
 	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
+	StagingStoreKey(ctx context.Context, id string, req api.StagingStoreKeyRequest) (api.StagingStoreKeyResponse, error)
 }
 
 // Config configures a replicator.
@@ -50,13 +50,11 @@ type Config struct {
 	ControlPlane ControlPlane // authenticated as this replicator
 	TLS          *tls.Config  // for agents: wire.ServerTLSConfig with its certificate and the CA
 	Listen       string       // TCP address for agents (default 127.0.0.1:1500)
-	// MasterKey opens (and creates, when absent) the staging stores of the servers it
-	// serves; DefaultStoreURL is used for a server whose settings name none.
-	MasterKey       store.MasterKey
+	// DefaultStoreURL is used for a server whose settings name no staging store. The
+	// key of each store (its account's) comes from the control plane, which makes the
+	// store when it does not exist; it is kept in memory only.
 	DefaultStoreURL string
 	StoreOptions    store.Options
-	// OpenBackend opens a store URL; default backendurl.Open.
-	OpenBackend func(ctx context.Context, url string) (backend.Backend, error)
 
 	WindowBytes   uint64        // agents' flow-control window (default 64 MiB)
 	MaxBatchBytes uint32        // largest Blocks frame accepted (default 4 MiB)
@@ -83,9 +81,6 @@ type Config struct {
 func (c *Config) fill() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:1500"
-	}
-	if c.OpenBackend == nil {
-		c.OpenBackend = backendurl.Open
 	}
 	if c.WindowBytes == 0 {
 		c.WindowBytes = 64 << 20
@@ -365,7 +360,9 @@ func (r *Replicator) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// repo returns the open staging store at url, opening (or creating) it on first use.
+// repo returns the open staging store at url, opening it on first use with the key
+// (and credentials) the control plane gives for it: that of the store's account, which
+// must be this replicator's.
 func (r *Replicator) repo(ctx context.Context, url string) (*store.Repo, error) {
 	if url == "" {
 		url = r.cfg.DefaultStoreURL
@@ -378,17 +375,30 @@ func (r *Replicator) repo(ctx context.Context, url string) (*store.Repo, error) 
 	if repo := r.repos[url]; repo != nil {
 		return repo, nil
 	}
-	be, err := r.cfg.OpenBackend(ctx, url)
+	sk, err := r.cfg.ControlPlane.StagingStoreKey(ctx, r.cfg.ID, api.StagingStoreKeyRequest{StagingStoreURL: url})
+	if err != nil {
+		return nil, fmt.Errorf("the control plane gave no key for staging store %s: %w", url, err)
+	}
+	key, err := sk.Key32()
+	if err != nil {
+		return nil, err
+	}
+	var access, secret string
+	if c := sk.Credentials; c != nil {
+		access, secret = c.AccessKey, c.SecretKey
+	}
+	be, err := backendurl.OpenWith(ctx, sk.StagingStoreURL, access, secret)
 	if err != nil {
 		return nil, err
 	}
 	opts := r.cfg.StoreOptions
 	opts.Logger = r.log
-	repo, err := store.OpenOrInit(ctx, be, r.cfg.MasterKey, opts)
+	repo, err := store.Open(ctx, be, key, opts)
 	if err != nil {
 		be.Close()
 		return nil, err
 	}
+	r.log.Info("staging store opened", "store", sk.StagingStoreURL, "account", sk.AccountID, "key", sk.KeyFingerprint)
 	r.repos[url] = repo
 	return repo, nil
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -16,10 +17,14 @@ import (
 	"time"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
-// MasterKey wraps the repository key. It is kept outside the store (a key file by
-// default): whoever holds the store's objects but not the master key reads nothing.
+// MasterKey is a key that wraps a repository's secret: the control plane's master key
+// (a key file, kept outside the store) or an account key (docs/store-format.md §2). A
+// repository may be wrapped by several; whoever holds its objects but none of its keys
+// reads nothing.
 type MasterKey [32]byte
 
 const masterKeyHeader = "lifeboat-master-key-v1"
@@ -96,6 +101,31 @@ func LoadOrCreateMasterKey(path string) (MasterKey, error) {
 		return k, err
 	}
 	return k, WriteMasterKey(path, k)
+}
+
+// Wrap seals plaintext with k (AES-256-GCM, nonce ‖ ciphertext ‖ tag) for one purpose,
+// named by aad: what is sealed for one purpose does not open for another. The control
+// plane wraps account keys with its master key this way, the account id in aad.
+func (k MasterKey) Wrap(plaintext []byte, aad string) []byte {
+	aead, err := newGCM(k[:])
+	if err != nil {
+		panic("lifeboat: AES-256-GCM with a 32-byte key failed: " + err.Error())
+	}
+	return sealWith(aead, nil, plaintext, []byte(aad))
+}
+
+// Unwrap opens what Wrap sealed with k and the same aad; ErrWrongKey when it does not
+// authenticate (another key, another purpose, or damaged).
+func (k MasterKey) Unwrap(sealed []byte, aad string) ([]byte, error) {
+	aead, err := newGCM(k[:])
+	if err != nil {
+		return nil, err
+	}
+	plain, err := openWith(aead, nil, sealed, []byte(aad))
+	if err != nil {
+		return nil, fmt.Errorf("%w (master key %s)", ErrWrongKey, k.Fingerprint())
+	}
+	return plain, nil
 }
 
 // keyObject is the stored form of the repository secret, wrapped by a master key.
@@ -177,8 +207,64 @@ func openWith(aead cipher.AEAD, dst, sealed, aad []byte) ([]byte, error) {
 	return out, nil
 }
 
+// findSecret returns the repository secret from the first key object of be that mk
+// unwraps, or nil and the fingerprints of the keys that made them.
+func findSecret(ctx context.Context, be backend.Backend, mk MasterKey) (secret []byte, prints []string, err error) {
+	err = be.List(ctx, "keys/", func(oi backend.ObjectInfo) error {
+		data, err := be.Get(ctx, oi.Name)
+		if err != nil {
+			return err
+		}
+		ko, err := decodeKeyObject(data)
+		if err != nil {
+			return corrupt(oi.Name, err)
+		}
+		prints = append(prints, ko.Fingerprint)
+		if s, err := ko.unwrap(mk); err == nil {
+			secret = s
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, prints, fmt.Errorf("read the repository keys at %s: %w", be.Location(), err)
+	}
+	return secret, prints, nil
+}
+
+// putKeyObject stores the secret wrapped by mk as a new key object.
+func putKeyObject(ctx context.Context, be backend.Backend, mk MasterKey, secret []byte) error {
+	ko, err := wrapSecret(mk, secret)
+	if err != nil {
+		return err
+	}
+	kb, _ := json.Marshal(ko)
+	if err := be.Put(ctx, "keys/"+randomHex(16), kb, backend.PutOptions{}); err != nil {
+		return fmt.Errorf("write a repository key: %w", err)
+	}
+	return nil
+}
+
+// AddKey makes k open the repository too: it stores the repository secret wrapped by k,
+// unless a key object opens with k already (so calling it again changes nothing). The
+// control plane wraps each account's repository by the account key and by its master
+// key, so that either opens it (docs/store-format.md §2).
+func (r *Repo) AddKey(ctx context.Context, k MasterKey) error {
+	if s, _, err := findSecret(ctx, r.be, k); err != nil {
+		return err
+	} else if s != nil {
+		return nil
+	}
+	if err := putKeyObject(ctx, r.be, k, r.keys.secret); err != nil {
+		return err
+	}
+	r.log.Info("repository key added", "store", r.be.Location(), "key", k.Fingerprint())
+	return nil
+}
+
 // keys are the repository's working keys, derived from its secret.
 type keys struct {
+	secret  []byte // kept to wrap it for another key (AddKey)
 	aead    cipher.AEAD
 	hashers sync.Pool // keyed BLAKE3 hashers
 }
@@ -195,7 +281,7 @@ func deriveKeys(secret []byte) (*keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &keys{aead: aead}
+	k := &keys{secret: secret, aead: aead}
 	k.hashers.New = func() any { return proto.Clone() }
 	return k, nil
 }

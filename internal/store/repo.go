@@ -23,7 +23,7 @@ import (
 // (backend.ErrFull, backend.ErrUnavailable, …) in the chain.
 var (
 	ErrNotInitialized = errors.New("no Lifeboat repository there")
-	ErrWrongKey       = errors.New("the master key does not open this repository")
+	ErrWrongKey       = errors.New("the key does not open this repository")
 	ErrCorrupt        = errors.New("repository object is corrupt")
 	ErrNotFound       = errors.New("not found in the repository")
 	ErrLocked         = errors.New("the recovery snapshot is locked")
@@ -174,13 +174,8 @@ func Init(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 	if _, err := rand.Read(secret); err != nil {
 		return nil, err
 	}
-	ko, err := wrapSecret(mk, secret)
-	if err != nil {
+	if err := putKeyObject(ctx, be, mk, secret); err != nil {
 		return nil, err
-	}
-	kb, _ := json.Marshal(ko)
-	if err := be.Put(ctx, "keys/"+randomHex(16), kb, backend.PutOptions{}); err != nil {
-		return nil, fmt.Errorf("write the repository key: %w", err)
 	}
 	r, err := newRepo(be, secret, opts)
 	if err != nil {
@@ -217,29 +212,12 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 		}
 		return nil, fmt.Errorf("open the repository at %s: %w", be.Location(), err)
 	}
-	var secret []byte
-	var prints []string
-	err := be.List(ctx, "keys/", func(oi backend.ObjectInfo) error {
-		data, err := be.Get(ctx, oi.Name)
-		if err != nil {
-			return err
-		}
-		ko, err := decodeKeyObject(data)
-		if err != nil {
-			return corrupt(oi.Name, err)
-		}
-		prints = append(prints, ko.Fingerprint)
-		if s, err := ko.unwrap(mk); err == nil {
-			secret = s
-			return errStop
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return nil, fmt.Errorf("read the repository keys at %s: %w", be.Location(), err)
+	secret, prints, err := findSecret(ctx, be, mk)
+	if err != nil {
+		return nil, err
 	}
 	if secret == nil {
-		return nil, fmt.Errorf("%s: %w (its keys were made by master key %s; this key is %s): give the key file the repository was created with",
+		return nil, fmt.Errorf("%s: %w (its secret is wrapped by the keys %s; this key is %s): give the master key file the repository was created with",
 			be.Location(), ErrWrongKey, strings.Join(prints, ", "), mk.Fingerprint())
 	}
 	r, err := newRepo(be, secret, opts)

@@ -138,8 +138,9 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
 	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
 	data := filepath.Join(dir, "cp")
-	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug",
-		"--store-key", filepath.Join(dir, "rep", "staging.key")) // the replicator makes the key; the control plane reads PITs with it
+	// The control plane makes its master key (DATA/staging.key) and gives the replicator
+	// the key of the system account's store; the replicator holds no key file.
+	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug")
 	testutil.WaitTCP(t, fmt.Sprintf("%s:%d", o.cpHost, port), 30*time.Second)
 	var token string
 	for deadline := time.Now().Add(20 * time.Second); ; {
@@ -199,6 +200,10 @@ func (c *cluster) startReplicator() {
 }
 
 // cli runs a lifeboat command against the control plane and returns its stdout.
+// masterKey is the control plane's master key file: with it alone, lifeboat store
+// commands open every account's store.
+func (c *cluster) masterKey() string { return filepath.Join(c.dir, "cp", "staging.key") }
+
 func (c *cluster) cli(args ...string) string {
 	c.t.Helper()
 	cmd := exec.Command(binary, args...)
@@ -295,7 +300,7 @@ func (c *cluster) snapshot() api.RecoverySnapshot {
 func (c *cluster) exportAndCheck(pit api.RecoverySnapshot, volume string, want map[string]string) {
 	c.t.Helper()
 	out := filepath.Join(c.dir, "export-"+pit.ID)
-	c.cli("export", c.agentID, "--pit", pit.ID, "--to", out, "--key", filepath.Join(c.dir, "rep", "staging.key"))
+	c.cli("export", c.agentID, "--pit", pit.ID, "--to", out) // through the control plane: no key file here
 	img := filepath.Join(out, volume+".img")
 	if o, err := exec.Command("fsck.ext4", "-n", "-f", img).CombinedOutput(); err != nil {
 		c.t.Fatalf("fsck -n of the exported PIT %s: %v\n%s", pit.ID, err, o)

@@ -109,7 +109,7 @@ func TestReplicatorKilledMidStream(t *testing.T) {
 	pit2 := c.snapshot()
 	c.exportAndCheck(pit2, volumeNameOf(dev), want2)
 	c.exportAndCheck(pit1, volumeNameOf(dev), want1)
-	c.cli("store", "verify", "--read-data", "--store", "file://"+c.dir+"/staging", "--key", c.dir+"/rep/staging.key")
+	c.cli("store", "verify", "--read-data", "--store", "file://"+c.dir+"/staging", "--key", c.masterKey())
 }
 
 func agentStatusAt(t *testing.T, dir string) agentStatusT {
@@ -150,5 +150,5 @@ func TestStagingStorageFull(t *testing.T) {
 	c.waitState(3*time.Minute, api.StateContinuous)
 	want2 := treeHashes(t, mnt)
 	c.exportAndCheck(c.snapshot(), volumeNameOf(dev), want2)
-	c.cli("store", "verify", "--read-data", "--store", "file://"+stage+"/staging", "--key", c.dir+"/rep/staging.key")
+	c.cli("store", "verify", "--read-data", "--store", "file://"+stage+"/staging", "--key", c.masterKey())
 }

@@ -55,15 +55,6 @@ func TestRecoverReplicated(t *testing.T) {
 	}
 	testutil.Run(t, "sync")
 	pit := c.snapshot()
-	// The control plane reads PITs with the staging store's master key (lifeboat server
-	// --store-key, default DATA/staging.key): give it the replicator's.
-	key, err := os.ReadFile(filepath.Join(c.dir, "rep", "staging.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(c.dir, "cp", "staging.key"), key, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	if _, err := c.admin.SetLaunchSettings(ctx, c.agentID, webSettings(api.ProviderQEMU, "")); err != nil {
 		t.Fatal(err)

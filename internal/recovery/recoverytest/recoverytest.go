@@ -25,16 +25,36 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
 )
 
-// Store opens (creating) the control plane's default staging store with its default
-// key file, as lifeboat up leaves them. It is closed when the test ends.
+// Store opens (creating) the control plane's default staging store, the system
+// account's, with the master key file, as lifeboat up leaves them. It is closed when the
+// test ends.
 func Store(t testing.TB, cp *controlplane.ControlPlane) *store.Repo {
 	t.Helper()
+	return StoreAt(t, cp, cp.DefaultStoreURL())
+}
+
+// AccountStore opens (creating) the staging store of an account's replication template
+// with the master key file. It is closed when the test ends.
+func AccountStore(t testing.TB, cp *controlplane.ControlPlane, accountID string) *store.Repo {
+	t.Helper()
+	var a db.Account
+	if err := cp.DB().View(context.Background(), func(tx *db.Tx) (err error) { a, err = tx.Account(accountID); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return StoreAt(t, cp, a.Template.StagingStoreURL)
+}
+
+// StoreAt opens (creating) the staging store at url with the control plane's master key
+// file, as a replicator made stores before accounts had keys (the control plane adds the
+// account's key when it first opens it).
+func StoreAt(t testing.TB, cp *controlplane.ControlPlane, url string) *store.Repo {
+	t.Helper()
 	ctx := context.Background()
-	mk, err := store.LoadOrCreateMasterKey(filepath.Join(cp.DataDir(), "staging.key"))
+	mk, err := store.LoadMasterKey(filepath.Join(cp.DataDir(), "staging.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := backendurl.Open(ctx, cp.DefaultStoreURL())
+	be, err := backendurl.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
