@@ -672,8 +672,8 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return err
 		}
-		var hs headState
-		if err := json.Unmarshal(plain, &hs); err != nil {
+		hs, err := decodeHeadState(plain)
+		if err != nil {
 			return corrupt(prefix+"head", err)
 		}
 		if err := fn(root{object: prefix + "head", tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
@@ -696,7 +696,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return err
 		}
-		p, err := r.decodeManifest(name, plain)
+		p, _, err := r.decodeManifest(name, plain)
 		if err != nil {
 			return err
 		}
