@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -85,11 +86,19 @@ func (e entry) check(packSize int64) error {
 // index), footer (trailer length and magic).
 const (
 	packMagic      = "LBPACK02"
-	packHeaderSize = 8 // len(packMagic)
+	packHeaderSize = 24 // magic and a random salt
 	packFooterMag  = "LBPE"
 	packFooterSize = 8 // length + magic
 	trailerMagic   = "LBPT"
 )
+
+// appendPackHeader starts a pack: its magic and 16 random bytes, so that no two packs
+// have the same id even when they hold the same stored chunks (a repacked pack can).
+func appendPackHeader(b []byte) []byte {
+	var salt [packHeaderSize - len(packMagic)]byte
+	_, _ = rand.Read(salt[:]) // crypto/rand never fails: it ends the program instead
+	return append(append(b, packMagic...), salt[:]...)
+}
 
 // trailerAAD is the additional data of a pack's sealed trailer: it names the pack, so a
 // trailer moved to another pack, or a pack stored under another pack's name, does not

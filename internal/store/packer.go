@@ -71,7 +71,7 @@ func (p *packer) newBuf(gen uint64) *packBuf {
 	default:
 		buf = make([]byte, 0, 256<<10)
 	}
-	b := &packBuf{gen: gen, buf: append(buf[:0], packMagic...)}
+	b := &packBuf{gen: gen, buf: appendPackHeader(buf[:0])}
 	return b
 }
 

@@ -239,8 +239,21 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		fail("%v", err)
 	}
 	if len(late) > 0 {
-		if err := r.readNewIndex(ctx, names, chunks); err != nil {
-			return rep, err
+		listed := make(map[string]bool, len(names))
+		for _, n := range names {
+			listed[n] = true
+		}
+		ps, err := r.readIndexExcept(ctx, listed)
+		if err != nil {
+			if isBackendFailure(err) {
+				return rep, err
+			}
+			fail("%v", err)
+		}
+		for _, p := range ps {
+			for _, e := range p.Entries {
+				chunks[e.ID] = true
+			}
 		}
 		final = true
 		for id, l := range late {
@@ -262,36 +275,6 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		return rep, err
 	}
 	return rep, nil
-}
-
-// readNewIndex adds to chunks the chunks of index objects that were not listed (in
-// seen) when Verify began.
-func (r *Repo) readNewIndex(ctx context.Context, seen []string, chunks map[ID]bool) error {
-	old := make(map[string]bool, len(seen))
-	for _, n := range seen {
-		old[n] = true
-	}
-	var names []string
-	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
-		if !old[oi.Name] {
-			names = append(names, oi.Name)
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list the index: %w", err)
-	}
-	for _, name := range names {
-		ps, err := r.loadIndexObject(ctx, name)
-		if err != nil && isBackendFailure(err) {
-			return err
-		}
-		for _, p := range ps {
-			for _, e := range p.Entries {
-				chunks[e.ID] = true
-			}
-		}
-	}
-	return nil
 }
 
 // isBackendFailure tells a failure to read (verify cannot go on) from damage (a finding).
