@@ -474,7 +474,7 @@ func (r *Repo) verifyLocks(ctx context.Context, manifests map[string]PIT, fail f
 			// Sealed or protected since the manifests were read? Read it again.
 			p, err = r.LoadPIT(ctx, rec.Server, rec.PIT)
 			ok = err == nil
-			if err != nil && isBackendFailure(err) && !errors.Is(err, ErrNotFound) {
+			if err != nil && isBackendFailure(err) {
 				return err
 			}
 		}
