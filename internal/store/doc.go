@@ -11,7 +11,15 @@
 //   - a volume version is a tree of block tables, so a new version writes only the
 //     tables that changed; a PIT manifest names the version of every volume of a server
 //     at one consistency point;
-//   - the repository key is wrapped by a master key kept outside the store.
+//   - the repository key is wrapped by a master key kept outside the store;
+//   - an old object put back by someone with write access to the backend is detected:
+//     a head object has a version that every later PIT records, PIT manifests of a
+//     server form a hash chain whose digests the control plane records, a PIT's lock
+//     has a record of its own, and a pack's trailer names its pack (ErrRollback,
+//     Verify).
+//
+// A head's memory follows what its volume holds, not its declared size (at most
+// MaxVolumeBytes): leaf tables are allocated where blocks were written.
 //
 // Writers (the replicator) open a Head per volume, write blocks, Flush to make them
 // durable, and SealPIT at a consistency point. Readers open a PIT and read blocks or

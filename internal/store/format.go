@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -9,6 +10,11 @@ import (
 // This file holds the binary encodings of the repository's objects (see
 // docs/store-format.md). Every decoder checks lengths and limits before it allocates,
 // and reports what was wrong; none panics on any input (fuzzed in format_fuzz_test.go).
+
+// formatVersion is the repository format (docs/store-format.md): the config's version.
+// Version 2 bound pack trailers to their pack and added versions to heads and a chain
+// to PIT manifests; a reader of version 2 reads no version 1 repository.
+const formatVersion = 2
 
 // blobType says what a chunk holds.
 type blobType uint8
@@ -79,13 +85,27 @@ func (e entry) check(packSize int64) error {
 // Pack layout: header, sealed chunks back to back, sealed trailer (the pack's own
 // index), footer (trailer length and magic).
 const (
-	packMagic      = "LBPACK01"
-	packHeaderSize = 8 // len(packMagic)
+	packMagic      = "LBPACK02"
+	packHeaderSize = 24 // magic and a random salt
 	packFooterMag  = "LBPE"
 	packFooterSize = 8 // length + magic
 	trailerMagic   = "LBPT"
-	trailerAAD     = "lifeboat pack trailer v1"
 )
+
+// appendPackHeader starts a pack: its magic and 16 random bytes, so that no two packs
+// have the same id even when they hold the same stored chunks (a repacked pack can).
+func appendPackHeader(b []byte) []byte {
+	var salt [packHeaderSize - len(packMagic)]byte
+	_, _ = rand.Read(salt[:]) // crypto/rand never fails: it ends the program instead
+	return append(append(b, packMagic...), salt[:]...)
+}
+
+// trailerAAD is the additional data of a pack's sealed trailer: it names the pack, so a
+// trailer moved to another pack, or a pack stored under another pack's name, does not
+// authenticate.
+func trailerAAD(pack ID) []byte {
+	return append([]byte("lifeboat pack trailer v2 "), pack[:]...)
+}
 
 func encodeTrailer(entries []entry) []byte {
 	b := make([]byte, 0, 4+1+4+len(entries)*entrySize)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -490,20 +491,34 @@ func (r *Repo) lockGC(ctx context.Context, now time.Time, grace time.Duration) (
 // packsNamedElsewhere returns the packs named by index objects other than those a
 // collection read (old) or wrote.
 func (r *Repo) packsNamedElsewhere(ctx context.Context, old []string, wrote map[string]bool) (map[ID]bool, error) {
-	known := map[string]bool{}
+	known := maps.Clone(wrote)
 	for _, n := range old {
 		known[n] = true
 	}
+	ps, err := r.readIndexExcept(ctx, known)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
 	out := map[ID]bool{}
+	for _, p := range ps {
+		out[p.Pack] = true
+	}
+	return out, nil
+}
+
+// readIndexExcept reads the index objects whose names are not in known (read or
+// written before) and returns what they list. Objects removed meanwhile are skipped.
+func (r *Repo) readIndexExcept(ctx context.Context, known map[string]bool) ([]packEntries, error) {
 	var names []string
 	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
-		if !known[oi.Name] && !wrote[oi.Name] {
+		if !known[oi.Name] {
 			names = append(names, oi.Name)
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("gc: list the index: %w", err)
+		return nil, fmt.Errorf("list the index: %w", err)
 	}
+	var out []packEntries
 	for _, n := range names {
 		ps, err := r.loadIndexObject(ctx, n)
 		if errors.Is(err, backend.ErrNotFound) {
@@ -512,9 +527,7 @@ func (r *Repo) packsNamedElsewhere(ctx context.Context, old []string, wrote map[
 		if err != nil {
 			return nil, err
 		}
-		for _, p := range ps {
-			out[p.Pack] = true
-		}
+		out = append(out, ps...)
 	}
 	return out, nil
 }
@@ -672,8 +685,8 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return err
 		}
-		var hs headState
-		if err := json.Unmarshal(plain, &hs); err != nil {
+		hs, err := decodeHeadState(plain)
+		if err != nil {
 			return corrupt(prefix+"head", err)
 		}
 		if err := fn(root{object: prefix + "head", tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
@@ -696,7 +709,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return err
 		}
-		p, err := r.decodeManifest(name, plain)
+		p, _, err := r.decodeManifest(name, plain)
 		if err != nil {
 			return err
 		}
@@ -721,7 +734,7 @@ type repackWriter struct {
 
 func (w *repackWriter) add(e entry, sealed []byte) error {
 	if w.buf == nil {
-		w.buf = append(make([]byte, 0, w.r.opts.PackSize+len(sealed)+1024), packMagic...)
+		w.buf = appendPackHeader(make([]byte, 0, w.r.opts.PackSize+len(sealed)+1024))
 	}
 	e.Offset = uint32(len(w.buf))
 	w.buf = append(w.buf, sealed...)

@@ -279,3 +279,33 @@ func TestGCSparesChunksNotYetJournaled(t *testing.T) {
 		t.Fatalf("verify after a collection during an open window: %v %v", err, rep.Errors)
 	}
 }
+
+// Repacking packs whose chunks are all live copies them unchanged: twice in a row, the
+// second pass would write packs identical in content to the first's. Each pack's
+// random salt gives it a name of its own, so deleting the packs a pass repacked never
+// deletes the packs it wrote.
+func TestRepackingTwiceKeepsEveryChunk(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.PackSize = 256 << 10
+	r, _, _ := newTestRepo(t, opts)
+	h, _ := r.OpenHead(ctx, "s-rp", "vda", 16*testBS, HeadOptions{})
+	m := model{}
+	for b := uint64(0); b < 16; b++ {
+		write(t, h, m, map[uint64]uint32{b: 1})
+		if err := h.Flush(ctx); err != nil { // one small pack per block
+			t.Fatal(err)
+		}
+	}
+	p := seal(t, r, "pit-rp", h)
+	for pass := 1; pass <= 2; pass++ {
+		st, err := r.GC(ctx, GCOptions{SmallPack: 64 << 20, Grace: time.Millisecond}) // every pack is small: all are repacked
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.RepackedPacks == 0 || st.DeadChunks != 0 {
+			t.Fatalf("pass %d: %+v, want repacks and no dead chunk", pass, st)
+		}
+		checkPIT(t, r, p, "vda", 16*testBS, m)
+	}
+}

@@ -36,8 +36,11 @@ type Head struct {
 
 	size    int64
 	nblocks uint64
-	leaves  []ID // leaf ids of the checkpoint, with dirty leaves applied at checkpoint
+	leaves  *idTable // leaf ids of the checkpoint, with dirty leaves applied at checkpoint
 	dirty   map[uint64]*dirtyLeaf
+	version uint64    // of the head object last read or written; 0: none yet
+	chain   *pitChain // what the server's PITs recorded; held while the head is open
+	closed  bool
 
 	seq    uint64  // last journal sequence given to a flush
 	win    *window // what the blocks written since the last flush need
@@ -133,7 +136,19 @@ func (d *dirtyLeaf) applyTo(ids []ID) {
 type HeadOptions struct {
 	// Compression of this head's chunks: "s2", "zstd" or "none"; "" is the repository's.
 	Compression string
+	// MinVersion is the head version recorded outside the store (by the control plane,
+	// from the PITs it recorded): a stored head older than it is refused with
+	// ErrRollback.
+	MinVersion uint64
+	// AcceptRollback opens a head that fails a rollback check anyway, as an empty
+	// volume (Fresh) whose version is above every one recorded, so that its source
+	// resends it whole. For an operator who has decided that the newer state is lost.
+	AcceptRollback bool
 }
+
+// MaxVolumeBytes is the largest volume a head accepts (64 TiB): a volume's declared
+// size comes from its source server, and sizes the head's tables.
+const MaxVolumeBytes = 64 << 40
 
 // maxDupBytes bounds the deduplicated block data a head keeps between flushes.
 const maxDupBytes = 64 << 20
@@ -171,13 +186,32 @@ type headState struct {
 	Size      int64     `json:"size"`
 	Root      ID        `json:"root"`
 	RootLevel uint8     `json:"rootLevel"`
-	Seq       uint64    `json:"seq"` // journals up to this one are in the tree
+	Seq       uint64    `json:"seq"`     // journals up to this one are in the tree
+	Version   uint64    `json:"version"` // one more at every write of the head object
 	Updated   time.Time `json:"updated"`
+}
+
+func decodeHeadState(plain []byte) (headState, error) {
+	var st headState
+	if err := json.Unmarshal(plain, &st); err != nil {
+		return st, formatErr("head state does not decode: %v", err)
+	}
+	if st.Size < 0 || st.Size > MaxVolumeBytes {
+		return st, formatErr("head state gives the volume %d bytes", st.Size)
+	}
+	if st.Version == 0 {
+		return st, formatErr("head state has no version")
+	}
+	return st, nil
 }
 
 // OpenHead opens the head of a volume, creating it when the volume is new, and
 // recovers it to its last durable state (checkpoint plus journals). size is the
 // volume's current size; a change is applied like a write.
+//
+// A head older than what was recorded of it is refused with ErrRollback: older than
+// opts.MinVersion, older than the version the server's newest PIT sealed, or missing
+// journals between its checkpoint and the journals present (docs/store-format.md §6).
 func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, opts HeadOptions) (*Head, error) {
 	if !validPathName(server) {
 		return nil, fmt.Errorf("server id %q cannot name a head: use lowercase letters, digits, '-' and '_'", server)
@@ -185,8 +219,8 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 	if err := volspec.CheckName(volume); err != nil {
 		return nil, err
 	}
-	if size < 0 {
-		return nil, fmt.Errorf("volume %s has a negative size %d", volume, size)
+	if err := checkVolumeSize(volume, size); err != nil {
+		return nil, err
 	}
 	h := &Head{r: r, server: server, volume: volume, prefix: headPrefix(server, volume),
 		dirty: map[uint64]*dirtyLeaf{}, win: newWindow(), codec: r.codec}
@@ -197,13 +231,31 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 		}
 		h.codec = c
 	}
-	if err := h.recover(ctx); err != nil {
+	chain, err := r.acquireChain(ctx, server)
+	if err != nil {
 		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)
 	}
-	if err := h.SetSize(size); err != nil {
-		return nil, err
+	h.chain = chain
+	restarted, err := h.recover(ctx, opts)
+	if err == nil {
+		err = h.SetSize(size)
+	}
+	if err == nil && restarted {
+		// Fold the stale journals away under a head newer than every record.
+		_, err = h.checkpoint(ctx)
+	}
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)
 	}
 	return h, nil
+}
+
+func checkVolumeSize(volume string, size int64) error {
+	if size < 0 || size > MaxVolumeBytes {
+		return fmt.Errorf("volume %s declares %d bytes: a volume has 0 to %d bytes (64 TiB)", volume, size, int64(MaxVolumeBytes))
+	}
+	return nil
 }
 
 // resizeMark in a journal entry's block field records a size change; the new size is
@@ -216,85 +268,176 @@ func resizeEntry(size int64) journalEntry {
 	return e
 }
 
-func (h *Head) recover(ctx context.Context) error {
+// recover loads the head's durable state: its checkpoint, then the journals written
+// after it, in order. It checks the state against what was recorded of it first; with
+// opts.AcceptRollback a head that fails the check starts over empty (restarted).
+func (h *Head) recover(ctx context.Context, opts HeadOptions) (restarted bool, err error) {
 	r := h.r
+	name := h.prefix + "head"
 	var st headState
-	plain, err := r.getSealed(ctx, h.prefix+"head")
+	exists := true
+	plain, err := r.getSealed(ctx, name)
 	switch {
 	case err == nil:
-		if err := json.Unmarshal(plain, &st); err != nil || st.Size < 0 {
-			return corrupt(h.prefix+"head", fmt.Errorf("head state does not decode: %v", err))
+		if st, err = decodeHeadState(plain); err != nil {
+			return false, corrupt(name, err)
+		}
+		if st.Server != h.server || st.Volume != h.volume {
+			return false, corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
 		}
 	case errors.Is(err, backend.ErrNotFound):
+		exists = false
 		h.fresh = true
 	default:
-		return err
+		return false, err
 	}
+	journals, err := h.journals(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := h.checkRollback(st, exists, journals, opts); err != nil {
+		if !opts.AcceptRollback {
+			return false, err
+		}
+		r.log.Warn("a rolled-back head is accepted: the volume starts empty and its source resends it", "err", err)
+		h.restart(st, journals, opts)
+		return true, nil
+	}
+	h.version = st.Version
 	h.size = st.Size
 	h.nblocks = h.blocksFor(st.Size)
 	nleaves, rootLevel := r.treeShape(h.nblocks)
 	if st.Root.IsZero() {
-		h.leaves = make([]ID, nleaves)
+		h.leaves = newIDTable(nleaves, r.cfg.Fanout)
 	} else {
 		if st.RootLevel != rootLevel {
-			return corrupt(h.prefix+"head", fmt.Errorf("root level %d does not fit a volume of %d bytes", st.RootLevel, st.Size))
+			return false, corrupt(name, fmt.Errorf("root level %d does not fit a volume of %d bytes", st.RootLevel, st.Size))
 		}
 		if h.leaves, err = r.loadLeaves(ctx, st.Root, st.RootLevel, nleaves); err != nil {
-			return err
+			return false, err
 		}
 	}
 	h.seq = st.Seq
 	// Replay journals written after the checkpoint, in order.
-	var names []string
-	if err := r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
-		names = append(names, oi.Name)
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, name := range names {
-		seq, err := strconv.ParseUint(strings.TrimPrefix(name, h.prefix+"j-"), 16, 64)
-		if err != nil {
-			return corrupt(name, errors.New("journal name has no sequence number"))
-		}
-		if seq <= st.Seq {
+	for _, jn := range journals {
+		if jn.seq <= st.Seq {
 			continue // folded into the checkpoint; a crash left it behind
 		}
 		h.fresh = false
-		plain, err := r.getSealed(ctx, name)
+		if err := h.replay(ctx, jn); err != nil {
+			return false, err
+		}
+		h.seq = jn.seq
+	}
+	return false, nil
+}
+
+// journalName is a journal object of a head and its sequence number.
+type journalName struct {
+	name string
+	seq  uint64
+}
+
+// journals lists the head's journals in sequence order (the backend lists names in
+// order, and sequence numbers are fixed-width hex).
+func (h *Head) journals(ctx context.Context) ([]journalName, error) {
+	var out []journalName
+	err := h.r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(oi.Name, h.prefix+"j-"), 16, 64)
 		if err != nil {
-			return err
+			return corrupt(oi.Name, errors.New("journal name has no sequence number"))
 		}
-		j, err := decodeJournal(plain)
-		if err != nil {
-			return corrupt(name, err)
+		out = append(out, journalName{oi.Name, seq})
+		return nil
+	})
+	return out, err
+}
+
+// checkRollback compares a head's stored state (st; exists false when it has no head
+// object) with what was recorded of it: the caller's MinVersion, the newest version a
+// PIT of the server sealed, and the journals, whose sequence numbers follow the
+// checkpoint's without a gap.
+func (h *Head) checkRollback(st headState, exists bool, journals []journalName, opts HeadOptions) error {
+	name := h.prefix + "head"
+	is := fmt.Sprintf("is version %d", st.Version)
+	if !exists {
+		is = "is missing"
+	}
+	const remedy = "restore the newer object from a backup or the bucket's object versions, or accept the rollback so that the source resends the volume whole"
+	if st.Version < opts.MinVersion {
+		return fmt.Errorf("%w: %s %s, but version %d of it was recorded outside the store: someone put back an old head object (or deleted it), or the store was rolled back: %s",
+			ErrRollback, name, is, opts.MinVersion, remedy)
+	}
+	if ev := h.chain.evidence(h.volume); st.Version < ev.Version {
+		return fmt.Errorf("%w: %s %s, but PIT %s sealed version %d of it: someone put back an old head object (or deleted it): %s",
+			ErrRollback, name, is, ev.PIT, ev.Version, remedy)
+	}
+	next := st.Seq + 1
+	for _, j := range journals {
+		if j.seq <= st.Seq {
+			continue
 		}
-		if j.Seq != seq {
-			return corrupt(name, fmt.Errorf("journal holds sequence %d", j.Seq))
-		}
-		for _, e := range j.Entries {
-			if e.Block == resizeMark {
-				size := int64(binary.BigEndian.Uint64(e.ID[:8]))
-				if size < 0 {
-					return corrupt(name, fmt.Errorf("size change to %d", size))
-				}
-				h.resize(size)
-				continue
+		if j.seq != next {
+			missing := fmt.Sprintf("journals %d to %d are", next, j.seq-1)
+			if j.seq-1 == next {
+				missing = fmt.Sprintf("journal %d is", next)
 			}
-			if e.Block >= h.nblocks {
-				return corrupt(name, fmt.Errorf("block %d is past the volume's end", e.Block))
-			}
-			if !e.ID.IsZero() {
-				if _, _, ok := r.lookup(e.ID); !ok {
-					return corrupt(name, fmt.Errorf("references chunk %s, which the repository does not hold", e.ID))
-				}
-			}
-			h.set(e.Block, e.ID)
+			return fmt.Errorf("%w: %s holds journals up to sequence %d, but the next journal present is %d: %s missing: the head object was put back to an older version, or journals were deleted: %s",
+				ErrRollback, name, st.Seq, j.seq, missing, remedy)
 		}
-		if int64(j.Size) != h.size {
-			return corrupt(name, fmt.Errorf("journal ends at size %d, its entries at %d", j.Size, h.size))
+		next++
+	}
+	return nil
+}
+
+// restart makes the head an empty volume whose next checkpoint is newer than every
+// version recorded of it and folds every journal present.
+func (h *Head) restart(st headState, journals []journalName, opts HeadOptions) {
+	h.version = max(st.Version, opts.MinVersion, h.chain.evidence(h.volume).Version)
+	h.seq = st.Seq
+	for _, j := range journals {
+		h.seq = max(h.seq, j.seq)
+	}
+	h.size, h.nblocks = 0, 0
+	h.leaves = newIDTable(1, h.r.cfg.Fanout)
+	h.fresh = true
+}
+
+// replay applies one journal to the head.
+func (h *Head) replay(ctx context.Context, jn journalName) error {
+	r := h.r
+	plain, err := r.getSealed(ctx, jn.name)
+	if err != nil {
+		return err
+	}
+	j, err := decodeJournal(plain)
+	if err != nil {
+		return corrupt(jn.name, err)
+	}
+	if j.Seq != jn.seq {
+		return corrupt(jn.name, fmt.Errorf("journal holds sequence %d", j.Seq))
+	}
+	for _, e := range j.Entries {
+		if e.Block == resizeMark {
+			size := int64(binary.BigEndian.Uint64(e.ID[:8]))
+			if size < 0 || size > MaxVolumeBytes {
+				return corrupt(jn.name, fmt.Errorf("size change to %d", size))
+			}
+			h.resize(size)
+			continue
 		}
-		h.seq = seq
+		if e.Block >= h.nblocks {
+			return corrupt(jn.name, fmt.Errorf("block %d is past the volume's end", e.Block))
+		}
+		if !e.ID.IsZero() {
+			if _, _, ok := r.lookup(e.ID); !ok {
+				return corrupt(jn.name, fmt.Errorf("references chunk %s, which the repository does not hold", e.ID))
+			}
+		}
+		h.set(e.Block, e.ID)
+	}
+	if int64(j.Size) != h.size {
+		return corrupt(jn.name, fmt.Errorf("journal ends at size %d, its entries at %d", j.Size, h.size))
 	}
 	return nil
 }
@@ -319,6 +462,11 @@ func (h *Head) Fresh() bool { return h.fresh }
 
 // Blocks is the number of blocks of the volume.
 func (h *Head) Blocks() uint64 { return h.nblocks }
+
+// Version is the version of the head object as last read or written: it grows by one
+// at every checkpoint. A PIT records it for each volume (PITVolume.HeadVersion); a
+// caller that records it may give it back as HeadOptions.MinVersion.
+func (h *Head) Version() uint64 { return h.version }
 
 func (h *Head) set(block uint64, id ID) {
 	f := uint64(h.r.cfg.Fanout)
@@ -360,12 +508,7 @@ func (h *Head) resize(size int64) {
 			delete(h.dirty, k)
 		}
 	}
-	if uint64(len(h.leaves)) > nleaves {
-		h.leaves = h.leaves[:nleaves]
-	}
-	for uint64(len(h.leaves)) < nleaves {
-		h.leaves = append(h.leaves, ID{})
-	}
+	h.leaves.resize(nleaves)
 }
 
 // SetSize records a new size of the volume (the source disk grew or shrank).
@@ -373,10 +516,10 @@ func (h *Head) SetSize(size int64) error {
 	if err := h.brokenErr(); err != nil {
 		return err
 	}
-	if size < 0 {
-		return fmt.Errorf("volume %s: negative size %d", h.volume, size)
+	if err := checkVolumeSize(h.volume, size); err != nil {
+		return err
 	}
-	if size != h.size || h.leaves == nil {
+	if size != h.size {
 		h.resize(size)
 		h.win.pending = append(h.win.pending, resizeEntry(size))
 	}
@@ -702,11 +845,10 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		}
 		maxGen = max(maxGen, g)
 	}
-	newLeaves := make([]ID, len(h.leaves))
-	copy(newLeaves, h.leaves)
+	updates := make(map[uint64]ID, len(keys))
 	for _, k := range keys {
 		d := h.dirty[k]
-		base, err := r.loadNode(ctx, h.leaves[k], 0)
+		base, err := r.loadNode(ctx, h.leaves.get(k), 0)
 		if err != nil {
 			return headState{}, err
 		}
@@ -719,8 +861,9 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		}
 		dep(g)
 		h.added.Add(int64(n))
-		newLeaves[k] = id
+		updates[k] = id
 	}
+	newLeaves := h.leaves.with(updates)
 	root, level, g, n, err := r.buildTree(ctx, newLeaves)
 	if err != nil {
 		return headState{}, err
@@ -733,11 +876,12 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		}
 	}
 	st := headState{Server: h.server, Volume: h.volume, Size: h.size, Root: root, RootLevel: level,
-		Seq: h.seq, Updated: r.opts.Now().UTC()}
+		Seq: h.seq, Version: h.version + 1, Updated: r.opts.Now().UTC()}
 	b, _ := json.Marshal(st)
 	if err := r.putSealed(ctx, h.prefix+"head", b, backend.PutOptions{}); err != nil {
 		return headState{}, err
 	}
+	h.version = st.Version
 	h.leaves = newLeaves
 	clear(h.dirty)
 	h.account(-h.dirtyBytes)
@@ -765,5 +909,9 @@ func (h *Head) Close() error {
 		clear(h.dirty)
 	}
 	h.setBroken(errors.New("the head is closed"))
+	if !h.closed && h.chain != nil {
+		h.r.releaseChain(h.server, h.chain)
+	}
+	h.closed = true
 	return nil
 }

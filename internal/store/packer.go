@@ -71,7 +71,7 @@ func (p *packer) newBuf(gen uint64) *packBuf {
 	default:
 		buf = make([]byte, 0, 256<<10)
 	}
-	b := &packBuf{gen: gen, buf: append(buf[:0], packMagic...)}
+	b := &packBuf{gen: gen, buf: appendPackHeader(buf[:0])}
 	return b
 }
 
@@ -259,13 +259,15 @@ func (p *packer) upload(ctx context.Context, b *packBuf) error {
 }
 
 // finishPack appends a pack's sealed trailer and footer to buf (header and chunks)
-// and returns the whole pack and its id, the BLAKE3 hash of its bytes.
+// and returns the whole pack and its id: the BLAKE3 hash of the header and chunks,
+// which the trailer's additional data names.
 func (r *Repo) finishPack(buf []byte, entries []entry) ([]byte, ID) {
+	id := ID(blake3.Sum256(buf))
 	trailerStart := len(buf)
-	buf = r.keys.seal(buf, encodeTrailer(entries), []byte(trailerAAD))
+	buf = r.keys.seal(buf, encodeTrailer(entries), trailerAAD(id))
 	buf = binary.BigEndian.AppendUint32(buf, uint32(len(buf)-trailerStart))
 	buf = append(buf, packFooterMag...)
-	return buf, ID(blake3.Sum256(buf))
+	return buf, id
 }
 
 // reindexLocked re-adds packs this process stored while a full view refresh was

@@ -20,7 +20,7 @@ type VolumeReader struct {
 	pit     PIT
 	vol     PITVolume
 	nblocks uint64
-	leaves  []ID
+	leaves  *idTable
 }
 
 // OpenVolume opens a volume of a PIT for reading.
@@ -51,7 +51,7 @@ func (v *VolumeReader) BlockSize() int { return v.r.cfg.BlockSize }
 // blockID returns the chunk id of a block (zero for an all-zero block).
 func (v *VolumeReader) blockID(ctx context.Context, block uint64) (ID, error) {
 	f := uint64(v.r.cfg.Fanout)
-	ids, err := v.r.loadNode(ctx, v.leaves[block/f], 0)
+	ids, err := v.r.loadNode(ctx, v.leaves.get(block/f), 0)
 	if err != nil {
 		return ID{}, err
 	}
@@ -163,15 +163,15 @@ func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOpti
 		return nil
 	}
 
-	for w := uint64(0); w < uint64(len(v.leaves)); w += exportWindow {
+	for w := uint64(0); w < v.leaves.len(); w += exportWindow {
 		// Plan: which blocks use which chunk, grouped by pack.
-		hi := min(w+exportWindow, uint64(len(v.leaves)))
+		hi := min(w+exportWindow, v.leaves.len())
 		leafIDs := make([][]ID, hi-w)
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(opts.Parallelism)
 		for k := w; k < hi; k++ {
 			g.Go(func() error {
-				ids, err := r.loadNode(gctx, v.leaves[k], 0)
+				ids, err := r.loadNode(gctx, v.leaves.get(k), 0)
 				leafIDs[k-w] = ids
 				return err
 			})

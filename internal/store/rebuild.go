@@ -44,7 +44,7 @@ func (r *Repo) RebuildIndex(ctx context.Context) (RebuildStats, error) {
 		if err != nil {
 			continue
 		}
-		entries, err := r.readTrailer(ctx, oi.Name, oi.Size)
+		entries, err := r.readTrailer(ctx, oi.Name, id, oi.Size)
 		if err != nil {
 			if isBackendFailure(err) {
 				return st, err
@@ -85,36 +85,38 @@ func (r *Repo) RebuildIndex(ctx context.Context) (RebuildStats, error) {
 }
 
 // readTrailer reads a pack's own index from the backend.
-func (r *Repo) readTrailer(ctx context.Context, name string, size int64) ([]entry, error) {
-	return r.readTrailerWith(name, size, func(off, n int64) ([]byte, error) { return r.be.ReadAt(ctx, name, off, n) })
+func (r *Repo) readTrailer(ctx context.Context, name string, id ID, size int64) ([]entry, error) {
+	entries, _, err := r.readTrailerWith(name, id, size, func(off, n int64) ([]byte, error) { return r.be.ReadAt(ctx, name, off, n) })
+	return entries, err
 }
 
-// readTrailerWith reads a pack's own index with read (from the backend or a pack in
-// memory). Damage is a CorruptError naming the pack.
-func (r *Repo) readTrailerWith(name string, size int64, read func(off, n int64) ([]byte, error)) ([]entry, error) {
+// readTrailerWith reads the own index of pack id (stored as name) with read (from the
+// backend or a pack in memory), and returns it and where the sealed trailer begins.
+// Damage is a CorruptError naming the pack.
+func (r *Repo) readTrailerWith(name string, id ID, size int64, read func(off, n int64) ([]byte, error)) ([]entry, int64, error) {
 	if size < int64(packHeaderSize+packFooterSize) {
-		return nil, corrupt(name, fmt.Errorf("%d bytes is too short for a pack (truncated)", size))
+		return nil, 0, corrupt(name, fmt.Errorf("%d bytes is too short for a pack (truncated)", size))
 	}
 	footer, err := read(size-packFooterSize, packFooterSize)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	tlen, err := decodeFooter(footer, size)
 	if err != nil {
-		return nil, corrupt(name, err)
+		return nil, 0, corrupt(name, err)
 	}
 	tstart := size - packFooterSize - tlen
 	sealed, err := read(tstart, tlen)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	plain, err := r.keys.open(nil, sealed, []byte(trailerAAD))
+	plain, err := r.keys.open(nil, sealed, trailerAAD(id))
 	if err != nil {
-		return nil, corrupt(name, fmt.Errorf("its own index %w", err))
+		return nil, 0, corrupt(name, fmt.Errorf("its own index %w (damaged, or the trailer of another pack)", err))
 	}
 	entries, err := decodeTrailer(plain, tstart)
 	if err != nil {
-		return nil, corrupt(name, err)
+		return nil, 0, corrupt(name, err)
 	}
-	return entries, nil
+	return entries, tstart, nil
 }

@@ -145,6 +145,9 @@ type Repo struct {
 	nodes  *nodeCache
 
 	dirtyBytes atomic.Int64 // memory of every open head's changed tables
+
+	chainsMu sync.Mutex
+	chains   map[string]*pitChain // servers with open heads → what their PITs recorded
 }
 
 // loc is where a chunk is.
@@ -181,7 +184,7 @@ func Init(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 	if err != nil {
 		return nil, err
 	}
-	r.cfg = config{Version: 1, ID: randomHex(16), BlockSize: opts.BlockSize, Fanout: opts.Fanout,
+	r.cfg = config{Version: formatVersion, ID: randomHex(16), BlockSize: opts.BlockSize, Fanout: opts.Fanout,
 		ChunkIDs: "blake3-keyed-256", Cipher: "aes-256-gcm", Created: opts.Now().UTC()}
 	cb, _ := json.Marshal(r.cfg)
 	// The config is written last: a repository is initialised once it exists.
@@ -228,7 +231,7 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 	if err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(cb, &r.cfg); err != nil || r.cfg.Version != 1 || r.cfg.BlockSize < 4096 ||
+	if err := json.Unmarshal(cb, &r.cfg); err != nil || r.cfg.Version != formatVersion || r.cfg.BlockSize < 4096 ||
 		r.cfg.BlockSize > 4<<20 || r.cfg.Fanout < 16 || r.cfg.Fanout > maxFanout {
 		return nil, corrupt("config", fmt.Errorf("unsupported or invalid config %+v (%v)", r.cfg, err))
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -125,7 +126,11 @@ func (r *Repo) ApplyRetention(ctx context.Context, server string, policy Policy)
 		if d.Keep {
 			continue
 		}
-		if err := r.DeletePIT(ctx, server, d.PIT.ID); err != nil {
+		if err := r.DeletePIT(ctx, server, d.PIT.ID); errors.Is(err, ErrLocked) {
+			// Its lock record keeps it: its manifest was put back (DeletePIT says so).
+			r.log.Warn("retention keeps a PIT that is locked", "server", server, "pit", d.PIT.ID, "err", err)
+			continue
+		} else if err != nil {
 			return deleted, fmt.Errorf("retention of %s: %w", server, err)
 		}
 		deleted = append(deleted, d.PIT)

@@ -148,66 +148,76 @@ func (r *Repo) treeShape(nblocks uint64) (nleaves uint64, rootLevel uint8) {
 }
 
 // buildTree stores the interior nodes above leaves and returns the root. It returns the
-// highest pack generation the nodes went into.
-func (r *Repo) buildTree(ctx context.Context, leaves []ID) (ID, uint8, uint64, int, error) {
+// highest pack generation the nodes went into. Its work is proportional to the non-zero
+// leaves: zero regions of a volume are the zero id at every level.
+func (r *Repo) buildTree(ctx context.Context, leaves *idTable) (ID, uint8, uint64, int, error) {
 	f := r.cfg.Fanout
 	level := uint8(0)
 	ids := leaves
 	var maxGen uint64
 	added := 0
-	for len(ids) > 1 {
+	for ids.len() > 1 {
 		level++
-		next := make([]ID, 0, (len(ids)+f-1)/f)
-		for i := 0; i < len(ids); i += f {
-			group := make([]ID, f)
-			copy(group, ids[i:min(i+f, len(ids))])
-			id, g, n, err := r.storeNode(ctx, level, group)
+		next := newIDTable((ids.len()+uint64(f)-1)/uint64(f), f)
+		err := ids.groups(f, func(g uint64, children []ID) error {
+			group := make([]ID, f) // the node cache keeps it: a copy of its own
+			copy(group, children)
+			id, gen, n, err := r.storeNode(ctx, level, group)
 			if err != nil {
-				return ID{}, 0, 0, 0, err
+				return err
 			}
-			maxGen = max(maxGen, g)
+			maxGen = max(maxGen, gen)
 			added += n
-			next = append(next, id)
+			next.set(g, id)
+			return nil
+		})
+		if err != nil {
+			return ID{}, 0, 0, 0, err
 		}
 		ids = next
 	}
-	if len(ids) == 0 {
-		return ID{}, 0, 0, 0, nil
-	}
-	return ids[0], level, maxGen, added, nil
+	return ids.get(0), level, maxGen, added, nil
 }
 
-// loadLeaves returns the ids of the nleaves leaves under root.
-func (r *Repo) loadLeaves(ctx context.Context, root ID, rootLevel uint8, nleaves uint64) ([]ID, error) {
+// loadLeaves returns the ids of the nleaves leaves under root. Zero subtrees are not
+// walked, so a sparse volume loads in time and memory proportional to what it holds.
+func (r *Repo) loadLeaves(ctx context.Context, root ID, rootLevel uint8, nleaves uint64) (*idTable, error) {
+	f := uint64(r.cfg.Fanout)
+	t := newIDTable(nleaves, r.cfg.Fanout)
 	if rootLevel == 0 {
-		return []ID{root}, nil
+		t.set(0, root)
+		return t, nil
 	}
-	out := make([]ID, 0, nleaves)
-	var walk func(id ID, level uint8) error
-	walk = func(id ID, level uint8) error {
+	var walk func(id ID, level uint8, first, span uint64) error
+	walk = func(id ID, level uint8, first, span uint64) error {
 		children, err := r.loadNode(ctx, id, level)
 		if err != nil {
 			return err
 		}
-		for _, c := range children {
-			if uint64(len(out)) >= nleaves {
+		for i, c := range children {
+			at := first + uint64(i)*span // the first leaf under c
+			if at >= nleaves {
 				return nil
 			}
+			if c.IsZero() {
+				continue
+			}
 			if level == 1 {
-				out = append(out, c)
-			} else if err := walk(c, level-1); err != nil {
+				t.set(at, c)
+			} else if err := walk(c, level-1, at, span/f); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	if err := walk(root, rootLevel); err != nil {
+	span := uint64(1) // leaves under a child of the root
+	for l := uint8(1); l < rootLevel; l++ {
+		span *= f
+	}
+	if err := walk(root, rootLevel, 0, span); err != nil {
 		return nil, err
 	}
-	for uint64(len(out)) < nleaves {
-		out = append(out, ID{})
-	}
-	return out, nil
+	return t, nil
 }
 
 // nodeCache keeps recently used tree nodes, decoded.
