@@ -291,5 +291,24 @@ func (r CreateRecoverySnapshotRequest) Validate() error {
 	if r.SizeBytes < 0 {
 		return Invalid("sizeBytes must be 0 or more, not %d", r.SizeBytes)
 	}
+	if !isLowerHex(r.ManifestDigest, 64) && r.ManifestDigest != "" {
+		return Invalid("manifestDigest must be 64 lowercase hex digits")
+	}
+	if len(r.StagingStoreID) > 64 || !printableRE.MatchString(r.StagingStoreID) {
+		return Invalid("stagingStoreId must be at most 64 printable characters")
+	}
 	return nil
+}
+
+// isLowerHex reports whether s is n lowercase hex digits.
+func isLowerHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -395,6 +395,11 @@ type AssignedSourceServer struct {
 	// may accept from this server: the current one and, after a renewal, the previous.
 	CertificateSerials []string           `json:"certificateSerials"`
 	Control            ReplicationControl `json:"control"`
+	// HeadVersions are, per volume, the head versions the server's newest recorded PIT
+	// was sealed from, in the repository HeadVersionsStoreID: the replicator opens no
+	// older head there (a rolled-back replica, docs/security.md).
+	HeadVersions        map[string]uint64 `json:"headVersions,omitempty"`
+	HeadVersionsStoreID string            `json:"headVersionsStoreId,omitempty"`
 }
 
 // AssignedSourceServerList lists a replicator's source servers (all of them, no paging).
@@ -414,6 +419,11 @@ type RecoverySnapshot struct {
 	LockUntil      *time.Time       `json:"lockUntil,omitempty"` // protected until then
 	ReplicatorID   string           `json:"replicatorId,omitempty"`
 	CreatedAt      time.Time        `json:"createdAt"`
+	// ManifestDigest is the digest of the PIT's manifest in the staging store, recorded
+	// when it was sealed: readers refuse a manifest with another (docs/security.md).
+	ManifestDigest string `json:"manifestDigest,omitempty"`
+	// StagingStoreID is the id of the staging store's repository the PIT is in.
+	StagingStoreID string `json:"stagingStoreId,omitempty"`
 }
 
 // SnapshotVolume is one volume in a PIT.
@@ -421,6 +431,9 @@ type SnapshotVolume struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"sizeBytes"`
 	Ref       string `json:"ref,omitempty"` // the staging store's reference of the volume version
+	// HeadVersion is the version of the volume's head in the staging store the PIT was
+	// sealed from: a replicator refuses to open an older head (a put-back object).
+	HeadVersion uint64 `json:"headVersion,omitempty"`
 }
 
 // RecoverySnapshotList is a page of PITs, newest first.
@@ -438,6 +451,10 @@ type CreateRecoverySnapshotRequest struct {
 	Volumes   []SnapshotVolume `json:"volumes"`
 	SizeBytes int64            `json:"sizeBytes"`
 	LockUntil *time.Time       `json:"lockUntil,omitempty"`
+	// ManifestDigest is the digest of the PIT's manifest in the staging store, and
+	// StagingStoreID the id of the repository it is in.
+	ManifestDigest string `json:"manifestDigest,omitempty"`
+	StagingStoreID string `json:"stagingStoreId,omitempty"`
 }
 
 // DeleteRecoverySnapshotsRequest deletes PITs of one source server (expired by retention).

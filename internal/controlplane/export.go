@@ -14,6 +14,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
@@ -99,7 +100,7 @@ func (c *call) openExport(snap db.Snapshot, storeURL, volume string) (*store.Vol
 		return nil, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
 			"the control plane cannot open the staging store of PIT %s: %v", snap.ID, err)
 	}
-	pit, err := repo.LoadPIT(c.ctx, snap.SourceServerID, snap.ID)
+	pit, err := recovery.LoadPIT(c.ctx, repo, snap.RecoverySnapshot)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, api.Conflict("PIT %s is past retention: the staging store no longer holds it; choose a newer one (lifeboat snapshots list %s)",
 			snap.ID, snap.SourceServerID)

@@ -239,7 +239,7 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 		}
 		found := false
 		for _, cand := range p.candidates {
-			_, err := repo.LoadPIT(c.ctx, p.server.ID, cand.ID)
+			_, err := recovery.LoadPIT(c.ctx, repo, cand.RecoverySnapshot)
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}

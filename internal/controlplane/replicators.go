@@ -236,12 +236,34 @@ func (c *call) readAssignedServers(only string) (api.AssignedSourceServerList, e
 			if err != nil {
 				return err
 			}
-			out.Items = append(out.Items, api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides),
-				CertificateSerials: certSerials(s.CertSerial, s.PrevCertSerial), Control: ctl})
+			it := api.AssignedSourceServer{SourceServer: s.SourceServer, Settings: a.Template.Apply(s.Overrides),
+				CertificateSerials: certSerials(s.CertSerial, s.PrevCertSerial), Control: ctl}
+			if only != "" { // a session is opening: it needs the floor of its heads' versions
+				if err := headVersions(tx, &it); err != nil {
+					return err
+				}
+			}
+			out.Items = append(out.Items, it)
 		}
 		return nil
 	})
 	return out, err
+}
+
+// headVersions fills in the head versions the server's newest recorded PIT was sealed
+// from: a floor, kept outside the staging store, below which the replicator takes a
+// head for a put-back old object (docs/security.md).
+func headVersions(tx *db.Tx, it *api.AssignedSourceServer) error {
+	snaps, _, err := tx.ListSnapshots(it.SourceServer.ID, 1, "")
+	if err != nil || len(snaps) == 0 || snaps[0].StagingStoreID == "" {
+		return err
+	}
+	it.HeadVersionsStoreID = snaps[0].StagingStoreID
+	it.HeadVersions = map[string]uint64{}
+	for _, v := range snaps[0].Volumes {
+		it.HeadVersions[v.Name] = v.HeadVersion
+	}
+	return nil
 }
 
 // certSerials lists the certificate serials a verifier accepts: the current one and,

@@ -29,7 +29,8 @@ func (c *call) createSnapshot(req *api.CreateRecoverySnapshotRequest) (api.Recov
 		}
 		snap := db.Snapshot{RecoverySnapshot: api.RecoverySnapshot{ID: id, SourceServerID: s.ID, Time: req.Time.UTC(),
 			Level: req.Level, Volumes: req.Volumes, SizeBytes: req.SizeBytes, LockUntil: req.LockUntil,
-			ReplicatorID: replicator, CreatedAt: now}, AccountID: s.AccountID}
+			ReplicatorID: replicator, CreatedAt: now, ManifestDigest: req.ManifestDigest, StagingStoreID: req.StagingStoreID},
+			AccountID: s.AccountID}
 		if err := tx.CreateSnapshot(snap); errors.Is(err, db.ErrConflict) {
 			return api.Conflict("recovery snapshot %s exists already", id)
 		} else if err != nil {

@@ -18,7 +18,7 @@ type Snapshot struct {
 	AccountID string
 }
 
-const snapshotCols = `id, account_id, source_server_id, replicator_id, taken_at, level, volumes, size_bytes, lock_until, created_at`
+const snapshotCols = `id, account_id, source_server_id, replicator_id, taken_at, level, volumes, size_bytes, lock_until, created_at, manifest_digest, staging_store_id`
 
 func scanSnapshot(row interface{ Scan(...any) error }) (Snapshot, error) {
 	var s Snapshot
@@ -26,7 +26,7 @@ func scanSnapshot(row interface{ Scan(...any) error }) (Snapshot, error) {
 	var volumes string
 	var lock sql.NullInt64
 	err := row.Scan(&s.ID, &s.AccountID, &s.SourceServerID, &s.ReplicatorID, &taken, &s.Level, &volumes, &s.SizeBytes,
-		&lock, &created)
+		&lock, &created, &s.ManifestDigest, &s.StagingStoreID)
 	if err != nil {
 		return s, classify(err)
 	}
@@ -45,9 +45,9 @@ func (t *Tx) CreateSnapshot(s Snapshot) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(`INSERT INTO recovery_snapshots (`+snapshotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(`INSERT INTO recovery_snapshots (`+snapshotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.SourceServerID, s.ReplicatorID, ms(s.Time), s.Level, volumes, s.SizeBytes,
-		nullMS(s.LockUntil), ms(s.CreatedAt))
+		nullMS(s.LockUntil), ms(s.CreatedAt), s.ManifestDigest, s.StagingStoreID)
 	return err
 }
 

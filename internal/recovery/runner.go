@@ -573,7 +573,7 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 	if st.repo, err = r.cfg.Stores.Open(ctx, st.server.AccountID, storeURL); err != nil {
 		return err
 	}
-	st.pit, err = st.repo.LoadPIT(ctx, st.server.ID, st.snapshot.ID)
+	st.pit, err = LoadPIT(ctx, st.repo, st.snapshot.RecoverySnapshot)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("PIT %s is no longer in the staging store (removed by retention): choose a newer one (lifeboat snapshots list %s)", st.snapshot.ID, st.server.ID)
 	}

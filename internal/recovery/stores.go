@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
 )
@@ -94,4 +95,14 @@ func (s *Stores) Close() {
 		r.Backend().Close()
 		delete(s.open, url)
 	}
+}
+
+// LoadPIT reads a recorded PIT from its staging store. When the record has the digest
+// its manifest had when it was sealed, another manifest under its name (put back or
+// rewritten) is refused with store.ErrRollback (docs/security.md).
+func LoadPIT(ctx context.Context, repo *store.Repo, snap api.RecoverySnapshot) (store.PIT, error) {
+	if snap.ManifestDigest == "" {
+		return repo.LoadPIT(ctx, snap.SourceServerID, snap.ID)
+	}
+	return repo.LoadPITExpect(ctx, snap.SourceServerID, snap.ID, snap.ManifestDigest)
 }

@@ -175,7 +175,14 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	welcome := &wire.Welcome{Version: 1, BlockSize: uint32(repo.BlockSize()), WindowBytes: r.cfg.WindowBytes,
 		MaxBatchBytes: r.cfg.MaxBatchBytes}
 	for _, v := range hello.Volumes {
-		h, err := repo.OpenHead(ctx, s.server, v.Name, int64(v.SizeBytes), store.HeadOptions{Compression: compression})
+		opts := store.HeadOptions{Compression: compression}
+		if a.HeadVersionsStoreID == repo.ID() {
+			opts.MinVersion = a.HeadVersions[v.Name] // the control plane's record: no older head is taken
+		}
+		h, err := repo.OpenHead(ctx, s.server, v.Name, int64(v.SizeBytes), opts)
+		if errors.Is(err, store.ErrRollback) {
+			s.log.Error("the staging store holds an older head than a sealed PIT recorded: refusing the session", "volume", v.Name, "err", err)
+		}
 		if err != nil {
 			return storeError(err)
 		}
@@ -241,6 +248,9 @@ func (s *session) freeSlab(b []byte, cost int64) {
 func storeError(err error) *wire.Error {
 	if errors.Is(err, backend.ErrFull) {
 		return &wire.Error{Code: wire.CodeStagingFull, Message: "the staging storage is full: free space or add capacity; replication resumes by itself (" + err.Error() + ")"}
+	}
+	if errors.Is(err, store.ErrRollback) {
+		return &wire.Error{Code: codeStagingError, Message: "the staging store's replica of this server is older than a recorded PIT (an old object was put back, or the store was restored from a backup): replication stops until an administrator checks it (lifeboat store verify; docs/security.md): " + err.Error()}
 	}
 	return &wire.Error{Code: codeStagingError, Message: "the staging storage failed: " + err.Error()}
 }
@@ -606,9 +616,10 @@ func (s *session) seal(ctx context.Context, m *wire.Marker) {
 		s.out <- &wire.Sealed{MarkerID: m.ID, Code: codeSnapshots, Message: "sealing the PIT failed: " + err.Error()}
 		return
 	}
-	req := api.CreateRecoverySnapshotRequest{ID: pit.ID, Time: pit.Time, Level: pit.Level, SizeBytes: pit.AddedBytes}
+	req := api.CreateRecoverySnapshotRequest{ID: pit.ID, Time: pit.Time, Level: pit.Level, SizeBytes: pit.AddedBytes,
+		ManifestDigest: pit.Digest, StagingStoreID: s.repo.ID()}
 	for _, v := range pit.Volumes {
-		req.Volumes = append(req.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref()})
+		req.Volumes = append(req.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref(), HeadVersion: v.HeadVersion})
 	}
 	for attempt := 0; ; attempt++ {
 		_, err = s.r.cfg.ControlPlane.CreateRecoverySnapshot(ctx, s.server, req)

@@ -146,9 +146,10 @@ type HeadOptions struct {
 	AcceptRollback bool
 }
 
-// MaxVolumeBytes is the largest volume a head accepts (64 TiB): a volume's declared
-// size comes from its source server, and sizes the head's tables.
-const MaxVolumeBytes = 64 << 40
+// MaxVolumeBytes is the largest volume a head accepts (64 TiB, the bound of every
+// volume Lifeboat takes): a volume's declared size comes from its source server, and
+// sizes the head's tables.
+const MaxVolumeBytes = volspec.MaxBytes
 
 // maxDupBytes bounds the deduplicated block data a head keeps between flushes.
 const maxDupBytes = 64 << 20
