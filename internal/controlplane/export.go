@@ -105,6 +105,10 @@ func (c *call) openExport(snap db.Snapshot, storeURL, volume string) (*store.Vol
 		return nil, api.Conflict("PIT %s is past retention: the staging store no longer holds it; choose a newer one (lifeboat snapshots list %s)",
 			snap.ID, snap.SourceServerID)
 	}
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read PIT %s from the staging store: %w", snap.ID, err)
 	}

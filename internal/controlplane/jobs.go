@@ -243,6 +243,10 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
+			var ae *api.Error
+			if errors.As(err, &ae) {
+				return api.Job{}, err
+			}
 			if err != nil {
 				return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
 					"the control plane cannot read PIT %s from the staging store: %s", cand.ID, err)

@@ -2,7 +2,9 @@ package recovery
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"log/slog"
 	"sync"
 	"time"
@@ -104,5 +106,11 @@ func LoadPIT(ctx context.Context, repo *store.Repo, snap api.RecoverySnapshot) (
 	if snap.ManifestDigest == "" {
 		return repo.LoadPIT(ctx, snap.SourceServerID, snap.ID)
 	}
-	return repo.LoadPITExpect(ctx, snap.SourceServerID, snap.ID, snap.ManifestDigest)
+	pit, err := repo.LoadPITExpect(ctx, snap.SourceServerID, snap.ID, snap.ManifestDigest)
+	if errors.Is(err, store.ErrRollback) {
+		return pit, api.Errorf(http.StatusConflict, api.CodeConflict,
+			"the staging store's manifest of PIT %s is not the one recorded when it was sealed (rewritten, or an old one put back): it is not used; run lifeboat store verify and see docs/security.md (%v)",
+			snap.ID, err)
+	}
+	return pit, err
 }

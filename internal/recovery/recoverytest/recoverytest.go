@@ -180,17 +180,19 @@ func PIT(t testing.TB, cp *controlplane.ControlPlane, repo *store.Repo, server a
 	for _, h := range heads {
 		h.Close()
 	}
-	Record(t, cp, server, pit)
+	Record(t, cp, repo, server, pit)
 	return pit, written
 }
 
-// Record records a sealed PIT in the control plane, as the replicator does.
-func Record(t testing.TB, cp *controlplane.ControlPlane, server api.SourceServer, pit store.PIT) {
+// Record records a sealed PIT in the control plane, as the replicator does: with its
+// manifest's digest, its repository and the head versions it was sealed from.
+func Record(t testing.TB, cp *controlplane.ControlPlane, repo *store.Repo, server api.SourceServer, pit store.PIT) {
 	t.Helper()
 	snap := db.Snapshot{RecoverySnapshot: api.RecoverySnapshot{ID: pit.ID, SourceServerID: server.ID, Time: pit.Time.UTC().Truncate(time.Millisecond),
-		Level: pit.Level, SizeBytes: pit.AddedBytes, CreatedAt: time.Now().UTC().Truncate(time.Millisecond)}, AccountID: server.AccountID}
+		Level: pit.Level, SizeBytes: pit.AddedBytes, CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		ManifestDigest: pit.Digest, StagingStoreID: repo.ID()}, AccountID: server.AccountID}
 	for _, v := range pit.Volumes {
-		snap.Volumes = append(snap.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref()})
+		snap.Volumes = append(snap.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref(), HeadVersion: v.HeadVersion})
 	}
 	if err := cp.DB().Update(context.Background(), func(tx *db.Tx) error { return tx.CreateSnapshot(snap) }); err != nil {
 		t.Fatalf("record PIT %s: %v", pit.ID, err)
