@@ -12,6 +12,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
@@ -27,10 +28,11 @@ func newReplicatorCmd(g *globals) *cobra.Command {
 		Use:   "replicator --server URL --store URL",
 		Short: "Run a replication server: receive agents' blocks on TCP 1500 and store them",
 		Long: `Run a replication server until SIGTERM or SIGINT. The first start registers it with the
-control plane using a replicator install token (--token; lifeboat tokens create --kind install
---scope replicator) and keeps its credentials in the data directory. It writes to the staging
-store of each server's replication settings (--store when they name none), with the master
-key in --store-key (created when missing: copy it to every replicator of the same store).`,
+control plane using a replicator install token (lifeboat tokens create --kind install --scope
+replicator, given with --token-file FILE or env LIFEBOAT_TOKEN) and keeps its credentials
+in the data directory. It writes to the staging store of each server's replication
+settings (--store when they name none), with the master key in --store-key (created when
+missing: copy it to every replicator of the same store).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if g.server == "" {
@@ -77,7 +79,11 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags, caPEM []
 		}
 		address = net.JoinHostPort(host, port)
 	}
-	creds, err := replicator.LoadOrRegister(ctx, filepath.Join(f.data, "replicator.yaml"), replicator.RegisterOptions{
+	credsPath := filepath.Join(f.data, "replicator.yaml")
+	if err := secfile.Tighten(g.logger, f.data, credsPath, f.storeKey); err != nil {
+		return err
+	}
+	creds, err := replicator.LoadOrRegister(ctx, credsPath, replicator.RegisterOptions{
 		Server: g.server, Token: g.token, Name: f.name, Site: f.site, Address: address, CAPEM: caPEM})
 	if err != nil {
 		return err
