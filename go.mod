@@ -2,6 +2,8 @@ module github.com/lifeboat-dr/lifeboat
 
 go 1.26.0
 
+toolchain go1.26.11
+
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/jackc/pgx/v5 v5.12.0
