@@ -100,8 +100,10 @@ func newCluster(ctx context.Context, u *undo, bin, dir string, settings func(*ap
 	if inProcessReplicator {
 		c.rep, err = startReplicatorHere(ctx, c, filepath.Join(dir, "rep"), tok.Secret)
 	} else {
-		c.rep, err = startProc("replicator", filepath.Join(dir, "replicator.log"), append(append([]string{}, c.env...), replicatorEnv...), bin, "replicator",
-			"--data", filepath.Join(dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1", "--token", tok.Secret)
+		// The install token in the environment (the last LIFEBOAT_TOKEN wins), not in argv.
+		env := append(append(append([]string{}, c.env...), replicatorEnv...), "LIFEBOAT_TOKEN="+tok.Secret)
+		c.rep, err = startProc("replicator", filepath.Join(dir, "replicator.log"), env, bin, "replicator",
+			"--data", filepath.Join(dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1")
 	}
 	if err != nil {
 		return nil, err
@@ -141,11 +143,15 @@ func (c *cluster) installAgent(ctx context.Context, name string, volumes ...stri
 		return nil, err
 	}
 	a := &agentProc{c: c, name: name, config: filepath.Join(c.dir, name+".yaml"), state: filepath.Join(c.dir, name+"-state")}
-	args := []string{"agent", "install", "--server", c.url, "--token", tok.Secret, "--config", a.config, "--no-service", "--machine-id", "bench-" + name}
+	tokenFile := filepath.Join(c.dir, name+".token") // tokens never in argv, not even env's
+	if err := os.WriteFile(tokenFile, []byte(tok.Secret+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	args := []string{"agent", "install", "--server", c.url, "--token-file", tokenFile, "--config", a.config, "--no-service", "--machine-id", "bench-" + name}
 	for _, v := range volumes {
 		args = append(args, "--volume", v)
 	}
-	out, err := run(ctx, "env", append(append([]string{}, c.env...), append([]string{c.bin}, args...)...)...)
+	out, err := run(ctx, c.bin, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func (c *AgentConfig) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create the directory of %s: %w", path, err)
 	}
 	return pki.WriteFileAtomic(path, data, 0o600)

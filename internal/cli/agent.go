@@ -36,12 +36,14 @@ type installFlags struct {
 func newAgentInstallCmd(g *globals) *cobra.Command {
 	var f installFlags
 	cmd := &cobra.Command{
-		Use:   "install --server URL --token T",
+		Use:   "install --server URL --token-file FILE",
 		Short: "Register this machine as a source server and write the agent's configuration",
 		Long: `Register this machine with the control plane using an install token: generate the agent's
 key, send a certificate request, receive a certificate bound to a new source server id,
 and write the configuration (with the key, mode 0600) and a systemd unit. The install
-token carries a pin of the control plane's CA, which is checked before anything is sent.`,
+token carries a pin of the control plane's CA, which is checked before anything is sent.
+Give the token with --token-file (- reads it from stdin) or env LIFEBOAT_TOKEN; on a
+terminal, without either, it is asked for.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgentInstall(cmd, g, &f) },
 	}
@@ -60,12 +62,20 @@ token carries a pin of the control plane's CA, which is checked before anything 
 }
 
 func runAgentInstall(cmd *cobra.Command, g *globals, f *installFlags) error {
-	if g.server == "" || g.token == "" {
-		return usagef("agent install needs --server URL and --token T (an install token from lifeboat tokens create --kind install)")
+	if g.server == "" {
+		return usagef("agent install needs --server URL (the control plane)")
+	}
+	if g.token == "" {
+		t, err := g.promptSecret("install token (lbi_…): ", "agent install needs an install token (lifeboat tokens create --kind install): "+
+			"give it with --token-file FILE, --token-file - (one line on stdin) or env "+envToken)
+		if err != nil {
+			return err
+		}
+		g.token = t
 	}
 	tok, err := pki.ParseToken(g.token)
 	if err != nil || !tok.Install {
-		return usagef("--token must be an install token (lbi_…): create one with lifeboat tokens create --kind install")
+		return usagef("the token must be an install token (lbi_…): create one with lifeboat tokens create --kind install")
 	}
 	// The control plane is trusted through the token's pin only: its certificate must
 	// chain to its own CA and carry its identity (pki.VerifyPinned), so nothing else

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/agent"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
 
 // defaultAgentState is where the agent keeps its hash tables and status.
@@ -34,6 +35,9 @@ filesystem-consistent consistency points, and report progress to the control pla
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if verify <= 0 {
 				verify = -1
+			}
+			if err := secfile.Tighten(g.logger, config); err != nil {
+				return err
 			}
 			conf, err := api.LoadAgentConfig(config)
 			if err != nil {

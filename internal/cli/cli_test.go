@@ -33,11 +33,12 @@ func TestMain(m *testing.M) {
 
 // cliEnv is a control plane in this process and a way to run the command line against it.
 type cliEnv struct {
-	t      *testing.T
-	cp     *controlplane.ControlPlane
-	dir    string
-	token  string // admin
-	caPath string
+	t         *testing.T
+	cp        *controlplane.ControlPlane
+	dir       string
+	token     string // admin
+	tokenFile string // holds token
+	caPath    string
 }
 
 func startCLIEnv(t *testing.T) *cliEnv {
@@ -62,13 +63,28 @@ func startCLIEnv(t *testing.T) *cliEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cliEnv{t: t, cp: cp, dir: dir, token: tok.Secret, caPath: filepath.Join(dir, "data", "pki", "ca.crt")}
+	return &cliEnv{t: t, cp: cp, dir: dir, token: tok.Secret, tokenFile: writeTokenFile(t, dir, tok.Secret),
+		caPath: filepath.Join(dir, "data", "pki", "ca.crt")}
+}
+
+// writeTokenFile writes a token to a new private file in dir, for --token-file.
+func writeTokenFile(t *testing.T, dir, token string) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "token-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(token + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
 }
 
 // run runs the command line with the global flags for the control plane added.
 func (e *cliEnv) run(args ...string) (stdout, stderr string, code int) {
 	e.t.Helper()
-	full := append([]string{"--server", e.cp.URL(), "--token", e.token, "--ca-cert", e.caPath}, args...)
+	full := append([]string{"--server", e.cp.URL(), "--token-file", e.tokenFile, "--ca-cert", e.caPath}, args...)
 	return runCLI(full...)
 }
 
@@ -109,9 +125,10 @@ func TestCLIOverTheAPI(t *testing.T) {
 	if !strings.HasPrefix(install, "lbi_") {
 		t.Fatalf("install token %q", install)
 	}
+	installFile := writeTokenFile(t, e.dir, install)
 	cfg := filepath.Join(e.dir, "agent", "agent.yaml")
 	// agent install trusts the control plane through the token's pin alone.
-	out, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token", install, "--config", cfg,
+	out, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", installFile, "--config", cfg,
 		"--no-service", "--machine-id", "machine-1")
 	if code != 0 {
 		t.Fatalf("agent install: %d %s", code, errs)
@@ -137,17 +154,17 @@ func TestCLIOverTheAPI(t *testing.T) {
 		t.Fatalf("the installed agent is %+v, %v", who, err)
 	}
 	// Installing again over the config, or the same machine elsewhere, is refused.
-	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token", install, "--config", cfg, "--no-service", "--machine-id", "machine-1")
+	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", installFile, "--config", cfg, "--no-service", "--machine-id", "machine-1")
 	if code != 1 || !strings.Contains(errs, "--replace") {
 		t.Fatalf("second install over the config: %d %q", code, errs)
 	}
-	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token", install, "--config", cfg+".2", "--no-service", "--machine-id", "machine-1")
+	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", installFile, "--config", cfg+".2", "--no-service", "--machine-id", "machine-1")
 	if code != 1 || !strings.Contains(errs, id) || !strings.Contains(errs, "--replace") {
 		t.Fatalf("duplicate machine: %d %q", code, errs)
 	}
 	// A systemd unit is written unless --no-service.
 	units := filepath.Join(e.dir, "units")
-	if _, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token", install, "--config", cfg+".3",
+	if _, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", installFile, "--config", cfg+".3",
 		"--unit-dir", units, "--machine-id", "machine-2"); code != 0 {
 		t.Fatalf("install with a unit: %s", errs)
 	}
@@ -218,11 +235,11 @@ func TestCLIOverTheAPI(t *testing.T) {
 	e.fails(1, "not found", "source-servers", "describe", "s-00000000000000000")
 	e.fails(1, "targetSite", "settings", "replication", "set", "--target-site", "nowhere")
 	viewerTok := strings.TrimSpace(e.must("tokens", "create", "--kind", "api", "--role", "viewer"))
-	_, errs, code = runCLI("--server", e.cp.URL(), "--token", viewerTok, "--ca-cert", e.caPath, "tokens", "list")
+	_, errs, code = runCLI("--server", e.cp.URL(), "--token-file", writeTokenFile(t, e.dir, viewerTok), "--ca-cert", e.caPath, "tokens", "list")
 	if code != 1 || !strings.Contains(errs, "admin role") {
 		t.Fatalf("viewer listing tokens: %d %q", code, errs)
 	}
-	_, errs, code = runCLI("--server", e.cp.URL(), "--token", e.token, "source-servers", "list")
+	_, errs, code = runCLI("--server", e.cp.URL(), "--token-file", e.tokenFile, "source-servers", "list")
 	if code != 1 || !strings.Contains(errs, "--ca-cert") {
 		t.Fatalf("without the CA: %d %q", code, errs)
 	}
@@ -255,7 +272,7 @@ func TestAgentInstallRefusesAServerThatDoesNotMatchThePin(t *testing.T) {
 	e := startCLIEnv(t)
 	install := strings.TrimSpace(e.must("tokens", "create", "--kind", "install"))
 	forged := install[:strings.LastIndex(install, "_")+1] + strings.Repeat("0", 32)
-	_, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token", forged, "--config",
+	_, errs, code := runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", writeTokenFile(t, e.dir, forged), "--config",
 		filepath.Join(e.dir, "a.yaml"), "--no-service", "--machine-id", "m")
 	if code != 1 || !strings.Contains(errs, "pin") {
 		t.Fatalf("forged pin: %d %q", code, errs)
@@ -266,7 +283,7 @@ func TestAgentInstallRefusesAServerThatDoesNotMatchThePin(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.dir, "a.yaml")); err == nil {
 		t.Fatal("a config was written")
 	}
-	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token", "lbt_nope", "--no-service")
+	_, errs, code = runCLI("agent", "install", "--server", e.cp.URL(), "--token-file", writeTokenFile(t, e.dir, "lbt_nope"), "--no-service")
 	if code != 2 || !strings.Contains(errs, "install token") {
 		t.Fatalf("API token to agent install: %d %q", code, errs)
 	}
@@ -311,7 +328,7 @@ func TestUpPrintsWhatTheUserNeeds(t *testing.T) {
 	}
 	text := out.String()
 	for _, want := range []string{"https://" + addr + "/", filepath.Join(dir, "admin-token"), "file://" + filepath.Join(dir, "staging"),
-		"lifeboat agent install --server https://" + addr + " --token lbi_"} {
+		"| sudo lifeboat agent install --server https://" + addr + " --token-file -"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("up's summary lacks %q:\n%s", want, text)
 		}
@@ -323,15 +340,18 @@ func TestUpPrintsWhatTheUserNeeds(t *testing.T) {
 			t.Errorf("%s: %v, mode %v, want %v", path, err, fi.Mode(), mode)
 		}
 	}
+	// The printed install command works as printed, with its token in no process's argv.
+	var stdin string
 	var install []string
 	for _, line := range strings.Split(text, "\n") {
-		if f := strings.Fields(line); len(f) > 0 && f[0] == "lifeboat" && len(f) > 2 && f[1] == "agent" {
-			install = f[1:]
+		if strings.Contains(line, "agent install") {
+			stdin, install = parseInstallCommand(t, line)
 		}
 	}
 	install = append(install, "--config", filepath.Join(t.TempDir(), "agent.yaml"), "--no-service", "--machine-id", "up-test")
-	if _, errs, code := runCLI(install...); code != 0 {
-		t.Fatalf("the printed install command failed: %s", errs)
+	var iout, ierr bytes.Buffer
+	if code := Main(ctx, install, strings.NewReader(stdin), &iout, &ierr); code != 0 || strings.Contains(ierr.String(), "warning") {
+		t.Fatalf("the printed install command: exit %d, stderr %q", code, ierr.String())
 	}
 	tok, _ := os.ReadFile(filepath.Join(dir, "admin-token"))
 	ca, _ := os.ReadFile(filepath.Join(dir, "pki", "ca.crt"))

@@ -60,7 +60,7 @@ func (g *globals) client() (*api.Client, error) {
 		}
 	}
 	if token == "" {
-		return nil, usagef("no API token: pass --token or set LIFEBOAT_TOKEN (create one with lifeboat tokens create --kind api)")
+		return nil, usagef("no API token: give it with --token-file FILE or env %s (create one with lifeboat tokens create --kind api)", envToken)
 	}
 	cfg := api.ClientConfig{Server: server, Token: token, UserAgent: "lifeboat-cli"}
 	caPath := g.caCert

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
@@ -27,11 +28,12 @@ func newReplicatorCmd(g *globals) *cobra.Command {
 		Use:   "replicator --server URL --store URL",
 		Short: "Run a replication server: receive agents' blocks on TCP 1500 and store them",
 		Long: `Run a replication server until SIGTERM or SIGINT. The first start registers it with the
-control plane using a replicator install token (--token; lifeboat tokens create --kind install
---scope replicator) and keeps its credentials in the data directory. It writes to the staging
-store of each server's replication settings (--store when they name none). It holds no key
-file: the control plane gives it the key of its own account's stores (and their S3
-credentials, when a system admin set some), which it keeps in memory only.`,
+control plane using a replicator install token (lifeboat tokens create --kind install --scope
+replicator, given with --token-file FILE or env LIFEBOAT_TOKEN) and keeps its credentials
+in the data directory. It writes to the staging store of each server's replication
+settings (--store when they name none). It holds no key file: the control plane gives it
+the key of its own account's stores (and their S3 credentials, when a system admin set
+some), which it keeps in memory only.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if g.server == "" {
@@ -80,7 +82,11 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 		}
 		address = net.JoinHostPort(host, port)
 	}
-	creds, err := replicator.LoadOrRegister(ctx, filepath.Join(f.data, "replicator.yaml"), replicator.RegisterOptions{
+	credsPath := filepath.Join(f.data, "replicator.yaml")
+	if err := secfile.Tighten(g.logger, f.data, credsPath); err != nil {
+		return err
+	}
+	creds, err := replicator.LoadOrRegister(ctx, credsPath, replicator.RegisterOptions{
 		Server: g.server, Token: g.token, Name: f.name, Site: f.site, Address: address, Replace: f.replace})
 	if err != nil {
 		return err

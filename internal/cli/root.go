@@ -35,11 +35,12 @@ func usagef(format string, args ...any) error {
 // globals holds the options every command shares and the process's streams.
 // It is created once per invocation and passed to each command constructor.
 type globals struct {
-	server   string // --server / LIFEBOAT_SERVER
-	token    string // --token / LIFEBOAT_TOKEN
-	caCert   string // --ca-cert / LIFEBOAT_CA_CERT: CA bundle that signed the server's certificate
-	output   string // -o table|json
-	logLevel string // --log-level
+	server    string // --server / LIFEBOAT_SERVER
+	token     string // resolved from --token-file, --token (deprecated) or LIFEBOAT_TOKEN: see resolveToken
+	tokenFile string // --token-file: a file holding the token, or - for one line of stdin
+	caCert    string // --ca-cert / LIFEBOAT_CA_CERT: CA bundle that signed the server's certificate
+	output    string // -o table|json
+	logLevel  string // --log-level
 
 	stdin  io.Reader
 	stdout io.Writer
@@ -83,7 +84,7 @@ func newRootCmd(g *globals) *cobra.Command {
 				return usagef("--log-level must be debug, info, warn or error, not %q", g.logLevel)
 			}
 			g.logger = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
-			return nil
+			return g.resolveToken(cmd.Flags().Changed("token"))
 		},
 	}
 	// Flag errors (unknown flag, missing value) are usage errors: exit status 2.
@@ -91,7 +92,10 @@ func newRootCmd(g *globals) *cobra.Command {
 
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.server, "server", os.Getenv("LIFEBOAT_SERVER"), "control plane URL (env LIFEBOAT_SERVER)")
-	pf.StringVar(&g.token, "token", os.Getenv("LIFEBOAT_TOKEN"), "API token (env LIFEBOAT_TOKEN)")
+	// The token's environment variable is read in resolveToken, not made the flag's
+	// default: --help would print it.
+	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the API or install token; - reads one line from stdin")
+	pf.StringVar(&g.token, "token", "", "the token itself (deprecated: every user of the machine can read it; use --token-file or env "+envToken+")")
 	pf.StringVar(&g.caCert, "ca-cert", os.Getenv("LIFEBOAT_CA_CERT"), "PEM file of the CA that signed the server's certificate (env LIFEBOAT_CA_CERT)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")

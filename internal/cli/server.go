@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
 )
 
 // version is what the control plane reports; release builds set it with -ldflags.
@@ -24,7 +25,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: CA, certificates, database (and staging for up)")
 	if withDB {
-		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL; default an SQLite file in the data directory")
+		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL, its password in PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE); default an SQLite file in the data directory (env "+envDB+")")
 		fl.StringVar(&f.storeKey, "store-key", "", "master key file: wraps every account's key and opens every staging store (default DATA/staging.key, created with a new database)")
 	}
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
@@ -47,13 +48,20 @@ func newServerCmd(g *globals) *cobra.Command {
 		Use:   "server",
 		Short: "Run the control plane: API, console, state database",
 		Long: `Run the control plane until SIGTERM or SIGINT, then shut down gracefully.
-State lives in the data directory (SQLite by default) or in PostgreSQL (--db postgres://…);
-the CA is created there at first start, and an admin API token is written to
-DATA/admin-token (mode 0600). Restarting on the same data directory resumes.`,
+State lives in the data directory (SQLite by default) or in PostgreSQL (--db postgres://…
+or env LIFEBOAT_DB; the password from PGPASSWORD or a passfile, as libpq takes it, not
+in the URL); the CA is created there at first start, and an admin API token is written
+to DATA/admin-token (mode 0600). Restarting on the same data directory resumes.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (f.tlsCert == "") != (f.tlsKey == "") {
 				return usagef("give both --tls-cert and --tls-key, or neither")
+			}
+			switch {
+			case !cmd.Flags().Changed("db"):
+				f.db = os.Getenv(envDB)
+			case db.URLHasPassword(f.db):
+				g.warnSecretInArgv("--db with a password", "env "+envDB+", PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE)")
 			}
 			return serveControlPlane(cmd.Context(), g, f.config(g, ""), func(_ context.Context, u *upEnv) error {
 				g.logger.Info("lifeboat server started", "url", u.CP.URL(), "data", u.DataDir, "database", u.CP.DB().Kind(),

@@ -29,10 +29,10 @@ type serverProc struct {
 	addr   string
 }
 
-func startServerProc(t *testing.T, args ...string) *serverProc {
+func startServerProc(t *testing.T, env []string, args ...string) *serverProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], append([]string{"server"}, args...)...)
-	cmd.Env = append(os.Environ(), "LIFEBOAT_TEST_EXEC=1")
+	cmd.Env = append(append(os.Environ(), "LIFEBOAT_TEST_EXEC=1"), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	testutil.StartProcess(t, cmd)
@@ -86,11 +86,12 @@ func TestKill9MidWriteLeavesAConsistentDatabase(t *testing.T) {
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testutil.FreePort(t)))
 			args := []string{"--data", dir, "--listen", addr}
 			dbURL := filepath.Join(dir, "lifeboat.db")
+			var env []string
 			if kind == db.Postgres {
 				dbURL = dbtest.URL(t, kind)
-				args = append(args, "--db", dbURL)
+				env = []string{envDB + "=" + dbURL} // it holds the password: not in argv
 			}
-			first := startServerProc(t, args...)
+			first := startServerProc(t, env, args...)
 			admin := adminClient(t, dir, addr)
 			ctx := context.Background()
 			inst, err := admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall})
@@ -166,7 +167,7 @@ func TestKill9MidWriteLeavesAConsistentDatabase(t *testing.T) {
 				t.Fatal("no registration was answered before the kill")
 			}
 
-			second := startServerProc(t, args...)
+			second := startServerProc(t, env, args...)
 			admin = adminClient(t, dir, addr)
 			servers, err := admin.AllSourceServers(ctx, api.SourceServerFilter{Limit: 1000})
 			if err != nil {

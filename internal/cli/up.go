@@ -16,6 +16,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
 
 // upEnv is what `lifeboat up` hands to each component it runs beside the control plane.
@@ -158,6 +159,9 @@ func prepareEnv(ctx context.Context, cp *controlplane.ControlPlane, log *slog.Lo
 	newClient := func(token string) (*api.Client, error) {
 		return api.NewClient(api.ClientConfig{Server: cp.URL(), Token: token, Pin: cp.Pin(), UserAgent: "lifeboat"})
 	}
+	if err := secfile.Tighten(log, path); err != nil {
+		return nil, err
+	}
 	token := ""
 	if b, err := os.ReadFile(path); err == nil {
 		token = strings.TrimSpace(string(b))
@@ -211,8 +215,8 @@ func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install
 	fmt.Fprintf(w, "  master key:     %s (keep a copy elsewhere: with the database it holds every account's key, and alone it opens every staging store)\n", stagingKeyFile(u.DataDir))
 	fmt.Fprintf(w, "  replicator:     %s\n", u.Replicator)
 	fmt.Fprintf(w, "  data directory: %s\n\n", u.DataDir)
-	fmt.Fprintf(w, "Protect a Linux server: run this on it (as root) within the hour:\n\n")
-	fmt.Fprintf(w, "  lifeboat agent install --server %s --token %s\n\n", cp.URL(), install.Secret)
+	fmt.Fprintf(w, "Protect a Linux server: run this on it within the hour:\n\n")
+	fmt.Fprintf(w, "  %s\n\n", installCommand(cp.URL(), install.Secret))
 	fmt.Fprintf(w, "Use the CLI from another shell:\n\n")
 	if u.DataDir == defaultDataDir() {
 		fmt.Fprintf(w, "  lifeboat source-servers list\n\n")
@@ -222,4 +226,11 @@ func printUpSummary(g *globals, cp *controlplane.ControlPlane, u *upEnv, install
 		fmt.Fprintf(w, "  lifeboat source-servers list\n\n")
 	}
 	fmt.Fprintf(w, "Stop with Ctrl-C; run lifeboat up again to resume.\n")
+}
+
+// installCommand is the shell command `up` prints to install an agent. The token reaches
+// agent install on stdin from echo, a shell builtin, so it is in no process's argv
+// (`sudo LIFEBOAT_TOKEN=… lifeboat` would put it in sudo's).
+func installCommand(server, token string) string {
+	return fmt.Sprintf("echo %s | sudo lifeboat agent install --server %s --token-file -", token, server)
 }

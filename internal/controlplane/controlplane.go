@@ -22,6 +22,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
 
 // Config configures a control plane.
@@ -153,7 +154,12 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err := cp.loadServerCertificate(pkiDir); err != nil {
 		return nil, err
 	}
-	if cp.db, err = db.Open(ctx, cfg.DBURL); err != nil {
+	// Older versions, copies and restores may have left these readable by other users.
+	keys, _ := filepath.Glob(filepath.Join(pkiDir, "*.key"))
+	if err := secfile.Tighten(cp.log, append([]string{cfg.DataDir, pkiDir}, keys...)...); err != nil {
+		return nil, err
+	}
+	if cp.db, err = db.Open(ctx, cfg.DBURL, db.WithLogger(cp.log)); err != nil {
 		return nil, err
 	}
 	fresh, err := cp.bootstrap(ctx)
@@ -167,6 +173,10 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	if err := cp.openRecovery(); err != nil {
 		cp.db.Close()
+		return nil, err
+	}
+	if err := secfile.Tighten(cp.log, cp.cfg.StoreKeyFile); err != nil {
+		cp.Close()
 		return nil, err
 	}
 	cp.routes = cp.routeTable()

@@ -10,6 +10,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,6 +23,8 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
 
 // Kind names a database engine.
@@ -53,9 +57,38 @@ func IsPostgresURL(url string) bool {
 	return strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://")
 }
 
+// URLHasPassword reports whether a PostgreSQL URL holds a password, in its user
+// information or as a password= parameter. The password belongs in PGPASSWORD or a
+// passfile (~/.pgpass, PGPASSFILE), which the driver reads as libpq does.
+func URLHasPassword(u string) bool {
+	if !IsPostgresURL(u) {
+		return false
+	}
+	p, err := url.Parse(u)
+	if err != nil {
+		return true // cannot tell: assume the worst
+	}
+	_, set := p.User.Password()
+	return set || p.Query().Has("password")
+}
+
+// Option is an optional setting of Open.
+type Option func(*options)
+
+type options struct{ log *slog.Logger }
+
+// WithLogger gives Open a logger, for what it changes on its own (file permissions).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
 // Open opens the database named by url (postgres://… or postgresql://… for PostgreSQL,
-// otherwise the path of an SQLite file, created if missing) and applies the migrations.
-func Open(ctx context.Context, url string) (*DB, error) {
+// otherwise the path of an SQLite file, created mode 0600 if missing) and applies the
+// migrations. A PostgreSQL password is best left out of url: the driver reads
+// PGPASSWORD and the passfile (PGPASSFILE, default ~/.pgpass) as libpq does.
+func Open(ctx context.Context, url string, opts ...Option) (*DB, error) {
+	o := options{log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var d *DB
 	if IsPostgresURL(url) {
 		s, err := sql.Open("pgx", url)
@@ -69,6 +102,9 @@ func Open(ctx context.Context, url string) (*DB, error) {
 		path := strings.TrimPrefix(url, "sqlite://")
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("create the database directory: %w", err)
+		}
+		if err := createPrivate(path, o.log); err != nil {
+			return nil, err
 		}
 		// WAL lets readers run beside the writer; FULL sync makes a committed change
 		// survive power loss; immediate transactions take the write lock at BEGIN, so a
@@ -88,13 +124,28 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	defer cancel()
 	if err := d.sql.PingContext(pingCtx); err != nil {
 		d.sql.Close()
-		return nil, fmt.Errorf("connect to the %s database: %w (check the --db URL and that the database is running)", d.kind, err)
+		if d.kind == Postgres {
+			return nil, fmt.Errorf("connect to the PostgreSQL database: %w (check the --db URL or LIFEBOAT_DB, the password in PGPASSWORD or the passfile, and that the server runs)", err)
+		}
+		return nil, fmt.Errorf("open the SQLite database %s: %w (check the file and its directory)", url, err)
 	}
 	if err := d.migrate(ctx); err != nil {
 		d.sql.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// createPrivate creates the SQLite database file with mode 0600 before SQLite opens it,
+// since SQLite would create it 0644, and SQLite gives its -wal and -shm files the
+// database file's mode. Files an older version created 0644 are made 0600.
+func createPrivate(path string, log *slog.Logger) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create the SQLite database %s: %w", path, err)
+	}
+	f.Close()
+	return secfile.Tighten(log, path, path+"-wal", path+"-shm")
 }
 
 // Kind says which engine this is.

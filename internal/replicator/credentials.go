@@ -42,7 +42,7 @@ func LoadCredentials(path string) (*Credentials, error) {
 		return nil, fmt.Errorf("replicator credentials %s are not valid YAML: %w", path, err)
 	}
 	if c.Server == "" || !api.ValidID(api.PrefixReplicator, c.ID) || c.Certificate == "" || c.Key == "" || c.ServerPin == "" {
-		return nil, fmt.Errorf("replicator credentials %s are incomplete: remove the file and register again with --token", path)
+		return nil, fmt.Errorf("replicator credentials %s are incomplete: remove the file and register again with --token-file", path)
 	}
 	return &c, nil
 }
@@ -146,7 +146,7 @@ func LoadOrRegister(ctx context.Context, path string, o RegisterOptions) (*Crede
 		return nil, err
 	}
 	if o.Token == "" {
-		return nil, fmt.Errorf("this replicator is not registered (%s does not exist): pass --token with a replicator install token (lifeboat tokens create --kind install --scope replicator)", path)
+		return nil, fmt.Errorf("this replicator is not registered (%s does not exist): give a replicator install token with --token-file FILE or env LIFEBOAT_TOKEN (lifeboat tokens create --kind install --scope replicator)", path)
 	}
 	c, err = Register(ctx, o)
 	if err != nil {

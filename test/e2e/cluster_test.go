@@ -188,7 +188,7 @@ func (c *cluster) startReplicator() {
 		if err != nil {
 			c.t.Fatal(err)
 		}
-		args = append(args, "--token", tok.Secret)
+		args = append(args, "--token-file", c.tokenFile("replicator.token", tok.Secret))
 	}
 	if c.repNS != "" {
 		args = append([]string{"netns", "exec", c.repNS, binary}, args...)
@@ -197,6 +197,17 @@ func (c *cluster) startReplicator() {
 		c.rep = c.start("replicator", args...)
 	}
 	testutil.WaitTCP(c.t, c.repAddr, 30*time.Second)
+}
+
+// tokenFile writes a token to a private file in the cluster's directory, for
+// --token-file: a token in argv would be visible to every user of the machine.
+func (c *cluster) tokenFile(name, token string) string {
+	c.t.Helper()
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(token+"\n"), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
 }
 
 // cli runs a lifeboat command against the control plane and returns its stdout.
@@ -227,7 +238,7 @@ func (c *cluster) installAgentWith(volume string, extra ...string) {
 	}
 	c.agentCf = filepath.Join(c.dir, "agent.yaml")
 	c.agentSt = filepath.Join(c.dir, "agent-state")
-	args := append([]string{"agent", "install", "--server", c.url, "--token", tok.Secret, "--volume", volume, "--config", c.agentCf,
+	args := append([]string{"agent", "install", "--server", c.url, "--token-file", c.tokenFile("install.token", tok.Secret), "--volume", volume, "--config", c.agentCf,
 		"--no-service", "--machine-id", "e2e-" + filepath.Base(c.dir)}, extra...)
 	out := c.cli(args...)
 	c.agentID = strings.TrimSpace(out)

@@ -34,7 +34,9 @@ type site struct {
 	repo  *store.Repo
 	admin *api.Client
 	token string
-	ca    string
+	// tokenFile holds token, for --token-file (a token in argv warns).
+	tokenFile string
+	ca        string
 }
 
 func needVMs(t *testing.T) {
@@ -66,6 +68,10 @@ func startSite(t *testing.T, configure func(*controlplane.Config)) *site {
 		t.Fatal(err)
 	}
 	s.token, s.ca = tok.Secret, filepath.Join(dir, "pki", "ca.crt")
+	s.tokenFile = filepath.Join(dir, "cli.token")
+	if err := os.WriteFile(s.tokenFile, []byte(s.token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s.connect()
 	s.repo = recoverytest.Store(t, s.cp)
 	return s
@@ -121,7 +127,7 @@ func (s *site) restart() {
 func (s *site) lifeboat(args ...string) (string, string, int) {
 	s.t.Helper()
 	var out, errb bytes.Buffer
-	full := append([]string{"--server", s.cp.URL(), "--token", s.token, "--ca-cert", s.ca}, args...)
+	full := append([]string{"--server", s.cp.URL(), "--token-file", s.tokenFile, "--ca-cert", s.ca}, args...)
 	code := cli.Main(context.Background(), full, strings.NewReader(""), &out, &errb)
 	s.t.Logf("lifeboat %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
 	return out.String(), errb.String(), code
