@@ -87,4 +87,3 @@ func (f *fakeControlPlane) setHeadVersions(server string, v map[string]uint64, s
 		}
 	}
 }
-
