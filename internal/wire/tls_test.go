@@ -259,6 +259,7 @@ func TestMutualTLSRefusals(t *testing.T) {
 				// certificate; the refusal arrives as an alert on the first read.
 				_ = c.WriteMsg(&Ping{Nonce: 1})
 				_ = c.Flush()
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a server that accepted sends nothing
 				if m, err := c.ReadMsg(); err == nil {
 					t.Fatalf("refused client read a %v", m.Type())
 				}
