@@ -52,229 +52,286 @@ func (v VerifyReport) OK() bool { return len(v.Errors) == 0 }
 // PIT sealed from it (verifyRecords). It returns an error only when it could not run;
 // problems are in the report. It may run while replicators write.
 func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, error) {
-	var rep VerifyReport
-	var mu sync.Mutex
-	fail := func(format string, args ...any) {
-		mu.Lock()
-		rep.Errors = append(rep.Errors, fmt.Sprintf(format, args...))
-		mu.Unlock()
-	}
 	if opts.Parallelism <= 0 {
 		opts.Parallelism = 2 * r.opts.Parallelism
 	}
-	progress := func(stage string, done, total int) {
-		if opts.Progress != nil {
-			opts.Progress(stage, done, total)
-		}
+	v := &verifier{r: r, opts: opts}
+	if err := v.index(ctx); err != nil {
+		return v.rep, err
 	}
+	if err := v.packs(ctx); err != nil {
+		return v.rep, err
+	}
+	if err := v.references(ctx); err != nil {
+		return v.rep, err
+	}
+	// What the store recorded of its own history.
+	v.progress("rollbacks", 0, 1)
+	if err := r.verifyRecords(ctx, v.fail); err != nil {
+		return v.rep, err
+	}
+	return v.rep, nil
+}
 
-	// The index, object by object.
-	var names []string
-	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
-		names = append(names, oi.Name)
+// verifier is one run of Verify: the report it fills and what its steps (index, packs,
+// references) hand on to the next. A step returns an error only when Verify cannot go
+// on; problems go to the report through fail.
+type verifier struct {
+	r    *Repo
+	opts VerifyOptions
+
+	mu  sync.Mutex // guards rep.Errors and rep.Warnings: packs are checked in parallel
+	rep VerifyReport
+
+	names   []string                // the index objects listed by index
+	indexed map[ID]map[uint32]entry // pack → offset → entry, from names
+	chunks  map[ID]bool             // chunks in the index; references adds those indexed since
+
+	// The reference walk.
+	seenNode map[ID]bool    // tree nodes walked
+	data     map[ID]bool    // data chunks referenced
+	late     map[ID]lateRef // references to chunks not in chunks, decided after the walk
+	final    bool           // the index was read again: a chunk it lacks is missing
+}
+
+// lateRef is a reference to a chunk the listed index did not hold: the object that
+// names it and, for a tree node, its level.
+type lateRef struct {
+	object string
+	tree   bool
+	level  uint8
+}
+
+// fail records a problem. It is safe for concurrent use.
+func (v *verifier) fail(format string, args ...any) {
+	v.mu.Lock()
+	v.rep.Errors = append(v.rep.Errors, fmt.Sprintf(format, args...))
+	v.mu.Unlock()
+}
+
+func (v *verifier) progress(stage string, done, total int) {
+	if v.opts.Progress != nil {
+		v.opts.Progress(stage, done, total)
+	}
+}
+
+// index reads the index, object by object, into indexed and chunks.
+func (v *verifier) index(ctx context.Context) error {
+	if err := v.r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
+		v.names = append(v.names, oi.Name)
 		return nil
 	}); err != nil {
-		return rep, fmt.Errorf("list the index: %w", err)
+		return fmt.Errorf("list the index: %w", err)
 	}
-	rep.IndexObjects = len(names)
-	indexed := map[ID]map[uint32]entry{} // pack → offset → entry
-	chunks := map[ID]bool{}
-	for i, name := range names {
-		progress("index", i, len(names))
-		ps, err := r.loadIndexObject(ctx, name)
+	v.rep.IndexObjects = len(v.names)
+	v.indexed = map[ID]map[uint32]entry{}
+	v.chunks = map[ID]bool{}
+	for i, name := range v.names {
+		v.progress("index", i, len(v.names))
+		ps, err := v.r.loadIndexObject(ctx, name)
 		if err != nil {
 			if isBackendFailure(err) {
-				return rep, err
+				return err
 			}
-			fail("%v", err)
+			v.fail("%v", err)
 			continue
 		}
 		for _, p := range ps {
-			m := indexed[p.Pack]
+			m := v.indexed[p.Pack]
 			if m == nil {
 				m = map[uint32]entry{}
-				indexed[p.Pack] = m
+				v.indexed[p.Pack] = m
 			}
 			for _, e := range p.Entries {
 				if old, ok := m[e.Offset]; ok && old != e {
-					fail("%s: pack %s offset %d is listed as two different chunks", name, p.Pack, e.Offset)
+					v.fail("%s: pack %s offset %d is listed as two different chunks", name, p.Pack, e.Offset)
 				}
 				m[e.Offset] = e
-				chunks[e.ID] = true
+				v.chunks[e.ID] = true
 			}
 		}
 	}
-	rep.Chunks = len(chunks)
+	v.rep.Chunks = len(v.chunks)
+	return nil
+}
 
-	// Packs.
+// packs checks every pack against the index (verifyPack), in parallel, and that every
+// pack the index lists exists.
+func (v *verifier) packs(ctx context.Context) error {
 	var packs []backend.ObjectInfo
-	if err := r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
+	if err := v.r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
 		packs = append(packs, oi)
 		return nil
 	}); err != nil {
-		return rep, fmt.Errorf("list packs: %w", err)
+		return fmt.Errorf("list packs: %w", err)
 	}
-	rep.Packs = len(packs)
+	v.rep.Packs = len(packs)
 	present := map[ID]bool{}
 	var done atomic.Int64
 	var readChunks, readBytes atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(opts.Parallelism)
+	g.SetLimit(v.opts.Parallelism)
 	for _, oi := range packs {
 		id, err := ParseID(oi.Name[strings.LastIndexByte(oi.Name, '/')+1:])
 		if err != nil || packName(id) != oi.Name {
-			fail("%s: not a pack name", oi.Name)
+			v.fail("%s: not a pack name", oi.Name)
 			continue
 		}
 		present[id] = true
-		want := indexed[id]
+		want := v.indexed[id]
 		if want == nil {
-			mu.Lock()
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: no index names this pack (left by an interrupted write; lifeboat store gc removes it)", oi.Name))
-			mu.Unlock()
+			v.mu.Lock()
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("%s: no index names this pack (left by an interrupted write; lifeboat store gc removes it)", oi.Name))
+			v.mu.Unlock()
 		}
 		g.Go(func() error {
-			defer func() { progress("packs", int(done.Add(1)), len(packs)) }()
-			n, b, err := r.verifyPack(gctx, oi, id, want, opts.ReadData, fail)
+			defer func() { v.progress("packs", int(done.Add(1)), len(packs)) }()
+			n, b, err := v.r.verifyPack(gctx, oi, id, want, v.opts.ReadData, v.fail)
 			readChunks.Add(int64(n))
 			readBytes.Add(b)
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return rep, err
+		return err
 	}
-	rep.ReadChunks, rep.ReadBytes = int(readChunks.Load()), readBytes.Load()
-	for id := range indexed {
+	v.rep.ReadChunks, v.rep.ReadBytes = int(readChunks.Load()), readBytes.Load()
+	for id := range v.indexed {
 		if !present[id] {
-			fail("%s: the index lists this pack but it does not exist (its chunks are lost)", packName(id))
+			v.fail("%s: the index lists this pack but it does not exist (its chunks are lost)", packName(id))
 		}
 	}
+	return nil
+}
 
-	// References from PITs and heads. A reference to a chunk the index did not list is
-	// decided after the walk, with the index objects stored since: on a live store, a
-	// head or journal read now may name chunks indexed after the index was listed.
-	progress("references", 0, 1)
-	seenNode := map[ID]bool{}
-	data := map[ID]bool{}
-	type lateRef struct {
-		object string
-		tree   bool
-		level  uint8
-	}
-	late := map[ID]lateRef{}
-	final := false // the index was read again: a chunk it lacks is missing
-	dataRef := func(object string, id ID) {
-		switch {
-		case data[id]:
-		case chunks[id]:
-			data[id] = true
-		case !final:
-			late[id] = lateRef{object: object}
-		default:
-			data[id] = true
-			fail("%s: data chunk %s is not in the repository", object, id)
-		}
-	}
-	var walk func(object string, id ID, level uint8) error
-	walk = func(object string, id ID, level uint8) error {
-		if id.IsZero() || seenNode[id] {
-			return nil
-		}
-		if !chunks[id] && !final {
-			late[id] = lateRef{object: object, tree: true, level: level}
-			return nil
-		}
-		seenNode[id] = true
-		rep.TreeNodes++
-		if !chunks[id] {
-			fail("%s: tree node %s is not in the repository", object, id)
-			return nil
-		}
-		if l, _, ok := r.lookup(id); ok && l.typ != blobTree {
-			fail("%s: tree node %s is stored as data", object, id)
-			return nil
-		}
-		children, err := r.loadNode(ctx, id, level)
-		if err != nil {
-			if isBackendFailure(err) {
-				return err
-			}
-			fail("%s: tree node %s: %v", object, id, err)
-			return nil
-		}
-		for _, c := range children {
-			if c.IsZero() {
-				continue
-			}
-			if level == 0 {
-				dataRef(object, c)
-			} else if err := walk(object, c, level-1); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+// references walks the references from PITs and heads. A reference to a chunk the
+// index did not list is decided after the walk, with the index objects stored since
+// (lateRefs): on a live store, a head or journal read now may name chunks indexed
+// after the index was listed.
+func (v *verifier) references(ctx context.Context) error {
+	v.progress("references", 0, 1)
+	v.seenNode = map[ID]bool{}
+	v.data = map[ID]bool{}
+	v.late = map[ID]lateRef{}
 	heads := map[string]bool{}
-	err := r.forEachRoot(ctx, func(rt root) error {
+	err := v.r.forEachRoot(ctx, func(rt root) error {
 		switch {
 		case strings.HasPrefix(rt.object, "snapshots/"):
 			if rt.tree && !heads[rt.object] {
 				heads[rt.object] = true
-				rep.PITs++
+				v.rep.PITs++
 			}
 		case strings.HasSuffix(rt.object, "/head"):
-			rep.Heads++
+			v.rep.Heads++
 		}
 		if rt.tree {
-			return walk(rt.object, rt.id, rt.level)
+			return v.walk(ctx, rt.object, rt.id, rt.level)
 		}
-		dataRef(rt.object, rt.id)
+		v.dataRef(rt.object, rt.id)
 		return nil
 	})
 	if err != nil {
 		if isBackendFailure(err) {
-			return rep, err
+			return err
 		}
-		fail("%v", err)
+		v.fail("%v", err)
 	}
-	if len(late) > 0 {
-		listed := make(map[string]bool, len(names))
-		for _, n := range names {
-			listed[n] = true
-		}
-		ps, err := r.readIndexExcept(ctx, listed)
-		if err != nil {
-			if isBackendFailure(err) {
-				return rep, err
-			}
-			fail("%v", err)
-		}
-		for _, p := range ps {
-			for _, e := range p.Entries {
-				chunks[e.ID] = true
-			}
-		}
-		final = true
-		for id, l := range late {
-			if !l.tree {
-				dataRef(l.object, id)
-			} else if err := walk(l.object, id, l.level); err != nil {
-				if isBackendFailure(err) {
-					return rep, err
-				}
-				fail("%v", err)
-			}
+	if len(v.late) > 0 {
+		if err := v.lateRefs(ctx); err != nil {
+			return err
 		}
 	}
-	rep.DataRefs = len(data)
+	v.rep.DataRefs = len(v.data)
+	return nil
+}
 
-	// What the store recorded of its own history.
-	progress("rollbacks", 0, 1)
-	if err := r.verifyRecords(ctx, fail); err != nil {
-		return rep, err
+// lateRefs decides the references to chunks the listed index lacked: it adds the index
+// objects stored since the listing to chunks, then checks those references again, this
+// time final.
+func (v *verifier) lateRefs(ctx context.Context) error {
+	listed := make(map[string]bool, len(v.names))
+	for _, n := range v.names {
+		listed[n] = true
 	}
-	return rep, nil
+	ps, err := v.r.readIndexExcept(ctx, listed)
+	if err != nil {
+		if isBackendFailure(err) {
+			return err
+		}
+		v.fail("%v", err)
+	}
+	for _, p := range ps {
+		for _, e := range p.Entries {
+			v.chunks[e.ID] = true
+		}
+	}
+	v.final = true
+	for id, l := range v.late {
+		if !l.tree {
+			v.dataRef(l.object, id)
+		} else if err := v.walk(ctx, l.object, id, l.level); err != nil {
+			if isBackendFailure(err) {
+				return err
+			}
+			v.fail("%v", err)
+		}
+	}
+	return nil
+}
+
+// dataRef counts a reference from object to data chunk id, or defers it to lateRefs.
+func (v *verifier) dataRef(object string, id ID) {
+	switch {
+	case v.data[id]:
+	case v.chunks[id]:
+		v.data[id] = true
+	case !v.final:
+		v.late[id] = lateRef{object: object}
+	default:
+		v.data[id] = true
+		v.fail("%s: data chunk %s is not in the repository", object, id)
+	}
+}
+
+// walk checks tree node id of the given level, referenced from object, and everything
+// below it once; a node not in chunks is deferred to lateRefs.
+func (v *verifier) walk(ctx context.Context, object string, id ID, level uint8) error {
+	if id.IsZero() || v.seenNode[id] {
+		return nil
+	}
+	if !v.chunks[id] && !v.final {
+		v.late[id] = lateRef{object: object, tree: true, level: level}
+		return nil
+	}
+	v.seenNode[id] = true
+	v.rep.TreeNodes++
+	if !v.chunks[id] {
+		v.fail("%s: tree node %s is not in the repository", object, id)
+		return nil
+	}
+	if l, _, ok := v.r.lookup(id); ok && l.typ != blobTree {
+		v.fail("%s: tree node %s is stored as data", object, id)
+		return nil
+	}
+	children, err := v.r.loadNode(ctx, id, level)
+	if err != nil {
+		if isBackendFailure(err) {
+			return err
+		}
+		v.fail("%s: tree node %s: %v", object, id, err)
+		return nil
+	}
+	for _, c := range children {
+		if c.IsZero() {
+			continue
+		}
+		if level == 0 {
+			v.dataRef(object, c)
+		} else if err := v.walk(ctx, object, c, level-1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // isBackendFailure tells a failure to read (verify cannot go on) from damage (a finding).
