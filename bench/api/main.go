@@ -35,6 +35,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/cli"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 )
@@ -235,7 +236,7 @@ func fill(ctx context.Context, cp *controlplane.ControlPlane, n int) error {
 				st.LagSeconds, st.LastFreezeMs, st.Tracker = &lag, &freeze, "ebpf"
 				st.BacklogBytes, st.ThroughputBytesPerSecond, st.ReplicatedBytes, st.TotalBytes = 65536, 1<<20, 40<<30, 40<<30
 				if i%10 != 0 {
-					st.LastConsistencyPoint = &api.ConsistencyPointInfo{Time: now, Level: api.LevelFilesystem, SnapshotID: api.NewID(api.PrefixSnapshot)}
+					st.LastConsistencyPoint = &api.ConsistencyPointInfo{Time: now, Level: consistency.Filesystem, SnapshotID: api.NewID(api.PrefixSnapshot)}
 				}
 				st.ReadyForRecovery = st.Ready()
 				host := fmt.Sprintf("web-%05d.prod.example.com", i)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/launch"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery"
@@ -119,7 +120,7 @@ func ingest(b *testing.B, repo *store.Repo, server, image string) store.PIT {
 			b.Fatal(err)
 		}
 	}
-	pit, err := repo.SealPIT(ctx, store.SealRequest{ID: "pit-bench", Server: server, Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}})
+	pit, err := repo.SealPIT(ctx, store.SealRequest{ID: "pit-bench", Server: server, Time: time.Now(), Level: consistency.Crash, Heads: []*store.Head{h}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -227,7 +228,7 @@ func recoverToHTTP(b *testing.B, gib int, filler string) {
 	repo := recoverytest.Store(b, cp)
 	fi, _ := os.Stat(img)
 	server := recoverytest.Server(b, cp, "bench", map[string]int64{"vda": fi.Size()})
-	recoverytest.PIT(b, cp, repo, server, store.LevelFilesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	recoverytest.PIT(b, cp, repo, server, consistency.Filesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 	tok, err := cp.CreateToken(ctx, cp.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin})
 	if err != nil {
 		b.Fatal(err)

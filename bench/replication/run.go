@@ -20,6 +20,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/agent"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
@@ -749,7 +750,7 @@ func pitFreezes(ctx context.Context, cl *cluster, server string, from, to time.T
 		if p.Time.Before(from) || p.Time.After(to) {
 			continue
 		}
-		if p.Level != "filesystem" {
+		if p.Level != consistency.Filesystem {
 			other++
 			continue
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/klauspost/compress/s2"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
@@ -484,7 +485,7 @@ func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.B
 				nextMarker = nextMarker.Add(f.marker)
 				seq++
 				markerID++
-				mk := &wire.Marker{Seq: seq, ID: markerID, TimeUnixNano: now.UnixNano(), Level: wire.LevelCrash, VolumeSizes: []uint64{size}}
+				mk := &wire.Marker{Seq: seq, ID: markerID, TimeUnixNano: now.UnixNano(), Level: consistency.Crash, VolumeSizes: []uint64{size}}
 				mu.Lock()
 				markerAt[markerID] = now
 				mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
@@ -128,7 +129,7 @@ func run(args []string) {
 	if err := ingest(ctx, h, *image, *bs); err != nil {
 		log.Fatal(err)
 	}
-	pit, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-full", Server: "s-bench", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}})
+	pit, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-full", Server: "s-bench", Time: time.Now(), Level: consistency.Crash, Heads: []*store.Head{h}})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func run(args []string) {
 		if err := h.WriteBlocks(ctx, blocks); err != nil {
 			log.Fatal(err)
 		}
-		p2, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-inc", Server: "s-bench", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}})
+		p2, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-inc", Server: "s-bench", Time: time.Now(), Level: consistency.Crash, Heads: []*store.Head{h}})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -312,7 +313,7 @@ func gcDuringIngest(ctx context.Context, be backend.Backend, mk store.MasterKey,
 	if err := h.WriteBlocks(ctx, blocks); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-inc2", Server: "s-bench", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-inc2", Server: "s-bench", Time: time.Now(), Level: consistency.Crash, Heads: []*store.Head{h}}); err != nil {
 		log.Fatal(err)
 	}
 	if err := r.DeletePIT(ctx, "s-bench", "pit-inc"); err != nil {
@@ -349,7 +350,7 @@ func gcDuringIngest(ctx context.Context, be backend.Backend, mk store.MasterKey,
 	if err := ingest(ctx, h2, image, r.BlockSize()); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-2", Server: "s-bench2", Time: time.Now(), Level: store.LevelCrash, Heads: []*store.Head{h2}}); err != nil {
+	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-2", Server: "s-bench2", Time: time.Now(), Level: consistency.Crash, Heads: []*store.Head{h2}}); err != nil {
 		log.Fatal(err)
 	}
 	close(stop)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/freeze"
 	"github.com/lifeboat-dr/lifeboat/internal/tracker"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
@@ -102,7 +103,7 @@ type sess struct {
 
 type pointInfo struct {
 	at       time.Time
-	level    wire.Level
+	level    consistency.Level
 	freezeMs float64
 }
 
@@ -869,7 +870,7 @@ func (s *sess) sealed(m *wire.Sealed) {
 		return
 	}
 	s.a.mu.Lock()
-	s.a.st.lastPoint = &api.ConsistencyPointInfo{Time: info.at.UTC(), Level: info.level.String(), SnapshotID: m.PITID}
+	s.a.st.lastPoint = &api.ConsistencyPointInfo{Time: info.at.UTC(), Level: info.level, SnapshotID: m.PITID}
 	f := info.freezeMs
 	s.a.st.lastFreeze = &f
 	s.a.st.changed = true
@@ -898,14 +899,14 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 	if s.dirtyBytes() > 64<<20 && a.tr != nil {
 		return nil
 	}
-	level := wire.LevelFilesystem
+	level := consistency.Filesystem
 	var fr *freeze.Frozen
 	var freezeErr error
 	switch {
 	case a.wd == nil:
-		level, freezeErr = wire.LevelNone, errors.New(a.freezeReason)
+		level, freezeErr = consistency.None, errors.New(a.freezeReason)
 	case len(mounts) == 0:
-		level, freezeErr = wire.LevelNone, errors.New("no filesystem of the server's volumes is mounted here, so none can be frozen")
+		level, freezeErr = consistency.None, errors.New("no filesystem of the server's volumes is mounted here, so none can be frozen")
 	default:
 		if err := a.hook(ctx, "pre-freeze", a.cfg.PreFreeze, mounts); err != nil {
 			s.setPointErr(&api.ReplicationError{Code: codeHookFailed,
@@ -1001,7 +1002,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		if err := fr.Thaw(); err != nil {
 			var nc *freeze.NotConsistentError
 			if errors.As(err, &nc) {
-				level, freezeErr = wire.LevelNone, err
+				level, freezeErr = consistency.None, err
 			} else if readErr == nil {
 				readErr = err
 			}
@@ -1026,7 +1027,7 @@ func (s *sess) consistencyPoint(ctx context.Context, bound time.Duration) error 
 		}
 	}
 	s.flushAll(ctx)
-	if level == wire.LevelNone && fr != nil {
+	if level == consistency.None && fr != nil {
 		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
 			Message: fmt.Sprintf("the consistency point took longer than the freeze bound (%s): %v; it is kept as level none", bound, freezeErr)})
 	}

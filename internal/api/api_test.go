@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 func TestIDs(t *testing.T) {
@@ -49,14 +51,14 @@ func TestReadyForRecoveryIsDerived(t *testing.T) {
 	cont, sync := StateContinuous, StateInitialSync
 	cases := []struct {
 		state string
-		level string
+		level consistency.Level
 		want  bool
 	}{
-		{cont, LevelFilesystem, true},
-		{cont, LevelCrash, true},
-		{cont, LevelNone, false}, // a fuzzy point is never offered silently
-		{sync, LevelFilesystem, false},
-		{StateStalled, LevelCrash, true},
+		{cont, consistency.Filesystem, true},
+		{cont, consistency.Crash, true},
+		{cont, consistency.None, false}, // a fuzzy point is never offered silently
+		{sync, consistency.Filesystem, false},
+		{StateStalled, consistency.Crash, true},
 	}
 	for _, c := range cases {
 		s := st.Apply(ReplicationStateUpdate{DataReplicationState: &c.state,
@@ -66,9 +68,9 @@ func TestReadyForRecoveryIsDerived(t *testing.T) {
 		}
 	}
 	// An older consistency point never replaces a newer one.
-	s := st.Apply(ReplicationStateUpdate{LastConsistencyPoint: &ConsistencyPointInfo{Time: now, Level: LevelCrash}}, now)
-	s = s.Apply(ReplicationStateUpdate{LastConsistencyPoint: &ConsistencyPointInfo{Time: now.Add(-time.Minute), Level: LevelNone}}, now)
-	if s.LastConsistencyPoint.Level != LevelCrash {
+	s := st.Apply(ReplicationStateUpdate{LastConsistencyPoint: &ConsistencyPointInfo{Time: now, Level: consistency.Crash}}, now)
+	s = s.Apply(ReplicationStateUpdate{LastConsistencyPoint: &ConsistencyPointInfo{Time: now.Add(-time.Minute), Level: consistency.None}}, now)
+	if s.LastConsistencyPoint.Level != consistency.Crash {
 		t.Fatal("an older point replaced a newer one")
 	}
 }

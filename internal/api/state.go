@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
@@ -50,18 +51,6 @@ const (
 	ErrVolumeNotAccessible   = "VOLUME_NOT_ACCESSIBLE"
 )
 
-// Consistency levels of a consistency point (DESIGN §1).
-const (
-	LevelFilesystem = "filesystem" // taken under freeze
-	LevelCrash      = "crash"      // write-ordered
-	LevelNone       = "none"       // fuzzy; never offered silently
-)
-
-// ValidLevel reports whether s is a consistency level.
-func ValidLevel(s string) bool {
-	return s == LevelFilesystem || s == LevelCrash || s == LevelNone
-}
-
 // Initiation step statuses.
 const (
 	StepNotStarted = "NOT_STARTED"
@@ -107,9 +96,9 @@ type ReplicationError struct {
 
 // ConsistencyPointInfo is the last consistency point sealed as a recovery snapshot.
 type ConsistencyPointInfo struct {
-	Time       time.Time `json:"time"`
-	Level      string    `json:"level"`
-	SnapshotID string    `json:"snapshotId,omitempty"`
+	Time       time.Time         `json:"time"`
+	Level      consistency.Level `json:"level"`
+	SnapshotID string            `json:"snapshotId,omitempty"`
 }
 
 // ReplicationStateUpdate changes part of a source server's state: fields that are absent
@@ -179,7 +168,7 @@ func (u ReplicationStateUpdate) Validate() error {
 		}
 	}
 	if c := u.LastConsistencyPoint; c != nil {
-		if !ValidLevel(c.Level) || c.Time.IsZero() {
+		if !c.Level.Valid() || c.Time.IsZero() {
 			return Invalid("lastConsistencyPoint needs a time and a level of filesystem, crash or none")
 		}
 		if c.SnapshotID != "" && !ValidID(PrefixSnapshot, c.SnapshotID) {
@@ -245,7 +234,7 @@ func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) Replica
 // server is past its initial sync.
 func (s ReplicationState) Ready() bool {
 	c := s.LastConsistencyPoint
-	if c == nil || (c.Level != LevelFilesystem && c.Level != LevelCrash) {
+	if c == nil || !c.Level.Recoverable() {
 		return false
 	}
 	return s.DataReplicationState != StateInitiating && s.DataReplicationState != StateInitialSync
@@ -274,8 +263,8 @@ func (r CreateRecoverySnapshotRequest) Validate() error {
 	if r.Time.IsZero() {
 		return Invalid("time, the consistency point of the snapshot, is required")
 	}
-	if !ValidLevel(r.Level) {
-		return Invalid("level must be filesystem, crash or none, not %q", r.Level)
+	if !r.Level.Valid() {
+		return Invalid("level must be filesystem, crash or none, not %v", r.Level)
 	}
 	if len(r.Volumes) == 0 {
 		return Invalid("a snapshot needs at least one volume")

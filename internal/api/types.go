@@ -5,7 +5,11 @@
 // they cannot disagree about a field.
 package api
 
-import "time"
+import (
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
+)
 
 // Role is what an API token may do. Roles are ordered: each includes the ones below it.
 type Role string
@@ -410,15 +414,15 @@ type AssignedSourceServerList struct {
 // RecoverySnapshot (PIT) records an immutable version of all disks of a source server,
 // sealed by a replicator in the staging store.
 type RecoverySnapshot struct {
-	ID             string           `json:"id"`
-	SourceServerID string           `json:"sourceServerId"`
-	Time           time.Time        `json:"time"`  // the consistency point
-	Level          string           `json:"level"` // filesystem, crash or none
-	Volumes        []SnapshotVolume `json:"volumes"`
-	SizeBytes      int64            `json:"sizeBytes"`           // bytes this PIT added to the store
-	LockUntil      *time.Time       `json:"lockUntil,omitempty"` // protected until then
-	ReplicatorID   string           `json:"replicatorId,omitempty"`
-	CreatedAt      time.Time        `json:"createdAt"`
+	ID             string            `json:"id"`
+	SourceServerID string            `json:"sourceServerId"`
+	Time           time.Time         `json:"time"`  // the consistency point
+	Level          consistency.Level `json:"level"` // filesystem, crash or none
+	Volumes        []SnapshotVolume  `json:"volumes"`
+	SizeBytes      int64             `json:"sizeBytes"`           // bytes this PIT added to the store
+	LockUntil      *time.Time        `json:"lockUntil,omitempty"` // protected until then
+	ReplicatorID   string            `json:"replicatorId,omitempty"`
+	CreatedAt      time.Time         `json:"createdAt"`
 	// ManifestDigest is the digest of the PIT's manifest in the staging store, recorded
 	// when it was sealed: readers refuse a manifest with another (docs/security.md).
 	ManifestDigest string `json:"manifestDigest,omitempty"`
@@ -445,12 +449,12 @@ type RecoverySnapshotList struct {
 // CreateRecoverySnapshotRequest records a PIT a replicator sealed. ID may be left empty
 // for the control plane to choose one.
 type CreateRecoverySnapshotRequest struct {
-	ID        string           `json:"id,omitempty"`
-	Time      time.Time        `json:"time"`
-	Level     string           `json:"level"`
-	Volumes   []SnapshotVolume `json:"volumes"`
-	SizeBytes int64            `json:"sizeBytes"`
-	LockUntil *time.Time       `json:"lockUntil,omitempty"`
+	ID        string            `json:"id,omitempty"`
+	Time      time.Time         `json:"time"`
+	Level     consistency.Level `json:"level"`
+	Volumes   []SnapshotVolume  `json:"volumes"`
+	SizeBytes int64             `json:"sizeBytes"`
+	LockUntil *time.Time        `json:"lockUntil,omitempty"`
 	// ManifestDigest is the digest of the PIT's manifest in the staging store, and
 	// StagingStoreID the id of the repository it is in.
 	ManifestDigest string `json:"manifestDigest,omitempty"`

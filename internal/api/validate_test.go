@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // TestVolumeNamesAndSizesAreBounded: what an agent reports about its volumes (at
@@ -36,7 +38,7 @@ func TestVolumeNamesAndSizesAreBounded(t *testing.T) {
 		if e, ok := err.(*Error); !ok || e.Status != http.StatusBadRequest {
 			t.Errorf("%s: %v, want a 400", name, err)
 		}
-		req := CreateRecoverySnapshotRequest{Time: time.Now(), Level: "crash"}
+		req := CreateRecoverySnapshotRequest{Time: time.Now(), Level: consistency.Crash}
 		for _, v := range vs {
 			req.Volumes = append(req.Volumes, SnapshotVolume{Name: v.Name, SizeBytes: v.SizeBytes})
 		}

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -46,7 +46,7 @@ func TestExportWithoutAKeyFile(t *testing.T) {
 	repo := recoverytest.Store(t, e.cp)
 	img := randomImage(t, 3<<20+4096)
 	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 3<<20 + 4096})
-	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 
 	out := filepath.Join(e.dir, "out")
 	if err := os.MkdirAll(out, 0o700); err != nil {
@@ -82,7 +82,7 @@ func fakeControlPlane(t *testing.T, volume string) (string, string) {
 	_ = w.Extent(0, []byte("written by a hostile control plane or agent"))
 	_ = w.Close()
 	snap := api.RecoverySnapshot{ID: "pit-00000000000000001", SourceServerID: "s-00000000000000001", Time: time.Now(),
-		Level: api.LevelCrash, Volumes: []api.SnapshotVolume{{Name: volume, SizeBytes: 8192}}}
+		Level: consistency.Crash, Volumes: []api.SnapshotVolume{{Name: volume, SizeBytes: 8192}}}
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/api/v1/recovery-snapshots/"+snap.ID:

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
@@ -244,7 +245,7 @@ func newestConsistent(ctx context.Context, c *api.Client, server string) (api.Re
 			return api.RecoverySnapshot{}, err
 		}
 		for _, p := range page.Items {
-			if p.Level == api.LevelFilesystem || p.Level == api.LevelCrash {
+			if p.Level == consistency.Filesystem || p.Level == consistency.Crash {
 				return p, nil
 			}
 		}

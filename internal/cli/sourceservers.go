@@ -196,7 +196,7 @@ func pointText(p *api.ConsistencyPointInfo) string {
 	if p == nil {
 		return "none yet"
 	}
-	return p.Time.Local().Format("2006-01-02 15:04:05") + " " + p.Level
+	return p.Time.Local().Format("2006-01-02 15:04:05") + " " + p.Level.String()
 }
 
 func errText(e *api.ReplicationError) string {

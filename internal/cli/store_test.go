@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
@@ -40,7 +41,7 @@ func TestStoreCommands(t *testing.T) {
 	if err := h.WriteBlocks(ctx, []store.Block{{Index: 0, Data: data}, {Index: 3, Data: data}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-cli", Server: "s-cli", Time: time.Now(), Level: store.LevelFilesystem, Heads: []*store.Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-cli", Server: "s-cli", Time: time.Now(), Level: consistency.Filesystem, Heads: []*store.Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	r.Close()

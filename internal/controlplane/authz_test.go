@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // who may call each route, written out by hand: v viewer, o operator, a admin (of any
@@ -98,12 +99,12 @@ func TestEveryRouteEnforcesItsRoles(t *testing.T) {
 			t.Fatal(err)
 		}
 		snapA, err := r1.CreateRecoverySnapshot(e.ctx, a.SourceServer.ID, api.CreateRecoverySnapshotRequest{Time: e.clock.Now(),
-			Level: api.LevelFilesystem, Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}})
+			Level: consistency.Filesystem, Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := r2.CreateRecoverySnapshot(e.ctx, b.SourceServer.ID, api.CreateRecoverySnapshotRequest{Time: e.clock.Now(),
-			Level: api.LevelFilesystem, Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}}); err != nil {
+			Level: consistency.Filesystem, Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}}); err != nil {
 			t.Fatal(err)
 		}
 		other, err := e.admin.CreateAccount(e.ctx, api.CreateAccountRequest{Name: "tenant"})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // requestTypes lists the body type of every route that takes one.
@@ -36,8 +37,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		api.RegisterReplicatorRequest{CSR: "x", Name: "r1", Site: "default", Address: "10.0.0.1:1500"},
 		api.DefaultReplicationSettings("file:///var/lib/lifeboat/staging"),
 		api.DefaultLaunchSettings(2, 1<<30),
-		api.ReplicationStateUpdate{DataReplicationState: new(string), LastConsistencyPoint: &api.ConsistencyPointInfo{Time: now, Level: "crash"}},
-		api.CreateRecoverySnapshotRequest{Time: now, Level: "filesystem", Volumes: []api.SnapshotVolume{{Name: "vda"}}},
+		api.ReplicationStateUpdate{DataReplicationState: new(string), LastConsistencyPoint: &api.ConsistencyPointInfo{Time: now, Level: consistency.Crash}},
+		api.CreateRecoverySnapshotRequest{Time: now, Level: consistency.Filesystem, Volumes: []api.SnapshotVolume{{Name: "vda"}}},
 		api.DeleteRecoverySnapshotsRequest{IDs: []string{"pit-00000000000000001"}},
 		api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: "s-00000000000000001", RecoverySnapshotID: "pit-00000000000000001"}}, IsDrill: true, NetworkAccess: true},
 		api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: "s-00000000000000001"}}, At: &now, Force: true},

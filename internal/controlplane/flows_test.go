@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
@@ -341,7 +342,7 @@ func TestReplicatorAssignmentSnapshotsAndFailover(t *testing.T) {
 		lock := e.clock.Now().Add(24 * time.Hour)
 		var pits []string
 		for i := range 3 {
-			req := api.CreateRecoverySnapshotRequest{Time: t0.Add(time.Duration(i) * 10 * time.Minute), Level: api.LevelFilesystem,
+			req := api.CreateRecoverySnapshotRequest{Time: t0.Add(time.Duration(i) * 10 * time.Minute), Level: consistency.Filesystem,
 				Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 10 << 30, Ref: fmt.Sprint("v", i)}}, SizeBytes: int64(i) << 20}
 			if i == 0 {
 				req.LockUntil = &lock

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -68,7 +68,7 @@ func TestProviderFaults(t *testing.T) {
 			})
 			repo := recoverytest.Store(t, e.cp)
 			srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 1 << 20})
-			recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute),
+			recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute),
 				recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 9)})
 			ls := api.DefaultLaunchSettings(1, 512<<20)
 			ls.Provider = c.provider
@@ -105,7 +105,7 @@ func TestPostLaunchScriptAndQcow2(t *testing.T) {
 	repo := recoverytest.Store(t, e.cp)
 	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 2 << 20})
 	img := image(t, 2<<20, 11)
-	recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 	out := filepath.Join(t.TempDir(), "env.txt")
 	target := t.TempDir()
 	ls := api.DefaultLaunchSettings(1, 512<<20)
@@ -234,7 +234,7 @@ func TestTenantsRunNoScriptsOnTheHost(t *testing.T) {
 	}
 	repo := recoverytest.AccountStore(t, e.cp, tenant.Account.ID)
 	srv := recoverytest.ServerIn(t, e.cp, tenant.Account.ID, "m1", map[string]int64{"vda": 1 << 20})
-	recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 4)})
+	recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 4)})
 	marker := filepath.Join(t.TempDir(), "ran")
 	ls := api.DefaultLaunchSettings(1, 512<<20)
 	ls.Provider = api.ProviderImage

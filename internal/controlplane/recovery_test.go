@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
 const testBlock = 64 << 10
@@ -118,15 +118,15 @@ func TestRecoveryDrillAndTerminateWithTheImageProvider(t *testing.T) {
 		img1 := image(t, size, 1)
 		img2 := changed(t, img1, 4, 5, 50)
 		now := e.clock.Now()
-		p1, _ := recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, now.Add(-2*time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
-		p2, n := recoverytest.PIT(t, e.cp, repo, srv, store.LevelFilesystem, now.Add(-time.Hour),
+		p1, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, now.Add(-2*time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
+		p2, n := recoverytest.PIT(t, e.cp, repo, srv, consistency.Filesystem, now.Add(-time.Hour),
 			recoverytest.Volume{Name: "vda", Image: img2, Previous: img1})
 		if n != 3 {
 			t.Fatalf("the second PIT wrote %d blocks, want the 3 changed", n)
 		}
 		// The newest PIT is not consistent: it is never chosen without being asked for.
-		recoverytest.PIT(t, e.cp, repo, srv, store.LevelNone, now.Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img1})
-		po, _ := recoverytest.PIT(t, e.cp, repo, other, store.LevelCrash, now.Add(-time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
+		recoverytest.PIT(t, e.cp, repo, srv, consistency.None, now.Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img1})
+		po, _ := recoverytest.PIT(t, e.cp, repo, other, consistency.Crash, now.Add(-time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
 		imageSettings(t, e, srv.ID)
 		op := e.userClient(api.RoleOperator)
 
@@ -282,7 +282,7 @@ func TestJobLimits(t *testing.T) {
 	// A job another control plane holds counts as active.
 	repo := recoverytest.Store(t, e.cp)
 	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 1 << 20})
-	recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 3)})
+	recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 3)})
 	lease := e.clock.Now().Add(time.Hour)
 	err = e.cp.DB().Update(e.ctx, func(tx *db.Tx) error {
 		return tx.CreateJob(db.Job{Job: api.Job{ID: "drsjob-00000000000000001", Type: api.JobLaunch, Status: api.JobStarted,
@@ -310,7 +310,7 @@ func TestJobsResumeAfterARestart(t *testing.T) {
 			repo := recoverytest.Store(t, e.cp)
 			srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 2 << 20})
 			img := image(t, 2<<20, 5)
-			pit, _ := recoverytest.PIT(t, e.cp, repo, srv, store.LevelFilesystem, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+			pit, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Filesystem, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 			imageSettings(t, e, srv.ID)
 			account := e.cp.SystemAccountID()
 			e.stopCurrent()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 func TestReplicationControlAndSnapshotRequests(t *testing.T) {
@@ -87,7 +88,7 @@ func TestReplicationControlAndSnapshotRequests(t *testing.T) {
 			t.Fatalf("assigned: %+v %v", assigned, err)
 		}
 		old := req.RequestedAt.Add(-time.Second)
-		if _, err := r1.CreateRecoverySnapshot(e.ctx, id, api.CreateRecoverySnapshotRequest{Time: old, Level: api.LevelFilesystem,
+		if _, err := r1.CreateRecoverySnapshot(e.ctx, id, api.CreateRecoverySnapshotRequest{Time: old, Level: consistency.Filesystem,
 			Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +96,7 @@ func TestReplicationControlAndSnapshotRequests(t *testing.T) {
 		if cfg.Control.SnapshotRequest == nil {
 			t.Fatal("an older PIT satisfied the request")
 		}
-		if _, err := r1.CreateRecoverySnapshot(e.ctx, id, api.CreateRecoverySnapshotRequest{Time: req.RequestedAt, Level: api.LevelFilesystem,
+		if _, err := r1.CreateRecoverySnapshot(e.ctx, id, api.CreateRecoverySnapshotRequest{Time: req.RequestedAt, Level: consistency.Filesystem,
 			Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}}); err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -87,7 +88,7 @@ func TestReadersRefuseAManifestOtherThanTheRecordedOne(t *testing.T) {
 	repo := recoverytest.Store(t, e.cp)
 	img := image(t, 4<<20, 5)
 	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 4 << 20})
-	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 	op := e.userClient(api.RoleOperator)
 	body, err := op.ExportVolume(e.ctx, pit.ID, "vda")
 	if err != nil {

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -58,7 +58,7 @@ func TestExportThroughTheAPI(t *testing.T) {
 	const size = 64 << 20
 	img := image(t, size, 11)
 	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": size})
-	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, store.LevelCrash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	pit, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 
 	_, err := e.userClient(api.RoleViewer).ExportVolume(e.ctx, pit.ID, "vda")
 	wantAPIError(t, err, 403, api.CodeForbidden)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
 )
@@ -53,7 +54,7 @@ func fixture(t *testing.T, d *db.DB) {
 			switch i % 3 {
 			case 1:
 				st.DataReplicationState = api.StateContinuous
-				st.LastConsistencyPoint = &api.ConsistencyPointInfo{Time: t0, Level: api.LevelFilesystem}
+				st.LastConsistencyPoint = &api.ConsistencyPointInfo{Time: t0, Level: consistency.Filesystem}
 			case 2:
 				st.DataReplicationState = api.StateStopped
 			}
@@ -218,7 +219,7 @@ func TestEnginesAgree(t *testing.T) {
 		{"snapshots newest first, paged, deleted with their server", func(tx *db.Tx) (any, error) {
 			for i := range 5 {
 				err := tx.CreateSnapshot(db.Snapshot{RecoverySnapshot: api.RecoverySnapshot{ID: fmt.Sprintf("pit-%017d", i),
-					SourceServerID: "s-00000000000000001", Time: t0.Add(time.Duration(i%3) * time.Minute), Level: api.LevelCrash,
+					SourceServerID: "s-00000000000000001", Time: t0.Add(time.Duration(i%3) * time.Minute), Level: consistency.Crash,
 					Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1 << 30}}, CreatedAt: t0}, AccountID: acct})
 				if err != nil {
 					return nil, err
@@ -281,7 +282,7 @@ func TestEnginesAgree(t *testing.T) {
 			id := "s-00000000000000003"
 			later := t0.Add(time.Hour)
 			st := api.NewReplicationState(t0).Apply(api.ReplicationStateUpdate{DataReplicationState: ptr(api.StateContinuous),
-				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: api.LevelCrash}}, later)
+				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: consistency.Crash}}, later)
 			// After each change, the stored summary must equal the row's own rendering.
 			stale := func(step string) (string, error) {
 				sums, _, err := tx.ListSourceServerSummaries(acct, api.SourceServerFilter{Limit: 100})
@@ -366,7 +367,7 @@ func TestEnginesAgree(t *testing.T) {
 		{"replication state round trip", func(tx *db.Tx) (any, error) {
 			st := api.NewReplicationState(t0).Apply(api.ReplicationStateUpdate{
 				DataReplicationState: ptr(api.StateContinuous), LagSeconds: ptr(0.5), BacklogBytes: ptr(int64(42)),
-				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: api.LevelFilesystem, SnapshotID: "pit-00000000000000001"},
+				LastConsistencyPoint: &api.ConsistencyPointInfo{Time: t0, Level: consistency.Filesystem, SnapshotID: "pit-00000000000000001"},
 				Error:                &api.ReplicationError{Code: api.ErrUnstableNetwork, Message: "check the link"},
 			}, t0)
 			if err := tx.SetReplicationState("s-00000000000000000", st, t0); err != nil {

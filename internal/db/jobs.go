@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // Job is a job row with its servers.
@@ -369,7 +370,7 @@ func (t *Tx) JobLog(jobID string, limit int, after string) ([]api.JobLogEvent, s
 // taken at or before before when it is given, newest first.
 func (t *Tx) ConsistentSnapshots(sourceServerID string, before *time.Time, limit int) ([]Snapshot, error) {
 	q := `SELECT ` + snapshotCols + ` FROM recovery_snapshots WHERE source_server_id = ? AND level IN (?, ?)`
-	args := []any{sourceServerID, api.LevelFilesystem, api.LevelCrash}
+	args := []any{sourceServerID, consistency.Filesystem, consistency.Crash}
 	if before != nil {
 		q += ` AND taken_at <= ?`
 		args = append(args, ms(*before))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/launch"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -52,7 +53,7 @@ func pitOf(t *testing.T, vols map[string][]byte) (*store.Repo, store.PIT) {
 		}
 		heads = append(heads, h)
 	}
-	pit, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: store.LevelCrash, Heads: heads})
+	pit, err := r.SealPIT(ctx, store.SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: consistency.Crash, Heads: heads})
 	if err != nil {
 		t.Fatal(err)
 	}

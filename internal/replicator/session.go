@@ -609,7 +609,7 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 func (s *session) seal(ctx context.Context, m *wire.Marker) {
 	id := api.NewID(api.PrefixSnapshot)
 	at := time.Unix(0, m.TimeUnixNano).UTC()
-	pit, err := s.repo.SealPIT(ctx, store.SealRequest{ID: id, Server: s.server, Time: at, Level: m.Level.String(), Heads: s.heads,
+	pit, err := s.repo.SealPIT(ctx, store.SealRequest{ID: id, Server: s.server, Time: at, Level: m.Level, Heads: s.heads,
 		Labels: map[string]string{"freezeMicros": fmt.Sprint(m.FreezeMicros)}})
 	if err != nil {
 		s.log.Warn("sealing a PIT failed", "err", err)

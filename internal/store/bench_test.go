@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"testing"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // BenchmarkCheckpoint: the cost of sealing one changed block of a 4 TiB volume with
@@ -56,7 +58,7 @@ func BenchmarkReadBlock(b *testing.B) {
 	if err := h.WriteBlocks(ctx, bl); err != nil {
 		b.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: LevelCrash, Heads: []*Head{h}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
@@ -31,7 +32,7 @@ func sealedRepo(t *testing.T) (string, MasterKey, PIT) {
 		blocks[b] = 1
 	}
 	write(t, h, model{}, blocks)
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-z", Server: "s-z", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-z", Server: "s-z", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/faulty"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
@@ -67,7 +68,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 					flushed = m.clone()
 					if round%2 == 1 {
 						id := fmt.Sprintf("pit-%d", round)
-						if _, err := r.SealPIT(ctx, SealRequest{ID: id, Server: "s-k", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+						if _, err := r.SealPIT(ctx, SealRequest{ID: id, Server: "s-k", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 							return
 						}
 						sealed = append(sealed, sealedPIT{id, m.clone()})
@@ -105,7 +106,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 			if err != nil {
 				t.Fatalf("crash at write %d: reopen head: %v", crashAt, err)
 			}
-			p, err := r2.SealPIT(ctx, SealRequest{ID: "pit-after", Server: "s-k", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+			p, err := r2.SealPIT(ctx, SealRequest{ID: "pit-after", Server: "s-k", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,7 +189,7 @@ func TestBackendErrorsKeepTheirKind(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, h2, model{}, map[uint64]uint32{2: 1})
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-e", Server: "s-e", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h2}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-e", Server: "s-e", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +247,7 @@ func TestFlushesCompleteInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-o", Server: "s-o", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h2}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-o", Server: "s-o", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h2}})
 	if err != nil {
 		t.Fatal(err)
 	}

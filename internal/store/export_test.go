@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // A reader that opened a PIT's volume before a garbage collection (run by another
@@ -22,7 +24,7 @@ func TestExportAfterAGCMovedTheChunks(t *testing.T) {
 	}
 	m := model{}
 	write(t, h, m, map[uint64]uint32{0: 1, 5: 2, 39: 3})
-	if _, err := w.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+	if _, err := w.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	pit, err := reader.LoadPIT(ctx, "s-1", "pit-1")
@@ -77,7 +79,7 @@ func TestExportOnlyDifferingKeepsALargerTarget(t *testing.T) {
 	}
 	m := model{}
 	write(t, h, m, map[uint64]uint32{1: 1, 2: 2, 3: 3})
-	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}

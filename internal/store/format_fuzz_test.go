@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // FuzzDecoders feeds arbitrary bytes to every decoder of repository objects: none may
@@ -59,7 +61,7 @@ func FuzzSealedObjects(f *testing.F) {
 	ctx := context.Background()
 	h, _ := r.OpenHead(ctx, "s-fz", "vda", 4*testBS, HeadOptions{})
 	_ = h.WriteBlocks(ctx, []Block{{Index: 0, Data: content(0, 2)}})
-	_, _ = r.SealPIT(ctx, SealRequest{ID: "pit-fz", Server: "s-fz", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	_, _ = r.SealPIT(ctx, SealRequest{ID: "pit-fz", Server: "s-fz", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	good, _ := r.be.Get(ctx, snapshotName("s-fz", "pit-fz"))
 	f.Add(good)
 	f.Add([]byte{1, 2, 3})

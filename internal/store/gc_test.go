@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // TestGCWhileWriting runs garbage collections, in this process and from a second
@@ -64,7 +66,7 @@ func TestGCWhileWriting(t *testing.T) {
 				}
 				if round%4 == 3 {
 					p, err := r.SealPIT(ctx, SealRequest{ID: fmt.Sprintf("pit-%d", round), Server: server,
-						Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+						Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 					if err != nil {
 						errs <- fmt.Errorf("writer %d seal %d: %w", w, round, err)
 						return
@@ -171,7 +173,7 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 		all[b] = 1
 	}
 	write(t, h, model{}, all)
-	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-f", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-f", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	m := model{}
@@ -186,7 +188,7 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 		half[b] = 3
 	}
 	write(t, h, m, half)
-	p2, err := r.SealPIT(ctx, SealRequest{ID: "pit-2", Server: "s-f", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	p2, err := r.SealPIT(ctx, SealRequest{ID: "pit-2", Server: "s-f", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +233,7 @@ func TestGCTwiceChangesNothing(t *testing.T) {
 		blocks[b] = 1
 	}
 	write(t, h, m, blocks)
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-t", Server: "s-t", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-t", Server: "s-t", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +271,7 @@ func TestGCSparesChunksNotYetJournaled(t *testing.T) {
 	if _, err := r.GC(ctx, GCOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-y", Server: "s-y", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-y", Server: "s-y", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
 
@@ -50,7 +51,7 @@ func TestRepositoryNestedUnderAcctIsLeftAlone(t *testing.T) {
 		if err := h.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
-		p, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+		p, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 		if err != nil {
 			t.Fatal(err)
 		}

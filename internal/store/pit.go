@@ -12,14 +12,8 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
-)
-
-// Consistency levels of a PIT (DESIGN §1).
-const (
-	LevelFilesystem = "filesystem"
-	LevelCrash      = "crash"
-	LevelNone       = "none"
 )
 
 // PIT is a recovery snapshot: the version of every volume of a source server at one
@@ -33,7 +27,7 @@ type PIT struct {
 	Seq        uint64            `json:"seq"`            // 1 for the server's first PIT, then one more than Prev's
 	Prev       *PITLink          `json:"prev,omitempty"` // the PIT sealed before this one; nil for the first
 	Time       time.Time         `json:"time"`           // the consistency point
-	Level      string            `json:"level"`          // filesystem, crash or none
+	Level      consistency.Level `json:"level"`
 	Created    time.Time         `json:"created"`
 	Volumes    []PITVolume       `json:"volumes"`
 	AddedBytes int64             `json:"addedBytes"` // bytes this PIT added to the store
@@ -88,7 +82,7 @@ type SealRequest struct {
 	ID        string    // pit-…; the control plane's id for it
 	Server    string    // source server id
 	Time      time.Time // consistency point
-	Level     string    // filesystem, crash or none
+	Level     consistency.Level
 	Heads     []*Head   // every volume of the server
 	LockUntil time.Time // optional: locked until then
 	Labels    map[string]string
@@ -102,10 +96,8 @@ func (r *Repo) SealPIT(ctx context.Context, req SealRequest) (PIT, error) {
 	if !validPathName(req.ID) || !validPathName(req.Server) {
 		return PIT{}, fmt.Errorf("PIT id %q or server id %q is not usable in object names", req.ID, req.Server)
 	}
-	switch req.Level {
-	case LevelFilesystem, LevelCrash, LevelNone:
-	default:
-		return PIT{}, fmt.Errorf("consistency level %q is not filesystem, crash or none", req.Level)
+	if !req.Level.Valid() {
+		return PIT{}, fmt.Errorf("consistency level %v is not filesystem, crash or none", req.Level)
 	}
 	if len(req.Heads) == 0 {
 		return PIT{}, errors.New("a PIT needs at least one volume")

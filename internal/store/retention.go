@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // Policy decides which PITs of a server are kept (DESIGN §3.5): every consistency point
@@ -31,17 +33,6 @@ func DefaultPolicy() Policy {
 		{Interval: time.Hour, Keep: 24 * time.Hour},
 		{Interval: 24 * time.Hour, Keep: 7 * 24 * time.Hour},
 	}}
-}
-
-// levelRank orders consistency levels: filesystem is best.
-func levelRank(level string) int {
-	switch level {
-	case LevelFilesystem:
-		return 2
-	case LevelCrash:
-		return 1
-	}
-	return 0
 }
 
 // Decision is retention's verdict on one PIT.
@@ -71,7 +62,7 @@ func (p Policy) Apply(pits []PIT, now time.Time) []Decision {
 	sort.Slice(order, func(a, b int) bool { return pits[order[a]].Time.Before(pits[order[b]].Time) })
 	newestConsistent := -1
 	for _, i := range order {
-		if pits[i].Level != LevelNone {
+		if pits[i].Level != consistency.None {
 			newestConsistent = i
 		}
 	}
@@ -102,7 +93,7 @@ func (p Policy) Apply(pits []PIT, now time.Time) []Decision {
 			}
 			bucket := pits[i].Time.UnixNano() / int64(rule.Interval)
 			j, ok := best[bucket]
-			if !ok || levelRank(pits[i].Level) > levelRank(pits[j].Level) {
+			if !ok || pits[i].Level > pits[j].Level {
 				best[bucket] = i
 			}
 		}

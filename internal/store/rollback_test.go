@@ -11,13 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
 
 func seal(t *testing.T, r *Repo, id string, heads ...*Head) PIT {
 	t.Helper()
-	p, err := r.SealPIT(context.Background(), SealRequest{ID: id, Server: heads[0].Server(), Time: time.Now(), Level: LevelCrash, Heads: heads})
+	p, err := r.SealPIT(context.Background(), SealRequest{ID: id, Server: heads[0].Server(), Time: time.Now(), Level: consistency.Crash, Heads: heads})
 	if err != nil {
 		t.Fatalf("seal %s: %v", id, err)
 	}
@@ -279,7 +280,7 @@ func TestManifestPutBackAfterProtect(t *testing.T) {
 	r, be, _ := newTestRepo(t, opts)
 	h, _ := r.OpenHead(ctx, "s-6", "vda", 8*testBS, HeadOptions{})
 	write(t, h, model{}, map[uint64]uint32{1: 1})
-	p1, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-6", Time: now.Add(-48 * time.Hour), Level: LevelCrash, Heads: []*Head{h}})
+	p1, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-6", Time: now.Add(-48 * time.Hour), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +437,7 @@ func TestVerifyOnALiveStoreFindsNoRollback(t *testing.T) {
 				return
 			}
 			id := "pit-" + itoa(uint64(i))
-			if _, err := r.SealPIT(ctx, SealRequest{ID: id, Server: "s-live", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+			if _, err := r.SealPIT(ctx, SealRequest{ID: id, Server: "s-live", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 				done <- err
 				return
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/s2"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 )
@@ -181,7 +182,7 @@ func TestWriteSealReadExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	m[100] = 3
-	pit1, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: LevelFilesystem, Heads: []*Head{h}})
+	pit1, err := r.SealPIT(ctx, SealRequest{ID: "pit-1", Server: "s-1", Time: time.Now(), Level: consistency.Filesystem, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +222,7 @@ func TestWriteSealReadExport(t *testing.T) {
 	// A second PIT after changing a few blocks: the first still reads as it was.
 	m2 := m.clone()
 	write(t, h, m2, map[uint64]uint32{5: 7, 6: 0, 80: 2})
-	pit2, err := r.SealPIT(ctx, SealRequest{ID: "pit-2", Server: "s-1", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	pit2, err := r.SealPIT(ctx, SealRequest{ID: "pit-2", Server: "s-1", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +262,7 @@ func TestExportMatchesAndIsSparse(t *testing.T) {
 		blocks[b] = uint32(b%4) + 1
 	}
 	write(t, h, m, blocks)
-	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-a", Server: "s-2", Time: time.Now(), Level: LevelFilesystem, Heads: []*Head{h}})
+	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-a", Server: "s-2", Time: time.Now(), Level: consistency.Filesystem, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +299,7 @@ func TestDedupAcrossVolumesAndZeroBlocksCostNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	heads = append(heads, zeroHead)
-	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-d", Server: "s-3", Time: time.Now(), Level: LevelCrash, Heads: heads}); err != nil {
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-d", Server: "s-3", Time: time.Now(), Level: consistency.Crash, Heads: heads}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := r.Stats(ctx)
@@ -335,7 +336,7 @@ func TestIncrementalPITCostsWhatChanged(t *testing.T) {
 		blocks[b] = 1
 	}
 	write(t, h, model{}, blocks)
-	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-full", Server: "s-4", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-full", Server: "s-4", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	before := dirSize(t, be)
@@ -346,7 +347,7 @@ func TestIncrementalPITCostsWhatChanged(t *testing.T) {
 		changed[uint64(rng.IntN(nblocks))] = 3
 	}
 	write(t, h, model{}, changed)
-	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-inc", Server: "s-4", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-inc", Server: "s-4", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +420,7 @@ func TestCrashRecoversFlushedWritesOnly(t *testing.T) {
 		first[b] = 1
 	}
 	write(t, h, m, first)
-	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-c1", Server: "s-5", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	pit, err := r.SealPIT(ctx, SealRequest{ID: "pit-c1", Server: "s-5", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,7 +438,7 @@ func TestCrashRecoversFlushedWritesOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, err := r2.SealPIT(ctx, SealRequest{ID: "pit-c2", Server: "s-5", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h2}})
+	p2, err := r2.SealPIT(ctx, SealRequest{ID: "pit-c2", Server: "s-5", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +480,7 @@ func TestResize(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, h2, m, map[uint64]uint32{20: 2})
-	pit, err := r2.SealPIT(ctx, SealRequest{ID: "pit-r", Server: "s-6", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h2}})
+	pit, err := r2.SealPIT(ctx, SealRequest{ID: "pit-r", Server: "s-6", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +522,7 @@ func TestConcurrentWritersOfDifferentVolumes(t *testing.T) {
 					return
 				}
 			}
-			p, err := r.SealPIT(ctx, SealRequest{ID: "pit-x", Server: server, Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+			p, err := r.SealPIT(ctx, SealRequest{ID: "pit-x", Server: server, Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 			if err != nil {
 				errs <- err
 				return
@@ -544,12 +545,12 @@ func TestRetentionPolicy(t *testing.T) {
 	var pits []PIT
 	// A consistency point every 10 s for 9 days.
 	for age := 9 * 24 * time.Hour; age >= 0; age -= 10 * time.Second {
-		pits = append(pits, PIT{ID: fmt.Sprintf("p%d", age/time.Second), Time: now.Add(-age), Level: LevelFilesystem})
+		pits = append(pits, PIT{ID: fmt.Sprintf("p%d", age/time.Second), Time: now.Add(-age), Level: consistency.Filesystem})
 	}
 	// One locked PIT 8 days old, and one inconsistent newest PIT.
 	locked := len(pits) / 20
 	pits[locked].LockUntil = now.Add(time.Hour)
-	pits[len(pits)-1].Level = LevelNone
+	pits[len(pits)-1].Level = consistency.None
 	dec := DefaultPolicy().Apply(pits, now)
 	kept := 0
 	for i, d := range dec {
@@ -595,14 +596,14 @@ func TestLockedPITCannotBeDeleted(t *testing.T) {
 	h, _ := r.OpenHead(ctx, "s-7", "vda", 10*testBS, HeadOptions{})
 	write(t, h, model{}, map[uint64]uint32{1: 1})
 	old := now.Add(-30 * 24 * time.Hour)
-	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-old", Server: "s-7", Time: old, Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-old", Server: "s-7", Time: old, Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.ProtectPIT(ctx, "s-7", "pit-old", now.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	write(t, h, model{}, map[uint64]uint32{1: 2})
-	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-new", Server: "s-7", Time: now, Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+	if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-new", Server: "s-7", Time: now, Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.DeletePIT(ctx, "s-7", "pit-old"); !errors.Is(err, ErrLocked) {
@@ -634,7 +635,7 @@ func TestPrecompressedS2IsStoredAsGiven(t *testing.T) {
 	if err := h.WriteBlocks(ctx, bl); err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-s2", Server: "s-s2", Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-s2", Server: "s-s2", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -682,7 +683,7 @@ func TestManyHeadsStayWithinTheMemoryBudget(t *testing.T) {
 	// keep them under 16 KiB.
 	t.Logf("peak %d bytes of changed tables for 600 scattered writes in 20 volumes", peak)
 	for i, h := range heads[:3] {
-		p, err := r.SealPIT(ctx, SealRequest{ID: "pit-m", Server: h.Server(), Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}})
+		p, err := r.SealPIT(ctx, SealRequest{ID: "pit-m", Server: h.Server(), Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -709,7 +710,7 @@ func TestCompressionNoneIsHonoured(t *testing.T) {
 		}
 		v := uint32(2 + 2*i) // compressible text, not the same for both (no dedup)
 		write(t, h, model{}, map[uint64]uint32{0: v, 1: v})
-		if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-n", Server: h.Server(), Time: time.Now(), Level: LevelCrash, Heads: []*Head{h}}); err != nil {
+		if _, err := r.SealPIT(ctx, SealRequest{ID: "pit-n", Server: h.Server(), Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}}); err != nil {
 			t.Fatal(err)
 		}
 	}

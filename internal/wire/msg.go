@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
@@ -76,34 +77,12 @@ type Welcome struct {
 	Volumes       []Replica
 }
 
-// Level is a consistency point's level, weakest first.
-type Level uint8
-
-// Consistency levels (DESIGN.md §3.3).
-const (
-	LevelNone       Level = 0 // fuzzy: disks that could not be frozen
-	LevelCrash      Level = 1 // write-ordered
-	LevelFilesystem Level = 2 // taken under freeze
-)
-
-func (l Level) String() string {
-	switch l {
-	case LevelNone:
-		return "none"
-	case LevelCrash:
-		return "crash"
-	case LevelFilesystem:
-		return "filesystem"
-	}
-	return fmt.Sprintf("level(%d)", uint8(l))
-}
-
 // Marker asks the replicator to seal a PIT holding everything sent before it.
 type Marker struct {
 	Seq          uint64 // shares the session's sequence with Blocks
 	ID           uint64 // the agent's marker id, echoed in Sealed
 	TimeUnixNano int64  // the consistency point
-	Level        Level
+	Level        consistency.Level
 	FreezeMicros uint32   // how long the filesystems were frozen
 	VolumeSizes  []uint64 // per volume, in Hello's order, at the point
 }
@@ -337,7 +316,7 @@ func (m *Marker) appendPayload(b []byte) ([]byte, error) {
 	if m.Seq == 0 {
 		return b, errors.New("encode Marker: sequence numbers start at 1")
 	}
-	if m.Level > LevelFilesystem {
+	if !m.Level.Valid() {
 		return b, fmt.Errorf("encode Marker: unknown consistency %v", m.Level)
 	}
 	if len(m.VolumeSizes) > MaxVolumes {
@@ -361,13 +340,13 @@ func decodeMarker(p []byte) (*Marker, error) {
 		Seq:          d.u64("sequence"),
 		ID:           d.u64("marker id"),
 		TimeUnixNano: int64(d.u64("time")),
-		Level:        Level(d.u8("level")),
+		Level:        consistency.Level(d.u8("level")),
 		FreezeMicros: d.u32("freeze duration"),
 	}
 	if d.err == nil && m.Seq == 0 {
 		d.fail("sequence 0 (sequence numbers start at 1)")
 	}
-	if d.err == nil && m.Level > LevelFilesystem {
+	if d.err == nil && !m.Level.Valid() {
 		d.fail("unknown consistency level %d", uint8(m.Level))
 	}
 	n := int(d.u16("volume count"))

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // sampleMessages returns one or more values of every message type, including empty
@@ -69,9 +71,9 @@ func sampleMessages(t testing.TB) map[string]Msg {
 		"blocks empty":       &Blocks{Seq: 2, Volume: 0},
 		"blocks max payload": &big,
 		"blocks max entries": &zeros,
-		"marker":             &Marker{Seq: 3, ID: 42, TimeUnixNano: 1_700_000_000_123_456_789, Level: LevelFilesystem, FreezeMicros: 1800, VolumeSizes: []uint64{10 << 30, 12345}},
-		"marker no volumes":  &Marker{Seq: 1, ID: 0, TimeUnixNano: -1, Level: LevelNone},
-		"marker max":         &Marker{Seq: ^uint64(0), ID: ^uint64(0), TimeUnixNano: -1 << 63, Level: LevelCrash, FreezeMicros: ^uint32(0), VolumeSizes: sizes},
+		"marker":             &Marker{Seq: 3, ID: 42, TimeUnixNano: 1_700_000_000_123_456_789, Level: consistency.Filesystem, FreezeMicros: 1800, VolumeSizes: []uint64{10 << 30, 12345}},
+		"marker no volumes":  &Marker{Seq: 1, ID: 0, TimeUnixNano: -1, Level: consistency.None},
+		"marker max":         &Marker{Seq: ^uint64(0), ID: ^uint64(0), TimeUnixNano: -1 << 63, Level: consistency.Crash, FreezeMicros: ^uint32(0), VolumeSizes: sizes},
 		"ack":                &Ack{Seq: 99},
 		"ack zero":           &Ack{},
 		"sealed":             &Sealed{MarkerID: 42, PITID: "pit-0123456789abcdef0"},

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/s2"
+
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // streamVolume is the volume the stream tests replicate: 1000 blocks of 4 KiB and a
@@ -323,7 +325,7 @@ func TestPipelinedStream(t *testing.T) {
 				return err
 			}
 		}
-		marker := &Marker{Seq: frames + 1, ID: 77, TimeUnixNano: time.Now().UnixNano(), Level: LevelFilesystem, FreezeMicros: 900, VolumeSizes: []uint64{streamSize}}
+		marker := &Marker{Seq: frames + 1, ID: 77, TimeUnixNano: time.Now().UnixNano(), Level: consistency.Filesystem, FreezeMicros: 900, VolumeSizes: []uint64{streamSize}}
 		if err := send(marker.Seq, marker.PayloadLen(), marker); err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -86,7 +87,7 @@ func TestConsistencyPointsUnderWriteLoad(t *testing.T) {
 		if pit == nil {
 			continue // that point's PIT was not sealed (or not yet)
 		}
-		if pit.Level != api.LevelFilesystem {
+		if pit.Level != consistency.Filesystem {
 			t.Fatalf("PIT %s under load is %s, want filesystem", pit.ID, pit.Level)
 		}
 		want := treeHashes(t, filepath.Join(copies, strconv.FormatInt(ct, 10)))

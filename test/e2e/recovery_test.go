@@ -18,6 +18,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/cli"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
@@ -247,8 +248,8 @@ func TestRecoverAndDrillServeThePIT(t *testing.T) {
 	fi, _ := os.Stat(img1)
 	server := recoverytest.Server(t, s.cp, "web-1", map[string]int64{"vda": fi.Size()})
 	now := time.Now()
-	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, now.Add(-time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
-	pit2, changedBlocks := recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, now.Add(-time.Minute),
+	recoverytest.PIT(t, s.cp, s.repo, server, consistency.Filesystem, now.Add(-time.Hour), recoverytest.Volume{Name: "vda", Image: img1})
+	pit2, changedBlocks := recoverytest.PIT(t, s.cp, s.repo, server, consistency.Filesystem, now.Add(-time.Minute),
 		recoverytest.Volume{Name: "vda", Image: img2, Previous: img1})
 	t.Logf("the page change made %d blocks of 64 KiB differ", changedBlocks)
 	if _, err := s.admin.SetLaunchSettings(context.Background(), server.ID, webSettings(api.ProviderQEMU, "")); err != nil {
@@ -401,7 +402,7 @@ func TestLaunchIntoAnExistingInstance(t *testing.T) {
 	s := startSite(t, nil)
 	fi, _ := os.Stat(pitImg)
 	server := recoverytest.Server(t, s.cp, "app-1", map[string]int64{"vda": fi.Size()})
-	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelCrash, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: pitImg})
+	recoverytest.PIT(t, s.cp, s.repo, server, consistency.Crash, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: pitImg})
 	ctx := context.Background()
 
 	// Refusals first: none may write a byte.
@@ -481,7 +482,7 @@ func TestRestartDuringALaunchAdoptsTheVM(t *testing.T) {
 	s := startSite(t, nil)
 	fi, _ := os.Stat(img)
 	server := recoverytest.Server(t, s.cp, "web-2", map[string]int64{"vda": fi.Size()})
-	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	recoverytest.PIT(t, s.cp, s.repo, server, consistency.Filesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 	// A gate the job waits at until the test opens it, after the restart.
 	gate := testutil.FreePort(t)
 	ls := webSettings(api.ProviderQEMU, "")
@@ -559,7 +560,7 @@ func TestLaunchStoppedThenStart(t *testing.T) {
 	s := startSite(t, nil)
 	fi, _ := os.Stat(img)
 	server := recoverytest.Server(t, s.cp, "web-3", map[string]int64{"vda": fi.Size()})
-	recoverytest.PIT(t, s.cp, s.repo, server, store.LevelFilesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	recoverytest.PIT(t, s.cp, s.repo, server, consistency.Filesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
 	ls := webSettings(api.ProviderQEMU, "")
 	ls.StartAfterLaunch, ls.PostLaunchActions = false, nil
 	ctx := context.Background()

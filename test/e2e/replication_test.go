@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -44,7 +45,7 @@ func replicateAndExport(t *testing.T, scan bool) {
 	c.waitState(2*time.Minute, api.StateContinuous)
 	want := treeHashes(t, mnt)
 	pit := c.snapshot()
-	if pit.Level != api.LevelFilesystem {
+	if pit.Level != consistency.Filesystem {
 		t.Fatalf("the PIT of a mounted ext4 volume is %s, want filesystem\n%s", pit.Level, c.logs())
 	}
 	c.exportAndCheck(pit, volumeNameOf(dev), want)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/launch/qemu"
@@ -116,7 +117,7 @@ type Volume struct {
 // PIT writes the images into the server's heads in the store, seals a PIT of the given
 // level and time, records it in the control plane and returns it. It returns the
 // number of blocks written.
-func PIT(t testing.TB, cp *controlplane.ControlPlane, repo *store.Repo, server api.SourceServer, level string, at time.Time, vols ...Volume) (store.PIT, int) {
+func PIT(t testing.TB, cp *controlplane.ControlPlane, repo *store.Repo, server api.SourceServer, level consistency.Level, at time.Time, vols ...Volume) (store.PIT, int) {
 	t.Helper()
 	ctx := context.Background()
 	id := api.NewID(api.PrefixSnapshot)
