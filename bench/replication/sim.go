@@ -17,8 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/s2"
-
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
@@ -369,25 +367,10 @@ func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.B
 	size := uint64(f.volumeGiB) << 30
 	hello := &wire.Hello{Version: wire.Version, SourceServerID: a.id, AgentVersion: "replbench", Tracker: "ebpf", TrackerGeneration: 1,
 		Volumes: []wire.Volume{{Name: "vda", SizeBytes: size, BlockSize: 512}}}
-	if err := conn.WriteMsg(hello); err != nil {
-		return err
-	}
-	if err := conn.Flush(); err != nil {
-		return err
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
-	m, err := conn.ReadMsg()
+	welcome, _, err := wire.Open(conn, hello, 60*time.Second)
 	if err != nil {
-		return fmt.Errorf("no Welcome: %w", err)
-	}
-	welcome, ok := m.(*wire.Welcome)
-	if !ok {
-		return fmt.Errorf("the replicator answered %s: %v", m.Type(), m)
-	}
-	if _, err := wire.NewSession(hello, welcome); err != nil {
 		return err
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	opened.Add(1)
 	bs := int(welcome.BlockSize)
 	nblocks := size / uint64(bs)
@@ -449,6 +432,11 @@ func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.B
 	rng := rand.NewChaCha8(seedBytes(uint64(a.i) + 1))
 	pick := rand.New(rand.NewPCG(uint64(a.i), 7))
 	batch := wire.NewBatch(int(welcome.MaxBatchBytes))
+	enc, err := wire.NewEncoder("s2")
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
 	raw := make([]byte, bs)
 	var seq, markerID uint64
 	perBatch := f.blocks
@@ -507,12 +495,7 @@ func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.B
 		for range perBatch {
 			simBlock(raw, rng, a.i, seq)
 			block := pick.Uint64N(nblocks)
-			dst, err := batch.Reserve(s2.MaxEncodedLen(len(raw)))
-			if err != nil {
-				return err
-			}
-			enc := s2.Encode(dst, raw)
-			if err := batch.Commit(block, uint32(len(raw)), wire.CodecS2, wire.Hash(raw), enc); err != nil {
+			if _, err := enc.Encode(batch, block, wire.Hash(raw), raw); err != nil {
 				return err
 			}
 		}

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -11,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/s2"
-	"github.com/klauspost/compress/zstd"
 	"golang.org/x/time/rate"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -36,11 +33,11 @@ func fromWireError(e *wire.Error, current string) *sessionError {
 	switch e.Code {
 	case wire.CodeStagingFull:
 		se.state, se.code = api.StateStalled, api.ErrStagingStorageFull
-	case "REPLICATION_STOPPED":
+	case wire.CodeStopped:
 		se.state = api.StateStopped
 	case wire.CodeNotAuthorized:
-		se.state, se.code = api.StateStalled, "NOT_AUTHORIZED"
-	case "STAGING_STORAGE_ERROR":
+		se.state, se.code = api.StateStalled, wire.CodeNotAuthorized
+	case wire.CodeStagingError:
 		se.state = api.StateStalled
 	}
 	return se
@@ -76,7 +73,7 @@ type sess struct {
 	win     *wire.Window
 	bs      int
 	perItem int
-	codec   string
+	enc     *wire.Encoder // the session's compression (a change of it starts a new session)
 	limiter *rate.Limiter
 
 	seq   uint64 // producer's sequence counter
@@ -85,7 +82,6 @@ type sess struct {
 	errc  chan error
 	pools sync.Pool // *wire.Batch
 	raws  sync.Pool // *[]byte: items' raw data, perItem blocks
-	zenc  *zstd.Encoder
 
 	mu       sync.Mutex
 	pending  []*item               // sent, not acknowledged, in sequence order
@@ -148,28 +144,14 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 	for _, v := range a.vols {
 		hello.Volumes = append(hello.Volumes, wire.Volume{Name: v.Name, SizeBytes: uint64(v.SizeBytes), BlockSize: uint32(max(v.dev.Align(), 512))})
 	}
-	if err := conn.WriteMsg(hello); err != nil {
-		return err
+	welcome, _, err := wire.Open(conn, hello, 30*time.Second)
+	var refused *wire.Error
+	if errors.As(err, &refused) {
+		return fromWireError(refused, a.currentState())
 	}
-	if err := conn.Flush(); err != nil {
-		return err
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	m, err := conn.ReadMsg()
 	if err != nil {
-		return fmt.Errorf("no answer from the replication server: %w", err)
-	}
-	if e, ok := m.(*wire.Error); ok {
-		return fromWireError(e, a.currentState())
-	}
-	welcome, ok := m.(*wire.Welcome)
-	if !ok {
-		return fmt.Errorf("the replication server answered with %s instead of a Welcome", m.Type())
-	}
-	if _, err := wire.NewSession(hello, welcome); err != nil {
 		return err
 	}
-	_ = conn.SetReadDeadline(time.Time{})
 	if int(welcome.BlockSize) != a.blockSize {
 		a.restartTracker(ctx, int(welcome.BlockSize))
 	}
@@ -197,7 +179,12 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 			rescan = true
 		}
 	}
-	s := &sess{a: a, conn: conn, win: wire.NewWindow(welcome.WindowBytes), bs: bs, codec: cfg.Settings.Compression,
+	enc, err := wire.NewEncoder(cfg.Settings.Compression)
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
+	s := &sess{a: a, conn: conn, win: wire.NewWindow(welcome.WindowBytes), bs: bs, enc: enc,
 		queue: make(chan *item, 16), work: make(chan *item, 16), errc: make(chan error, 4),
 		markers: map[uint64]pointInfo{}, inflight: make([]map[uint64]inflight, len(a.vols)), cur: make([]*item, len(a.vols))}
 	for i := range s.inflight {
@@ -207,11 +194,6 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 	s.pools.New = func() any { return wire.NewBatch(int(welcome.MaxBatchBytes)) }
 	s.limiter = rate.NewLimiter(rate.Inf, int(welcome.MaxBatchBytes)+1024)
 	s.setBandwidth(cfg.Settings.BandwidthMbps)
-	if s.codec == api.CompressionZstd {
-		if s.zenc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1)); err != nil {
-			return err
-		}
-	}
 	a.mu.Lock()
 	a.st.Replicator = rep.Address
 	a.st.backlog = s.backlog
@@ -359,12 +341,11 @@ func (s *sess) main(ctx context.Context, cfg api.ReplicationConfig, rescan, init
 		if nc, ok := a.config(ctx); ok && nc.Fingerprint() != cfg.Fingerprint() {
 			{
 				if nc.Control.Desired != api.DesiredReplicating || nc.Control.Generation != cfg.Control.Generation ||
-					!sameReplicator(nc.Replicator, cfg.Replicator) {
+					!sameReplicator(nc.Replicator, cfg.Replicator) || nc.Settings.Compression != cfg.Settings.Compression {
 					return nil
 				}
 				cfg = nc
 				s.setBandwidth(cfg.Settings.BandwidthMbps)
-				s.codec = cfg.Settings.Compression
 				interval = time.Duration(cfg.Settings.ConsistencyPointIntervalSeconds) * time.Second
 				bound = time.Duration(cfg.Settings.FreezeTimeoutMs) * time.Millisecond
 			}
@@ -695,7 +676,6 @@ func (s *sess) emitPing() {
 
 // encoder compresses items into Blocks frames.
 func (s *sess) encoder() {
-	zero := make([]byte, s.bs)
 	for it := range s.work {
 		b := s.pools.Get().(*wire.Batch)
 		b.Reset(it.seq, uint16(it.volume))
@@ -703,40 +683,17 @@ func (s *sess) encoder() {
 		for _, sb := range it.blocks {
 			raw := it.raw[off : off+sb.n]
 			off += sb.n
-			if it.err = s.encode(b, sb, raw, zero); it.err != nil {
+			zero, err := s.enc.Encode(b, sb.block, sb.hash, raw)
+			if it.err = err; err != nil {
 				break
+			}
+			if zero {
+				s.a.st.sentZero.Add(1)
 			}
 		}
 		it.batch = b
 		close(it.done)
 	}
-}
-
-func (s *sess) encode(b *wire.Batch, sb sentBlock, raw, zero []byte) error {
-	if bytes.Equal(raw, zero[:len(raw)]) {
-		s.a.st.sentZero.Add(1)
-		return b.Commit(sb.block, uint32(len(raw)), wire.CodecZero, sb.hash, nil)
-	}
-	switch s.codec {
-	case api.CompressionNone:
-	case api.CompressionZstd:
-		if s.zenc != nil {
-			dst, err := b.Reserve(len(raw) + 64)
-			if err == nil {
-				if enc := s.zenc.EncodeAll(raw, dst[:0]); len(enc) < len(raw) {
-					return b.Commit(sb.block, uint32(len(raw)), wire.CodecZstd, sb.hash, enc)
-				}
-			}
-		}
-	default:
-		dst, err := b.Reserve(s2.MaxEncodedLen(len(raw)))
-		if err == nil {
-			if enc := s2.Encode(dst, raw); len(enc) < len(raw) {
-				return b.Commit(sb.block, uint32(len(raw)), wire.CodecS2, sb.hash, enc)
-			}
-		}
-	}
-	return b.Add(sb.block, uint32(len(raw)), wire.CodecNone, sb.hash, raw)
 }
 
 // sender writes items in order, within the window and the bandwidth limit.

@@ -18,8 +18,6 @@ const (
 	// maxConnsPerServer: the connections of one source server past the handshake. It
 	// has one session; a new one replaces it (reconnect), and a few more are slack.
 	maxConnsPerServer = 4
-	// codeBusy refuses a connection past a cap: the agent reconnects later.
-	codeBusy = "REPLICATOR_BUSY"
 )
 
 // caps bounds what agents hold at once on TCP 1500: TLS handshakes in flight, overall
@@ -66,12 +64,12 @@ func (c *caps) handshake(raw net.Conn) (done func(), ok bool) {
 func (c *caps) session(server string) (done func(), refusal *wire.Error) {
 	if !c.sessions.Acquire("") {
 		c.logs.Warn(c.log, "sessions", "refused an agent: the replicator serves as many sessions as it may", "server", server, "cap", c.sessions.Max())
-		return nil, &wire.Error{Code: codeBusy, Message: fmt.Sprintf("this replicator serves %d sessions, the most it may: the agent retries later; add a replicator or raise its cap", c.sessions.Max())}
+		return nil, &wire.Error{Code: wire.CodeBusy, Message: fmt.Sprintf("this replicator serves %d sessions, the most it may: the agent retries later; add a replicator or raise its cap", c.sessions.Max())}
 	}
 	if !c.perServer.Acquire(server) {
 		c.sessions.Release("")
 		c.logs.Warn(c.log, server, "refused an agent: its server has too many connections open", "server", server, "cap", c.perServer.Max())
-		return nil, &wire.Error{Code: codeBusy, Message: fmt.Sprintf("source server %s has %d connections open to this replicator, the most it may: close the others (is another agent running with its certificate?)", server, c.perServer.Max())}
+		return nil, &wire.Error{Code: wire.CodeBusy, Message: fmt.Sprintf("source server %s has %d connections open to this replicator, the most it may: close the others (is another agent running with its certificate?)", server, c.perServer.Max())}
 	}
 	return func() {
 		c.perServer.Release(server)

@@ -222,7 +222,7 @@ func busyCount(t *testing.T, e *env, n int, agents ...agent) (busy int, open []n
 		if ne, ok := errors.AsType[net.Error](r.err); ok && ne.Timeout() {
 			continue // waiting for its Hello
 		}
-		if werr, ok := r.m.(*wire.Error); ok && werr.Code == "REPLICATOR_BUSY" {
+		if werr, ok := r.m.(*wire.Error); ok && werr.Code == wire.CodeBusy {
 			busy++
 			continue
 		}
@@ -272,7 +272,7 @@ func TestAFailedOpenDoesNotHoldUpTheNextSession(t *testing.T) {
 		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		m, err := wire.NewConn(c).ReadMsg()
-		if werr, ok := m.(*wire.Error); !ok || werr.Code != "STAGING_STORAGE_ERROR" {
+		if werr, ok := m.(*wire.Error); !ok || werr.Code != wire.CodeStagingError {
 			t.Fatalf("session %d: answered %v (%v), want STAGING_STORAGE_ERROR within 10s", i+1, m, err)
 		}
 		c.Close()

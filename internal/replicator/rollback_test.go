@@ -63,7 +63,7 @@ func TestHeadOlderThanTheControlPlaneRecordedIsRefused(t *testing.T) {
 	}
 	m := hello(map[string]uint64{"vda": v + 2}, repoID)
 	we, ok := m.(*wire.Error)
-	if !ok || we.Code != "STAGING_STORAGE_ERROR" || !strings.Contains(we.Message, "older than a recorded PIT") {
+	if !ok || we.Code != wire.CodeStagingError || !strings.Contains(we.Message, "older than a recorded PIT") {
 		t.Fatalf("a head older than the control plane's record: answered %v", m)
 	}
 	// A record of another repository (the server's store was changed) is no floor here.

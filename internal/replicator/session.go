@@ -10,21 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/klauspost/compress/s2"
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
-)
-
-// Error codes the replicator sends besides the wire package's.
-const (
-	codeStagingError = "STAGING_STORAGE_ERROR" // the store failed (not full): the agent retries
-	codeStopped      = "REPLICATION_STOPPED"   // an operator stopped replication of the server
-	codeSnapshots    = "SNAPSHOTS_FAILURE"     // a PIT could not be sealed or recorded
 )
 
 // Timeouts of a session.
@@ -116,19 +106,11 @@ func (r *Replicator) serveConn(ctx context.Context, raw net.Conn, handshakeDone 
 // with the Welcome. A refusal is the Error to send.
 func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	r := s.r
-	_ = s.conn.SetReadDeadline(time.Now().Add(helloTimeout))
-	m, err := s.conn.ReadMsg()
-	if errors.Is(err, wire.ErrProtocol) {
-		// A Hello beyond the bounds of docs/wire.md §8 (volume sizes, their sum, their
-		// count, their names) ends here, before the control plane or the store is asked.
-		return &wire.Error{Code: wire.CodeProtocol, Message: "the Hello was refused: " + err.Error()}
-	}
+	// A Hello beyond the bounds of docs/wire.md §8 (volume sizes, their sum, their count,
+	// their names) ends here, before the control plane or the store is asked.
+	hello, err := wire.ReadHello(s.conn, helloTimeout)
 	if err != nil {
-		return &wire.Error{Code: wire.CodeProtocol, Message: "no Hello: " + err.Error()}
-	}
-	hello, ok := m.(*wire.Hello)
-	if !ok {
-		return &wire.Error{Code: wire.CodeProtocol, Message: fmt.Sprintf("the first frame must be a Hello, not %s", m.Type())}
+		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
 	}
 	if err := hello.CheckPeer(peer); err != nil {
 		return &wire.Error{Code: wire.CodeNotAuthorized, Message: err.Error()}
@@ -145,7 +127,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	case !servesSerial(a, s.serial):
 		return &wire.Error{Code: wire.CodeNotAuthorized, Message: fmt.Sprintf("the certificate of source server %s was replaced (re-registered); this agent's certificate is no longer valid", s.server)}
 	case a.Control.Desired == api.DesiredStopped:
-		return &wire.Error{Code: codeStopped, Message: fmt.Sprintf("replication of %s is stopped: lifeboat replication start %s", s.server, s.server)}
+		return &wire.Error{Code: wire.CodeStopped, Message: fmt.Sprintf("replication of %s is stopped: lifeboat replication start %s", s.server, s.server)}
 	}
 	// One session per server: a new one replaces an old one (its connection is likely
 	// dead), after the old one has stopped writing.
@@ -193,15 +175,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 		}
 		welcome.Volumes = append(welcome.Volumes, rep)
 	}
-	ws, err := wire.NewSession(hello, welcome)
-	if err != nil {
-		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
-	}
-	s.ws = ws
-	if err := s.conn.WriteMsg(welcome); err != nil {
-		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
-	}
-	if err := s.conn.Flush(); err != nil {
+	if s.ws, err = wire.SendWelcome(s.conn, hello, welcome); err != nil {
 		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
 	}
 	s.conn.SetMaxPayload(int(r.cfg.MaxBatchBytes))
@@ -250,9 +224,9 @@ func storeError(err error) *wire.Error {
 		return &wire.Error{Code: wire.CodeStagingFull, Message: "the staging storage is full: free space or add capacity; replication resumes by itself (" + err.Error() + ")"}
 	}
 	if errors.Is(err, store.ErrRollback) {
-		return &wire.Error{Code: codeStagingError, Message: "the staging store's replica of this server is older than a recorded PIT (an old object was put back, or the store was restored from a backup): replication stops until an administrator checks it (lifeboat store verify; docs/security.md): " + err.Error()}
+		return &wire.Error{Code: wire.CodeStagingError, Message: "the staging store's replica of this server is older than a recorded PIT (an old object was put back, or the store was restored from a backup): replication stops until an administrator checks it (lifeboat store verify; docs/security.md): " + err.Error()}
 	}
-	return &wire.Error{Code: codeStagingError, Message: "the staging storage failed: " + err.Error()}
+	return &wire.Error{Code: wire.CodeStagingError, Message: "the staging storage failed: " + err.Error()}
 }
 
 // stop ends the session, sending e to the agent first when given.
@@ -367,11 +341,23 @@ func (s *session) run(ctx context.Context) {
 	<-sendDone
 }
 
+// storeCodec is the store's name of a wire codec of compressed data (CodecNone for raw).
+func storeCodec(c wire.Codec) store.Codec {
+	switch c {
+	case wire.CodecS2:
+		return store.CodecS2
+	case wire.CodecZstd:
+		return store.CodecZstd
+	}
+	return store.CodecNone
+}
+
 // reader decodes frames into work for the writer.
 func (s *session) reader(ctx context.Context) error {
 	bs := s.repo.BlockSize()
 	zero := make([]byte, bs)
-	var zdec *zstd.Decoder
+	dec := wire.NewDecoder(bs)
+	defer dec.Close()
 	for {
 		if err := s.armRead(); err != nil {
 			return err
@@ -404,34 +390,16 @@ func (s *session) reader(ctx context.Context) error {
 			for i := range m.Entries {
 				e := &m.Entries[i]
 				b := store.Block{Index: e.Block}
-				switch e.Codec {
-				case wire.CodecZero:
+				if e.Codec == wire.CodecZero {
 					b.Data = zero[:e.RawLen]
-				case wire.CodecNone:
-					b.Data = take(int(e.RawLen))
-					copy(b.Data, e.Payload)
-				case wire.CodecS2:
-					b.Compressed, b.CompressedWith = take(len(e.Payload)), store.CodecS2
-					copy(b.Compressed, e.Payload)
-					if b.Data, err = s2.Decode(take(int(e.RawLen)), b.Compressed); err != nil {
-						return fmt.Errorf("%w: block %d does not decode: %v", wire.ErrProtocol, e.Block, err)
+				} else {
+					// A compressed payload is kept as it came, for a store of the same codec.
+					if b.CompressedWith = storeCodec(e.Codec); b.CompressedWith != store.CodecNone {
+						b.Compressed = take(len(e.Payload))
+						copy(b.Compressed, e.Payload)
 					}
-				case wire.CodecZstd:
-					if zdec == nil {
-						if zdec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(bs)+1024)); err != nil {
-							return err
-						}
-						defer zdec.Close()
-					}
-					b.Compressed, b.CompressedWith = take(len(e.Payload)), store.CodecZstd
-					copy(b.Compressed, e.Payload)
-					if b.Data, err = zdec.DecodeAll(b.Compressed, take(int(e.RawLen))[:0]); err != nil {
-						return fmt.Errorf("%w: block %d does not decode: %v", wire.ErrProtocol, e.Block, err)
-					}
-				}
-				if e.Codec != wire.CodecZero {
-					if err := e.VerifyRaw(b.Data); err != nil {
-						return fmt.Errorf("%w: %v", wire.ErrProtocol, err)
+					if b.Data, err = dec.Decode(e, take(int(e.RawLen))); err != nil {
+						return err
 					}
 				}
 				w.blocks[i] = b
@@ -613,7 +581,7 @@ func (s *session) seal(ctx context.Context, m *wire.Marker) {
 		Labels: map[string]string{"freezeMicros": fmt.Sprint(m.FreezeMicros)}})
 	if err != nil {
 		s.log.Warn("sealing a PIT failed", "err", err)
-		s.out <- &wire.Sealed{MarkerID: m.ID, Code: codeSnapshots, Message: "sealing the PIT failed: " + err.Error()}
+		s.out <- &wire.Sealed{MarkerID: m.ID, Code: wire.CodeSnapshots, Message: "sealing the PIT failed: " + err.Error()}
 		return
 	}
 	req := api.CreateRecoverySnapshotRequest{ID: pit.ID, Time: pit.Time, Level: pit.Level, SizeBytes: pit.AddedBytes,
@@ -630,7 +598,7 @@ func (s *session) seal(ctx context.Context, m *wire.Marker) {
 	}
 	if err != nil {
 		s.log.Warn("recording a PIT with the control plane failed; it is in the store but not listed", "pit", pit.ID, "err", err)
-		s.out <- &wire.Sealed{MarkerID: m.ID, Code: codeSnapshots, Message: "the PIT was sealed but the control plane could not record it: " + err.Error()}
+		s.out <- &wire.Sealed{MarkerID: m.ID, Code: wire.CodeSnapshots, Message: "the PIT was sealed but the control plane could not record it: " + err.Error()}
 		return
 	}
 	s.log.Debug("PIT sealed", "pit", pit.ID, "level", pit.Level, "added", pit.AddedBytes)

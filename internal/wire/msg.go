@@ -123,13 +123,19 @@ func (e *Error) Error() string {
 // Goodbye closes a session cleanly: its sender sends nothing after it.
 type Goodbye struct{}
 
-// Error codes this package names. Peers may send others; they are UPPER_CASE.
+// The error codes of the protocol (docs/wire.md §5.8), in Error frames and, for a
+// Marker's outcome, in Sealed frames. They are UPPER_CASE; a peer that gets a code it
+// does not know treats it as CodeInternal.
 const (
-	CodeProtocol           = "PROTOCOL_ERROR"       // a malformed frame or a message out of place
-	CodeUnsupportedVersion = "UNSUPPORTED_VERSION"  // no common protocol version
-	CodeNotAuthorized      = "NOT_AUTHORIZED"       // Hello names another server than the certificate
-	CodeStagingFull        = "STAGING_STORAGE_FULL" // the store cannot take more data
-	CodeShuttingDown       = "SHUTTING_DOWN"        // the replicator is stopping; reconnect later
+	CodeProtocol           = "PROTOCOL_ERROR"        // a malformed frame or a message out of place
+	CodeUnsupportedVersion = "UNSUPPORTED_VERSION"   // no common protocol version
+	CodeNotAuthorized      = "NOT_AUTHORIZED"        // Hello names another server than the certificate, or not assigned here
+	CodeStagingFull        = "STAGING_STORAGE_FULL"  // the store cannot take more data
+	CodeStagingError       = "STAGING_STORAGE_ERROR" // the store failed otherwise (or holds a rolled-back replica)
+	CodeStopped            = "REPLICATION_STOPPED"   // an operator stopped replication of the server
+	CodeSnapshots          = "SNAPSHOTS_FAILURE"     // in Sealed: the PIT could not be sealed or recorded
+	CodeShuttingDown       = "SHUTTING_DOWN"         // the replicator is stopping; reconnect later
+	CodeBusy               = "REPLICATOR_BUSY"       // the replicator has all the connections it may take
 	CodeInternal           = "INTERNAL_ERROR"
 )
 

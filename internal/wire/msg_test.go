@@ -77,7 +77,7 @@ func sampleMessages(t testing.TB) map[string]Msg {
 		"ack":                &Ack{Seq: 99},
 		"ack zero":           &Ack{},
 		"sealed":             &Sealed{MarkerID: 42, PITID: "pit-0123456789abcdef0"},
-		"sealed failed":      &Sealed{MarkerID: 43, Code: "SNAPSHOTS_FAILURE", Message: "staging store: disk full"},
+		"sealed failed":      &Sealed{MarkerID: 43, Code: CodeSnapshots, Message: "staging store: disk full"},
 		"sealed failed max":  &Sealed{MarkerID: ^uint64(0), Code: "A" + strings.Repeat("_", MaxCodeLen-1), Message: strings.Repeat("ü", MaxMessageLen/2)},
 		"ping":               &Ping{Nonce: 0xdeadbeefcafef00d},
 		"pong":               &Pong{Nonce: 1},

@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
@@ -97,4 +99,66 @@ func (s *Session) next(seq uint64, t MsgType) error {
 	}
 	s.last = seq
 	return nil
+}
+
+// Open runs the agent's side of the opening of a session (docs/wire.md §6.1): it sends
+// hello and reads the answer within timeout. The answer is a Welcome, checked against
+// the Hello and returned with the agreed Session, or the replicator's refusal as an
+// *Error.
+func Open(c *Conn, hello *Hello, timeout time.Duration) (*Welcome, *Session, error) {
+	if err := c.WriteMsg(hello); err != nil {
+		return nil, nil, err
+	}
+	if err := c.Flush(); err != nil {
+		return nil, nil, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	defer c.SetReadDeadline(time.Time{})
+	m, err := c.ReadMsg()
+	if err != nil {
+		return nil, nil, fmt.Errorf("no answer from the replication server: %w", err)
+	}
+	switch m := m.(type) {
+	case *Error:
+		return nil, nil, m
+	case *Welcome:
+		s, err := NewSession(hello, m)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+		}
+		return m, s, nil
+	}
+	return nil, nil, fmt.Errorf("%w: the replication server answered with %s instead of a Welcome", ErrProtocol, m.Type())
+}
+
+// ReadHello runs the first half of the replicator's side of the opening: the agent's
+// first frame, read within timeout, must be a Hello within the protocol's bounds (an
+// error wrapping ErrProtocol otherwise).
+func ReadHello(c *Conn, timeout time.Duration) (*Hello, error) {
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	m, err := c.ReadMsg()
+	if errors.Is(err, ErrProtocol) {
+		return nil, fmt.Errorf("the Hello was refused: %w", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: no Hello: %v", ErrProtocol, err)
+	}
+	h, ok := m.(*Hello)
+	if !ok {
+		return nil, fmt.Errorf("%w: the first frame must be a Hello, not %s", ErrProtocol, m.Type())
+	}
+	return h, nil
+}
+
+// SendWelcome ends the replicator's side of the opening: it checks w against the Hello,
+// sends it, and returns the agreed Session, whose frames the replicator then checks.
+func SendWelcome(c *Conn, hello *Hello, w *Welcome) (*Session, error) {
+	s, err := NewSession(hello, w)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	if err := c.WriteMsg(w); err != nil {
+		return nil, err
+	}
+	return s, c.Flush()
 }
