@@ -12,7 +12,7 @@ go build -o .cache/apibench ./bench/api
 {
   echo "# API listing benchmark"
   echo
-  echo "Listing 10,000 source servers through the control plane's HTTPS API (goal, DESIGN §8: under 200 ms)."
+  echo "Listing 10,000 source servers through the control plane's HTTPS API (goal: under 200 ms)."
   echo "\"API\" rows time the request until the last byte of the JSON is received; \"Go client\" rows add decoding"
   echo "the items with encoding/json (what the CLI and console pay); the last row is the CLI command itself."
   echo "Command: \`bench/api/run.sh $runs\` on $(date -u +%Y-%m-%d), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')."

@@ -1,4 +1,4 @@
-// Package recoverybench measures recovery (DESIGN §8 "Restore" and "RTO"):
+// Package recoverybench measures recovery (issue 6: "Restore" and "RTO"):
 // materializing a PIT from a local staging store into a sparse raw image, against
 // restic restore and qemu-img convert of the same image (run.sh times those anchors in
 // the same run), and the time from a recovery's start to the recovered VM answering

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Recovery benchmark (DESIGN §8 "Restore" and "RTO", issue 6), with its anchors on the
+# Recovery benchmark (issue 6: "Restore" and "RTO"), with its anchors on the
 # same data in the same run:
 #   - materialize a PIT of the 4 GiB system volume (bench/data.sh) from a local staging
 #     store into a sparse raw image, against `restic restore` of the same image from a

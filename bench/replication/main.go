@@ -1,5 +1,5 @@
-// Command replbench measures Lifeboat's replication end to end (issues 4 and 5, DESIGN
-// §8) with the real lifeboat binary as separate processes — control plane, replicator
+// Command replbench measures Lifeboat's replication end to end (issues 4 and 5) with
+// the real lifeboat binary as separate processes — control plane, replicator
 // and agent, as test/e2e runs them — on loop devices holding real ext4 filesystems, and
 // runs the anchors (cp, rsync, restic, dd) on the same data in the same run:
 //

@@ -11,7 +11,7 @@ import (
 )
 
 // cmdReport prints the results' tables (markdown) to stdout: figures, anchors, ratios
-// and the goals of issues 4 and 5 (DESIGN §8).
+// and the goals of issues 4 and 5 (issues 4 and 5).
 func cmdReport(args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("usage: replbench report results.jsonl")
@@ -324,7 +324,7 @@ func (r *report) write(w *os.File) {
 	if len(r.goals) > 0 {
 		p("## Goals")
 		p("")
-		p("| goal (issues 4, 5; DESIGN §8) | measured | |")
+		p("| goal (issues 4, 5) | measured | |")
 		p("|---|---:|---|")
 		for _, g := range r.goals {
 			p("%s", g)

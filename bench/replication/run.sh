@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Replication benchmark (issues 4 and 5, DESIGN §8), end to end with the real lifeboat
+# Replication benchmark (issues 4 and 5; the goals are in report.go), end to end with the real lifeboat
 # binary as separate processes (control plane, replicator, agent, as test/e2e runs them)
 # on loop devices holding the 4 GiB ext4 volume of system files (bench/data.sh), with its
 # anchors on the same data in the same run:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Staging store benchmark (DESIGN §8, issue 3), with its anchors on the same data in the
+# Staging store benchmark (issue 3), with its anchors on the same data in the
 # same run: a 4 GiB ext4 volume of system files and 2 GiB of random data (bench/data.sh)
 #   - ingest of the full volume into a new local repository vs `restic backup --stdin`
 #     into a new local restic repository, and vs `cp` of the image;

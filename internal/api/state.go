@@ -8,7 +8,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/volspec"
 )
 
-// Data replication states, as AWS DRS names them (DESIGN §3.6).
+// Data replication states, as AWS DRS names them (docs/architecture.md §5).
 const (
 	StateStopped          = "STOPPED"
 	StateInitiating       = "INITIATING"
@@ -61,7 +61,7 @@ const (
 )
 
 // ReplicationState is a source server's replication as its agent and replicator report
-// it (DESIGN §3.6). ReadyForRecovery is derived by the control plane, never reported.
+// it (docs/architecture.md §5). ReadyForRecovery is derived by the control plane, never reported.
 type ReplicationState struct {
 	DataReplicationState string `json:"dataReplicationState"`
 	// ReadyForRecovery: a consistent recovery snapshot exists and the initial sync is

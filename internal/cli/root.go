@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes, as DESIGN §9 promises scripts.
+// Exit codes scripts rely on: 0 success, 1 a failed operation, 2 bad usage.
 const (
 	ExitOK     = 0 // success
 	ExitFailed = 1 // the operation failed

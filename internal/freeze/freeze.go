@@ -1,5 +1,5 @@
 // Package freeze freezes and thaws the filesystems of a source server's volumes for a
-// consistency point (DESIGN §3.3), with a hard time bound.
+// consistency point (docs/architecture.md §3), with a hard time bound.
 //
 // A freeze (FIFREEZE) makes every write to a filesystem wait; the filesystem first
 // writes everything it holds to its device, so the device then holds a consistent image

@@ -10,7 +10,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
-// Policy decides which PITs of a server are kept (DESIGN §3.5): every consistency point
+// Policy decides which PITs of a server are kept (docs/store-format.md §8): every consistency point
 // for ConsistencyPoints, then one PIT per rule interval for the rule's retention.
 // The newest PIT and the newest consistent PIT are always kept, and locked PITs until
 // their lock ends.
