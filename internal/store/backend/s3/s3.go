@@ -283,7 +283,7 @@ func (b *Backend) setUp(ctx context.Context, cfg Config) error {
 	if err != nil {
 		if errors.Is(err, backend.ErrAccess) && !cfg.ObjectLock {
 			// A narrow IAM policy may not allow reading the lock configuration.
-			b.log.Warn("cannot read the bucket's Object Lock configuration; assuming none", "bucket", b.bucket, "error", err)
+			b.log.Warn("cannot read the bucket's Object Lock configuration; assuming none", "bucket", b.bucket, "err", err)
 		} else {
 			return fail(fmt.Errorf("read the Object Lock configuration of bucket %q: %w", b.bucket, err))
 		}
@@ -308,7 +308,7 @@ func (b *Backend) setUp(ctx context.Context, cfg Config) error {
 		// Without the permission, assume versioning when the bucket has Object Lock,
 		// which implies it on AWS.
 		b.versioned = b.retention
-		b.log.Warn("cannot read the bucket's versioning state", "bucket", b.bucket, "assumed_versioned", b.versioned, "error", err)
+		b.log.Warn("cannot read the bucket's versioning state", "bucket", b.bucket, "assumed_versioned", b.versioned, "err", err)
 	}
 	b.log.Debug("opened the staging bucket", "location", b.location, "retention", b.retention, "versioned", b.versioned)
 	return nil
@@ -380,7 +380,7 @@ func (b *Backend) do(ctx context.Context, op, name string, fn func(ctx context.C
 		delay := min(backoffCap, backoffBase<<(attempt-1))
 		delay = delay/2 + rand.N(delay/2+1)
 		b.log.Warn("staging storage did not answer; retrying", "op", op, "object", name,
-			"attempt", attempt, "max_attempts", b.attempts, "delay", delay, "error", err)
+			"attempt", attempt, "max_attempts", b.attempts, "delay", delay, "err", err)
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -549,13 +549,13 @@ func (b *Backend) Put(ctx context.Context, name string, data []byte, opts backen
 	if errors.Is(err, backend.ErrLocked) {
 		// Retained between our look and our PUT: put the old version back on top.
 		if undo := b.removeVersion(cctx, "put", name, up.VersionID); undo != nil {
-			b.log.Error("a replaced object's retained version is no longer the current one", "object", name, "error", undo)
+			b.log.Error("a replaced object's retained version is no longer the current one", "object", name, "err", undo)
 		}
 		return err
 	}
 	if err != nil {
 		b.log.Warn("could not remove the version an object replaced; it takes space until the object is deleted",
-			"object", name, "version", prevVersion, "error", err)
+			"object", name, "version", prevVersion, "err", err)
 	}
 	return nil
 }
