@@ -275,7 +275,7 @@ func settingsTable(w *tabwriter.Writer, s api.ReplicationSettings, o *api.Replic
 	row(w, "Keep every consistency point:", (time.Duration(s.PITPolicy.ConsistencyPointRetentionMinutes) * time.Minute).String(), mark(ov.PITPolicy != nil))
 	for _, r := range s.PITPolicy.Rules {
 		unit := strings.ToLower(r.Units)
-		row(w, "PIT rule:", fmt.Sprintf("one every %d %s, kept %d %s", r.Interval, plural(unit, r.Interval), r.RetentionDuration, plural(unit, r.RetentionDuration)), mark(ov.PITPolicy != nil))
+		row(w, "PIT rule:", fmt.Sprintf("one every %d %s, kept %d %s", r.Interval, api.Plural(unit, r.Interval), r.RetentionDuration, api.Plural(unit, r.RetentionDuration)), mark(ov.PITPolicy != nil))
 	}
 }
 
@@ -522,11 +522,4 @@ func launchTable(w *tabwriter.Writer, l api.LaunchSettings) {
 	for _, a := range l.PostLaunchActions {
 		row(w, "Post-launch action:", fmt.Sprintf("%s (%s) %s%s%s, timeout %ds", a.Name, a.Type, a.Command, a.Address, a.URL, a.TimeoutSeconds))
 	}
-}
-
-func plural(word string, n int) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
 }

@@ -299,7 +299,7 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 			what = "drill"
 		}
 		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("%s of %d %s started by %s", what, len(picks),
-			plural("server", len(picks)), job.CreatedBy), map[string]any{"isDrill": req.IsDrill}); err != nil {
+			api.Plural("server", len(picks)), job.CreatedBy), map[string]any{"isDrill": req.IsDrill}); err != nil {
 			return err
 		}
 		for _, p := range picks {
@@ -376,13 +376,6 @@ func (c *call) checkJobLimits(tx *db.Tx, servers int) error {
 	return nil
 }
 
-func plural(word string, n int) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
-}
-
 func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesRequest) (api.Job, error) {
 	rc := c.cp.rec.cfg
 	if n := len(req.RecoveryInstanceIDs); n > rc.MaxServersPerJob {
@@ -438,7 +431,7 @@ func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesReq
 			return err
 		}
 		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("termination of %d recovery %s started by %s",
-			len(job.Servers), plural("instance", len(job.Servers)), job.CreatedBy), nil); err != nil {
+			len(job.Servers), api.Plural("instance", len(job.Servers)), job.CreatedBy), nil); err != nil {
 			return err
 		}
 		if err := c.record(tx, c.p.AccountID, "job.terminate-recovery-instances", "job", job.ID,
