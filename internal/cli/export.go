@@ -117,6 +117,21 @@ func createImage(root *os.Root, volume string) (*os.File, string, error) {
 	return f, name, nil
 }
 
+// closeImage ends an image file that writing left with err: synced and closed, or
+// removed when either failed (or writing did).
+func closeImage(root *os.Root, name string, f *os.File, err error) error {
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = root.Remove(name)
+	}
+	return err
+}
+
 // progressEvery reports an export's progress at most every 2 seconds.
 func progressEvery(g *globals, volume string) func(done, total int64) {
 	last := time.Now()
@@ -144,14 +159,7 @@ func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root
 	}
 	start := time.Now()
 	size, written, err := writeExtents(body, f, progressEvery(g, volume))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = root.Remove(name)
+	if err := closeImage(root, name, f, err); err != nil {
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit, err)
 	}
 	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written) in %s\n", filepath.Join(root.Name(), name), bytesIEC(size), volume,
@@ -199,14 +207,7 @@ func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.P
 	}
 	start := time.Now()
 	st, err := v.Export(ctx, f, store.ExportOptions{Progress: progressEvery(g, volume)})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = root.Remove(name)
+	if err := closeImage(root, name, f, err); err != nil {
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit.ID, err)
 	}
 	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written, %d zero blocks as holes) in %s\n", filepath.Join(root.Name(), name),
