@@ -180,18 +180,19 @@ func rawList(ctx context.Context, hc *http.Client, server, token string, size in
 // clientList lists every server with the Go client, decoding the items.
 func clientList(ctx context.Context, c *api.Client, size int) (count, calls, bytes int, err error) {
 	f := api.SourceServerFilter{Limit: size}
-	for {
-		page, err := c.ListSourceServers(ctx, f)
-		if err != nil {
-			return 0, 0, 0, err
-		}
+	_, err = api.EachPage(ctx, "", func(ctx context.Context, token string) ([]api.SourceServer, string, error) {
 		calls++
-		count += len(page.Items)
-		if page.NextPageToken == "" {
-			return count, calls, 0, nil
-		}
-		f.PageToken = page.NextPageToken
+		f.PageToken = token
+		page, err := c.ListSourceServers(ctx, f)
+		return page.Items, page.NextPageToken, err
+	}, func(api.SourceServer) (bool, error) {
+		count++
+		return false, nil
+	})
+	if err != nil {
+		return 0, 0, 0, err
 	}
+	return count, calls, 0, nil
 }
 
 // cliList runs `lifeboat source-servers list` in this process with the table discarded.

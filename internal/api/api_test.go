@@ -130,3 +130,11 @@ func TestAccountRequestsWithStores(t *testing.T) {
 		}
 	}
 }
+
+func TestPlural(t *testing.T) {
+	for n, want := range map[int]string{0: "servers", 1: "server", 2: "servers"} {
+		if got := Plural("server", n); got != want {
+			t.Errorf("Plural(server, %d) = %q, want %q", n, got, want)
+		}
+	}
+}

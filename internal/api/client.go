@@ -314,18 +314,11 @@ func (c *Client) ListSourceServers(ctx context.Context, f SourceServerFilter) (S
 
 // AllSourceServers pages through every source server matching f (f.Limit is the page size).
 func (c *Client) AllSourceServers(ctx context.Context, f SourceServerFilter) ([]SourceServer, error) {
-	all := []SourceServer{}
-	for {
+	return AllPages(ctx, func(ctx context.Context, token string) ([]SourceServer, string, error) {
+		f.PageToken = token
 		page, err := c.ListSourceServers(ctx, f)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, page.Items...)
-		if page.NextPageToken == "" {
-			return all, nil
-		}
-		f.PageToken = page.NextPageToken
-	}
+		return page.Items, page.NextPageToken, err
+	})
 }
 
 // SourceServer describes a source server.
@@ -415,6 +408,14 @@ func (c *Client) RecoverySnapshots(ctx context.Context, serverID string, limit i
 	}
 	var out RecoverySnapshotList
 	return out, c.do(ctx, "GET", "/api/v1/source-servers/"+esc(serverID)+"/recovery-snapshots", q, nil, &out)
+}
+
+// RecoverySnapshotPages pages through a server's PITs, newest first, limit a page.
+func (c *Client) RecoverySnapshotPages(serverID string, limit int) PageFunc[RecoverySnapshot] {
+	return func(ctx context.Context, token string) ([]RecoverySnapshot, string, error) {
+		page, err := c.RecoverySnapshots(ctx, serverID, limit, token)
+		return page.Items, page.NextPageToken, err
+	}
 }
 
 // CreateRecoverySnapshot records a PIT a replicator sealed.

@@ -72,3 +72,12 @@ func Conflict(format string, args ...any) *Error {
 func Forbidden(format string, args ...any) *Error {
 	return Errorf(http.StatusForbidden, CodeForbidden, format, args...)
 }
+
+// Plural returns word for a count of n: as it is for one, with an s otherwise. Messages
+// to the operator (API errors, job logs, the CLI's tables) count things with it.
+func Plural(word string, n int) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
+}

@@ -435,6 +435,16 @@ func (c *Client) JobLog(ctx context.Context, id string, limit int, pageToken str
 	return out, c.do(ctx, "GET", "/api/v1/jobs/"+esc(id)+"/log", pageQuery(limit, pageToken), nil, &out)
 }
 
+// JobLogPages reads a job's log, a page at a time of the control plane's default size:
+// its token is a cursor, so EachPage from the token it returned reads what was logged
+// since.
+func (c *Client) JobLogPages(id string) PageFunc[JobLogEvent] {
+	return func(ctx context.Context, token string) ([]JobLogEvent, string, error) {
+		page, err := c.JobLog(ctx, id, 0, token)
+		return page.Items, page.NextPageToken, err
+	}
+}
+
 // RecoveryInstances returns a page of recovery instances, newest first.
 func (c *Client) RecoveryInstances(ctx context.Context, f RecoveryInstanceFilter) (RecoveryInstanceList, error) {
 	q := pageQuery(f.Limit, f.PageToken)
@@ -449,6 +459,15 @@ func (c *Client) RecoveryInstances(ctx context.Context, f RecoveryInstanceFilter
 	}
 	var out RecoveryInstanceList
 	return out, c.do(ctx, "GET", "/api/v1/recovery-instances", q, nil, &out)
+}
+
+// AllRecoveryInstances pages through every recovery instance f selects.
+func (c *Client) AllRecoveryInstances(ctx context.Context, f RecoveryInstanceFilter) ([]RecoveryInstance, error) {
+	return AllPages(ctx, func(ctx context.Context, token string) ([]RecoveryInstance, string, error) {
+		f.PageToken = token
+		page, err := c.RecoveryInstances(ctx, f)
+		return page.Items, page.NextPageToken, err
+	})
 }
 
 // RecoveryInstance describes a recovery instance.

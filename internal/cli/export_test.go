@@ -132,3 +132,23 @@ func TestHostileVolumeNameStaysInsideTo(t *testing.T) {
 		t.Fatalf("vda.img: %d bytes, %v", len(b), err)
 	}
 }
+
+// TestExportTakesTheNewestConsistentPIT: without --pit, export writes the newest PIT
+// that is consistent, passing over a newer fuzzy one; a server with none is refused.
+func TestExportTakesTheNewestConsistentPIT(t *testing.T) {
+	e := startCLIEnv(t)
+	repo := recoverytest.Store(t, e.cp)
+	older, newer := randomImage(t, 1<<20), randomImage(t, 1<<20+4096)
+	srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 1 << 20})
+	recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, time.Now().Add(-2*time.Hour), recoverytest.Volume{Name: "vda", Image: older})
+	recoverytest.PIT(t, e.cp, repo, srv, consistency.None, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: newer})
+	out := filepath.Join(e.dir, "out")
+	e.must("export", srv.ID, "--to", out)
+	if testutil.FileSHA256(t, filepath.Join(out, "vda.img")) != testutil.FileSHA256(t, older) {
+		t.Fatal("export without --pit did not write the newest consistent PIT")
+	}
+
+	fuzzy := recoverytest.Server(t, e.cp, "m2", map[string]int64{"vda": 1 << 20})
+	recoverytest.PIT(t, e.cp, repo, fuzzy, consistency.None, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: newer})
+	e.fails(1, "has no consistent recovery snapshot yet", "export", fuzzy.ID, "--to", filepath.Join(e.dir, "none"))
+}

@@ -54,22 +54,28 @@ in the URL); the CA is created there at first start, and an admin API token is w
 to DATA/admin-token (mode 0600). Restarting on the same data directory resumes.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if (f.tlsCert == "") != (f.tlsKey == "") {
-				return usagef("give both --tls-cert and --tls-key, or neither")
-			}
-			switch {
-			case !cmd.Flags().Changed("db"):
-				f.db = os.Getenv(envDB)
-			case db.URLHasPassword(f.db):
-				g.warnSecretInArgv("--db with a password", "env "+envDB+", PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE)")
-			}
-			return serveControlPlane(cmd.Context(), g, f.config(g, ""), func(_ context.Context, u *upEnv) error {
-				g.logger.Info("lifeboat server started", "url", u.CP.URL(), "data", u.DataDir, "database", u.CP.DB().Kind(),
-					"admin_token", adminTokenFile(u.DataDir))
-				return nil
-			})
+			return runServer(cmd.Context(), g, &f, cmd.Flags().Changed("db"))
 		},
 	}
 	f.register(cmd, true)
 	return cmd
+}
+
+// runServer runs the control plane; dbGiven says whether --db was given (else env
+// LIFEBOAT_DB names the database).
+func runServer(ctx context.Context, g *globals, f *serverFlags, dbGiven bool) error {
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return usagef("give both --tls-cert and --tls-key, or neither")
+	}
+	switch {
+	case !dbGiven:
+		f.db = os.Getenv(envDB)
+	case db.URLHasPassword(f.db):
+		g.warnSecretInArgv("--db with a password", "env "+envDB+", PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE)")
+	}
+	return serveControlPlane(ctx, g, f.config(g, ""), func(_ context.Context, u *upEnv) error {
+		g.logger.Info("lifeboat server started", "url", u.CP.URL(), "data", u.DataDir, "database", u.CP.DB().Kind(),
+			"admin_token", adminTokenFile(u.DataDir))
+		return nil
+	})
 }

@@ -182,19 +182,16 @@ func TestKill9MidWriteLeavesAConsistentDatabase(t *testing.T) {
 					t.Errorf("registration of %s was answered but is gone after the kill", m)
 				}
 			}
-			audited := 0
 			f := api.AuditFilter{Action: "source-server.register", Limit: 1000}
-			for {
+			entries, err := api.AllPages(ctx, func(ctx context.Context, token string) ([]api.AuditEntry, string, error) {
+				f.PageToken = token
 				page, err := admin.Audit(ctx, f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				audited += len(page.Items)
-				if page.NextPageToken == "" {
-					break
-				}
-				f.PageToken = page.NextPageToken
+				return page.Items, page.NextPageToken, err
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
+			audited := len(entries)
 			toks, err := admin.Tokens(ctx)
 			if err != nil {
 				t.Fatal(err)

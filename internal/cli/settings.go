@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -27,27 +28,29 @@ func newReplicationGetCmd(g *globals) *cobra.Command {
 	var serverID string
 	cmd := &cobra.Command{
 		Use: "get", Short: "Show the template, or a server's overrides and effective settings", Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			if serverID == "" {
-				s, err := c.ReplicationTemplate(cmd.Context())
-				if err != nil {
-					return err
-				}
-				return g.show(s, func(w *tabwriter.Writer) { settingsTable(w, s, nil) })
-			}
-			s, err := c.ServerReplicationSettings(cmd.Context(), serverID)
-			if err != nil {
-				return err
-			}
-			return g.show(s, func(w *tabwriter.Writer) { settingsTable(w, s.Effective, &s.Overrides) })
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return runReplicationGet(cmd.Context(), g, serverID) },
 	}
 	cmd.Flags().StringVar(&serverID, "server-id", "", "show this source server's settings instead of the template")
 	return cmd
+}
+
+func runReplicationGet(ctx context.Context, g *globals, serverID string) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	if serverID == "" {
+		s, err := c.ReplicationTemplate(ctx)
+		if err != nil {
+			return err
+		}
+		return g.show(s, func(w *tabwriter.Writer) { settingsTable(w, s, nil) })
+	}
+	s, err := c.ServerReplicationSettings(ctx, serverID)
+	if err != nil {
+		return err
+	}
+	return g.show(s, func(w *tabwriter.Writer) { settingsTable(w, s.Effective, &s.Overrides) })
 }
 
 // replicationFlags are the settings flags; only those given change anything.
@@ -198,54 +201,63 @@ func newReplicationSetCmd(g *globals) *cobra.Command {
 		Short: "Change the template, or a server's overrides with --server-id",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fl := cmd.Flags()
-			if serverID == "" && fl.Changed("inherit") {
-				return usagef("--inherit applies to a server's overrides: add --server-id")
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			if serverID == "" {
-				s, err := c.ReplicationTemplate(ctx)
-				if err != nil {
-					return err
-				}
-				if err := f.apply(fl, &s, nil); err != nil {
-					return err
-				}
-				if err := s.Validate(); err != nil {
-					return &UsageError{Err: err}
-				}
-				out, err := c.SetReplicationTemplate(ctx, s)
-				if err != nil {
-					return err
-				}
-				return g.show(out, func(w *tabwriter.Writer) { settingsTable(w, out, nil) })
-			}
-			cur, err := c.ServerReplicationSettings(ctx, serverID)
-			if err != nil {
-				return err
-			}
-			o := cur.Overrides
-			if err := f.dropOverrides(&o); err != nil {
-				return err
-			}
-			eff := cur.Effective
-			if err := f.apply(fl, &eff, &o); err != nil {
-				return err
-			}
-			out, err := c.SetServerReplicationSettings(ctx, serverID, o)
-			if err != nil {
-				return err
-			}
-			return g.show(out, func(w *tabwriter.Writer) { settingsTable(w, out.Effective, &out.Overrides) })
+			return runReplicationSet(cmd.Context(), g, cmd.Flags(), serverID, &f)
 		},
 	}
 	cmd.Flags().StringVar(&serverID, "server-id", "", "change this source server's overrides instead of the template")
 	f.register(cmd.Flags())
 	return cmd
+}
+
+// runReplicationSet changes the settings flags fl names: the template's, or with
+// serverID that server's overrides.
+func runReplicationSet(ctx context.Context, g *globals, fl *pflag.FlagSet, serverID string, f *replicationFlags) error {
+	if serverID == "" && fl.Changed("inherit") {
+		return usagef("--inherit applies to a server's overrides: add --server-id")
+	}
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	if serverID == "" {
+		return setReplicationTemplate(ctx, g, c, fl, f)
+	}
+	cur, err := c.ServerReplicationSettings(ctx, serverID)
+	if err != nil {
+		return err
+	}
+	o := cur.Overrides
+	if err := f.dropOverrides(&o); err != nil {
+		return err
+	}
+	eff := cur.Effective
+	if err := f.apply(fl, &eff, &o); err != nil {
+		return err
+	}
+	out, err := c.SetServerReplicationSettings(ctx, serverID, o)
+	if err != nil {
+		return err
+	}
+	return g.show(out, func(w *tabwriter.Writer) { settingsTable(w, out.Effective, &out.Overrides) })
+}
+
+// setReplicationTemplate changes the account template's settings that fl names.
+func setReplicationTemplate(ctx context.Context, g *globals, c *api.Client, fl *pflag.FlagSet, f *replicationFlags) error {
+	s, err := c.ReplicationTemplate(ctx)
+	if err != nil {
+		return err
+	}
+	if err := f.apply(fl, &s, nil); err != nil {
+		return err
+	}
+	if err := s.Validate(); err != nil {
+		return &UsageError{Err: err}
+	}
+	out, err := c.SetReplicationTemplate(ctx, s)
+	if err != nil {
+		return err
+	}
+	return g.show(out, func(w *tabwriter.Writer) { settingsTable(w, out, nil) })
 }
 
 // settingsTable prints settings; with overrides, marks the overridden ones.
@@ -275,25 +287,27 @@ func settingsTable(w *tabwriter.Writer, s api.ReplicationSettings, o *api.Replic
 	row(w, "Keep every consistency point:", (time.Duration(s.PITPolicy.ConsistencyPointRetentionMinutes) * time.Minute).String(), mark(ov.PITPolicy != nil))
 	for _, r := range s.PITPolicy.Rules {
 		unit := strings.ToLower(r.Units)
-		row(w, "PIT rule:", fmt.Sprintf("one every %d %s, kept %d %s", r.Interval, plural(unit, r.Interval), r.RetentionDuration, plural(unit, r.RetentionDuration)), mark(ov.PITPolicy != nil))
+		row(w, "PIT rule:", fmt.Sprintf("one every %d %s, kept %d %s", r.Interval, api.Plural(unit, r.Interval), r.RetentionDuration, api.Plural(unit, r.RetentionDuration)), mark(ov.PITPolicy != nil))
 	}
 }
 
 func newLaunchGetCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use: "get ID", Short: "Show a source server's launch settings", Args: exactArgs(1, "a source server id"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			l, err := c.LaunchSettings(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return g.show(l, func(w *tabwriter.Writer) { launchTable(w, l.Settings) })
-		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runLaunchGet(cmd.Context(), g, args[0]) },
 	}
+}
+
+func runLaunchGet(ctx context.Context, g *globals, id string) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	l, err := c.LaunchSettings(ctx, id)
+	if err != nil {
+		return err
+	}
+	return g.show(l, func(w *tabwriter.Writer) { launchTable(w, l.Settings) })
 }
 
 // launchFlags are the launch settings flags; only those given change anything. List
@@ -314,26 +328,7 @@ func newLaunchSetCmd(g *globals) *cobra.Command {
 		Short: "Change a source server's launch settings",
 		Args:  exactArgs(1, "a source server id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			cur, err := c.LaunchSettings(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			l := cur.Settings
-			if err := f.apply(cmd.Flags(), &l); err != nil {
-				return err
-			}
-			if err := l.Validate(); err != nil {
-				return &UsageError{Err: err}
-			}
-			out, err := c.SetLaunchSettings(cmd.Context(), args[0], l)
-			if err != nil {
-				return err
-			}
-			return g.show(out, func(w *tabwriter.Writer) { launchTable(w, out.Settings) })
+			return runLaunchSet(cmd.Context(), g, cmd.Flags(), args[0], &f)
 		},
 	}
 	fl := cmd.Flags()
@@ -358,6 +353,30 @@ func newLaunchSetCmd(g *globals) *cobra.Command {
 		"name=N,type=script|tcp-check|http-check,command=…|address=host:port|url=…,timeout=SECONDS (repeatable; replaces the list)")
 	fl.StringSliceVar(&f.clear, "clear", nil, "empty a list: port-forwards, tags or post-launch-actions")
 	return cmd
+}
+
+// runLaunchSet changes the launch settings fl names of source server id.
+func runLaunchSet(ctx context.Context, g *globals, fl *pflag.FlagSet, id string, f *launchFlags) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	cur, err := c.LaunchSettings(ctx, id)
+	if err != nil {
+		return err
+	}
+	l := cur.Settings
+	if err := f.apply(fl, &l); err != nil {
+		return err
+	}
+	if err := l.Validate(); err != nil {
+		return &UsageError{Err: err}
+	}
+	out, err := c.SetLaunchSettings(ctx, id, l)
+	if err != nil {
+		return err
+	}
+	return g.show(out, func(w *tabwriter.Writer) { launchTable(w, out.Settings) })
 }
 
 func (f *launchFlags) apply(fl *pflag.FlagSet, l *api.LaunchSettings) error {
@@ -522,11 +541,4 @@ func launchTable(w *tabwriter.Writer, l api.LaunchSettings) {
 	for _, a := range l.PostLaunchActions {
 		row(w, "Post-launch action:", fmt.Sprintf("%s (%s) %s%s%s, timeout %ds", a.Name, a.Type, a.Command, a.Address, a.URL, a.TimeoutSeconds))
 	}
-}
-
-func plural(word string, n int) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
 }

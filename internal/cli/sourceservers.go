@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -14,72 +15,97 @@ import (
 func newSourceServersCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "source-servers", Aliases: []string{"source-server", "ss"},
 		Short: "List, describe and delete source servers (machines protected by an agent)"}
+	cmd.AddCommand(newSourceServersListCmd(g), newSourceServersDescribeCmd(g), newSourceServersDeleteCmd(g))
+	return cmd
+}
 
-	var f api.SourceServerFilter
-	var ready, notReady bool
-	list := &cobra.Command{
+// sourceServersListFlags are the flags of source-servers list.
+type sourceServersListFlags struct {
+	filter          api.SourceServerFilter
+	ready, notReady bool
+}
+
+func newSourceServersListCmd(g *globals) *cobra.Command {
+	var f sourceServersListFlags
+	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List source servers, ready for recovery first",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if ready && notReady {
-				return usagef("--ready and --not-ready exclude each other")
-			}
-			if ready || notReady {
-				f.ReadyForRecovery = &ready
-			}
-			for i, s := range f.States {
-				f.States[i] = strings.ToUpper(s)
-				if !api.ValidState(f.States[i]) {
-					return usagef("--state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
-				}
-			}
-			if f.Limit < 1 || f.Limit > api.MaxPageSize {
-				return usagef("--page-size must be 1 to %d", api.MaxPageSize)
-			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			all, err := c.AllSourceServers(cmd.Context(), f)
-			if err != nil {
-				return err
-			}
-			return g.show(api.SourceServerList{Items: all}, func(w *tabwriter.Writer) {
-				row(w, "ID", "HOSTNAME", "READY", "STATE", "LAG", "BACKLOG", "LAST POINT", "REPLICATOR", "ERROR")
-				for _, s := range all {
-					r := s.Replication
-					row(w, s.ID, s.Hostname, yesNo(r.ReadyForRecovery), stateText(r), lagText(r.LagSeconds),
-						bytesText(r.BacklogBytes), pointText(r.LastConsistencyPoint), orDash(s.ReplicatorID), errText(r.Error))
-				}
-			})
-		},
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runSourceServersList(cmd.Context(), g, f) },
 	}
-	fl := list.Flags()
-	fl.StringSliceVar(&f.States, "state", nil, "only these data replication states (repeatable or comma-separated)")
-	fl.StringVar(&f.Hostname, "hostname", "", "only hostnames containing this (case-insensitive)")
-	fl.StringVar(&f.ReplicatorID, "replicator", "", "only servers assigned to this replicator id")
-	fl.BoolVar(&ready, "ready", false, "only servers ready for recovery")
-	fl.BoolVar(&notReady, "not-ready", false, "only servers not ready for recovery")
-	fl.IntVar(&f.Limit, "page-size", 1000, "servers fetched per API call")
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.filter.States, "state", nil, "only these data replication states (repeatable or comma-separated)")
+	fl.StringVar(&f.filter.Hostname, "hostname", "", "only hostnames containing this (case-insensitive)")
+	fl.StringVar(&f.filter.ReplicatorID, "replicator", "", "only servers assigned to this replicator id")
+	fl.BoolVar(&f.ready, "ready", false, "only servers ready for recovery")
+	fl.BoolVar(&f.notReady, "not-ready", false, "only servers not ready for recovery")
+	fl.IntVar(&f.filter.Limit, "page-size", 1000, "servers fetched per API call")
+	return cmd
+}
 
-	describe := &cobra.Command{
+func runSourceServersList(ctx context.Context, g *globals, f sourceServersListFlags) error {
+	if f.ready && f.notReady {
+		return usagef("--ready and --not-ready exclude each other")
+	}
+	if f.ready || f.notReady {
+		f.filter.ReadyForRecovery = &f.ready
+	}
+	for i, s := range f.filter.States {
+		f.filter.States[i] = strings.ToUpper(s)
+		if !api.ValidState(f.filter.States[i]) {
+			return usagef("--state %q is not a replication state: use one of %s", s, strings.Join(api.DataReplicationStates, ", "))
+		}
+	}
+	if f.filter.Limit < 1 || f.filter.Limit > api.MaxPageSize {
+		return usagef("--page-size must be 1 to %d", api.MaxPageSize)
+	}
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	all, err := c.AllSourceServers(ctx, f.filter)
+	if err != nil {
+		return err
+	}
+	return g.show(api.SourceServerList{Items: all}, func(w *tabwriter.Writer) {
+		row(w, "ID", "HOSTNAME", "READY", "STATE", "LAG", "BACKLOG", "LAST POINT", "REPLICATOR", "ERROR")
+		for _, s := range all {
+			r := s.Replication
+			row(w, s.ID, s.Hostname, yesNo(r.ReadyForRecovery), stateText(r), lagText(r.LagSeconds),
+				bytesText(r.BacklogBytes), pointText(r.LastConsistencyPoint), orDash(s.ReplicatorID), errText(r.Error))
+		}
+	})
+}
+
+func newSourceServersDescribeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use: "describe ID", Short: "Show a source server with its volumes and replication state", Args: exactArgs(1, "a source server id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			s, err := c.SourceServer(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return g.show(s, func(w *tabwriter.Writer) { describeServer(w, s) })
+			return runSourceServersDescribe(cmd.Context(), g, args[0])
 		},
 	}
+}
 
-	var force, yes bool
-	del := &cobra.Command{
+func runSourceServersDescribe(ctx context.Context, g *globals, id string) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	s, err := c.SourceServer(ctx, id)
+	if err != nil {
+		return err
+	}
+	return g.show(s, func(w *tabwriter.Writer) { describeServer(w, s) })
+}
+
+// sourceServersDeleteFlags are the flags of source-servers delete.
+type sourceServersDeleteFlags struct {
+	force, yes bool
+}
+
+func newSourceServersDeleteCmd(g *globals) *cobra.Command {
+	var f sourceServersDeleteFlags
+	cmd := &cobra.Command{
 		Use:   "delete ID",
 		Short: "Delete a source server's record (its agent can no longer call in)",
 		Long: `Delete a source server's record. It is refused while the server has recovery instances or
@@ -87,35 +113,37 @@ locked recovery snapshots, and while it has recovery snapshots unless --force (t
 staging data stays until the store's garbage collection). It asks first unless --yes.`,
 		Args: exactArgs(1, "a source server id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			s, err := c.SourceServer(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if !yes {
-				ok, err := g.confirm(fmt.Sprintf("Delete source server %s (%s)?", s.ID, s.Hostname))
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return fmt.Errorf("not deleted: answer y to delete, or pass --yes")
-				}
-			}
-			if err := c.DeleteSourceServer(cmd.Context(), s.ID, force); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stderr, "source server %s (%s) deleted\n", s.ID, s.Hostname)
-			return nil
+			return runSourceServersDelete(cmd.Context(), g, args[0], f)
 		},
 	}
-	del.Flags().BoolVar(&force, "force", false, "delete even though recovery snapshots are recorded")
-	del.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
-
-	cmd.AddCommand(list, describe, del)
+	cmd.Flags().BoolVar(&f.force, "force", false, "delete even though recovery snapshots are recorded")
+	cmd.Flags().BoolVarP(&f.yes, "yes", "y", false, "do not ask for confirmation")
 	return cmd
+}
+
+func runSourceServersDelete(ctx context.Context, g *globals, id string, f sourceServersDeleteFlags) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	s, err := c.SourceServer(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !f.yes {
+		ok, err := g.confirm(fmt.Sprintf("Delete source server %s (%s)?", s.ID, s.Hostname))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("not deleted: answer y to delete, or pass --yes")
+		}
+	}
+	if err := c.DeleteSourceServer(ctx, s.ID, f.force); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stderr, "source server %s (%s) deleted\n", s.ID, s.Hostname)
+	return nil
 }
 
 func describeServer(w *tabwriter.Writer, s api.SourceServer) {

@@ -82,9 +82,14 @@ account's store.`,
 	return cmd
 }
 
+// storeExportFlags are the flags of store export.
+type storeExportFlags struct {
+	store storeFlags
+	to    string
+}
+
 func newStoreExportCmd(g *globals) *cobra.Command {
-	var f storeFlags
-	var to string
+	var f storeExportFlags
 	cmd := &cobra.Command{
 		Use:   "export SERVER PIT --to DIR",
 		Short: "Write a PIT's volumes as sparse raw images, reading the store with the master key file",
@@ -95,35 +100,38 @@ plane, needs no key file). Files are created only inside DIR, and a volume whose
 not a plain file name is refused.`,
 		Args: exactArgs(2, "a source server id and a recovery snapshot id (pit-…)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if to == "" {
-				return usagef("store export needs --to DIR")
-			}
-			ctx := cmd.Context()
-			r, err := f.open(ctx, g, false, store.Options{})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			pit, err := r.LoadPIT(ctx, args[0], args[1])
-			if err != nil {
-				return err
-			}
-			root, err := openExportDir(to)
-			if err != nil {
-				return err
-			}
-			defer root.Close()
-			for _, v := range pit.Volumes {
-				if err := exportVolume(ctx, g, r, pit, v.Name, root); err != nil {
-					return err
-				}
-			}
-			return nil
+			return runStoreExport(cmd.Context(), g, args[0], args[1], f)
 		},
 	}
-	f.register(cmd)
-	cmd.Flags().StringVar(&to, "to", "", "directory for the images")
+	f.store.register(cmd)
+	cmd.Flags().StringVar(&f.to, "to", "", "directory for the images")
 	return cmd
+}
+
+func runStoreExport(ctx context.Context, g *globals, server, pitID string, f storeExportFlags) error {
+	if f.to == "" {
+		return usagef("store export needs --to DIR")
+	}
+	r, err := f.store.open(ctx, g, false, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	pit, err := r.LoadPIT(ctx, server, pitID)
+	if err != nil {
+		return err
+	}
+	root, err := openExportDir(f.to)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, v := range pit.Volumes {
+		if err := exportVolume(ctx, g, r, pit, v.Name, root); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newStoreInitCmd(g *globals) *cobra.Command {
@@ -133,30 +141,31 @@ func newStoreInitCmd(g *globals) *cobra.Command {
 		Use:   "init",
 		Short: "Create a staging store (and its master key file if it does not exist)",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			be, err := backendurl.Open(ctx, f.url)
-			if err != nil {
-				return err
-			}
-			defer be.Close()
-			mk, err := store.LoadOrCreateMasterKey(f.key)
-			if err != nil {
-				return err
-			}
-			r, err := store.Init(ctx, be, mk, store.Options{BlockSize: blockSize, Logger: g.logger})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			fmt.Fprintf(g.stdout, "created staging store %s (block size %d KiB); master key %s (fingerprint %s): keep a copy of it somewhere safe, without it nothing can be restored\n",
-				r.Location(), r.BlockSize()>>10, f.key, mk.Fingerprint())
-			return nil
-		},
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runStoreInit(cmd.Context(), g, f, blockSize) },
 	}
 	f.register(cmd)
 	cmd.Flags().IntVar(&blockSize, "block-size", store.DefaultBlockSize, "block size in bytes (fixed for the store's life)")
 	return cmd
+}
+
+func runStoreInit(ctx context.Context, g *globals, f storeFlags, blockSize int) error {
+	be, err := backendurl.Open(ctx, f.url)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	mk, err := store.LoadOrCreateMasterKey(f.key)
+	if err != nil {
+		return err
+	}
+	r, err := store.Init(ctx, be, mk, store.Options{BlockSize: blockSize, Logger: g.logger})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	fmt.Fprintf(g.stdout, "created staging store %s (block size %d KiB); master key %s (fingerprint %s): keep a copy of it somewhere safe, without it nothing can be restored\n",
+		r.Location(), r.BlockSize()>>10, f.key, mk.Fingerprint())
+	return nil
 }
 
 func newStoreVerifyCmd(g *globals) *cobra.Command {
@@ -166,52 +175,56 @@ func newStoreVerifyCmd(g *globals) *cobra.Command {
 		Use:   "verify",
 		Short: "Check every reference and pack of a staging store (and every chunk with --read-data)",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			r, err := f.open(ctx, g, false, store.Options{})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			last := time.Now()
-			rep, err := r.Verify(ctx, store.VerifyOptions{ReadData: readData, Progress: func(stage string, done, total int) {
-				if time.Since(last) > 2*time.Second {
-					last = time.Now()
-					fmt.Fprintf(g.stderr, "verify: %s %d/%d\n", stage, done, total)
-				}
-			}})
-			if err != nil {
-				return err
-			}
-			if err := g.show(rep, func(w *tabwriter.Writer) {
-				row(w, "index objects", rep.IndexObjects)
-				row(w, "packs", rep.Packs)
-				row(w, "chunks", rep.Chunks)
-				row(w, "PITs", rep.PITs)
-				row(w, "heads", rep.Heads)
-				row(w, "tree nodes", rep.TreeNodes)
-				row(w, "data chunks referenced", rep.DataRefs)
-				if readData {
-					row(w, "chunks read", fmt.Sprintf("%d (%s)", rep.ReadChunks, bytesIEC(rep.ReadBytes)))
-				}
-				for _, w2 := range rep.Warnings {
-					row(w, "warning", w2)
-				}
-				for _, e := range rep.Errors {
-					row(w, "ERROR", e)
-				}
-			}); err != nil {
-				return err
-			}
-			if !rep.OK() {
-				return fmt.Errorf("verify found %d errors in %s: recovery snapshots that use the objects named above may not restore", len(rep.Errors), r.Location())
-			}
-			return nil
-		},
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runStoreVerify(cmd.Context(), g, f, readData) },
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVar(&readData, "read-data", false, "read every pack and check every chunk's content")
 	return cmd
+}
+
+func runStoreVerify(ctx context.Context, g *globals, f storeFlags, readData bool) error {
+	r, err := f.open(ctx, g, false, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	last := time.Now()
+	rep, err := r.Verify(ctx, store.VerifyOptions{ReadData: readData, Progress: func(stage string, done, total int) {
+		if time.Since(last) > 2*time.Second {
+			last = time.Now()
+			fmt.Fprintf(g.stderr, "verify: %s %d/%d\n", stage, done, total)
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	if err := g.show(rep, func(w *tabwriter.Writer) { verifyTable(w, rep, readData) }); err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return fmt.Errorf("verify found %d errors in %s: recovery snapshots that use the objects named above may not restore", len(rep.Errors), r.Location())
+	}
+	return nil
+}
+
+// verifyTable prints a verify report: what was checked, then warnings and errors.
+func verifyTable(w *tabwriter.Writer, rep store.VerifyReport, readData bool) {
+	row(w, "index objects", rep.IndexObjects)
+	row(w, "packs", rep.Packs)
+	row(w, "chunks", rep.Chunks)
+	row(w, "PITs", rep.PITs)
+	row(w, "heads", rep.Heads)
+	row(w, "tree nodes", rep.TreeNodes)
+	row(w, "data chunks referenced", rep.DataRefs)
+	if readData {
+		row(w, "chunks read", fmt.Sprintf("%d (%s)", rep.ReadChunks, bytesIEC(rep.ReadBytes)))
+	}
+	for _, w2 := range rep.Warnings {
+		row(w, "warning", w2)
+	}
+	for _, e := range rep.Errors {
+		row(w, "ERROR", e)
+	}
 }
 
 func newStoreGCCmd(g *globals) *cobra.Command {
@@ -224,38 +237,39 @@ func newStoreGCCmd(g *globals) *cobra.Command {
 condemned, then, after the grace period (so replicators in other processes learn of it),
 removed; packs with much dead space are rewritten. Replication may continue meanwhile.`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			r, err := f.open(ctx, g, false, store.Options{GCGrace: opts.Grace})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			opts.Progress = func(stage string) { fmt.Fprintf(g.stderr, "gc: %s\n", stage) }
-			st, err := r.GC(ctx, opts)
-			if err != nil {
-				return err
-			}
-			return g.show(st, func(w *tabwriter.Writer) {
-				row(w, "chunks", st.Chunks)
-				row(w, "live", st.LiveChunks)
-				row(w, "dead (removed)", st.DeadChunks)
-				row(w, "condemned, then used again", st.Resurrected)
-				row(w, "packs deleted", st.DeletedPacks)
-				row(w, "packs repacked", fmt.Sprintf("%d into %d", st.RepackedPacks, st.NewPacks))
-				row(w, "orphan packs removed", st.OrphanPacks)
-				if st.LockedPacks > 0 {
-					row(w, "packs kept by retention", st.LockedPacks)
-				}
-				row(w, "space freed", bytesIEC(st.FreedBytes))
-				row(w, "took", st.Duration.Round(time.Millisecond))
-			})
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return runStoreGC(cmd.Context(), g, f, opts) },
 	}
 	f.register(cmd)
 	cmd.Flags().DurationVar(&opts.Grace, "grace", store.DefaultGCGrace, "wait between condemning chunks and removing them")
 	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "only report what would be removed")
 	return cmd
+}
+
+func runStoreGC(ctx context.Context, g *globals, f storeFlags, opts store.GCOptions) error {
+	r, err := f.open(ctx, g, false, store.Options{GCGrace: opts.Grace})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	opts.Progress = func(stage string) { fmt.Fprintf(g.stderr, "gc: %s\n", stage) }
+	st, err := r.GC(ctx, opts)
+	if err != nil {
+		return err
+	}
+	return g.show(st, func(w *tabwriter.Writer) {
+		row(w, "chunks", st.Chunks)
+		row(w, "live", st.LiveChunks)
+		row(w, "dead (removed)", st.DeadChunks)
+		row(w, "condemned, then used again", st.Resurrected)
+		row(w, "packs deleted", st.DeletedPacks)
+		row(w, "packs repacked", fmt.Sprintf("%d into %d", st.RepackedPacks, st.NewPacks))
+		row(w, "orphan packs removed", st.OrphanPacks)
+		if st.LockedPacks > 0 {
+			row(w, "packs kept by retention", st.LockedPacks)
+		}
+		row(w, "space freed", bytesIEC(st.FreedBytes))
+		row(w, "took", st.Duration.Round(time.Millisecond))
+	})
 }
 
 func newStoreStatsCmd(g *globals) *cobra.Command {
@@ -264,29 +278,30 @@ func newStoreStatsCmd(g *globals) *cobra.Command {
 		Use:   "stats",
 		Short: "Logical size, stored size, deduplication and compression of a staging store, per server",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			r, err := f.open(ctx, g, false, store.Options{})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			st, err := r.Stats(ctx)
-			if err != nil {
-				return err
-			}
-			return g.show(st, func(w *tabwriter.Writer) {
-				row(w, "SERVER", "PITS", "LOGICAL", "REFERENCED", "UNIQUE", "STORED", "METADATA", "DEDUP", "COMPRESSION")
-				for _, s := range st.Servers {
-					row(w, s.Server, s.PITs, bytesIEC(s.LogicalBytes), bytesIEC(s.ReferencedBytes), bytesIEC(s.UniqueBytes),
-						bytesIEC(s.StoredBytes), bytesIEC(s.MetadataBytes), ratio(s.DedupRatio), ratio(s.CompressionRatio))
-				}
-				row(w, "(store)", "-", "-", "-", bytesIEC(st.RawBytes), bytesIEC(st.PackBytes), "-", "-", ratio(safeDiv(st.RawBytes, st.StoredBytes)))
-			})
-		},
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runStoreStats(cmd.Context(), g, f) },
 	}
 	f.register(cmd)
 	return cmd
+}
+
+func runStoreStats(ctx context.Context, g *globals, f storeFlags) error {
+	r, err := f.open(ctx, g, false, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	st, err := r.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	return g.show(st, func(w *tabwriter.Writer) {
+		row(w, "SERVER", "PITS", "LOGICAL", "REFERENCED", "UNIQUE", "STORED", "METADATA", "DEDUP", "COMPRESSION")
+		for _, s := range st.Servers {
+			row(w, s.Server, s.PITs, bytesIEC(s.LogicalBytes), bytesIEC(s.ReferencedBytes), bytesIEC(s.UniqueBytes),
+				bytesIEC(s.StoredBytes), bytesIEC(s.MetadataBytes), ratio(s.DedupRatio), ratio(s.CompressionRatio))
+		}
+		row(w, "(store)", "-", "-", "-", bytesIEC(st.RawBytes), bytesIEC(st.PackBytes), "-", "-", ratio(safeDiv(st.RawBytes, st.StoredBytes)))
+	})
 }
 
 func newStoreRebuildIndexCmd(g *globals) *cobra.Command {
@@ -295,40 +310,41 @@ func newStoreRebuildIndexCmd(g *globals) *cobra.Command {
 		Use:   "rebuild-index",
 		Short: "Rebuild the index from the packs' own indexes (when index objects are lost or corrupt)",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			be, err := backendurl.Open(ctx, f.url)
-			if err != nil {
-				return err
-			}
-			defer be.Close()
-			mk, err := store.LoadMasterKey(f.key)
-			if err != nil {
-				return err
-			}
-			// Open loads the index, which may be what is damaged: open it without.
-			r, err := store.OpenWithoutIndex(ctx, be, mk, store.Options{Logger: g.logger})
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			st, err := r.RebuildIndex(ctx)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "rebuilt the index of %s from %d packs (%d chunks); replaced %d index objects with %d\n",
-				r.Location(), st.Packs, st.Chunks, st.OldIndex, st.NewIndex)
-			for _, u := range st.Unreadable {
-				fmt.Fprintf(g.stdout, "unreadable pack (its chunks are lost): %s\n", u)
-			}
-			if len(st.Unreadable) > 0 {
-				return errors.New("some packs could not be read: run lifeboat store verify to see which recovery snapshots are affected")
-			}
-			return nil
-		},
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runStoreRebuildIndex(cmd.Context(), g, f) },
 	}
 	f.register(cmd)
 	return cmd
+}
+
+func runStoreRebuildIndex(ctx context.Context, g *globals, f storeFlags) error {
+	be, err := backendurl.Open(ctx, f.url)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	mk, err := store.LoadMasterKey(f.key)
+	if err != nil {
+		return err
+	}
+	// Open loads the index, which may be what is damaged: open it without.
+	r, err := store.OpenWithoutIndex(ctx, be, mk, store.Options{Logger: g.logger})
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	st, err := r.RebuildIndex(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "rebuilt the index of %s from %d packs (%d chunks); replaced %d index objects with %d\n",
+		r.Location(), st.Packs, st.Chunks, st.OldIndex, st.NewIndex)
+	for _, u := range st.Unreadable {
+		fmt.Fprintf(g.stdout, "unreadable pack (its chunks are lost): %s\n", u)
+	}
+	if len(st.Unreadable) > 0 {
+		return errors.New("some packs could not be read: run lifeboat store verify to see which recovery snapshots are affected")
+	}
+	return nil
 }
 
 // bytesIEC formats a byte count with binary units.

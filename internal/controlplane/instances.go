@@ -98,7 +98,7 @@ func diskInfo(path string) (int64, error) {
 }
 
 func (c *call) createInstance(req *api.CreateInstanceRequest) (api.Instance, error) {
-	if err := c.checkHostPaths(req.Disks...); err != nil {
+	if err := c.hostPaths().Check(req.Disks...); err != nil {
 		return api.Instance{}, err
 	}
 	now := c.cp.cfg.Now()

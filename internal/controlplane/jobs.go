@@ -17,7 +17,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/launch"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
 // RecoveryConfig configures drills and recoveries: the job runner and the launch
@@ -137,193 +136,78 @@ func (c *call) jobEvent(tx *db.Tx, jobID, server, typ, msg string, detail map[st
 		SourceServerID: server, Message: msg, Detail: detail})
 }
 
-// checkHostPaths refuses paths on this host that an account other than the system
-// account may not name.
-func (c *call) checkHostPaths(paths ...string) error {
-	if c.p.System {
-		return nil
-	}
-	for _, p := range paths {
-		ok := false
-		for _, root := range c.cp.rec.cfg.HostPathRoots {
-			if rel, err := filepath.Rel(root, p); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-				ok = true
-			}
-		}
-		if !ok {
-			return api.Forbidden("path %s is on the control plane's host, outside the directories this account may use (%s): ask a system administrator",
-				p, strings.Join(c.cp.rec.cfg.HostPathRoots, ", "))
-		}
-	}
-	return nil
+// hostPaths is where the caller may name paths on this host.
+func (c *call) hostPaths() recovery.HostPaths {
+	return recovery.HostPaths{System: c.p.System, Roots: c.cp.rec.cfg.HostPathRoots}
 }
 
-// pick is one server of a recovery request, resolved.
-type pick struct {
-	server     db.SourceServer
-	storeURL   string
-	candidates []db.Snapshot // the PIT asked for, or the consistent ones newest first
-	explicit   bool
-	snap       db.Snapshot
+// createdBy names the caller as a job's creator: the audit log's actor, or a user's name.
+func (c *call) createdBy() string {
+	kind, actor := c.p.actor()
+	if kind == api.CallerUser {
+		return actor
+	}
+	return kind + ":" + actor
 }
 
+// planCatalog is what planning a launch job reads (recovery.Catalog): tx, within the
+// caller's account.
+type planCatalog struct {
+	c  *call
+	tx *db.Tx
+}
+
+func (pc planCatalog) SourceServer(id string) (db.SourceServer, error) {
+	return pc.c.loadServer(pc.tx, id)
+}
+
+func (pc planCatalog) Snapshot(id string) (db.Snapshot, error) {
+	return pc.c.loadSnapshot(pc.tx, id)
+}
+
+func (pc planCatalog) StagingStoreURL(s db.SourceServer) (string, error) {
+	a, err := pc.tx.Account(s.AccountID)
+	if err != nil {
+		return "", err
+	}
+	return a.Template.Apply(s.Overrides).StagingStoreURL, nil
+}
+
+func (pc planCatalog) LaunchSettings(serverID string) (api.LaunchSettings, error) {
+	l, _, err := pc.tx.LaunchSettings(serverID)
+	if errors.Is(err, db.ErrNotFound) {
+		return api.LaunchSettings{}, nil
+	}
+	return l, err
+}
+
+func (pc planCatalog) ConsistentSnapshots(serverID string, at *time.Time, limit int) ([]db.Snapshot, error) {
+	return pc.tx.ConsistentSnapshots(serverID, at, limit)
+}
+
+// startRecovery plans a drill or recovery job (package recovery: its servers and their
+// PITs), then creates it.
 func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 	rc := c.cp.rec.cfg
 	if n := len(req.SourceServers); n > rc.MaxServersPerJob {
 		return api.Job{}, api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
 			"a job launches at most %d servers and this one names %d: split it into several jobs", rc.MaxServersPerJob, n)
 	}
-	// Resolve the servers and their PITs.
-	picks := make([]pick, len(req.SourceServers))
-	err := c.view(func(tx *db.Tx) error {
-		for i, rs := range req.SourceServers {
-			s, err := c.loadServer(tx, rs.SourceServerID)
-			if err != nil {
-				return err
-			}
-			a, err := tx.Account(s.AccountID)
-			if err != nil {
-				return err
-			}
-			p := pick{server: s, storeURL: a.Template.Apply(s.Overrides).StagingStoreURL}
-			settings, _, err := tx.LaunchSettings(s.ID)
-			if err != nil && !errors.Is(err, db.ErrNotFound) {
-				return err
-			}
-			if t := settings.ImageTarget; t != nil {
-				paths := t.Devices
-				if t.Dir != "" {
-					paths = append(paths, t.Dir)
-				}
-				if err := c.checkHostPaths(paths...); err != nil {
-					return err
-				}
-			}
-			if rs.RecoverySnapshotID != "" {
-				snap, err := c.loadSnapshot(tx, rs.RecoverySnapshotID)
-				if err != nil {
-					return err
-				}
-				if snap.SourceServerID != s.ID {
-					return api.Invalid("recovery snapshot %s is a PIT of source server %s, not of %s: see lifeboat snapshots list %s",
-						snap.ID, snap.SourceServerID, s.ID, s.ID)
-				}
-				p.candidates, p.explicit = []db.Snapshot{snap}, true
-			} else {
-				p.candidates, err = tx.ConsistentSnapshots(s.ID, req.At, 10)
-				if err != nil {
-					return err
-				}
-				if len(p.candidates) == 0 {
-					if req.At != nil {
-						return api.Conflict("source server %s has no consistent PIT at or before %s: see lifeboat snapshots list %s",
-							s.ID, req.At.UTC().Format(time.RFC3339), s.ID)
-					}
-					return api.Conflict("source server %s has no consistent PIT yet: wait until it is ready for recovery (lifeboat source-servers describe %s)", s.ID, s.ID)
-				}
-			}
-			picks[i] = p
-		}
-		return nil
+	var plan *recovery.LaunchPlan
+	err := c.view(func(tx *db.Tx) (err error) {
+		plan, err = recovery.ResolveLaunch(*req, planCatalog{c: c, tx: tx}, c.hostPaths())
+		return err
 	})
 	if err != nil {
 		return api.Job{}, err
 	}
-	// The PIT must still be in the staging store (retention removes PITs there first).
-	for i := range picks {
-		p := &picks[i]
-		repo, err := c.cp.rec.stores.Open(c.ctx, p.server.AccountID, p.storeURL)
-		if err != nil {
-			return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
-				"the control plane cannot read the staging store of %s: %s", p.server.ID, err)
-		}
-		found := false
-		for _, cand := range p.candidates {
-			_, err := recovery.LoadPIT(c.ctx, repo, cand.RecoverySnapshot)
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			var ae *api.Error
-			if errors.As(err, &ae) {
-				return api.Job{}, err
-			}
-			if err != nil {
-				return api.Job{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
-					"the control plane cannot read PIT %s from the staging store: %s", cand.ID, err)
-			}
-			p.snap, found = cand, true
-			break
-		}
-		if !found {
-			if p.explicit {
-				return api.Job{}, api.Conflict("PIT %s of %s is past retention: the staging store no longer holds it; choose a newer one (lifeboat snapshots list %s)",
-					p.candidates[0].ID, p.server.ID, p.server.ID)
-			}
-			return api.Job{}, api.Conflict("none of the %d newest consistent PITs of %s is still in the staging store: see lifeboat snapshots list %s",
-				len(p.candidates), p.server.ID, p.server.ID)
-		}
+	if err := plan.ChoosePITs(c.ctx, c.cp.rec.stores); err != nil {
+		return api.Job{}, err
 	}
-	now := c.cp.cfg.Now()
-	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobLaunch, InitiatedBy: api.InitiatedStartRecovery,
-		Status: api.JobPending, IsDrill: req.IsDrill, CreatedAt: now}, AccountID: c.p.AccountID,
-		Params: db.JobParams{At: req.At, Force: req.Force, NetworkAccess: req.NetworkAccess}}
-	if req.IsDrill {
-		job.InitiatedBy = api.InitiatedStartDrill
-	}
-	kind, actor := c.p.actor()
-	job.CreatedBy = kind + ":" + actor
-	if kind == api.CallerUser {
-		job.CreatedBy = actor
-	}
-	for _, p := range picks {
-		job.Servers = append(job.Servers, api.JobServer{SourceServerID: p.server.ID, RecoveryInstanceID: api.NewID(api.PrefixRecoveryInstance),
-			SnapshotID: p.snap.ID, LaunchStatus: api.LaunchPending})
-	}
+	job := plan.Job(c.cp.cfg.Now(), c.p.AccountID, c.createdBy())
 	var out api.Job
-	err = c.update(func(tx *db.Tx) error {
-		if err := c.checkJobLimits(tx, len(job.Servers)); err != nil {
-			return err
-		}
-		if !req.IsDrill && !req.Force {
-			for _, p := range picks {
-				if err := refuseSecondRecovery(tx, p.server.ID); err != nil {
-					return err
-				}
-			}
-		}
-		if err := tx.CreateJob(job); err != nil {
-			return err
-		}
-		what := "recovery"
-		if req.IsDrill {
-			what = "drill"
-		}
-		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("%s of %d %s started by %s", what, len(picks),
-			plural("server", len(picks)), job.CreatedBy), map[string]any{"isDrill": req.IsDrill}); err != nil {
-			return err
-		}
-		for _, p := range picks {
-			age := now.Sub(p.snap.Time).Round(time.Second)
-			if err := c.jobEvent(tx, job.ID, p.server.ID, api.EventUsingPreviousSnapshot,
-				fmt.Sprintf("using PIT %s (%s consistent, taken %s, %s before the job)", p.snap.ID, p.snap.Level,
-					p.snap.Time.UTC().Format(time.RFC3339), age),
-				map[string]any{"recoverySnapshotId": p.snap.ID, "time": p.snap.Time, "level": p.snap.Level, "ageSeconds": age.Seconds()}); err != nil {
-				return err
-			}
-		}
-		action := "job.start-recovery"
-		if req.IsDrill {
-			action = "job.start-drill"
-		}
-		var servers []string
-		for _, s := range job.Servers {
-			servers = append(servers, s.SourceServerID)
-		}
-		if err := c.record(tx, c.p.AccountID, action, "job", job.ID, map[string]any{"sourceServers": servers, "force": req.Force}, nil); err != nil {
-			return err
-		}
-		j, err := tx.Job(job.ID)
-		out = j.Job
+	err = c.update(func(tx *db.Tx) (err error) {
+		out, err = c.createLaunchJob(tx, plan, job)
 		return err
 	})
 	if err != nil {
@@ -331,6 +215,51 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 	}
 	c.cp.rec.runner.Wake()
 	return out, nil
+}
+
+// createLaunchJob creates a planned job, once the account's limits and the servers'
+// recoveries allow it, with its first log entries and audit entry.
+func (c *call) createLaunchJob(tx *db.Tx, plan *recovery.LaunchPlan, job db.Job) (api.Job, error) {
+	req := plan.Request
+	if err := c.checkJobLimits(tx, len(job.Servers)); err != nil {
+		return api.Job{}, err
+	}
+	if !req.IsDrill && !req.Force {
+		for _, p := range plan.Servers {
+			if err := refuseSecondRecovery(tx, p.Server.ID); err != nil {
+				return api.Job{}, err
+			}
+		}
+	}
+	if err := tx.CreateJob(job); err != nil {
+		return api.Job{}, err
+	}
+	what, action := "recovery", "job.start-recovery"
+	if req.IsDrill {
+		what, action = "drill", "job.start-drill"
+	}
+	if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("%s of %d %s started by %s", what, len(plan.Servers),
+		api.Plural("server", len(plan.Servers)), job.CreatedBy), map[string]any{"isDrill": req.IsDrill}); err != nil {
+		return api.Job{}, err
+	}
+	for _, p := range plan.Servers {
+		age := job.CreatedAt.Sub(p.PIT.Time).Round(time.Second)
+		if err := c.jobEvent(tx, job.ID, p.Server.ID, api.EventUsingPreviousSnapshot,
+			fmt.Sprintf("using PIT %s (%s consistent, taken %s, %s before the job)", p.PIT.ID, p.PIT.Level,
+				p.PIT.Time.UTC().Format(time.RFC3339), age),
+			map[string]any{"recoverySnapshotId": p.PIT.ID, "time": p.PIT.Time, "level": p.PIT.Level, "ageSeconds": age.Seconds()}); err != nil {
+			return api.Job{}, err
+		}
+	}
+	var servers []string
+	for _, s := range job.Servers {
+		servers = append(servers, s.SourceServerID)
+	}
+	if err := c.record(tx, c.p.AccountID, action, "job", job.ID, map[string]any{"sourceServers": servers, "force": req.Force}, nil); err != nil {
+		return api.Job{}, err
+	}
+	j, err := tx.Job(job.ID)
+	return j.Job, err
 }
 
 // refuseSecondRecovery refuses a recovery of a server that has a recovery instance, or a
@@ -376,13 +305,6 @@ func (c *call) checkJobLimits(tx *db.Tx, servers int) error {
 	return nil
 }
 
-func plural(word string, n int) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
-}
-
 func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesRequest) (api.Job, error) {
 	rc := c.cp.rec.cfg
 	if n := len(req.RecoveryInstanceIDs); n > rc.MaxServersPerJob {
@@ -392,11 +314,7 @@ func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesReq
 	now := c.cp.cfg.Now()
 	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobTerminate, InitiatedBy: api.InitiatedTerminate,
 		Status: api.JobPending, IsDrill: true, CreatedAt: now}, AccountID: c.p.AccountID}
-	kind, actor := c.p.actor()
-	job.CreatedBy = kind + ":" + actor
-	if kind == api.CallerUser {
-		job.CreatedBy = actor
-	}
+	job.CreatedBy = c.createdBy()
 	var out api.Job
 	err := c.update(func(tx *db.Tx) error {
 		hosts := map[string]bool{}
@@ -438,7 +356,7 @@ func (c *call) terminateRecoveryInstances(req *api.TerminateRecoveryInstancesReq
 			return err
 		}
 		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("termination of %d recovery %s started by %s",
-			len(job.Servers), plural("instance", len(job.Servers)), job.CreatedBy), nil); err != nil {
+			len(job.Servers), api.Plural("instance", len(job.Servers)), job.CreatedBy), nil); err != nil {
 			return err
 		}
 		if err := c.record(tx, c.p.AccountID, "job.terminate-recovery-instances", "job", job.ID,

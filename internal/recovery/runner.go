@@ -422,7 +422,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 		total += d.SizeBytes
 	}
 	j.event(ctx, st.row.SourceServerID, api.EventSnapshotStart,
-		fmt.Sprintf("materializing %d %s (%s) of PIT %s: %s", len(st.plan.Disks), plural("volume", len(st.plan.Disks)),
+		fmt.Sprintf("materializing %d %s (%s) of PIT %s: %s", len(st.plan.Disks), api.Plural("volume", len(st.plan.Disks)),
 			sizeText(total), st.pit.ID, st.plan.Disks[0].Mode), map[string]any{"bytes": total, "recoverySnapshotId": st.pit.ID})
 	start := time.Now()
 	stats, err := j.materialize(ctx, st)
@@ -812,13 +812,6 @@ func (j *jobCtx) terminate(ctx context.Context, row api.JobServer) {
 	}
 	row.LaunchStatus, row.Step, row.Error = api.LaunchTerminated, "", ""
 	_ = j.setServer(ctx, row)
-}
-
-func plural(word string, n int) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
 }
 
 func sizeText(n int64) string {

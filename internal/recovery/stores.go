@@ -88,6 +88,22 @@ func (s *Stores) Open(ctx context.Context, accountID, url string) (*store.Repo, 
 	return r, nil
 }
 
+// PITs opens the staging store at url of an account for reading PITs (Staging).
+func (s *Stores) PITs(ctx context.Context, accountID, url string) (PITReader, error) {
+	r, err := s.Open(ctx, accountID, url)
+	if err != nil {
+		return nil, err
+	}
+	return repoPITs{r}, nil
+}
+
+// repoPITs reads PITs from a repository with LoadPIT.
+type repoPITs struct{ repo *store.Repo }
+
+func (r repoPITs) LoadPIT(ctx context.Context, snap api.RecoverySnapshot) (store.PIT, error) {
+	return LoadPIT(ctx, r.repo, snap)
+}
+
 // Close closes every store opened.
 func (s *Stores) Close() {
 	s.mu.Lock()
