@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -70,6 +72,54 @@ func BenchmarkReadBlock(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if buf, err = v.ReadBlock(ctx, uint64(i%256), buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkExport: exporting a 256 MiB volume of incompressible blocks to a file, the
+// path of a recovery's disk image.
+func BenchmarkExport(b *testing.B) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.Fanout = DefaultFanout
+	opts.PackSize = 16 << 20
+	r, _, _ := newTestRepo(b, opts)
+	const nblocks = 4096
+	h, err := r.OpenHead(ctx, "s-bench", "vda", nblocks*testBS, HeadOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for k := uint64(0); k < nblocks; k += 64 {
+		var bl []Block
+		for i := k; i < k+64; i++ {
+			if i%16 != 15 { // one block in 16 is a hole
+				bl = append(bl, Block{Index: i, Data: content(i, 1)})
+			}
+		}
+		if err := h.WriteBlocks(ctx, bl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: LevelCrash, Heads: []*Head{h}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := r.OpenVolume(ctx, p, "vda")
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "export.img")
+	b.SetBytes(nblocks * testBS)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		st, err := v.Export(ctx, f, ExportOptions{})
+		f.Close()
+		if err != nil || st.WrittenBlocks != nblocks-nblocks/16 {
+			b.Fatalf("export: %+v %v", st, err)
 		}
 	}
 }
