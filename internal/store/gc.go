@@ -546,6 +546,7 @@ func (r *Repo) mark(ctx context.Context) (map[ID]blobType, error) {
 // chunk named by a journal.
 type root struct {
 	object string
+	volume string // the volume's name; empty for a journal's chunks
 	tree   bool
 	id     ID
 	level  uint8
@@ -610,7 +611,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return corrupt(prefix+"head", err)
 		}
-		if err := fn(root{object: prefix + "head", tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
+		if err := fn(root{object: prefix + "head", volume: hs.Volume, tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
 			return err
 		}
 	}
@@ -635,7 +636,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 			return err
 		}
 		for _, v := range p.Volumes {
-			if err := fn(root{object: name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
+			if err := fn(root{object: name, volume: v.Name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
 				return err
 			}
 		}
