@@ -11,10 +11,7 @@ import (
 // 4096 written tables (every PIT checkpoints its heads).
 func BenchmarkCheckpoint(b *testing.B) {
 	ctx := context.Background()
-	opts := testOptions()
-	opts.Fanout = DefaultFanout
-	opts.PackSize = 16 << 20
-	r, _, _ := newTestRepo(b, opts)
+	r, _, _ := newTestRepo(b, benchOptions())
 	const size = 4 << 40
 	h, err := r.OpenHead(ctx, "s-bench", "vda", size, HeadOptions{})
 	if err != nil {
@@ -58,14 +55,7 @@ func BenchmarkReadBlock(b *testing.B) {
 	if err := h.WriteBlocks(ctx, bl); err != nil {
 		b.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: LevelCrash, Heads: []*Head{h}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, err := r.OpenVolume(ctx, p, "vda")
-	if err != nil {
-		b.Fatal(err)
-	}
+	v := sealedVolume(b, r, h)
 	buf := make([]byte, 0, testBS)
 	b.SetBytes(testBS)
 	b.ResetTimer()
@@ -80,10 +70,7 @@ func BenchmarkReadBlock(b *testing.B) {
 // path of a recovery's disk image.
 func BenchmarkExport(b *testing.B) {
 	ctx := context.Background()
-	opts := testOptions()
-	opts.Fanout = DefaultFanout
-	opts.PackSize = 16 << 20
-	r, _, _ := newTestRepo(b, opts)
+	r, _, _ := newTestRepo(b, benchOptions())
 	const nblocks = 4096
 	h, err := r.OpenHead(ctx, "s-bench", "vda", nblocks*testBS, HeadOptions{})
 	if err != nil {
@@ -100,14 +87,7 @@ func BenchmarkExport(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: LevelCrash, Heads: []*Head{h}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, err := r.OpenVolume(ctx, p, "vda")
-	if err != nil {
-		b.Fatal(err)
-	}
+	v := sealedVolume(b, r, h)
 	path := filepath.Join(b.TempDir(), "export.img")
 	b.SetBytes(nblocks * testBS)
 	b.ResetTimer()
@@ -122,4 +102,26 @@ func BenchmarkExport(b *testing.B) {
 			b.Fatalf("export: %+v %v", st, err)
 		}
 	}
+}
+
+// sealedVolume seals h's server into a PIT and opens its volume vda.
+func sealedVolume(b *testing.B, r *Repo, h *Head) *VolumeReader {
+	ctx := context.Background()
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: h.Server(), Level: LevelCrash, Heads: []*Head{h}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := r.OpenVolume(ctx, p, "vda")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v
+}
+
+// benchOptions are the test options with the production fanout and pack size.
+func benchOptions() Options {
+	opts := testOptions()
+	opts.Fanout = DefaultFanout
+	opts.PackSize = DefaultPackSize
+	return opts
 }

@@ -242,12 +242,7 @@ func TestVerifyDuringIngestAndGC(t *testing.T) {
 	w, be, mk := newTestRepo(t, opts)
 	collector := reopen(t, be, mk, opts)
 	hb := &raceBackend{Backend: be}
-	checker, err := Open(context.Background(), hb, mk, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer checker.Close()
-
+	checker := reopen(t, hb, mk, opts)
 	ls := startLiveStore(t, w, collector, "s-v0", "s-v1")
 	defer ls.finish()
 	ls.await(func() bool { return ls.sealed.Load() >= 2 })
@@ -337,11 +332,7 @@ func TestVerifyReportsExactlyALostPack(t *testing.T) {
 
 	collector := reopen(t, be, mk, opts)
 	hb := &raceBackend{Backend: be}
-	checker, err := Open(ctx, hb, mk, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer checker.Close()
+	checker := reopen(t, hb, mk, opts)
 	ls := startLiveStore(t, w, collector, "s-l0", "s-l1")
 	defer ls.finish()
 	ls.await(func() bool { return ls.sealed.Load() >= 2 })
@@ -411,11 +402,7 @@ func TestVerifyIgnoresWhatARemovedRootLost(t *testing.T) {
 	ahead.Now = func() time.Time { return time.Now().Add(time.Hour) }
 	collector := reopen(t, be, mk, ahead)
 	hb := &raceBackend{Backend: be}
-	checker, err := Open(ctx, hb, mk, testOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer checker.Close()
+	checker := reopen(t, hb, mk, testOptions())
 	// Phase 1 is armed when the walk lists the heads, phase 2 when it lists the PITs
 	// (after every head): the next pack read is the head's tree, then pit-1's.
 	var armed, phase atomic.Int32
