@@ -451,3 +451,29 @@ func TestVerifyIgnoresWhatARemovedRootLost(t *testing.T) {
 		t.Fatalf("verify reported what removed roots lost: %q", rep.Errors)
 	}
 }
+
+// A pack no index names is reported (a warning, lifeboat store gc removes it) once it
+// is older than the grace period: a younger one may be a writer's, about to be indexed.
+func TestVerifyWarnsOfOldUnindexedPacksOnly(t *testing.T) {
+	ctx := context.Background()
+	r, be, mk := newTestRepo(t, testOptions())
+	data := content(1, 1)
+	id := r.keys.id(data)
+	sealed := r.sealChunk(CodecNone, blobData, id, data, nil)
+	buf := appendPackHeader(nil)
+	e := entry{ID: id, Type: blobData, Offset: uint32(len(buf)), Length: uint32(len(sealed)), RawLen: uint32(len(data))}
+	buf, pack := r.finishPack(append(buf, sealed...), []entry{e})
+	if err := be.Put(ctx, packName(pack), buf, backend.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil || len(rep.Errors) != 0 || len(rep.Warnings) != 0 {
+		t.Fatalf("a pack stored just now: %v, errors %q, warnings %q; want none", err, rep.Errors, rep.Warnings)
+	}
+	later := testOptions()
+	later.Now = func() time.Time { return time.Now().Add(time.Hour) }
+	rep, err = reopen(t, be, mk, later).Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil || len(rep.Errors) != 0 || len(rep.Warnings) != 1 || !strings.HasPrefix(rep.Warnings[0], packName(pack)+": no index names this pack") {
+		t.Fatalf("the same pack an hour later: %v, errors %q, warnings %q; want one warning naming it", err, rep.Errors, rep.Warnings)
+	}
+}
