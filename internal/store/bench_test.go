@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
@@ -11,10 +13,7 @@ import (
 // 4096 written tables (every PIT checkpoints its heads).
 func BenchmarkCheckpoint(b *testing.B) {
 	ctx := context.Background()
-	opts := testOptions()
-	opts.Fanout = DefaultFanout
-	opts.PackSize = 16 << 20
-	r, _, _ := newTestRepo(b, opts)
+	r, _, _ := newTestRepo(b, benchOptions())
 	const size = 4 << 40
 	h, err := r.OpenHead(ctx, "s-bench", "vda", size, HeadOptions{})
 	if err != nil {
@@ -58,14 +57,7 @@ func BenchmarkReadBlock(b *testing.B) {
 	if err := h.WriteBlocks(ctx, bl); err != nil {
 		b.Fatal(err)
 	}
-	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-bench", Level: consistency.Crash, Heads: []*Head{h}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, err := r.OpenVolume(ctx, p, "vda")
-	if err != nil {
-		b.Fatal(err)
-	}
+	v := sealedVolume(b, r, h)
 	buf := make([]byte, 0, testBS)
 	b.SetBytes(testBS)
 	b.ResetTimer()
@@ -74,4 +66,64 @@ func BenchmarkReadBlock(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkExport: exporting a 256 MiB volume of incompressible blocks to a file, the
+// path of a recovery's disk image.
+func BenchmarkExport(b *testing.B) {
+	ctx := context.Background()
+	r, _, _ := newTestRepo(b, benchOptions())
+	const nblocks = 4096
+	h, err := r.OpenHead(ctx, "s-bench", "vda", nblocks*testBS, HeadOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for k := uint64(0); k < nblocks; k += 64 {
+		var bl []Block
+		for i := k; i < k+64; i++ {
+			if i%16 != 15 { // one block in 16 is a hole
+				bl = append(bl, Block{Index: i, Data: content(i, 1)})
+			}
+		}
+		if err := h.WriteBlocks(ctx, bl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	v := sealedVolume(b, r, h)
+	path := filepath.Join(b.TempDir(), "export.img")
+	b.SetBytes(nblocks * testBS)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		st, err := v.Export(ctx, f, ExportOptions{})
+		f.Close()
+		if err != nil || st.WrittenBlocks != nblocks-nblocks/16 {
+			b.Fatalf("export: %+v %v", st, err)
+		}
+	}
+}
+
+// sealedVolume seals h's server into a PIT and opens its volume vda.
+func sealedVolume(b *testing.B, r *Repo, h *Head) *VolumeReader {
+	ctx := context.Background()
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: h.Server(), Level: consistency.Crash, Heads: []*Head{h}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := r.OpenVolume(ctx, p, "vda")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return v
+}
+
+// benchOptions are the test options with the production fanout and pack size.
+func benchOptions() Options {
+	opts := testOptions()
+	opts.Fanout = DefaultFanout
+	opts.PackSize = DefaultPackSize
+	return opts
 }

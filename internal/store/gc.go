@@ -65,10 +65,38 @@ type gcLock struct {
 }
 
 // GC collects garbage: chunks no PIT or head references. See the comment above for
-// why it is safe while replicators write.
+// why it is safe while replicators write. It surveys the repository and plans
+// (gcplan.go); a dry run reports the plan. Otherwise it executes the plan in steps:
+// condemn, wait the grace period and mark again (settle), repack, write the new index,
+// remove what it replaces.
 func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
-	start := r.opts.Now()
-	var st GCStats
+	c := &collection{r: r, opts: r.gcDefaults(opts), start: r.opts.Now(), stillHeld: func() error { return nil }}
+	if !c.opts.DryRun {
+		release, held, err := r.lockGC(ctx, c.start, c.opts.Grace)
+		if err != nil {
+			return c.st, err
+		}
+		defer release()
+		c.stillHeld = held
+	}
+	c.stage("reading the index")
+	s, err := r.surveyGC(ctx, c.start, c.stage)
+	if err != nil {
+		return c.st, err
+	}
+	c.plan = planGC(s, c.opts)
+	c.st = c.plan.stats()
+	if !c.opts.DryRun {
+		if err := c.execute(ctx); err != nil {
+			return c.st, err
+		}
+	}
+	c.st.Duration = r.opts.Now().Sub(c.start)
+	return c.st, nil
+}
+
+// gcDefaults fills in the options a collection leaves at zero.
+func (r *Repo) gcDefaults(opts GCOptions) GCOptions {
 	if opts.Grace == 0 {
 		opts.Grace = r.opts.GCGrace
 	}
@@ -78,298 +106,210 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 	if opts.SmallPack == 0 {
 		opts.SmallPack = r.opts.PackSize / 4
 	}
-	stage := func(s string) {
-		r.log.Debug("gc: "+s, "store", r.be.Location())
-		if opts.Progress != nil {
-			opts.Progress(s)
-		}
+	return opts
+}
+
+// collection is one garbage collection: its plan and what the steps that execute it
+// count.
+type collection struct {
+	r         *Repo
+	opts      GCOptions
+	start     time.Time
+	plan      *gcPlan
+	st        GCStats
+	stillHeld func() error // an error once another collection took the lock: change nothing more
+}
+
+func (c *collection) stage(s string) {
+	c.r.log.Debug("gc: "+s, "store", c.r.be.Location())
+	if c.opts.Progress != nil {
+		c.opts.Progress(s)
 	}
-	stillHeld := func() error { return nil }
-	if !opts.DryRun {
-		release, held, err := r.lockGC(ctx, start, opts.Grace)
+}
+
+// execute carries the plan out, step by step. The counts of what is deleted and freed
+// are of what was done, not planned.
+func (c *collection) execute(ctx context.Context) error {
+	c.st.DeletedPacks, c.st.RepackedPacks, c.st.OrphanPacks, c.st.FreedBytes = 0, 0, 0, 0
+	if len(c.plan.condemned) > 0 {
+		pending, err := c.condemn(ctx)
 		if err != nil {
-			return st, err
+			return err
 		}
-		defer release()
-		stillHeld = held
+		defer c.uncondemn(ctx, pending)
+		if err := c.settle(ctx); err != nil {
+			return err
+		}
 	}
-
-	// 1. What the index holds now (the objects we may replace), and the first mark.
-	stage("reading the index")
-	if err := r.refreshView(ctx, true); err != nil {
-		return st, err
+	// Nothing is changed if another collection took the lock meanwhile.
+	if err := c.stillHeld(); err != nil {
+		return err
 	}
-	idxNames, packs, err := r.readAllIndex(ctx)
+	c.stage("repacking")
+	newPacks, newBytes, err := c.repack(ctx)
 	if err != nil {
-		return st, err
+		return err
 	}
-	st.Packs = len(packs)
-	copies := map[ID]int{}
-	for _, p := range packs {
-		for _, e := range p.Entries {
-			copies[e.ID]++
-		}
-	}
-	st.Chunks = len(copies)
-	// A chunk stored less than a grace period ago may belong to blocks a writer has not
-	// journaled yet (writers journal within a quarter of it): it is never condemned.
-	young, err := r.youngPacks(ctx, start.Add(-opts.Grace))
+	c.stage("writing the new index")
+	wrote, err := c.writeIndex(ctx, newPacks)
 	if err != nil {
-		return st, err
+		return err
 	}
-	recent := map[ID]bool{}
-	for _, p := range packs {
-		if young[p.Pack] {
-			for _, e := range p.Entries {
-				recent[e.ID] = true
-			}
-		}
+	// Packs that an index object written by someone else since the survey names stay (a
+	// collection that overlapped ours despite the lock); so does everything if we lost it.
+	if err := c.stillHeld(); err != nil {
+		return err
 	}
-	stage("marking reachable chunks")
-	live, err := r.mark(ctx)
+	foreign, err := c.r.packsNamedElsewhere(ctx, c.plan.survey.indexNames, wrote)
 	if err != nil {
-		return st, fmt.Errorf("gc: %w (nothing was deleted)", err)
+		return err
 	}
-	var condemned []ID
-	for id := range copies {
-		if _, ok := live[id]; !ok && !recent[id] {
-			condemned = append(condemned, id)
-		}
+	c.stage("removing replaced index objects and packs")
+	if err := c.remove(ctx, wrote, foreign, newBytes); err != nil {
+		return err
 	}
-	st.Condemned = len(condemned)
+	c.stage(fmt.Sprintf("done: %d dead chunks, %d packs deleted, %d repacked into %d", c.st.DeadChunks, c.st.DeletedPacks, c.st.RepackedPacks, c.st.NewPacks))
+	return nil
+}
 
-	// 2. Condemn, wait, mark again.
-	dead := map[ID]bool{}
-	if len(condemned) > 0 && !opts.DryRun {
-		pendName := fmt.Sprintf("gc/pending-%016x-%s", start.UnixNano(), randomHex(4))
-		sort.Slice(condemned, func(i, j int) bool { return string(condemned[i][:]) < string(condemned[j][:]) })
-		if err := r.putSealed(ctx, pendName, encodeIDs(pendingMagic, condemned), backend.PutOptions{}); err != nil {
-			return st, fmt.Errorf("gc: record condemned chunks: %w", err)
-		}
-		r.mu.Lock()
-		r.pending[pendName] = condemned
-		for _, id := range condemned {
-			r.condemned[id] = struct{}{}
-		}
-		r.mu.Unlock()
-		defer func() {
-			// The pending object goes last: until then writers keep avoiding the chunks.
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer cancel()
-			if err := r.be.Delete(dctx, pendName); err != nil {
-				r.log.Warn("gc: could not remove its pending object; writers avoid its chunks until it is removed", "object", pendName, "err", err)
-			}
-			if err := r.refreshView(dctx, true); err != nil {
-				r.log.Warn("gc: could not reload the index", "err", err)
-			}
-		}()
-		stage(fmt.Sprintf("condemned %d chunks; waiting %s for writers to learn of it", len(condemned), opts.Grace))
-		select {
-		case <-time.After(opts.Grace):
-		case <-ctx.Done():
-			return st, ctx.Err()
-		}
-		stage("marking again")
-		live2, err := r.mark(ctx)
-		if err != nil {
-			return st, fmt.Errorf("gc: %w (nothing was deleted)", err)
-		}
-		for _, id := range condemned {
-			if _, ok := live2[id]; ok {
-				st.Resurrected++
-				live[id] = blobData
-			} else {
-				dead[id] = true
-			}
-		}
-	} else {
-		for _, id := range condemned {
-			dead[id] = true
-		}
+// condemn stores the condemned chunks in a pending object, which writers in every
+// process read, and records them in this process's view. It returns the object's name.
+func (c *collection) condemn(ctx context.Context) (string, error) {
+	r, condemned := c.r, c.plan.condemned
+	name := fmt.Sprintf("gc/pending-%016x-%s", c.start.UnixNano(), randomHex(4))
+	if err := r.putSealed(ctx, name, encodeIDs(pendingMagic, condemned), backend.PutOptions{}); err != nil {
+		return "", fmt.Errorf("gc: record condemned chunks: %w", err)
 	}
-	st.DeadChunks = len(dead)
-	st.LiveChunks = st.Chunks - st.DeadChunks
+	r.mu.Lock()
+	r.pending[name] = condemned
+	for _, id := range condemned {
+		r.condemned[id] = struct{}{}
+	}
+	r.mu.Unlock()
+	return name, nil
+}
 
-	// 3. Plan: which packs to delete, keep or repack; one copy of each live chunk.
-	type packPlan struct {
-		p        packEntries
-		size     int64
-		deadSize int64
-		action   string // keep, repack, delete
+// uncondemn removes the pending object, the collection's last change: until then
+// writers keep avoiding its chunks.
+func (c *collection) uncondemn(ctx context.Context, name string) {
+	r := c.r
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := r.be.Delete(dctx, name); err != nil {
+		r.log.Warn("gc: could not remove its pending object; writers avoid its chunks until it is removed", "object", name, "err", err)
 	}
-	plans := make([]*packPlan, 0, len(packs))
-	for _, p := range packs {
-		pp := &packPlan{p: p}
-		for _, e := range p.Entries {
-			pp.size += int64(e.Length)
-			if dead[e.ID] {
-				pp.deadSize += int64(e.Length)
-			}
-		}
-		plans = append(plans, pp)
+	if err := r.refreshView(dctx, true); err != nil {
+		r.log.Warn("gc: could not reload the index", "err", err)
 	}
-	small := 0
-	for _, pp := range plans {
-		if pp.deadSize == 0 && pp.size < int64(opts.SmallPack) {
-			small++
-		}
-	}
-	for _, pp := range plans {
-		switch {
-		case pp.deadSize == pp.size:
-			pp.action = "delete"
-		case float64(pp.deadSize) >= opts.RepackThreshold*float64(pp.size):
-			pp.action = "repack"
-		case pp.size < int64(opts.SmallPack) && small > 1:
-			pp.action = "repack"
-		default:
-			pp.action = "keep"
-		}
-	}
-	// Live chunks held by a kept pack need no copy; others get exactly one.
-	have := map[ID]bool{}
-	var newIndex []packEntries
-	for _, pp := range plans {
-		if pp.action != "keep" {
-			continue
-		}
-		var keepEntries []entry
-		for _, e := range pp.p.Entries {
-			if dead[e.ID] || have[e.ID] {
-				continue
-			}
-			have[e.ID] = true
-			keepEntries = append(keepEntries, e)
-		}
-		newIndex = append(newIndex, packEntries{Pack: pp.p.Pack, Entries: keepEntries})
-	}
-	// Orphans: packs in the backend that no index names, old enough that no writer
-	// can still be about to index them.
-	inIndex := map[ID]bool{}
-	for _, p := range packs {
-		inIndex[p.Pack] = true
-	}
-	var orphans []string
-	if err := r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
-		id, err := ParseID(oi.Name[strings.LastIndexByte(oi.Name, '/')+1:])
-		if err != nil || inIndex[id] || r.packKnown(id) {
-			return nil
-		}
-		if oi.ModTime.Before(start.Add(-opts.Grace)) {
-			orphans = append(orphans, oi.Name)
-		}
-		return nil
-	}); err != nil {
-		return st, fmt.Errorf("gc: list packs: %w", err)
-	}
-	if opts.DryRun {
-		for _, pp := range plans {
-			switch pp.action {
-			case "delete":
-				st.DeletedPacks++
-				st.FreedBytes += pp.size
-			case "repack":
-				st.RepackedPacks++
-				st.FreedBytes += pp.deadSize
-			}
-		}
-		st.OrphanPacks = len(orphans)
-		st.Duration = r.opts.Now().Sub(start)
-		return st, nil
-	}
+}
 
-	// 4. Repack. Nothing is changed if another collection took the lock meanwhile.
-	if err := stillHeld(); err != nil {
-		return st, err
+// settle waits the grace period, so that every writer learns of the condemned chunks,
+// then marks again and settles the plan: the chunks used again meanwhile live.
+func (c *collection) settle(ctx context.Context) error {
+	c.stage(fmt.Sprintf("condemned %d chunks; waiting %s for writers to learn of it", len(c.plan.condemned), c.opts.Grace))
+	select {
+	case <-time.After(c.opts.Grace):
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	stage("repacking")
+	c.stage("marking again")
+	live, err := c.r.mark(ctx)
+	if err != nil {
+		return fmt.Errorf("gc: %w (nothing was deleted)", err)
+	}
+	c.plan.settle(live)
+	c.st.Resurrected, c.st.DeadChunks = c.plan.resurrected, len(c.plan.dead)
+	c.st.LiveChunks = c.st.Chunks - c.st.DeadChunks
+	return nil
+}
+
+// repack copies the live chunks of the packs to repack, still sealed, into new packs.
+// It returns the new packs' entries and their size.
+func (c *collection) repack(ctx context.Context) ([]packEntries, int64, error) {
+	r := c.r
 	w := &repackWriter{r: r, ctx: ctx}
-	for _, pp := range plans {
-		if pp.action != "repack" {
+	for _, pp := range c.plan.packs {
+		if pp.action != gcRepack {
 			continue
 		}
-		var need []entry
-		for _, e := range pp.p.Entries {
-			if !dead[e.ID] && !have[e.ID] {
-				need = append(need, e)
-			}
-		}
-		if len(need) > 0 {
-			data, err := r.be.Get(ctx, packName(pp.p.Pack))
+		if len(pp.copy) > 0 {
+			data, err := r.be.Get(ctx, packName(pp.pack.Pack))
 			if err != nil {
-				return st, fmt.Errorf("gc: read pack to repack: %w", err)
+				return nil, 0, fmt.Errorf("gc: read pack to repack: %w", err)
 			}
-			for _, e := range need {
+			for _, e := range pp.copy {
 				end := int64(e.Offset) + int64(e.Length)
 				if end > int64(len(data)) {
-					return st, corrupt(packName(pp.p.Pack), fmt.Errorf("chunk %s lies past the pack's end", e.ID))
+					return nil, 0, corrupt(packName(pp.pack.Pack), fmt.Errorf("chunk %s lies past the pack's end", e.ID))
 				}
 				if err := w.add(e, data[e.Offset:end]); err != nil {
-					return st, err
+					return nil, 0, err
 				}
-				have[e.ID] = true
 			}
 		}
-		st.RepackedPacks++
+		c.st.RepackedPacks++
 	}
 	if err := w.finish(); err != nil {
-		return st, err
+		return nil, 0, err
 	}
-	newIndex = append(newIndex, w.index...)
-	st.NewPacks = len(w.index)
+	c.st.NewPacks = len(w.index)
+	return w.index, w.bytes, nil
+}
 
-	// 5. The new index, then remove what it replaces.
-	stage("writing the new index")
+// writeIndex stores the new index: the kept packs' live entries, then the new packs'.
+// It returns the names of the objects written. Index objects are named by their
+// content: a collection that changes nothing writes the very objects it read, which
+// must then not be deleted.
+func (c *collection) writeIndex(ctx context.Context, newPacks []packEntries) (map[string]bool, error) {
 	const perObject = 50000
 	var batch []packEntries
 	n := 0
-	// Index objects are named by their content: a collection that changes nothing
-	// writes the very objects it read, which must then not be deleted.
 	wrote := map[string]bool{}
-	flushIndex := func() error {
+	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		plain := encodeIndex(batch)
 		name := indexName(ID(blake3.Sum256(plain)))
-		if err := r.putSealed(ctx, name, plain, backend.PutOptions{}); err != nil {
+		if err := c.r.putSealed(ctx, name, plain, backend.PutOptions{}); err != nil {
 			return fmt.Errorf("gc: write index: %w", err)
 		}
 		wrote[name] = true
 		batch, n = nil, 0
 		return nil
 	}
-	for _, pe := range newIndex {
+	entries := make([]packEntries, 0, len(c.plan.packs)+len(newPacks))
+	for _, pp := range c.plan.packs {
+		if pp.action == gcKeep {
+			entries = append(entries, packEntries{Pack: pp.pack.Pack, Entries: pp.keep})
+		}
+	}
+	for _, pe := range append(entries, newPacks...) {
 		if len(pe.Entries) == 0 {
 			continue
 		}
 		batch = append(batch, pe)
 		n += len(pe.Entries)
 		if n >= perObject {
-			if err := flushIndex(); err != nil {
-				return st, err
+			if err := flush(); err != nil {
+				return nil, err
 			}
 		}
 	}
-	if err := flushIndex(); err != nil {
-		return st, err
-	}
-	// Packs that an index object written by someone else since step 1 names stay (a
-	// collection that overlapped ours despite the lock); so does everything if we lost it.
-	if err := stillHeld(); err != nil {
-		return st, err
-	}
-	foreign, err := r.packsNamedElsewhere(ctx, idxNames, wrote)
-	if err != nil {
-		return st, err
-	}
-	stage("removing replaced index objects and packs")
-	for _, name := range idxNames {
+	return wrote, flush()
+}
+
+// remove deletes what the new index replaces: the index objects read in the survey,
+// then the packs deleted or repacked (but those another collection's index names), then
+// the orphan packs. A pack under backend retention stays (counted as locked).
+func (c *collection) remove(ctx context.Context, wrote map[string]bool, foreign map[ID]bool, newBytes int64) error {
+	r := c.r
+	for _, name := range c.plan.survey.indexNames {
 		if wrote[name] {
 			continue
 		}
 		if err := r.be.Delete(ctx, name); err != nil {
-			return st, fmt.Errorf("gc: remove old index object: %w", err)
+			return fmt.Errorf("gc: remove old index object: %w", err)
 		}
 	}
 	var freed int64
@@ -377,7 +317,7 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		err := r.be.Delete(ctx, name)
 		switch {
 		case errors.Is(err, backend.ErrLocked):
-			st.LockedPacks++
+			c.st.LockedPacks++
 			return nil
 		case err != nil:
 			return fmt.Errorf("gc: remove pack: %w", err)
@@ -385,46 +325,27 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		freed += size
 		return nil
 	}
-	for _, pp := range plans {
-		if foreign[pp.p.Pack] {
+	for _, pp := range c.plan.packs {
+		if foreign[pp.pack.Pack] {
 			continue
 		}
-		if pp.action == "delete" {
-			st.DeletedPacks++
+		if pp.action == gcDelete {
+			c.st.DeletedPacks++
 		}
-		if pp.action != "keep" {
-			if err := del(packName(pp.p.Pack), pp.size); err != nil {
-				return st, err
+		if pp.action != gcKeep {
+			if err := del(packName(pp.pack.Pack), pp.size); err != nil {
+				return err
 			}
 		}
 	}
-	for _, name := range orphans {
+	for _, name := range c.plan.orphans {
 		if err := del(name, 0); err != nil {
-			return st, err
+			return err
 		}
 	}
-	st.OrphanPacks = len(orphans)
-	st.FreedBytes = freed - w.bytes
-	st.Duration = r.opts.Now().Sub(start)
-	stage(fmt.Sprintf("done: %d dead chunks, %d packs deleted, %d repacked into %d", st.DeadChunks, st.DeletedPacks, st.RepackedPacks, st.NewPacks))
-	return st, nil
-}
-
-// youngPacks returns the packs stored after before.
-func (r *Repo) youngPacks(ctx context.Context, before time.Time) (map[ID]bool, error) {
-	out := map[ID]bool{}
-	err := r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
-		if !oi.ModTime.Before(before) {
-			if id, err := ParseID(oi.Name[strings.LastIndexByte(oi.Name, '/')+1:]); err == nil {
-				out[id] = true
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("gc: list packs: %w", err)
-	}
-	return out, nil
+	c.st.OrphanPacks = len(c.plan.orphans)
+	c.st.FreedBytes = freed - newBytes
+	return nil
 }
 
 // packKnown reports whether this process knows a pack (it may have just written it).
@@ -625,6 +546,7 @@ func (r *Repo) mark(ctx context.Context) (map[ID]blobType, error) {
 // chunk named by a journal.
 type root struct {
 	object string
+	volume string // the volume's name; empty for a journal's chunks
 	tree   bool
 	id     ID
 	level  uint8
@@ -689,7 +611,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 		if err != nil {
 			return corrupt(prefix+"head", err)
 		}
-		if err := fn(root{object: prefix + "head", tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
+		if err := fn(root{object: prefix + "head", volume: hs.Volume, tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
 			return err
 		}
 	}
@@ -714,7 +636,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 			return err
 		}
 		for _, v := range p.Volumes {
-			if err := fn(root{object: name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
+			if err := fn(root{object: name, volume: v.Name, tree: true, id: v.Root, level: v.RootLevel}); err != nil {
 				return err
 			}
 		}

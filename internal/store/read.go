@@ -106,196 +106,274 @@ const exportWindow = 64
 // pack in large sequential reads, and written where they belong; zero blocks are holes
 // (dst is sized to the volume when it is a regular file; with OnlyDiffering a larger
 // one keeps its tail). It returns when every block is written; it does not sync dst.
+//
+// The volume goes window by window (exportWindow leaves): a plan of the window (which
+// blocks hold which chunk, where each chunk is, which pack ranges to read), then its
+// execution (the reads, each writing its chunks' blocks, and the zero blocks).
 func (v *VolumeReader) Export(ctx context.Context, dst *os.File, opts ExportOptions) (ExportStats, error) {
-	r := v.r
-	bs := int64(r.cfg.BlockSize)
-	st := ExportStats{Bytes: v.vol.Size}
 	if opts.Parallelism <= 0 {
-		opts.Parallelism = 2 * r.opts.Parallelism
+		opts.Parallelism = 2 * v.r.opts.Parallelism
 	}
-	fi, err := dst.Stat()
-	if err != nil {
+	x := &exporter{v: v, dst: dst, opts: opts, bs: int64(v.r.cfg.BlockSize)}
+	st := ExportStats{Bytes: v.vol.Size}
+	if err := x.prepareTarget(); err != nil {
 		return st, err
 	}
-	regular := fi.Mode().IsRegular()
-	if regular && !opts.OnlyDiffering {
-		if err := dst.Truncate(0); err != nil {
-			return st, fmt.Errorf("prepare %s: %w", dst.Name(), err)
-		}
-	}
-	if regular && (!opts.OnlyDiffering || fi.Size() < v.vol.Size) {
-		// An existing target larger than the volume keeps its tail, as a device would.
-		if err := dst.Truncate(v.vol.Size); err != nil {
-			return st, fmt.Errorf("size %s to %d bytes: %w", dst.Name(), v.vol.Size, err)
-		}
-	} else if end, err := dst.Seek(0, io.SeekEnd); err == nil && end < v.vol.Size {
-		return st, fmt.Errorf("target %s holds %d bytes, the volume %d: the target is too small", dst.Name(), end, v.vol.Size)
-	}
-	var done, written, writtenBlocks, zeroBlocks, same atomic.Int64
-	progress := func(n int64) {
-		d := done.Add(n)
-		if opts.Progress != nil {
-			opts.Progress(min(d, v.vol.Size), v.vol.Size)
-		}
-	}
-	blockLen := func(b uint64) int64 { return min(bs, v.vol.Size-int64(b)*bs) }
-	zero := make([]byte, bs)
-	f := uint64(r.cfg.Fanout)
-
-	// writeBlock writes one block's content, or skips it when the target holds it.
-	writeBlock := func(b uint64, id ID, data []byte, buf []byte) error {
-		n := blockLen(b)
-		if opts.OnlyDiffering {
-			cur := buf[:n]
-			if _, err := dst.ReadAt(cur, int64(b)*bs); err != nil && err != io.EOF {
-				return fmt.Errorf("read block %d of %s: %w", b, dst.Name(), err)
-			}
-			if (id.IsZero() && allZero(cur)) || (!id.IsZero() && r.keys.id(padTo(cur, buf, int(bs))) == id) {
-				same.Add(1)
-				return nil
-			}
-		}
-		if _, err := dst.WriteAt(data[:n], int64(b)*bs); err != nil {
-			return fmt.Errorf("write block %d to %s: %w", b, dst.Name(), err)
-		}
-		written.Add(n)
-		writtenBlocks.Add(1)
-		return nil
-	}
-
 	for w := uint64(0); w < v.leaves.len(); w += exportWindow {
-		// Plan: which blocks use which chunk, grouped by pack.
-		hi := min(w+exportWindow, v.leaves.len())
-		leafIDs := make([][]ID, hi-w)
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(opts.Parallelism)
-		for k := w; k < hi; k++ {
-			g.Go(func() error {
-				ids, err := r.loadNode(gctx, v.leaves.get(k), 0)
-				leafIDs[k-w] = ids
-				return err
-			})
-		}
-		if err := g.Wait(); err != nil {
+		plan, err := x.planWindow(ctx, w, min(w+exportWindow, v.leaves.len()))
+		if err != nil {
 			return st, err
 		}
-		uses := map[ID][]uint64{}
-		var zeros []uint64
-		for k := w; k < hi; k++ {
-			for i, id := range leafIDs[k-w] {
-				b := k*f + uint64(i)
-				if b >= v.nblocks {
-					break
-				}
-				if id.IsZero() {
-					zeros = append(zeros, b)
-					continue
-				}
-				uses[id] = append(uses[id], b)
-			}
-		}
-		type item struct {
-			id ID
-			l  loc
-		}
-		byPack := map[ID][]item{}
-		for id := range uses {
-			l, pack, ok := r.lookup(id)
-			if !ok {
-				// Perhaps stored by another process (a replicator) since the index was loaded.
-				if err := r.refreshView(ctx, false); err != nil {
-					return st, err
-				}
-				l, pack, ok = r.lookup(id)
-			}
-			if !ok {
-				return st, fmt.Errorf("PIT %s volume %s: chunk %s: %w (run lifeboat store verify)", v.pit.ID, v.vol.Name, id, ErrNotFound)
-			}
-			byPack[pack] = append(byPack[pack], item{id, l})
-		}
-		// Reads: runs of chunks close together in a pack, read in one request.
-		type read struct {
-			pack  ID
-			off   int64
-			end   int64
-			items []item
-		}
-		var reads []read
-		for pack, items := range byPack {
-			sort.Slice(items, func(i, j int) bool { return items[i].l.offset < items[j].l.offset })
-			var cur *read
-			for _, it := range items {
-				off, end := int64(it.l.offset), int64(it.l.offset)+int64(it.l.length)
-				if cur != nil && off-cur.end <= 1<<20 && end-cur.off <= 16<<20 {
-					cur.end = max(cur.end, end)
-					cur.items = append(cur.items, it)
-					continue
-				}
-				reads = append(reads, read{pack: pack, off: off, end: end, items: []item{it}})
-				cur = &reads[len(reads)-1]
-			}
-		}
-		sort.Slice(reads, func(i, j int) bool {
-			if reads[i].pack != reads[j].pack {
-				return reads[i].pack.String() < reads[j].pack.String()
-			}
-			return reads[i].off < reads[j].off
-		})
-		g, gctx = errgroup.WithContext(ctx)
-		g.SetLimit(opts.Parallelism)
-		for _, rd := range reads {
-			g.Go(func() error {
-				data, err := r.be.ReadAt(gctx, packName(rd.pack), rd.off, rd.end-rd.off)
-				moved := errors.Is(err, backend.ErrNotFound) // a garbage collection repacked it meanwhile
-				if err != nil && !moved {
-					return fmt.Errorf("read pack %s: %w", packName(rd.pack), err)
-				}
-				plain := make([]byte, 0, bs)
-				buf := make([]byte, bs)
-				for _, it := range rd.items {
-					if moved {
-						// One chunk at a time: readChunk reloads the index and finds its new pack.
-						plain, err = r.readChunk(gctx, it.id, blobData, plain[:0])
-					} else {
-						s := int64(it.l.offset) - rd.off
-						plain, err = r.openChunk(data[s:s+int64(it.l.length)], it.l, it.id, blobData, packName(rd.pack), plain[:0])
-					}
-					if err != nil {
-						return err
-					}
-					for _, b := range uses[it.id] {
-						if err := writeBlock(b, it.id, plain, buf); err != nil {
-							return err
-						}
-						progress(blockLen(b))
-					}
-				}
-				return nil
-			})
-		}
-		if opts.WriteZeros || opts.OnlyDiffering {
-			g.Go(func() error {
-				buf := make([]byte, bs)
-				for _, b := range zeros {
-					if err := writeBlock(b, ID{}, zero, buf); err != nil {
-						return err
-					}
-					progress(blockLen(b))
-				}
-				return nil
-			})
-		} else {
-			for _, b := range zeros {
-				progress(blockLen(b))
-			}
-		}
-		zeroBlocks.Add(int64(len(zeros)))
-		if err := g.Wait(); err != nil {
+		if err := x.executeWindow(ctx, plan); err != nil {
 			return st, err
 		}
 	}
-	st.WrittenBytes, st.WrittenBlocks, st.ZeroBlocks, st.SameBlocks = written.Load(), writtenBlocks.Load(), zeroBlocks.Load(), same.Load()
+	st.WrittenBytes, st.WrittenBlocks, st.ZeroBlocks, st.SameBlocks = x.written.Load(), x.writtenBlocks.Load(), x.zeroBlocks.Load(), x.same.Load()
 	return st, nil
+}
+
+// exporter is one Export: its target, options and counters.
+type exporter struct {
+	v    *VolumeReader
+	dst  *os.File
+	opts ExportOptions
+	bs   int64
+
+	done, written, writtenBlocks, zeroBlocks, same atomic.Int64
+}
+
+// exportPlan is what an export does for one window of leaves.
+type exportPlan struct {
+	uses  map[ID][]uint64 // the blocks that hold each chunk
+	zeros []uint64        // the blocks that are all zeros
+	reads []packRead      // the pack ranges to read, by pack and offset
+}
+
+// chunkLoc is a chunk to read and where it lies in its pack.
+type chunkLoc struct {
+	id ID
+	l  loc
+}
+
+// packRead is a range of a pack read in one request: chunks close together.
+type packRead struct {
+	pack   ID
+	off    int64
+	end    int64
+	chunks []chunkLoc
+}
+
+// prepareTarget sizes a regular file to the volume (emptied first, so holes read as
+// zeros, unless OnlyDiffering keeps what it holds) and checks that any other target is
+// large enough.
+func (x *exporter) prepareTarget() error {
+	size, dst := x.v.vol.Size, x.dst
+	fi, err := dst.Stat()
+	if err != nil {
+		return err
+	}
+	regular := fi.Mode().IsRegular()
+	if regular && !x.opts.OnlyDiffering {
+		if err := dst.Truncate(0); err != nil {
+			return fmt.Errorf("prepare %s: %w", dst.Name(), err)
+		}
+	}
+	if regular && (!x.opts.OnlyDiffering || fi.Size() < size) {
+		// An existing target larger than the volume keeps its tail, as a device would.
+		if err := dst.Truncate(size); err != nil {
+			return fmt.Errorf("size %s to %d bytes: %w", dst.Name(), size, err)
+		}
+	} else if end, err := dst.Seek(0, io.SeekEnd); err == nil && end < size {
+		return fmt.Errorf("target %s holds %d bytes, the volume %d: the target is too small", dst.Name(), end, size)
+	}
+	return nil
+}
+
+// planWindow plans the export of leaves [lo, hi): it reads the leaves, then finds
+// each chunk's pack and groups the chunks into reads.
+func (x *exporter) planWindow(ctx context.Context, lo, hi uint64) (exportPlan, error) {
+	leafIDs, err := x.loadLeaves(ctx, lo, hi)
+	if err != nil {
+		return exportPlan{}, err
+	}
+	plan := exportPlan{uses: map[ID][]uint64{}}
+	f := uint64(x.v.r.cfg.Fanout)
+	for k := lo; k < hi; k++ {
+		for i, id := range leafIDs[k-lo] {
+			b := k*f + uint64(i)
+			if b >= x.v.nblocks {
+				break
+			}
+			if id.IsZero() {
+				plan.zeros = append(plan.zeros, b)
+				continue
+			}
+			plan.uses[id] = append(plan.uses[id], b)
+		}
+	}
+	byPack, err := x.locate(ctx, plan.uses)
+	if err != nil {
+		return exportPlan{}, err
+	}
+	plan.reads = planReads(byPack)
+	return plan, nil
+}
+
+// loadLeaves reads leaves [lo, hi) in parallel.
+func (x *exporter) loadLeaves(ctx context.Context, lo, hi uint64) ([][]ID, error) {
+	leafIDs := make([][]ID, hi-lo)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(x.opts.Parallelism)
+	for k := lo; k < hi; k++ {
+		g.Go(func() error {
+			ids, err := x.v.r.loadNode(gctx, x.v.leaves.get(k), 0)
+			leafIDs[k-lo] = ids
+			return err
+		})
+	}
+	return leafIDs, g.Wait()
+}
+
+// locate finds the pack of every chunk, reloading the index for a chunk it does not
+// know (perhaps stored by another process, a replicator, since it was loaded).
+func (x *exporter) locate(ctx context.Context, uses map[ID][]uint64) (map[ID][]chunkLoc, error) {
+	r := x.v.r
+	byPack := map[ID][]chunkLoc{}
+	for id := range uses {
+		l, pack, ok := r.lookup(id)
+		if !ok {
+			if err := r.refreshView(ctx, false); err != nil {
+				return nil, err
+			}
+			l, pack, ok = r.lookup(id)
+		}
+		if !ok {
+			return nil, fmt.Errorf("PIT %s volume %s: chunk %s: %w (run lifeboat store verify)", x.v.pit.ID, x.v.vol.Name, id, ErrNotFound)
+		}
+		byPack[pack] = append(byPack[pack], chunkLoc{id, l})
+	}
+	return byPack, nil
+}
+
+// planReads groups each pack's chunks into runs read in one request: chunks less than
+// 1 MiB apart, up to 16 MiB a read. The reads are ordered by pack and offset.
+func planReads(byPack map[ID][]chunkLoc) []packRead {
+	var reads []packRead
+	for pack, chunks := range byPack {
+		sort.Slice(chunks, func(i, j int) bool { return chunks[i].l.offset < chunks[j].l.offset })
+		var cur *packRead
+		for _, c := range chunks {
+			off, end := int64(c.l.offset), int64(c.l.offset)+int64(c.l.length)
+			if cur != nil && off-cur.end <= 1<<20 && end-cur.off <= 16<<20 {
+				cur.end = max(cur.end, end)
+				cur.chunks = append(cur.chunks, c)
+				continue
+			}
+			reads = append(reads, packRead{pack: pack, off: off, end: end, chunks: []chunkLoc{c}})
+			cur = &reads[len(reads)-1]
+		}
+	}
+	sort.Slice(reads, func(i, j int) bool {
+		if reads[i].pack != reads[j].pack {
+			return reads[i].pack.String() < reads[j].pack.String()
+		}
+		return reads[i].off < reads[j].off
+	})
+	return reads
+}
+
+// executeWindow runs a window's reads in parallel, each writing the blocks of its
+// chunks, and writes the zero blocks (or leaves them as holes).
+func (x *exporter) executeWindow(ctx context.Context, plan exportPlan) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(x.opts.Parallelism)
+	for _, rd := range plan.reads {
+		g.Go(func() error { return x.read(gctx, rd, plan.uses) })
+	}
+	if x.opts.WriteZeros || x.opts.OnlyDiffering {
+		g.Go(func() error {
+			zero := make([]byte, x.bs)
+			buf := make([]byte, x.bs)
+			for _, b := range plan.zeros {
+				if err := x.writeBlock(b, ID{}, zero, buf); err != nil {
+					return err
+				}
+				x.progress(x.blockLen(b))
+			}
+			return nil
+		})
+	} else {
+		for _, b := range plan.zeros {
+			x.progress(x.blockLen(b))
+		}
+	}
+	x.zeroBlocks.Add(int64(len(plan.zeros)))
+	return g.Wait()
+}
+
+// read reads one range of a pack and writes the blocks of its chunks. If a garbage
+// collection repacked the pack meanwhile, it reads the chunks one at a time instead:
+// readChunk reloads the index and finds their new pack.
+func (x *exporter) read(ctx context.Context, rd packRead, uses map[ID][]uint64) error {
+	r := x.v.r
+	data, err := r.be.ReadAt(ctx, packName(rd.pack), rd.off, rd.end-rd.off)
+	moved := errors.Is(err, backend.ErrNotFound)
+	if err != nil && !moved {
+		return fmt.Errorf("read pack %s: %w", packName(rd.pack), err)
+	}
+	plain := make([]byte, 0, x.bs)
+	buf := make([]byte, x.bs)
+	for _, c := range rd.chunks {
+		if moved {
+			plain, err = r.readChunk(ctx, c.id, blobData, plain[:0])
+		} else {
+			s := int64(c.l.offset) - rd.off
+			plain, err = r.openChunk(data[s:s+int64(c.l.length)], c.l, c.id, blobData, packName(rd.pack), plain[:0])
+		}
+		if err != nil {
+			return err
+		}
+		for _, b := range uses[c.id] {
+			if err := x.writeBlock(b, c.id, plain, buf); err != nil {
+				return err
+			}
+			x.progress(x.blockLen(b))
+		}
+	}
+	return nil
+}
+
+// writeBlock writes one block's content, or skips it when OnlyDiffering finds the
+// target holds it already. buf is scratch space of a block.
+func (x *exporter) writeBlock(b uint64, id ID, data []byte, buf []byte) error {
+	n, dst := x.blockLen(b), x.dst
+	if x.opts.OnlyDiffering {
+		cur := buf[:n]
+		if _, err := dst.ReadAt(cur, int64(b)*x.bs); err != nil && err != io.EOF {
+			return fmt.Errorf("read block %d of %s: %w", b, dst.Name(), err)
+		}
+		if (id.IsZero() && allZero(cur)) || (!id.IsZero() && x.v.r.keys.id(padTo(cur, buf, int(x.bs))) == id) {
+			x.same.Add(1)
+			return nil
+		}
+	}
+	if _, err := dst.WriteAt(data[:n], int64(b)*x.bs); err != nil {
+		return fmt.Errorf("write block %d to %s: %w", b, dst.Name(), err)
+	}
+	x.written.Add(n)
+	x.writtenBlocks.Add(1)
+	return nil
+}
+
+// blockLen is the length of block b: a block, or less for the volume's last.
+func (x *exporter) blockLen(b uint64) int64 { return min(x.bs, x.v.vol.Size-int64(b)*x.bs) }
+
+// progress counts n more bytes of the volume done.
+func (x *exporter) progress(n int64) {
+	d := x.done.Add(n)
+	if x.opts.Progress != nil {
+		x.opts.Progress(min(d, x.v.vol.Size), x.v.vol.Size)
+	}
 }
 
 // padTo returns b extended with zeros to n bytes (using buf's storage when b is buf's

@@ -460,39 +460,9 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	}
 	r.mu.RUnlock()
 
-	loaded := make([][]packEntries, len(toLoad))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, n := range toLoad {
-		g.Go(func() error {
-			p, err := r.loadIndexObject(gctx, n)
-			if errors.Is(err, backend.ErrNotFound) {
-				return nil // removed by a concurrent GC after we listed it; a later refresh reloads
-			}
-			loaded[i] = p
-			return err
-		})
-	}
-	pendIDs := make([][]ID, len(newPending))
-	for i, n := range newPending {
-		g.Go(func() error {
-			plain, err := r.getSealed(gctx, n)
-			if errors.Is(err, backend.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			ids, err := decodeIDs(pendingMagic, plain)
-			if err != nil {
-				return corrupt(n, err)
-			}
-			pendIDs[i] = ids
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("load the repository index: %w", err)
+	loaded, pendIDs, err := r.loadView(ctx, toLoad, newPending)
+	if err != nil {
+		return err
 	}
 
 	r.mu.Lock()
@@ -533,6 +503,47 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	}
 	r.viewTime = started
 	return nil
+}
+
+// loadView reads, in parallel, the index objects and GC pending objects a view
+// refresh needs. An object removed since it was listed is skipped (nil): a garbage
+// collection consolidated or finished it, and a later refresh sees the result.
+func (r *Repo) loadView(ctx context.Context, indexNames, pendingNames []string) ([][]packEntries, [][]ID, error) {
+	loaded := make([][]packEntries, len(indexNames))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, n := range indexNames {
+		g.Go(func() error {
+			p, err := r.loadIndexObject(gctx, n)
+			if errors.Is(err, backend.ErrNotFound) {
+				return nil // removed by a concurrent GC after we listed it; a later refresh reloads
+			}
+			loaded[i] = p
+			return err
+		})
+	}
+	pendIDs := make([][]ID, len(pendingNames))
+	for i, n := range pendingNames {
+		g.Go(func() error {
+			plain, err := r.getSealed(gctx, n)
+			if errors.Is(err, backend.ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			ids, err := decodeIDs(pendingMagic, plain)
+			if err != nil {
+				return corrupt(n, err)
+			}
+			pendIDs[i] = ids
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, fmt.Errorf("load the repository index: %w", err)
+	}
+	return loaded, pendIDs, nil
 }
 
 // ensureFreshView refreshes the view when it is older than a quarter of the GC grace.

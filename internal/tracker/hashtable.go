@@ -7,11 +7,12 @@ import (
 	"io/fs"
 	"math/bits"
 	"os"
-	"path/filepath"
 	"sync"
 	"unicode/utf8"
 
 	"github.com/zeebo/xxh3"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // Hash table file format, version 1, little-endian:
@@ -315,39 +316,8 @@ func (h *HashTable) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("save hash table %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("save hash table %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("save hash table %s: fsync: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("save hash table %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("save hash table %s: %w", path, err)
-	}
-	ok = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("save hash table %s: open directory to fsync: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("save hash table %s: fsync directory: %w", path, err)
+	if err := atomicfile.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("save hash table: %w", err)
 	}
 	return nil
 }

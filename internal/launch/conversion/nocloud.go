@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // MetaData is a NoCloud seed's meta-data.
@@ -93,7 +96,16 @@ func NoCloudSeed(ctx context.Context, dir string, meta MetaData, userData, netwo
 		return "", fmt.Errorf("NoCloud seed: %s failed: %w: %s", tool, err, strings.TrimSpace(out.String()))
 	}
 	seed := filepath.Join(dir, SeedFileName)
-	if err := os.Rename(tmp, seed); err != nil {
+	err = atomicfile.Write(ctx, seed, 0o644, func(f *os.File) error {
+		iso, err := os.Open(tmp)
+		if err != nil {
+			return err
+		}
+		defer iso.Close()
+		_, err = io.Copy(f, iso)
+		return err
+	})
+	if err != nil {
 		return "", fmt.Errorf("NoCloud seed: %w", err)
 	}
 	return seed, nil

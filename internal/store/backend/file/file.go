@@ -23,12 +23,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
-// tmpPrefix starts the names of temporary files of unfinished Puts. No object name
-// has an element starting with '.', so they never collide with an object.
-const tmpPrefix = ".tmp-"
+// tmpPrefix starts the names of temporary files of unfinished Puts (atomicfile's
+// names start with a dot). No object name has an element starting with '.', so they
+// never collide with an object.
+const tmpPrefix = "."
 
 // Backend keeps objects as files under a root directory.
 type Backend struct {
@@ -105,53 +107,25 @@ func classify(err error) error {
 	return err
 }
 
-// Put implements backend.Backend: temporary file, fsync, rename, fsync the directory.
+// Put implements backend.Backend: temporary file, fsync, rename, fsync the directory
+// (atomicfile.Write).
 func (b *Backend) Put(ctx context.Context, name string, data []byte, _ backend.PutOptions) error {
 	p, err := b.begin(ctx, "put", name)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(p)
-	var f *os.File
 	for try := 0; ; try++ {
 		if err := b.mkdirAll(dir); err != nil {
 			return fail("put", name, err)
 		}
-		f, err = os.CreateTemp(dir, tmpPrefix)
+		err = atomicfile.Write(ctx, p, 0o600, func(f *os.File) error { return write(f, data) })
 		// A concurrent Delete may prune the directory between the two calls.
 		if err == nil || !errors.Is(err, fs.ErrNotExist) || try == 3 {
 			break
 		}
 	}
 	if err != nil {
-		return fail("put", name, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := write(f, data); err != nil {
-		return fail("put", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail("put", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fail("put", name, err)
-	}
-	// Last moment to honour a cancellation: after the rename the object is replaced.
-	if err := ctx.Err(); err != nil {
-		return &backend.Error{Op: "put", Name: name, Err: err}
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return fail("put", name, err)
-	}
-	ok = true
-	if err := syncDir(dir); err != nil {
 		return fail("put", name, err)
 	}
 	return nil
@@ -223,16 +197,7 @@ func (b *Backend) mkdirAll(dir string) error {
 		return err
 	}
 	// Also when a concurrent Put made it: it may not have synced the parent yet.
-	return syncDir(parent)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(parent)
 }
 
 // Get implements backend.Backend.

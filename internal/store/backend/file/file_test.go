@@ -43,7 +43,7 @@ func tempFiles(t *testing.T, root string) []string {
 		if err != nil {
 			return err
 		}
-		if strings.HasPrefix(d.Name(), ".tmp-") {
+		if strings.HasPrefix(d.Name(), ".") { // atomicfile's ".<name>.tmp-…", or older ".tmp-…"
 			out = append(out, p)
 		}
 		return nil
@@ -151,7 +151,7 @@ func TestLeftoverTempFiles(t *testing.T) {
 	if err := b.Put(ctx, "data/a", []byte("a"), backend.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{".tmp-123", "data/.tmp-456"} {
+	for _, p := range []string{".tmp-123", "data/.tmp-456", "data/.b.tmp-789"} {
 		if err := os.WriteFile(filepath.Join(b.Root(), p), []byte("partial"), 0o600); err != nil {
 			t.Fatal(err)
 		}
