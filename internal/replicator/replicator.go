@@ -24,8 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/semaphore"
-
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
@@ -132,12 +130,10 @@ type Replicator struct {
 	sessions map[string]*session                 // by source server id: at most one each
 	listener net.Listener
 
-	volumes  atomic.Int64 // volumes of live sessions, for the heartbeat
-	received atomic.Int64 // block bytes stored, for metrics
+	volumes atomic.Int64 // volumes of live sessions, for the heartbeat
 
-	batchMem *semaphore.Weighted // BatchMemory, taken by the batches being decoded or written
-	slabs    chan []byte         // free batch buffers, shared by the sessions
-	caps     *caps               // what agents' connections hold at once
+	batchMem *batchMemory // BatchMemory, taken by the batches being decoded or written
+	caps     *caps        // what agents' connections hold at once
 }
 
 // New returns a replicator; call Listen and Run.
@@ -149,7 +145,7 @@ func New(cfg Config) (*Replicator, error) {
 	log := cfg.Logger.With("replicator", cfg.ID)
 	return &Replicator{cfg: cfg, log: log, assigned: map[string]api.AssignedSourceServer{},
 		repos: map[string]*store.Repo{}, sessions: map[string]*session{},
-		batchMem: semaphore.NewWeighted(cfg.BatchMemory), slabs: make(chan []byte, 16), caps: newCaps(cfg, log)}, nil
+		batchMem: newBatchMemory(cfg.BatchMemory), caps: newCaps(cfg, log)}, nil
 }
 
 // Listen binds the agents' address.

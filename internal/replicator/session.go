@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -43,7 +42,7 @@ type session struct {
 
 	out        chan wire.Msg // to the sender
 	work       chan work     // from the reader to the writer
-	held       atomic.Int64  // bytes of the replicator's BatchMemory this session holds
+	mem        memHold       // the replicator's BatchMemory this session holds
 	writerDone chan struct{} // closed when the writer returned
 	done       chan struct{} // closed when the session has ended
 
@@ -88,7 +87,7 @@ func (r *Replicator) serveConn(ctx context.Context, raw net.Conn, handshakeDone 
 		return
 	}
 	defer sessionDone()
-	s := &session{r: r, conn: conn, serial: pki.SerialHex(cs.PeerCertificates[0]),
+	s := &session{r: r, conn: conn, serial: pki.SerialHex(cs.PeerCertificates[0]), mem: memHold{m: r.batchMem},
 		out: make(chan wire.Msg, 64), work: make(chan work, 2), writerDone: make(chan struct{}), done: make(chan struct{})}
 	s.log = r.log.With("agent", peer.ID, "remote", raw.RemoteAddr().String())
 	// close also undoes a refused open: the heads it opened, the server's place.
@@ -185,39 +184,6 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	return nil
 }
 
-// slab returns an empty buffer of at least n bytes and its cost, once the replicator's
-// BatchMemory has room for it; it reuses a free buffer when one fits.
-func (s *session) slab(ctx context.Context, n int) ([]byte, int64, error) {
-	cost := min(int64(n), s.r.cfg.BatchMemory)
-	if err := s.r.batchMem.Acquire(ctx, cost); err != nil {
-		return nil, 0, errStopped
-	}
-	s.held.Add(cost)
-	select {
-	case b := <-s.r.slabs:
-		if cap(b) >= n {
-			return b[:0], cost, nil
-		}
-	default:
-	}
-	return make([]byte, 0, n), cost, nil
-}
-
-// freeSlab gives a batch's buffer and memory back.
-func (s *session) freeSlab(b []byte, cost int64) {
-	if cost > 0 {
-		s.held.Add(-cost)
-		s.r.batchMem.Release(cost)
-	}
-	if b == nil {
-		return
-	}
-	select {
-	case s.r.slabs <- b[:0]:
-	default:
-	}
-}
-
 // storeError turns a store failure into the Error the agent gets.
 func storeError(err error) *wire.Error {
 	if errors.Is(err, backend.ErrFull) {
@@ -264,9 +230,7 @@ func (s *session) send(w work) error {
 
 func (s *session) close() {
 	// Batches dropped when the session failed still hold memory.
-	if n := s.held.Swap(0); n > 0 {
-		s.r.batchMem.Release(n)
-	}
+	s.mem.releaseAll()
 	for _, h := range s.heads {
 		_ = h.Close()
 	}
@@ -379,7 +343,7 @@ func (s *session) reader(ctx context.Context) error {
 					need += int(e.RawLen) + len(e.Payload)
 				}
 			}
-			if w.slab, w.cost, err = s.slab(ctx, need); err != nil {
+			if w.slab, w.cost, err = s.mem.slab(ctx, need); err != nil {
 				return err
 			}
 			take := func(n int) []byte {
@@ -557,8 +521,7 @@ func (s *session) writer(ctx context.Context) *wire.Error {
 			s.log.Warn("writing to the staging store failed", "volume", s.heads[w.volume].Volume(), "err", err)
 			return storeError(err)
 		}
-		s.freeSlab(w.slab, w.cost) // the store keeps no reference to the data
-		s.r.received.Add(w.bytes)
+		s.mem.free(w.slab, w.cost) // the store keeps no reference to the data
 		touched[w.volume] = true
 		if pendingSeq == 0 {
 			since = time.Now()
