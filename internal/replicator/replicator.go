@@ -191,7 +191,7 @@ func (r *Replicator) Run(ctx context.Context) error {
 				break
 			}
 			r.log.Warn("accept failed", "err", err)
-			time.Sleep(100 * time.Millisecond)
+			_ = sleep(ctx, 100*time.Millisecond) // a closed listener ends the loop at ctx's end
 			continue
 		}
 		handshakeDone, ok := r.caps.handshake(raw)
@@ -241,10 +241,7 @@ func (r *Replicator) watchAssignments(ctx context.Context) {
 		if ctx.Err() == nil {
 			r.log.Warn("reading assigned source servers from the control plane failed; retrying", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(r.cfg.Refresh):
-		}
+		_ = sleep(ctx, r.cfg.Refresh) // the loop ends when ctx does
 	}
 }
 
@@ -348,10 +345,8 @@ func (r *Replicator) heartbeatLoop(ctx context.Context) {
 		} else if resp.HeartbeatIntervalSeconds > 0 {
 			interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 		}
-		select {
-		case <-ctx.Done():
+		if sleep(ctx, interval) != nil {
 			return
-		case <-time.After(interval):
 		}
 	}
 }
@@ -445,6 +440,18 @@ func Policy(p api.PITPolicy) store.Policy {
 		out.Rules = append(out.Rules, store.Rule{Interval: time.Duration(rule.Interval) * u, Keep: time.Duration(rule.RetentionDuration) * u})
 	}
 	return out
+}
+
+// sleep waits for d, or until ctx ends (then it returns ctx's error).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // processCPU is the CPU time the process used so far.
