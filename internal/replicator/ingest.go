@@ -117,7 +117,8 @@ type writer struct {
 // write applies the queued work to the heads, flushing and acknowledging as the store
 // makes it durable, and seals PITs at markers. When the queue is closed it makes
 // everything durable and returns nil; it returns the Error that ends the session when
-// the store fails or a block does not decode to its hash.
+// the store fails or a block does not decode to its hash. A flush that fails while it
+// waits for work ends it too: the agent, waiting for that Ack, may send nothing more.
 func (in *ingest) write(ctx context.Context, queue <-chan work) *wire.Error {
 	w := &writer{in: in, c: startCommitter(ctx, in.out, in.log), touched: make([]bool, len(in.heads))}
 	defer w.c.close()
@@ -127,40 +128,34 @@ func (in *ingest) write(ctx context.Context, queue <-chan work) *wire.Error {
 		if e := w.c.failure(); e != nil {
 			return e
 		}
-		next, ok, idled := w.receive(queue, idle)
+		// While written blocks wait for a flush, wait idleFlush at most for more.
+		var idled <-chan time.Time
+		if w.pending != 0 {
+			idle.Reset(idleFlush)
+			idled = idle.C
+		}
 		var e *wire.Error
-		switch {
-		case idled:
-			e = w.flush()
-		case !ok:
-			if e = w.flush(); e == nil {
-				e = w.c.durable()
-			}
+		select {
+		case e = <-w.c.failed:
 			return e
-		case next.marker != nil:
-			e = w.marker(ctx, next)
-		default:
-			e = w.blocks(ctx, next)
+		case <-idled:
+			e = w.flush()
+		case next, ok := <-queue:
+			switch {
+			case !ok:
+				if e = w.flush(); e == nil {
+					e = w.c.durable()
+				}
+				return e
+			case next.marker != nil:
+				e = w.marker(ctx, next)
+			default:
+				e = w.blocks(ctx, next)
+			}
 		}
 		if e != nil {
 			return e
 		}
-	}
-}
-
-// receive waits for the next work. While written blocks wait for a flush it waits
-// idleFlush at most, and then says so (idled) so they are flushed and acknowledged.
-func (w *writer) receive(queue <-chan work, idle *time.Timer) (next work, ok, idled bool) {
-	if w.pending == 0 {
-		next, ok = <-queue
-		return next, ok, false
-	}
-	idle.Reset(idleFlush)
-	select {
-	case next, ok = <-queue:
-		return next, ok, false
-	case <-idle.C:
-		return work{}, true, true
 	}
 }
 
