@@ -1,8 +1,17 @@
-// Package replicator is `lifeboat replicator`, the replication server of DESIGN §2: it
-// accepts agents' sessions on TCP 1500 (TLS 1.3, mutual authentication, the wire
-// protocol), writes their blocks into the staging store, acknowledges what is durable,
-// seals a PIT at every marker and records it with the control plane, applies the PIT
-// policy, and beats its heart to the control plane with its metrics.
+// Package replicator is `lifeboat replicator`, the replication server
+// (docs/architecture.md): it accepts agents' sessions on TCP 1500 (TLS 1.3, mutual
+// authentication, the wire protocol of docs/wire.md), writes their blocks into the
+// staging store, acknowledges what is durable, seals a PIT at every marker and records
+// it with the control plane, applies the PIT policy, and beats its heart to the control
+// plane with its metrics.
+//
+// A session (session.go) is the connection: the handshake, the checks of who may do
+// what, one session per server (claim), Pings, and sending. What the agent's frames do
+// to the store is the session's ingest (ingest.go): it decodes Blocks (decode.go) within
+// the replicator's batch memory (memory.go), writes them to the volume heads, flushes
+// and acknowledges what is durable (commit.go), and seals a PIT at every Marker
+// (seal.go). The ingest reads frames from a source and records PITs through a recorder,
+// so it runs on a store without a connection or a control plane.
 //
 // An agent may write only its own server's volumes, only while that server is assigned
 // to this replicator, and only with its current certificate; it can read nothing.
