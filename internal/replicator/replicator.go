@@ -1,8 +1,17 @@
-// Package replicator is `lifeboat replicator`, the replication server of DESIGN §2: it
-// accepts agents' sessions on TCP 1500 (TLS 1.3, mutual authentication, the wire
-// protocol), writes their blocks into the staging store, acknowledges what is durable,
-// seals a PIT at every marker and records it with the control plane, applies the PIT
-// policy, and beats its heart to the control plane with its metrics.
+// Package replicator is `lifeboat replicator`, the replication server
+// (docs/architecture.md): it accepts agents' sessions on TCP 1500 (TLS 1.3, mutual
+// authentication, the wire protocol of docs/wire.md), writes their blocks into the
+// staging store, acknowledges what is durable, seals a PIT at every marker and records
+// it with the control plane, applies the PIT policy, and beats its heart to the control
+// plane with its metrics.
+//
+// A session (session.go) is the connection: the handshake, the checks of who may do
+// what, one session per server (claim), Pings, and sending. What the agent's frames do
+// to the store is the session's ingest (ingest.go): it decodes Blocks (decode.go) within
+// the replicator's batch memory (memory.go), writes them to the volume heads, flushes
+// and acknowledges what is durable (commit.go), and seals a PIT at every Marker
+// (seal.go). The ingest reads frames from a source and records PITs through a recorder,
+// so it runs on a store without a connection or a control plane.
 //
 // An agent may write only its own server's volumes, only while that server is assigned
 // to this replicator, and only with its current certificate; it can read nothing.
@@ -23,8 +32,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sync/semaphore"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -132,12 +139,10 @@ type Replicator struct {
 	sessions map[string]*session                 // by source server id: at most one each
 	listener net.Listener
 
-	volumes  atomic.Int64 // volumes of live sessions, for the heartbeat
-	received atomic.Int64 // block bytes stored, for metrics
+	volumes atomic.Int64 // volumes of live sessions, for the heartbeat
 
-	batchMem *semaphore.Weighted // BatchMemory, taken by the batches being decoded or written
-	slabs    chan []byte         // free batch buffers, shared by the sessions
-	caps     *caps               // what agents' connections hold at once
+	batchMem *batchMemory // BatchMemory, taken by the batches being decoded or written
+	caps     *caps        // what agents' connections hold at once
 }
 
 // New returns a replicator; call Listen and Run.
@@ -149,7 +154,7 @@ func New(cfg Config) (*Replicator, error) {
 	log := cfg.Logger.With("replicator", cfg.ID)
 	return &Replicator{cfg: cfg, log: log, assigned: map[string]api.AssignedSourceServer{},
 		repos: map[string]*store.Repo{}, sessions: map[string]*session{},
-		batchMem: semaphore.NewWeighted(cfg.BatchMemory), slabs: make(chan []byte, 16), caps: newCaps(cfg, log)}, nil
+		batchMem: newBatchMemory(cfg.BatchMemory), caps: newCaps(cfg, log)}, nil
 }
 
 // Listen binds the agents' address.
@@ -195,7 +200,7 @@ func (r *Replicator) Run(ctx context.Context) error {
 				break
 			}
 			r.log.Warn("accept failed", "err", err)
-			time.Sleep(100 * time.Millisecond)
+			_ = sleep(ctx, 100*time.Millisecond) // a closed listener ends the loop at ctx's end
 			continue
 		}
 		handshakeDone, ok := r.caps.handshake(raw)
@@ -245,10 +250,7 @@ func (r *Replicator) watchAssignments(ctx context.Context) {
 		if ctx.Err() == nil {
 			r.log.Warn("reading assigned source servers from the control plane failed; retrying", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(r.cfg.Refresh):
-		}
+		_ = sleep(ctx, r.cfg.Refresh) // the loop ends when ctx does
 	}
 }
 
@@ -352,10 +354,8 @@ func (r *Replicator) heartbeatLoop(ctx context.Context) {
 		} else if resp.HeartbeatIntervalSeconds > 0 {
 			interval = time.Duration(resp.HeartbeatIntervalSeconds) * time.Second
 		}
-		select {
-		case <-ctx.Done():
+		if sleep(ctx, interval) != nil {
 			return
-		case <-time.After(interval):
 		}
 	}
 }
@@ -449,6 +449,18 @@ func Policy(p api.PITPolicy) store.Policy {
 		out.Rules = append(out.Rules, store.Rule{Interval: time.Duration(rule.Interval) * u, Keep: time.Duration(rule.RetentionDuration) * u})
 	}
 	return out
+}
+
+// sleep waits for d, or until ctx ends (then it returns ctx's error).
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // processCPU is the CPU time the process used so far.
