@@ -9,7 +9,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // DefaultAgentConfig is where `lifeboat agent install` writes the agent's configuration.
@@ -61,7 +61,7 @@ func (c *AgentConfig) Save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create the directory of %s: %w", path, err)
 	}
-	return pki.WriteFileAtomic(path, data, 0o600)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // TLSCertificate returns the agent's client certificate and key.

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/freeze"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
@@ -186,7 +187,7 @@ WantedBy=multi-user.target
 	if err := os.MkdirAll(f.unitDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", f.unitDir, err)
 	}
-	if err := pki.WriteFileAtomic(path, []byte(unit), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(unit), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(g.stderr, "systemd unit written to %s\n", path)

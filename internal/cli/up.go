@@ -14,8 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
 
@@ -190,7 +190,7 @@ func prepareEnv(ctx context.Context, cp *controlplane.ControlPlane, log *slog.Lo
 			return nil, err
 		}
 		token = resp.Secret
-		if err := pki.WriteFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
+		if err := atomicfile.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
 			return nil, err
 		}
 		log.Info("admin API token written", "path", path)

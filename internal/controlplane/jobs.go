@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/launch"
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 )
 
@@ -124,7 +124,7 @@ func loadRunnerID(path string) (string, error) {
 		return "", err
 	}
 	id := strings.Trim(host+"-"+hex.EncodeToString(b[:]), "-")
-	if err := pki.WriteFileAtomic(path, []byte(id+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write the runner id: %w", err)
 	}
 	return id, nil

@@ -214,10 +214,10 @@ func createCA(dir string, role Role) (*CA, error) {
 	certPEM := EncodeCertificatePEM(der)
 	// Key first: a crash between the two writes leaves no certificate, so the next
 	// start creates a new pair instead of finding a certificate without its key.
-	if err := WriteFileAtomic(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	return &CA{role: role, cert: cert, key: key, certPEM: certPEM}, nil
@@ -296,10 +296,10 @@ func (c *CA) LoadOrIssueServerCertificate(dir string, hosts []string, now time.T
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, err
 	}
 	tc, err := tls.X509KeyPair(certPEM, keyPEM)
