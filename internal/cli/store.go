@@ -41,7 +41,7 @@ func (f *storeFlags) register(cmd *cobra.Command) {
 
 // open opens the repository; with create, it is created (with a new key file) when absent.
 func (f *storeFlags) open(ctx context.Context, g *globals, create bool, opts store.Options) (*store.Repo, error) {
-	be, err := backendurl.Open(ctx, f.url)
+	be, err := backendurl.Open(ctx, f.url, backendurl.WithLogger(g.logger))
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func newStoreInitCmd(g *globals) *cobra.Command {
 }
 
 func runStoreInit(ctx context.Context, g *globals, f storeFlags, blockSize int) error {
-	be, err := backendurl.Open(ctx, f.url)
+	be, err := backendurl.Open(ctx, f.url, backendurl.WithLogger(g.logger))
 	if err != nil {
 		return err
 	}
@@ -317,7 +317,7 @@ func newStoreRebuildIndexCmd(g *globals) *cobra.Command {
 }
 
 func runStoreRebuildIndex(ctx context.Context, g *globals, f storeFlags) error {
-	be, err := backendurl.Open(ctx, f.url)
+	be, err := backendurl.Open(ctx, f.url, backendurl.WithLogger(g.logger))
 	if err != nil {
 		return err
 	}

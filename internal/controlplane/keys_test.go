@@ -358,7 +358,7 @@ func TestStoreCredentialsGoOnlyToTheAccountsReplicators(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := backendurl.OpenWith(e.ctx, resp.StagingStoreURL, resp.Credentials.AccessKey, resp.Credentials.SecretKey)
+	be, err := backendurl.Open(e.ctx, resp.StagingStoreURL, backendurl.WithCredentials(resp.Credentials.AccessKey, resp.Credentials.SecretKey))
 	if err != nil {
 		t.Fatal(err)
 	}

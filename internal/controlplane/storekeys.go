@@ -269,7 +269,7 @@ func (k *keyring) prepare(ctx context.Context, a recovery.StoreAccess, log *slog
 	if done {
 		return nil
 	}
-	be, err := backendurl.OpenWith(ctx, a.URL, a.AccessKey, a.SecretKey)
+	be, err := backendurl.Open(ctx, a.URL, backendurl.WithCredentials(a.AccessKey, a.SecretKey), backendurl.WithLogger(log))
 	if err != nil {
 		return err
 	}

@@ -108,7 +108,7 @@ type fsHandle struct {
 // This Freeze has no watchdog process: if the agent is killed while frozen, the
 // filesystems stay frozen. The agent uses (*Watchdog).Freeze.
 func Freeze(ctx context.Context, mountpoints []string, bound time.Duration) (*Frozen, error) {
-	return freeze(ctx, slog.Default(), nil, true, mountpoints, bound)
+	return freeze(ctx, slog.New(slog.DiscardHandler), nil, true, mountpoints, bound)
 }
 
 func freeze(ctx context.Context, log *slog.Logger, wd *Watchdog, expedite bool, mountpoints []string, bound time.Duration) (*Frozen, error) {

@@ -84,7 +84,7 @@ type wdProc struct {
 // the hidden argument that IsWatchdog recognises.
 func StartWatchdog(ctx context.Context, log *slog.Logger) (*Watchdog, error) {
 	if log == nil {
-		log = slog.Default()
+		log = slog.New(slog.DiscardHandler)
 	}
 	w := &Watchdog{log: log}
 	p, err := startProc(ctx)

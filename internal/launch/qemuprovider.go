@@ -164,7 +164,7 @@ func (q *QEMU) Launch(ctx context.Context, req Request, plan Plan, extras Extras
 
 // Adopt finds the VM of an interrupted launch.
 func (q *QEMU) Adopt(ctx context.Context, req Request, plan Plan) (Launched, error) {
-	vm, err := qemu.Attach(filepath.Join(req.Dir, "vm"))
+	vm, err := q.attach(filepath.Join(req.Dir, "vm"))
 	if errors.Is(err, qemu.ErrNotRunning) {
 		return Launched{}, ErrNotRunning
 	}
@@ -176,6 +176,15 @@ func (q *QEMU) Adopt(ctx context.Context, req Request, plan Plan) (Launched, err
 		disks = append(disks, d.Path)
 	}
 	return q.launched(ctx, vm, req.Dir, disks), nil
+}
+
+// attach finds the VM running from a state directory, logging to the provider's logger.
+func (q *QEMU) attach(dir string) (*qemu.VM, error) {
+	vm, err := qemu.Attach(dir)
+	if err != nil {
+		return nil, err
+	}
+	return vm.WithLogger(q.opts.Logger), nil
 }
 
 // vmState is the state of the VM in a state directory.
@@ -199,14 +208,14 @@ func vmState(ctx context.Context, vmDir string) (string, error) {
 
 // stopVM stops the VM in a state directory, if one runs.
 func (q *QEMU) stopVM(ctx context.Context, vmDir string) error {
-	vm, err := qemu.Attach(vmDir)
+	vm, err := q.attach(vmDir)
 	if errors.Is(err, qemu.ErrNotRunning) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	return vm.WithLogger(q.opts.Logger).Stop(ctx)
+	return vm.Stop(ctx)
 }
 
 // State is the VM's state.
@@ -237,7 +246,7 @@ func (q *QEMU) Resume(ctx context.Context, h api.ProviderHandle) error {
 	if h.VMDir == "" {
 		return refuse("the instance has no VM")
 	}
-	vm, err := qemu.Attach(h.VMDir)
+	vm, err := q.attach(h.VMDir)
 	if errors.Is(err, qemu.ErrNotRunning) {
 		return refuse("the instance's VM is off (powered off from inside, or stopped): terminate it and launch again")
 	}
@@ -251,5 +260,5 @@ func (q *QEMU) Resume(ctx context.Context, h api.ProviderHandle) error {
 	if st == qemu.StateRunning {
 		return nil
 	}
-	return vm.WithLogger(q.opts.Logger).Continue(ctx)
+	return vm.Continue(ctx)
 }

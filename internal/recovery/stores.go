@@ -71,7 +71,7 @@ func (s *Stores) Open(ctx context.Context, accountID, url string) (*store.Repo, 
 	if ok {
 		return r, nil
 	}
-	be, err := backendurl.OpenWith(ctx, a.URL, a.AccessKey, a.SecretKey)
+	be, err := backendurl.Open(ctx, a.URL, backendurl.WithCredentials(a.AccessKey, a.SecretKey), backendurl.WithLogger(s.log))
 	if err != nil {
 		return nil, err
 	}

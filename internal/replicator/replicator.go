@@ -387,7 +387,7 @@ func (r *Replicator) repo(ctx context.Context, url string) (*store.Repo, error) 
 	if c := sk.Credentials; c != nil {
 		access, secret = c.AccessKey, c.SecretKey
 	}
-	be, err := backendurl.OpenWith(ctx, sk.StagingStoreURL, access, secret)
+	be, err := backendurl.Open(ctx, sk.StagingStoreURL, backendurl.WithCredentials(access, secret), backendurl.WithLogger(r.log))
 	if err != nil {
 		return nil, err
 	}

@@ -43,7 +43,7 @@ type Config struct {
 	// StopTimeout is how long Stop waits for the guest to power off after the ACPI
 	// power button before it quits QEMU (default 60 s).
 	StopTimeout time.Duration
-	// Logger receives what the VM's lifecycle does (default slog.Default()).
+	// Logger receives what the VM's lifecycle does (nil: discard).
 	Logger *slog.Logger
 }
 
@@ -201,7 +201,7 @@ func (c Config) normalize() (Config, error) {
 		return c, err
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
 }

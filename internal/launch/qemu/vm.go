@@ -234,14 +234,14 @@ func Attach(dir string) (*VM, error) {
 	if err := json.Unmarshal(data, &st); err != nil || st.Pid <= 0 {
 		return nil, fmt.Errorf("the VM's state file %s is damaged (%v): stop the VM by hand (pid file %s) and start it again", files.state, err, files.pid)
 	}
-	v := &VM{dir: dir, files: files, st: st, log: slog.Default().With("vm", st.Name, "dir", dir)}
+	v := &VM{dir: dir, files: files, st: st, log: slog.New(slog.DiscardHandler)}
 	if !v.alive() {
 		return nil, fmt.Errorf("%w from %s: VM %s (pid %d) has stopped", ErrNotRunning, dir, st.Name, st.Pid)
 	}
 	return v, nil
 }
 
-// WithLogger returns a VM value that logs to l (Attach logs to slog.Default()).
+// WithLogger returns a VM value that logs to l (Attach logs nothing).
 func (v *VM) WithLogger(l *slog.Logger) *VM {
 	c := *v
 	c.log = l.With("vm", v.st.Name, "dir", v.dir)

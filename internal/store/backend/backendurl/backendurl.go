@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,10 +19,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/s3"
-	"github.com/minio/minio-go/v7/pkg/s3utils"
 )
 
 // Forms is the sentence that ends every parse error: the URLs that are accepted.
@@ -245,12 +247,37 @@ func Credentials(lookup func(string) (string, bool)) (access, secret string, err
 		"(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 }
 
-// Open parses rawURL and opens its backend; an S3 backend takes its credentials
-// from the environment (see Credentials).
-func Open(ctx context.Context, rawURL string) (backend.Backend, error) {
+// Option changes how Open opens a store.
+type Option func(*options)
+
+type options struct {
+	access, secret string
+	log            *slog.Logger
+}
+
+// WithCredentials gives an s3:// store this access key and secret key instead of the
+// environment's (empty strings: the environment's). The control plane keeps per-store
+// credentials and hands them to the replicators of the store's account with its key.
+func WithCredentials(accessKey, secretKey string) Option {
+	return func(o *options) { o.access, o.secret = accessKey, secretKey }
+}
+
+// WithLogger gives the backend a logger for its retries and warnings (default: none).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Open parses rawURL and opens its backend; an S3 backend takes its credentials from
+// WithCredentials, else from the environment (see Credentials).
+func Open(ctx context.Context, rawURL string, opts ...Option) (backend.Backend, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	t, err := Parse(rawURL)
 	if err != nil {
 		return nil, err
+	}
+	if (o.access == "") != (o.secret == "") || (o.access != "" && t.Scheme != "s3") {
+		return nil, fmt.Errorf("staging store %s: credentials are an access key and a secret key, for s3:// stores only", t)
 	}
 	if t.Scheme == "file" {
 		b, err := file.Open(t.Dir)
@@ -260,9 +287,12 @@ func Open(ctx context.Context, rawURL string) (backend.Backend, error) {
 		return b, nil
 	}
 	cfg := t.S3
-	cfg.AccessKey, cfg.SecretKey, err = Credentials(os.LookupEnv)
-	if err != nil {
-		return nil, fmt.Errorf("staging store %s: %w", t, err)
+	cfg.Logger = o.log
+	cfg.AccessKey, cfg.SecretKey = o.access, o.secret
+	if cfg.AccessKey == "" {
+		if cfg.AccessKey, cfg.SecretKey, err = Credentials(os.LookupEnv); err != nil {
+			return nil, fmt.Errorf("staging store %s: %w", t, err)
+		}
 	}
 	b, err := s3.Open(ctx, cfg)
 	if err != nil {

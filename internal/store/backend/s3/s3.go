@@ -71,7 +71,7 @@ type Config struct {
 	// MaxAttempts bounds the tries of an operation that fails with ErrUnavailable; 0
 	// means 4 (about 0.7 s of backoff in all).
 	MaxAttempts int
-	// Logger receives retries and warnings; nil means slog.Default().
+	// Logger receives retries and warnings (nil: discard).
 	Logger *slog.Logger
 }
 
@@ -152,7 +152,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		b.attempts = 4
 	}
 	if b.log == nil {
-		b.log = slog.Default()
+		b.log = slog.New(slog.DiscardHandler)
 	}
 	if err := b.setUp(ctx, cfg); err != nil {
 		transport.CloseIdleConnections()
