@@ -10,7 +10,7 @@ import (
 // bit per non-empty word), safe for concurrent use, so Mark from the tracker's goroutine
 // and Take from the sender may run at the same time.
 //
-// The invariant it serves (DESIGN §3.2): Take removes a block's mark before the caller
+// The invariant it serves (docs/architecture.md §4, invariant 1): Take removes a block's mark before the caller
 // reads the block, so a write that completes after Take marks it again.
 type DirtySet struct {
 	mu      sync.Mutex

@@ -165,7 +165,7 @@ const sweepEvery = time.Second
 // error says why (not root, kernel too old, tracepoint missing, verifier refusal), for
 // the agent to fall back to the scan tracker and report the reason.
 func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
-	cfg := ebpfConfig{ringSize: DefaultRingSize, log: slog.Default()}
+	cfg := ebpfConfig{ringSize: DefaultRingSize, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -180,7 +180,49 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 		}
 	}()
 
-	// Disks and the volumes on them.
+	keys, err := e.addVolumes(vols)
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("ebpf tracker: raise the locked-memory limit (RLIMIT_MEMLOCK) for eBPF maps: %w", err)
+	}
+	layouts, err := readKernelLayouts()
+	if err != nil {
+		return nil, fmt.Errorf("ebpf tracker: kernel %s: %w", kernelRelease(), err)
+	}
+	if layouts.bioErr != nil {
+		cfg.log.Warn("ebpf tracker: writes to bio-based devices (device-mapper, md, zram) will not be seen", "err", layouts.bioErr)
+	}
+	if layouts.issueErr != nil {
+		cfg.log.Warn("ebpf tracker: write requests are not followed from their issue, so a completion the kernel fails to report is caught by the periodic verification pass only", "err", layouts.issueErr)
+	}
+	ringSize := max(cfg.ringSize, os.Getpagesize())
+	ringSize = 1 << bits.Len(uint(ringSize-1))
+	if err := e.createMaps(keys, ringSize); err != nil {
+		return nil, fmt.Errorf("ebpf tracker: %w", err)
+	}
+	for _, l := range []*completionLayout{layouts.rq, layouts.bio, layouts.issue} {
+		if l == nil {
+			continue
+		}
+		if err := e.attach(l); err != nil {
+			return nil, fmt.Errorf("ebpf tracker: %w", err)
+		}
+	}
+	e.rd, err = ringbuf.NewReader(e.ring)
+	if err != nil {
+		return nil, fmt.Errorf("ebpf tracker: open the ring buffer: %w", err)
+	}
+	ok = true
+	cfg.log.Info("ebpf tracker attached", "tracepoints", e.tracepoints, "disks", len(e.slots),
+		"volumes", len(vols), "ring_bytes", ringSize)
+	return e, nil
+}
+
+// addVolumes finds the disk each volume lies on and where: it returns the device
+// numbers the program watches (disks, and bio-based partitions) and their disk slots.
+func (e *EBPF) addVolumes(vols []EBPFVolume) (map[uint32]uint32, error) {
 	keys := map[uint32]uint32{} // dev_t → slot
 	listed := map[uint32]bool{}
 	for i, v := range vols {
@@ -215,104 +257,73 @@ func NewEBPF(vols []EBPFVolume, opts ...EBPFOption) (*EBPF, error) {
 			blocks:    v.Blocks,
 		})
 	}
+	return keys, nil
+}
 
-	// The kernel side.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("ebpf tracker: raise the locked-memory limit (RLIMIT_MEMLOCK) for eBPF maps: %w", err)
-	}
-	layouts, err := readKernelLayouts()
-	if err != nil {
-		return nil, fmt.Errorf("ebpf tracker: kernel %s: %w", kernelRelease(), err)
-	}
-	if layouts.bioErr != nil {
-		cfg.log.Warn("ebpf tracker: writes to bio-based devices (device-mapper, md, zram) will not be seen", "err", layouts.bioErr)
-	}
-	if layouts.issueErr != nil {
-		cfg.log.Warn("ebpf tracker: write requests are not followed from their issue, so a completion the kernel fails to report is caught by the periodic verification pass only", "err", layouts.issueErr)
-	}
-
-	ringSize := max(cfg.ringSize, os.Getpagesize())
-	ringSize = 1 << bits.Len(uint(ringSize-1))
+// createMaps creates the program's maps: the watched devices, the ring buffer, and the
+// lost and sent counters.
+func (e *EBPF) createMaps(keys map[uint32]uint32, ringSize int) error {
+	var err error
 	e.devs, err = ebpf.NewMap(&ebpf.MapSpec{
 		Name: "lb_devs", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: uint32(len(keys)),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ebpf tracker: create the device map: %w", explainPerm(err))
+		return fmt.Errorf("create the device map: %w", explainPerm(err))
 	}
 	for dev, slot := range keys {
 		if err := e.devs.Put(dev, slot); err != nil {
-			return nil, fmt.Errorf("ebpf tracker: fill the device map: %w", err)
+			return fmt.Errorf("fill the device map: %w", err)
 		}
 	}
 	e.ring, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lb_events", Type: ebpf.RingBuf, MaxEntries: uint32(ringSize)})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
-			return nil, fmt.Errorf("ebpf tracker: kernel %s is too old: the BPF ring buffer needs Linux 5.8 or later: %w", kernelRelease(), err)
+			return fmt.Errorf("kernel %s is too old: the BPF ring buffer needs Linux 5.8 or later: %w", kernelRelease(), err)
 		}
-		return nil, fmt.Errorf("ebpf tracker: create the ring buffer: %w", explainPerm(err))
+		return fmt.Errorf("create the ring buffer: %w", explainPerm(err))
 	}
 	e.lost, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lb_lost", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
 	if err != nil {
-		return nil, fmt.Errorf("ebpf tracker: create the lost-events counter: %w", explainPerm(err))
+		return fmt.Errorf("create the lost-events counter: %w", explainPerm(err))
 	}
-
 	e.sent, err = ebpf.NewMap(&ebpf.MapSpec{Name: "lb_sent", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2})
 	if err != nil {
-		return nil, fmt.Errorf("ebpf tracker: create the event counter: %w", explainPerm(err))
+		return fmt.Errorf("create the event counter: %w", explainPerm(err))
 	}
+	return nil
+}
 
-	attach := func(l *completionLayout) error {
-		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Name:         "lb_" + strings.TrimPrefix(l.tracepoint, "block_"),
-			Type:         ebpf.Tracing,
-			AttachType:   ebpf.AttachTraceRawTp,
-			AttachTo:     l.tracepoint,
-			License:      "Dual MIT/GPL",
-			Instructions: trackerProgram(l, e.devs.FD(), e.ring.FD(), e.lost.FD(), e.sent.FD()),
-		})
-		if err != nil {
-			var ve *ebpf.VerifierError
-			if errors.As(err, &ve) {
-				return fmt.Errorf("the kernel's verifier refused the program for %s: %w", l.tracepoint, err)
-			}
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				return fmt.Errorf("kernel %s cannot attach eBPF to raw tracepoint %s (BTF-enabled raw tracepoints need Linux 5.5 or later): %w", kernelRelease(), l.tracepoint, err)
-			}
-			return fmt.Errorf("load the program for %s: %w", l.tracepoint, explainPerm(err))
-		}
-		e.progs = append(e.progs, prog)
-		if !l.issue {
-			e.completionProgs = append(e.completionProgs, prog)
-		}
-		lk, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-		if err != nil {
-			return fmt.Errorf("attach to tracepoint block:%s: %w", l.tracepoint, explainPerm(err))
-		}
-		e.links = append(e.links, lk)
-		e.tracepoints = append(e.tracepoints, "block:"+l.tracepoint)
-		return nil
-	}
-	if err := attach(layouts.rq); err != nil {
-		return nil, fmt.Errorf("ebpf tracker: %w", err)
-	}
-	if layouts.bio != nil {
-		if err := attach(layouts.bio); err != nil {
-			return nil, fmt.Errorf("ebpf tracker: %w", err)
-		}
-	}
-	if layouts.issue != nil {
-		if err := attach(layouts.issue); err != nil {
-			return nil, fmt.Errorf("ebpf tracker: %w", err)
-		}
-	}
-	e.rd, err = ringbuf.NewReader(e.ring)
+// attach loads the program for one tracepoint and attaches it.
+func (e *EBPF) attach(l *completionLayout) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:         "lb_" + strings.TrimPrefix(l.tracepoint, "block_"),
+		Type:         ebpf.Tracing,
+		AttachType:   ebpf.AttachTraceRawTp,
+		AttachTo:     l.tracepoint,
+		License:      "Dual MIT/GPL",
+		Instructions: trackerProgram(l, e.devs.FD(), e.ring.FD(), e.lost.FD(), e.sent.FD()),
+	})
 	if err != nil {
-		return nil, fmt.Errorf("ebpf tracker: open the ring buffer: %w", err)
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("the kernel's verifier refused the program for %s: %w", l.tracepoint, err)
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("kernel %s cannot attach eBPF to raw tracepoint %s (BTF-enabled raw tracepoints need Linux 5.5 or later): %w", kernelRelease(), l.tracepoint, err)
+		}
+		return fmt.Errorf("load the program for %s: %w", l.tracepoint, explainPerm(err))
 	}
-	ok = true
-	cfg.log.Info("ebpf tracker attached", "tracepoints", e.tracepoints, "disks", len(e.slots),
-		"volumes", len(vols), "ring_bytes", ringSize)
-	return e, nil
+	e.progs = append(e.progs, prog)
+	if !l.issue {
+		e.completionProgs = append(e.completionProgs, prog)
+	}
+	lk, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		return fmt.Errorf("attach to tracepoint block:%s: %w", l.tracepoint, explainPerm(err))
+	}
+	e.links = append(e.links, lk)
+	e.tracepoints = append(e.tracepoints, "block:"+l.tracepoint)
+	return nil
 }
 
 // trackerProgram returns the eBPF program for one block completion tracepoint, attached

@@ -419,7 +419,7 @@ func TestNewEBPFRejectsBadInput(t *testing.T) {
 	}
 }
 
-// TestEBPFReplicaEqualsDevice is DESIGN §3.2's invariant end to end: while a writer
+// TestEBPFReplicaEqualsDevice is docs/architecture.md §4's first invariant end to end: while a writer
 // changes files on a mounted ext4, a consumer takes dirty blocks, reads them with
 // O_DIRECT and copies them into a replica image. After the writer stops and the
 // filesystem is frozen (a consistency point), Sync and a final drain make the replica

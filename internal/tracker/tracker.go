@@ -1,5 +1,5 @@
 // Package tracker finds the blocks of a source server's volumes that changed, and reads
-// them (DESIGN §3.1–3.2).
+// them (docs/architecture.md §2 and §4).
 //
 // Its parts, which the agent combines:
 //
@@ -15,9 +15,9 @@
 //     tracepoints that reports every completed write to the server's volumes, and on
 //     block_rq_issue, so that a completion the kernel fails to report is still marked.
 //
-// The "scan" tracker is not a type: it is the agent hashing every block with Scan and
-// sending those whose hash differs from the HashTable's (initial sync, RESCAN, and the
-// fallback where eBPF cannot run).
+// The agent combines them into its two Sources (internal/agent): the eBPF one, and the
+// "scan" one, which hashes every block with Scan and sends those whose hash differs from
+// the HashTable's (initial sync, RESCAN, and the fallback where eBPF cannot run).
 package tracker
 
 import "context"

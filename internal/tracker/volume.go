@@ -31,7 +31,7 @@ const (
 
 // Volume is a block device or an image file opened read-only for replication, with
 // O_DIRECT where the filesystem allows it: blocks are read from the device, never from
-// the page cache, which is what makes the dirty-set invariant hold (DESIGN §3.2).
+// the page cache, which is what makes the dirty-set invariant hold (docs/architecture.md §4, invariant 1).
 //
 // ReadBlocks and Scan may run concurrently; Close must not run with either.
 type Volume struct {
