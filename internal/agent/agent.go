@@ -1,8 +1,12 @@
-// Package agent is the replication agent (`lifeboat agent run`, DESIGN §3): it finds the
-// source server's volumes, tracks their changed blocks (eBPF where the kernel allows,
-// full scans otherwise), streams them to its replication server over the wire
-// protocol, takes filesystem-consistent consistency points under freeze, and reports
-// its replication state to the control plane.
+// Package agent is the replication agent (`lifeboat agent run`; docs/architecture.md
+// §2–3): it finds the source server's volumes, tracks their changed blocks (eBPF where
+// the kernel allows, full scans otherwise), streams them to its replication server over
+// the wire protocol, takes filesystem-consistent consistency points under freeze, and
+// reports its replication state to the control plane.
+//
+// The Agent holds what outlives a connection (config, volumes, tracker, hash tables,
+// state); each connection is a session (core.go), which sees the volumes only as a
+// Source and the replicator only as a Link, so that it is tested without either.
 //
 // Nothing is lost on a dropped connection or a crash: blocks stay dirty until the
 // replicator acknowledges them as durable, the hash of every acknowledged block is kept
@@ -19,15 +23,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/freeze"
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/tracker"
 )
 
@@ -103,26 +105,17 @@ func (c *Config) fill() {
 type Agent struct {
 	cfg Config
 	log *slog.Logger
+	st  *status
 
-	vols       []*volume
-	generation uint64 // tracker generation: grows at every start and lost continuity
-	blockSize  int    // the store's block size, as the replicator last said
+	vols       *volumeSet
+	src        Source // the tracker in use over vols
+	generation uint64 // tracker generation: grows at every start and lost continuity (st.mu)
+	rescan     bool   // the next session rescans every volume (st.mu)
+	verify     verifyPass
+	lostSeen   uint64 // the tracker's lost count already answered with a rescan
 
-	tr       tracker.Tracker // nil: the scan tracker
-	trCancel context.CancelFunc
-	trDone   chan struct{}
-	trName   string
-	trReason string // why the scan tracker is used
-	lostSeen uint64
-
-	wd           *freeze.Watchdog
-	freezeReason string // why consistency points cannot be filesystem-consistent
-
-	mu     sync.Mutex
-	st     status
-	rescan bool // the next session rescans every volume
-
-	verify verifyPass // used by the session goroutine only
+	trCancel context.CancelFunc // stops the eBPF tracker's goroutine …
+	trDone   chan struct{}      // … closed when it returned
 
 	cfgMu      sync.Mutex
 	latest     *api.ReplicationConfig // the replication config as last read
@@ -173,6 +166,16 @@ func (a *Agent) config(ctx context.Context) (api.ReplicationConfig, bool) {
 	}
 }
 
+// latestConfig returns the replication config as last read (a session has one).
+func (a *Agent) latestConfig() api.ReplicationConfig {
+	a.cfgMu.Lock()
+	defer a.cfgMu.Unlock()
+	if a.latest == nil {
+		return api.ReplicationConfig{}
+	}
+	return *a.latest
+}
+
 // waitConfigChange waits until the config changes or d passes.
 func (a *Agent) waitConfigChange(ctx context.Context, d time.Duration) {
 	a.cfgMu.Lock()
@@ -202,50 +205,71 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), vols: vols, blockSize: 64 << 10, rescan: true,
-		cfgChanged: make(chan struct{})}
-	a.blockSize = a.loadBlockSize()
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), rescan: true, cfgChanged: make(chan struct{}),
+		st: &status{ServerID: cfg.ServerID, State: api.StateInitiating}, verify: verifyPass{last: time.Now()}}
+	a.vols = &volumeSet{blockSize: a.loadBlockSize()}
+	a.useVolumes(vols)
 	// Every start is a new tracker generation: writes made while no agent ran are unknown.
-	if a.generation, err = a.bumpGeneration(); err != nil {
+	if err := a.bumpGeneration(); err != nil {
 		closeVolumes(vols)
 		return nil, err
 	}
-	for _, v := range vols {
-		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.blockSize))
-	}
-	a.st = status{ServerID: cfg.ServerID, State: api.StateInitiating, Generation: a.generation}
-	a.verify = verifyPass{vol: len(vols), last: time.Now()}
 	return a, nil
+}
+
+// useVolumes replicates these volumes from now on, with empty dirty sets.
+func (a *Agent) useVolumes(vols []*volume) {
+	for _, v := range vols {
+		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.vols.blockSize))
+	}
+	a.st.mu.Lock()
+	a.vols.vols = vols
+	a.st.volumes = apiVolumes(vols)
+	a.st.mu.Unlock()
 }
 
 // Close releases the volumes. Call it after Run returned.
 func (a *Agent) Close() error {
-	closeVolumes(a.vols)
+	closeVolumes(a.vols.vols)
 	return nil
 }
 
-// Run replicates until ctx ends.
+// Run replicates until ctx ends. Every goroutine it starts has ended when it returns.
 func (a *Agent) Run(ctx context.Context) error {
-	defer a.stopTracker()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
 	if wd, err := freeze.StartWatchdog(ctx, a.log); err != nil {
-		a.freezeReason = "the freeze watchdog could not start: " + err.Error()
-		a.log.Warn("consistency points will not be filesystem-consistent", "reason", a.freezeReason)
+		a.vols.freezeWhy = "the freeze watchdog could not start: " + err.Error()
+		a.log.Warn("consistency points will not be filesystem-consistent", "reason", a.vols.freezeWhy)
 	} else {
 		wd.NormalRCU = a.cfg.NormalRCU
-		a.wd = wd
+		a.vols.wd = wd
 		defer wd.Close()
 	}
+	a.st.mu.Lock()
+	a.st.freezeWhy = a.vols.freezeWhy
+	a.st.mu.Unlock()
 	a.startTracker(ctx)
-	go a.reportLoop(ctx)
+	defer a.stopTracker()
+	wg.Go(func() { a.reportLoop(ctx) })
 	a.reportVolumes(ctx)
+	wg.Go(func() { a.watchConfig(ctx) })
+	a.replicate(ctx)
+	a.saveTables()
+	return nil
+}
 
-	go a.watchConfig(ctx)
+// replicate runs sessions as the replication config says, until ctx ends: none while
+// stopped or paused, a new one after each that ended, backing off while they fail.
+func (a *Agent) replicate(ctx context.Context) {
 	backoff := time.Second
 	var lastGen int64 = -1
 	for ctx.Err() == nil {
 		cfg, ok := a.config(ctx)
 		if !ok {
-			break
+			return
 		}
 		if lastGen >= 0 && cfg.Control.Generation != lastGen {
 			a.setRescan("an operator asked to restart replication")
@@ -253,22 +277,22 @@ func (a *Agent) Run(ctx context.Context) error {
 		lastGen = cfg.Control.Generation
 		switch {
 		case cfg.Control.Desired == api.DesiredStopped:
-			a.setState(api.StateStopped, nil)
+			a.st.set(api.StateStopped, nil)
 			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		case cfg.Control.Desired == api.DesiredPaused:
-			a.setState(api.StatePaused, nil)
+			a.st.set(api.StatePaused, nil)
 			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		case cfg.Replicator == nil:
-			a.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepFailed,
+			a.st.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepFailed,
 				&api.ReplicationError{Code: api.ErrReplicatorNotAssigned, Message: "no replication server serves this server's site: start one (lifeboat replicator) or check the target site"})
 			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		}
 		err := a.session(ctx, cfg)
 		if ctx.Err() != nil {
-			break
+			return
 		}
 		if errors.Is(err, errVolumesChanged) {
 			if err := a.reopenVolumes(ctx, cfg.Settings.IgnoreNewDisks); err != nil {
@@ -282,136 +306,135 @@ func (a *Agent) Run(ctx context.Context) error {
 			backoff = time.Second
 			continue // the config changed: read it again now
 		case errors.As(err, &se):
-			a.setState(se.state, &api.ReplicationError{Code: se.code, Message: se.msg})
+			a.st.set(se.state, &api.ReplicationError{Code: se.code, Message: se.msg})
 			if se.connected {
 				backoff = time.Second
 			}
 		default:
-			a.setState(a.currentState(), &api.ReplicationError{Code: api.ErrUnstableNetwork,
+			a.st.set(a.st.current(), &api.ReplicationError{Code: api.ErrUnstableNetwork,
 				Message: "the connection to the replication server failed: " + err.Error() + "; the agent reconnects and resumes by itself"})
 		}
 		a.log.Warn("replication session ended", "err", err, "retry_in", backoff)
 		sleep(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
-	a.saveTables()
-	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }
 
 // startTracker starts the eBPF tracker on the block devices, or explains why the scan
 // tracker is used.
 func (a *Agent) startTracker(ctx context.Context) {
-	a.trName, a.trReason = tracker.NameScan, ""
-	var evs []tracker.EBPFVolume
-	for _, v := range a.vols {
-		if !v.device {
-			a.trReason = fmt.Sprintf("volume %s is an image file, which only the scan tracker can follow", v.Name)
-			break
-		}
-		evs = append(evs, tracker.EBPFVolume{Dev: v.kdev, Blocks: v.dev.Blocks(a.blockSize), BlockSize: a.blockSize})
-	}
-	if a.cfg.ForceScan {
-		a.trReason = "the scan tracker was chosen (--scan)"
-	}
-	if a.trReason == "" {
+	a.src = &scanSource{a.vols}
+	why := a.ebpfUnfit()
+	if why == "" {
 		opts := []tracker.EBPFOption{tracker.WithLogger(a.log)}
 		if a.cfg.RingBytes > 0 {
 			opts = append(opts, tracker.WithRingSize(a.cfg.RingBytes))
 		}
-		tr, err := tracker.NewEBPF(evs, opts...)
-		if err != nil {
-			a.trReason = "the eBPF tracker cannot run here: " + err.Error()
+		var evs []tracker.EBPFVolume
+		for _, v := range a.vols.vols {
+			evs = append(evs, tracker.EBPFVolume{Dev: v.kdev, Blocks: v.dev.Blocks(a.vols.blockSize), BlockSize: a.vols.blockSize})
+		}
+		if tr, err := tracker.NewEBPF(evs, opts...); err != nil {
+			why = "the eBPF tracker cannot run here: " + err.Error()
 		} else {
-			a.tr, a.trName = tr, tracker.NameEBPF
-			tctx, cancel := context.WithCancel(ctx)
-			a.trCancel, a.trDone = cancel, make(chan struct{})
-			go func() {
-				defer close(a.trDone)
-				if err := tr.Run(tctx, func(vol int, first, last uint64) { a.vols[vol].dirty.Mark(first, last) }); err != nil && tctx.Err() == nil {
-					a.log.Warn("the eBPF tracker stopped; rescanning", "err", err)
-					a.setRescan("the eBPF tracker stopped: " + err.Error())
-				}
-			}()
-			a.lostSeen = tr.Lost()
+			a.runTracker(ctx, tr)
 		}
 	}
-	if a.trReason != "" {
-		a.log.Info("using the scan tracker", "reason", a.trReason)
+	a.st.setTracker(a.src.Tracker(), why)
+	if why != "" {
+		a.log.Info("using the scan tracker", "reason", why)
 	} else {
 		a.log.Info("using the eBPF tracker")
 	}
 }
 
+// ebpfUnfit says why the eBPF tracker cannot follow these volumes ("": it can).
+func (a *Agent) ebpfUnfit() string {
+	if a.cfg.ForceScan {
+		return "the scan tracker was chosen (--scan)"
+	}
+	for _, v := range a.vols.vols {
+		if !v.device {
+			return fmt.Sprintf("volume %s is an image file, which only the scan tracker can follow", v.Name)
+		}
+	}
+	return ""
+}
+
+// runTracker delivers the eBPF tracker's marks to the dirty sets until stopTracker.
+func (a *Agent) runTracker(ctx context.Context, tr tracker.Tracker) {
+	a.src = &ebpfSource{volumeSet: a.vols, tr: tr}
+	a.lostSeen = tr.Lost()
+	tctx, cancel := context.WithCancel(ctx)
+	a.trCancel, a.trDone = cancel, make(chan struct{})
+	vols := a.vols.vols
+	go func() {
+		defer close(a.trDone)
+		if err := tr.Run(tctx, func(vol int, first, last uint64) { vols[vol].dirty.Mark(first, last) }); err != nil && tctx.Err() == nil {
+			a.log.Warn("the eBPF tracker stopped; rescanning", "err", err)
+			a.setRescan("the eBPF tracker stopped: " + err.Error())
+		}
+	}()
+}
+
+// stopTracker stops the eBPF tracker and waits for its goroutine.
 func (a *Agent) stopTracker() {
-	if a.tr == nil {
+	es, ok := a.src.(*ebpfSource)
+	if !ok {
 		return
 	}
 	a.trCancel()
 	<-a.trDone
-	a.tr.Close()
-	a.tr = nil
+	es.tr.Close()
+	a.src = &scanSource{a.vols}
 }
 
 // restartTracker follows a change of the store's block size: marks are per block.
 func (a *Agent) restartTracker(ctx context.Context, blockSize int) {
 	a.stopTracker()
-	a.blockSize = blockSize
+	a.vols.blockSize = blockSize
 	a.saveBlockSize()
-	for _, v := range a.vols {
-		v.dirty = tracker.NewDirtySet(v.dev.Blocks(blockSize))
+	a.st.mu.Lock()
+	for _, v := range a.vols.vols {
+		v.table = nil // for this block size, loaded again
 	}
+	a.st.mu.Unlock()
+	a.useVolumes(a.vols.vols)
 	a.startTracker(ctx)
 	a.setRescan("the staging store's block size changed")
 }
 
 // setRescan makes the next session rescan every volume under a new generation.
 func (a *Agent) setRescan(reason string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.st.mu.Lock()
+	defer a.st.mu.Unlock()
 	if !a.rescan {
 		a.log.Info("a rescan is needed", "reason", reason)
 	}
 	a.rescan = true
 	a.generation++
 	a.st.Generation = a.generation
-	_ = a.saveGeneration()
+	if err := a.saveGeneration(); err != nil {
+		a.log.Warn("cannot save the tracker generation", "err", err)
+	}
 }
 
+// takeRescan reports whether the next session rescans, and clears it.
 func (a *Agent) takeRescan() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.st.mu.Lock()
+	defer a.st.mu.Unlock()
 	r := a.rescan
 	a.rescan = false
 	return r
 }
 
-// checkLost answers lost tracker events with a rescan.
-func (a *Agent) checkLost() bool {
-	if a.tr == nil {
-		return false
-	}
-	if n := a.tr.Lost(); n > a.lostSeen {
-		a.lostSeen = n
-		a.setRescan(fmt.Sprintf("the eBPF tracker lost %d events (writes faster than the agent read them)", n))
-		return true
-	}
-	return false
-}
-
 func (a *Agent) reportVolumes(ctx context.Context) {
 	for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
-		if _, err := a.cfg.ControlPlane.SetVolumes(ctx, a.cfg.ServerID, apiVolumes(a.vols)); err == nil {
+		_, err := a.cfg.ControlPlane.SetVolumes(ctx, a.cfg.ServerID, apiVolumes(a.vols.vols))
+		if err == nil {
 			return
-		} else {
-			a.log.Warn("cannot report the volumes", "err", err)
 		}
+		a.log.Warn("cannot report the volumes", "err", err)
 		sleep(ctx, time.Duration(attempt+1)*time.Second)
 	}
 }
@@ -419,17 +442,18 @@ func (a *Agent) reportVolumes(ctx context.Context) {
 // State files in the state directory.
 func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
 
-func (a *Agent) bumpGeneration() (uint64, error) {
+func (a *Agent) bumpGeneration() error {
 	var g uint64
 	if b, err := os.ReadFile(a.path("generation")); err == nil && len(b) == 8 {
 		g = binary.BigEndian.Uint64(b)
 	}
 	a.generation = g + 1
-	return a.generation, a.saveGeneration()
+	a.st.setGeneration(a.generation)
+	return a.saveGeneration()
 }
 
 func (a *Agent) saveGeneration() error {
-	return pki.WriteFileAtomic(a.path("generation"), binary.BigEndian.AppendUint64(nil, a.generation), 0o600)
+	return atomicfile.WriteFile(a.path("generation"), binary.BigEndian.AppendUint64(nil, a.generation), 0o600)
 }
 
 func (a *Agent) loadBlockSize() int {
@@ -442,20 +466,20 @@ func (a *Agent) loadBlockSize() int {
 }
 
 func (a *Agent) saveBlockSize() {
-	_ = pki.WriteFileAtomic(a.path("blocksize"), binary.BigEndian.AppendUint32(nil, uint32(a.blockSize)), 0o600)
+	_ = atomicfile.WriteFile(a.path("blocksize"), binary.BigEndian.AppendUint32(nil, uint32(a.vols.blockSize)), 0o600)
 }
 
 func (a *Agent) tablePath(v *volume) string { return a.path("hashes-" + v.Name) }
 
 // saveTables writes every volume's hash table (what the replica holds) to disk.
 func (a *Agent) saveTables() {
-	a.mu.Lock()
-	vols := append([]*volume(nil), a.vols...)
+	a.st.mu.Lock()
+	vols := a.vols.vols
 	tables := make([]*tracker.HashTable, len(vols))
 	for i, v := range vols {
 		tables[i] = v.table
 	}
-	a.mu.Unlock()
+	a.st.mu.Unlock()
 	for i, v := range vols {
 		if t := tables[i]; t != nil {
 			if err := t.Save(a.tablePath(v)); err != nil {
@@ -465,40 +489,6 @@ func (a *Agent) saveTables() {
 	}
 }
 
-// verifyPass is where the background verification pass stands.
-type verifyPass struct {
-	vol   int       // volume being checked; len(vols) when no pass runs
-	next  uint64    // next block
-	found int       // blocks found different in this pass
-	last  time.Time // when the last pass ended
-}
-
-// hook runs a pre-freeze or post-thaw command with the mount points in its
-// environment, bounded by HookTimeout.
-func (a *Agent) hook(ctx context.Context, phase, command string, mounts []string) error {
-	if command == "" {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.HookTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
-	cmd.Env = append(os.Environ(), "LIFEBOAT_PHASE="+phase, "LIFEBOAT_SERVER_ID="+a.cfg.ServerID,
-		"LIFEBOAT_MOUNTS="+strings.Join(mounts, " "))
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("the %s hook did not finish within %s", phase, a.cfg.HookTimeout)
-	}
-	if err != nil {
-		msg := strings.TrimSpace(string(out))
-		if len(msg) > 200 {
-			msg = msg[len(msg)-200:]
-		}
-		return fmt.Errorf("the %s hook failed: %v: %s", phase, err, msg)
-	}
-	return nil
-}
-
 // errVolumesChanged ends a session when disks appeared, went or changed size.
 var errVolumesChanged = errors.New("the server's volumes changed")
 
@@ -506,11 +496,11 @@ var errVolumesChanged = errors.New("the server's volumes changed")
 // install) and for volumes whose size changed.
 func (a *Agent) volumesChanged(ignoreNew bool) bool {
 	paths, err := a.wantedVolumes(ignoreNew)
-	if err != nil || len(paths) != len(a.vols) {
+	if err != nil || len(paths) != len(a.vols.vols) {
 		return err == nil
 	}
 	for i, p := range paths {
-		v := a.vols[i]
+		v := a.vols.vols[i]
 		if v.Path != p {
 			return true
 		}
@@ -535,7 +525,7 @@ func (a *Agent) wantedVolumes(ignoreNew bool) ([]string, error) {
 		return paths, err
 	}
 	known := map[string]bool{}
-	for _, v := range a.vols {
+	for _, v := range a.vols.vols {
 		known[v.Path] = true
 	}
 	var out []string
@@ -560,13 +550,8 @@ func (a *Agent) reopenVolumes(ctx context.Context, ignoreNew bool) error {
 	}
 	a.stopTracker()
 	a.saveTables()
-	old := a.vols
-	for _, v := range vols {
-		v.dirty = tracker.NewDirtySet(v.dev.Blocks(a.blockSize))
-	}
-	a.mu.Lock()
-	a.vols = vols
-	a.mu.Unlock()
+	old := a.vols.vols
+	a.useVolumes(vols)
 	closeVolumes(old)
 	a.startTracker(ctx)
 	a.setRescan("the server's volumes changed")

@@ -4,11 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // Status is what `lifeboat agent status` shows: the agent writes it to its state
@@ -38,26 +39,32 @@ type Status struct {
 	UpdatedAt      time.Time                 `json:"updatedAt"`
 }
 
-// status is the agent's mutable view; fields are guarded by Agent.mu except counters.
+// status is the agent's replication state as it is reported: the agent and its session
+// write it, the report loop reads it. Fields are guarded by mu, counters are atomic.
 type status struct {
+	mu          sync.Mutex
 	ServerID    string
 	State       string
 	Error       *api.ReplicationError
 	Steps       []api.InitiationStep
 	Generation  uint64
 	Replicator  string
+	tracker     string // the tracker's name …
+	trackerWhy  string // … and why it is not eBPF
+	freezeWhy   string // why points cannot be filesystem-consistent
+	volumes     []api.Volume
 	scanning    bool // an initial sync or a rescan is running
 	initial     bool // it is the initial sync (no replica existed)
 	lastMatched time.Time
 	lastPoint   *api.ConsistencyPointInfo
 	lastFreeze  *float64
-	changed     bool // the state or error changed: report now
+	changed     bool         // the state or error changed: report now
+	backlog     func() int64 // set by a live session
 
 	scanDone, scanTotal atomic.Int64
 	sentBytes           atomic.Int64
 	sentBlocks          atomic.Int64
 	sentZero            atomic.Int64
-	backlog             func() int64 // set by a live session
 }
 
 // StatusFile is where the agent writes its Status.
@@ -73,17 +80,21 @@ func ReadStatus(stateDir string) (Status, error) {
 	return s, json.Unmarshal(b, &s)
 }
 
-func (a *Agent) setState(state string, e *api.ReplicationError) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.st.State != state || errCode(a.st.Error) != errCode(e) {
-		a.st.changed = true
+// set sets the state and its error (nil: none).
+func (st *status) set(state string, e *api.ReplicationError) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.State != state || errCode(st.Error) != errCode(e) {
+		st.changed = true
 	}
-	a.st.State, a.st.Error = state, e
+	st.State, st.Error = state, e
 	if state != api.StateInitiating {
-		a.st.Steps = nil
+		st.Steps = nil
 	}
 }
+
+// setError keeps the state and sets its error.
+func (st *status) setError(e *api.ReplicationError) { st.set(st.current(), e) }
 
 func errCode(e *api.ReplicationError) string {
 	if e == nil {
@@ -92,17 +103,18 @@ func errCode(e *api.ReplicationError) string {
 	return e.Code
 }
 
-func (a *Agent) currentState() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.st.State == api.StatePaused || a.st.State == api.StateStopped {
+// current is the state a session goes on from: INITIATING after a pause or stop.
+func (st *status) current() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.State == api.StatePaused || st.State == api.StateStopped {
 		return api.StateInitiating
 	}
-	return a.st.State
+	return st.State
 }
 
 // setInitiating reports the INITIATING step reached.
-func (a *Agent) setInitiating(step, status string, e *api.ReplicationError) {
+func (st *status) setInitiating(step, stepStatus string, e *api.ReplicationError) {
 	steps := []api.InitiationStep{
 		{Name: "REGISTER_AGENT", Status: api.StepSucceeded},
 		{Name: "CONNECT_AGENT_TO_REPLICATION_SERVER", Status: api.StepNotStarted},
@@ -110,19 +122,92 @@ func (a *Agent) setInitiating(step, status string, e *api.ReplicationError) {
 	}
 	for i := range steps {
 		if steps[i].Name == step {
-			steps[i].Status = status
+			steps[i].Status = stepStatus
 			for j := 1; j < i; j++ {
 				steps[j].Status = api.StepSucceeded
 			}
 		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.st.State, a.st.Error, a.st.Steps, a.st.changed = api.StateInitiating, e, steps, true
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.State, st.Error, st.Steps, st.changed = api.StateInitiating, e, steps, true
+}
+
+// startScan reports an initial sync or a rescan of volumes of total bytes.
+func (st *status) startScan(initial bool, total int64) {
+	st.mu.Lock()
+	st.scanning, st.initial = true, initial
+	st.mu.Unlock()
+	st.scanTotal.Store(total)
+	st.scanDone.Store(0)
+	state := api.StateRescan
+	if initial {
+		state = api.StateInitialSync
+	}
+	st.set(state, nil)
+}
+
+// endScan reports the scan complete.
+func (st *status) endScan() {
+	st.mu.Lock()
+	st.scanning = false
+	st.mu.Unlock()
+}
+
+func (st *status) isScanning() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.scanning
+}
+
+// matched records that the replica matched the source as of at.
+func (st *status) matched(at time.Time) {
+	st.mu.Lock()
+	st.lastMatched = at
+	st.mu.Unlock()
+}
+
+// sealed records a PIT sealed by the replicator.
+func (st *status) sealed(p api.ConsistencyPointInfo, freezeMs float64) {
+	st.mu.Lock()
+	st.lastPoint, st.lastFreeze, st.changed = &p, &freezeMs, true
+	st.mu.Unlock()
+}
+
+// lastSealed is the last PIT sealed (nil: none yet).
+func (st *status) lastSealed() *api.ConsistencyPointInfo {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.lastPoint
+}
+
+// connected records the replicator a session sends to and how to measure its backlog
+// (nil when the session ends).
+func (st *status) connected(replicator string, backlog func() int64) {
+	st.mu.Lock()
+	if backlog != nil {
+		st.Replicator = replicator
+	}
+	st.backlog = backlog
+	st.mu.Unlock()
+}
+
+// setTracker records the tracker in use and why it is not eBPF.
+func (st *status) setTracker(name, why string) {
+	st.mu.Lock()
+	st.tracker, st.trackerWhy = name, why
+	st.mu.Unlock()
+}
+
+func (st *status) setGeneration(g uint64) {
+	st.mu.Lock()
+	st.Generation = g
+	st.mu.Unlock()
 }
 
 // reportLoop reports the state to the control plane every Report interval (and at once
-// when it changes), and writes the status file.
+// when it changes), writes the status file, and saves the hash tables every 5 s so that
+// a crash of the agent resends little.
 func (a *Agent) reportLoop(ctx context.Context) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
@@ -138,57 +223,60 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		if time.Since(lastSave) >= 5*time.Second {
-			// What the replica holds, so that a crash of the agent resends little.
 			a.saveTables()
 			lastSave = time.Now()
 		}
-		a.mu.Lock()
-		due := a.st.changed || time.Since(lastReport) >= a.cfg.Report
-		a.mu.Unlock()
-		if !due {
+		if !a.st.due(time.Since(lastReport) >= a.cfg.Report) {
 			continue
 		}
 		now := time.Now()
 		sent := a.st.sentBytes.Load()
 		if el := now.Sub(lastAt).Seconds(); el > 0 {
-			cur := float64(sent-lastSent) / el
-			rate = 0.5*rate + 0.5*cur
+			rate = 0.5*rate + 0.5*float64(sent-lastSent)/el
 		}
 		lastSent, lastAt = sent, now
-		s := a.snapshot(now, int64(rate))
+		s, steps := a.st.snapshot(now, int64(rate))
 		u := api.ReplicationStateUpdate{DataReplicationState: &s.State, Error: s.Error, ClearError: s.Error == nil,
 			BacklogBytes: &s.BacklogBytes, ThroughputBytesPerSecond: &s.Throughput, ReplicatedBytes: &s.SentBytes,
 			TotalBytes: &s.ScanTotalBytes, Tracker: &s.Tracker, LagSeconds: s.LagSeconds, ETASeconds: s.ETASeconds,
-			InitialSyncPercent: s.Percent, LastFreezeMs: s.LastFreezeMs}
-		a.mu.Lock()
-		u.InitiationSteps = a.st.Steps
-		a.st.changed = false
-		a.mu.Unlock()
+			InitialSyncPercent: s.Percent, LastFreezeMs: s.LastFreezeMs, InitiationSteps: steps}
 		if _, err := a.cfg.ControlPlane.UpdateReplicationState(ctx, a.cfg.ServerID, u); err != nil && ctx.Err() == nil {
 			a.log.Debug("reporting the state failed", "err", err)
-			a.mu.Lock()
+			a.st.mu.Lock()
 			a.st.changed = true
-			a.mu.Unlock()
+			a.st.mu.Unlock()
 		}
 		lastReport = now
 		if b, err := json.MarshalIndent(s, "", "  "); err == nil {
-			_ = pki.WriteFileAtomic(StatusFile(a.cfg.StateDir), b, 0o600)
+			_ = atomicfile.WriteFile(StatusFile(a.cfg.StateDir), b, 0o600)
 		}
 	}
 }
 
-// snapshot computes the status now.
-func (a *Agent) snapshot(now time.Time, rate int64) Status {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := Status{ServerID: a.cfg.ServerID, State: a.st.State, Error: a.st.Error, Tracker: a.trName, TrackerReason: a.trReason,
-		FreezeReason: a.freezeReason, Generation: a.generation, Replicator: a.st.Replicator, Volumes: apiVolumes(a.vols),
-		ScanDoneBytes: a.st.scanDone.Load(), ScanTotalBytes: a.st.scanTotal.Load(), SentBytes: a.st.sentBytes.Load(),
-		SentBlocks: a.st.sentBlocks.Load(), SentZeroBlocks: a.st.sentZero.Load(), Throughput: rate, LastPoint: a.st.lastPoint, LastFreezeMs: a.st.lastFreeze, UpdatedAt: now}
-	if a.st.backlog != nil {
-		s.BacklogBytes = a.st.backlog()
+// due reports whether a report is due: the state changed, or late. It clears changed.
+func (st *status) due(late bool) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	d := st.changed || late
+	if d {
+		st.changed = false
 	}
-	if a.st.scanning && s.ScanTotalBytes > 0 {
+	return d
+}
+
+// snapshot computes the status now, and the initiation steps.
+func (st *status) snapshot(now time.Time, rate int64) (Status, []api.InitiationStep) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	s := Status{ServerID: st.ServerID, State: st.State, Error: st.Error, Tracker: st.tracker, TrackerReason: st.trackerWhy,
+		FreezeReason: st.freezeWhy, Generation: st.Generation, Replicator: st.Replicator, Volumes: st.volumes,
+		ScanDoneBytes: st.scanDone.Load(), ScanTotalBytes: st.scanTotal.Load(), SentBytes: st.sentBytes.Load(),
+		SentBlocks: st.sentBlocks.Load(), SentZeroBlocks: st.sentZero.Load(), Throughput: rate, LastPoint: st.lastPoint,
+		LastFreezeMs: st.lastFreeze, UpdatedAt: now}
+	if st.backlog != nil {
+		s.BacklogBytes = st.backlog()
+	}
+	if st.scanning && s.ScanTotalBytes > 0 {
 		p := 100 * float64(s.ScanDoneBytes) / float64(s.ScanTotalBytes)
 		s.Percent = &p
 	}
@@ -196,9 +284,9 @@ func (a *Agent) snapshot(now time.Time, rate int64) Status {
 		eta := float64(s.BacklogBytes) / float64(rate)
 		s.ETASeconds = &eta
 	}
-	if !a.st.lastMatched.IsZero() {
-		lag := now.Sub(a.st.lastMatched).Seconds()
+	if !st.lastMatched.IsZero() {
+		lag := now.Sub(st.lastMatched).Seconds()
 		s.LagSeconds = &lag
 	}
-	return s
+	return s, st.Steps
 }

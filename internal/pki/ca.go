@@ -430,10 +430,3 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ak.Equal(b)
 }
-
-// WriteFileAtomic writes data to path through a synced temporary file and a rename, so
-// a crash leaves the old content or the new, never a part: atomicfile.WriteFile, kept
-// here for the callers that still name it.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.WriteFile(path, data, mode)
-}

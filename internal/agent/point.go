@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
+	"github.com/lifeboat-dr/lifeboat/internal/freeze"
+)
+
+// codeHookFailed reports a pre-freeze or post-thaw hook that failed.
+const codeHookFailed = "HOOK_FAILED"
+
+// pointSkipBacklog is the backlog above which a point waits: what is dirty is read
+// while frozen, and the freeze must stay short.
+const pointSkipBacklog = 64 << 20
+
+// point takes a consistency point, in these steps (docs/architecture.md §3):
+//
+//  1. mounts: the filesystems to freeze (none: the point has level none, unfrozen);
+//  2. the pre-freeze hook (one that fails or hangs skips the point);
+//  3. presync: write back and send what the filesystems hold, outside the window;
+//  4. freeze;
+//  5. collect every block changed before the freeze, read while frozen;
+//  6. thaw;
+//  7. send what was collected, then the marker after it: the PIT holds exactly the
+//     blocks written before the freeze;
+//  8. the post-thaw hook.
+//
+// A point that fails puts back what it collected and is retried at the next interval;
+// only an error that ends the session is returned.
+func (s *session) point(ctx context.Context, bound time.Duration) error {
+	if s.dirtyBytes() > pointSkipBacklog {
+		return nil
+	}
+	level := consistency.Filesystem
+	mounts, whyNot := s.src.Mounts()
+	var fr Frozen
+	if whyNot != nil {
+		level = consistency.None
+	} else {
+		if err := s.hook(ctx, "pre-freeze", s.opt.PreFreeze, mounts); err != nil {
+			s.setPointErr(&api.ReplicationError{Code: codeHookFailed,
+				Message: "the pre-freeze hook failed, so this consistency point was skipped: " + err.Error() + "; replication continues"})
+			return nil
+		}
+		defer s.postThaw(ctx, mounts)
+		if err := s.presync(ctx, mounts); err != nil {
+			return err
+		}
+		var err error
+		if fr, err = s.src.Freeze(ctx, mounts, bound); err != nil {
+			s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
+				Message: "the filesystems could not be frozen for a consistency point: " + err.Error() + "; replication continues, the point is retried"})
+			return nil
+		}
+	}
+	at := time.Now()
+	var tFreeze time.Duration // the FIFREEZEs
+	if fr != nil {
+		tFreeze = fr.Elapsed()
+	}
+	if fr != nil && s.opt.FreezeHold > 0 {
+		sleep(ctx, s.opt.FreezeHold)
+	}
+	got, tSync, tRead, readErr := s.collect(ctx, bound)
+	freezeMs, thawErr := thaw(fr)
+	var nc *freeze.NotConsistentError
+	switch {
+	case errors.As(thawErr, &nc):
+		level, whyNot = consistency.None, thawErr
+	case thawErr != nil && readErr == nil:
+		readErr = thawErr
+	}
+	if readErr == nil {
+		readErr = ctx.Err()
+	}
+	if readErr != nil {
+		s.putBack(got)
+		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
+			Message: "a consistency point failed while reading the volumes: " + readErr.Error()})
+		return nil
+	}
+	if err := s.sendCollected(ctx, got); err != nil {
+		return err
+	}
+	if level == consistency.None && fr != nil {
+		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
+			Message: fmt.Sprintf("the consistency point took longer than the freeze bound (%s): %v; it is kept as level none", bound, whyNot)})
+	}
+	if err := s.mark(ctx, at, level, freezeMs); err != nil {
+		return err
+	}
+	if len(got) == 0 {
+		s.matched(at)
+	}
+	s.log.Debug("consistency point", "level", level.String(), "freeze_ms", freezeMs, "fifreeze_ms", ms(tFreeze),
+		"tracker_sync_ms", ms(tSync), "read_ms", ms(tRead), "blocks", len(got), "reason", whyNot)
+	return nil
+}
+
+// presync writes back what the filesystems hold and sends it before the freeze, so the
+// freeze has little left to flush and the window little to read.
+func (s *session) presync(ctx context.Context, mounts []string) error {
+	if freeze.SyncFilesystems(ctx, mounts) != nil {
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	synced := s.src.Sync(sctx) == nil
+	cancel()
+	for i := 0; synced && i < 8 && s.dirtyBytes() > 0; i++ {
+		if _, err := s.drain(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// collect gathers every block changed before the point (under freeze when there is
+// one): the tracker delivers the marks of every completed write first. It returns the
+// time each part took, for the log.
+func (s *session) collect(ctx context.Context, bound time.Duration) (got []block, tSync, tRead time.Duration, err error) {
+	t := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, max(bound, time.Second))
+	err = s.src.Sync(sctx)
+	cancel()
+	tSync = time.Since(t)
+	t = time.Now()
+	for vol := 0; vol < len(s.tables) && err == nil; vol++ {
+		held := func(n, hash uint64) bool { return s.held(vol, n, hash) }
+		err = s.src.Collect(ctx, vol, held, func(n uint64, data []byte, hash uint64) error {
+			got = append(got, block{vol: vol, n: n, hash: hash, data: bytes.Clone(data), bytes: len(data)})
+			return nil
+		})
+	}
+	return got, tSync, time.Since(t), err
+}
+
+// thaw ends a freeze (nil: there was none) and says how long it held, in milliseconds.
+func thaw(fr Frozen) (float64, error) {
+	if fr == nil {
+		return 0, nil
+	}
+	err := fr.Thaw()
+	return float64(fr.Elapsed().Microseconds()) / 1000, err
+}
+
+// sendCollected offers a point's blocks; those not offered are dirty again.
+func (s *session) sendCollected(ctx context.Context, got []block) error {
+	for k, b := range got {
+		if err := s.offer(ctx, b.vol, b.n, b.data, b.hash); err != nil {
+			s.putBack(got[k:])
+			return err
+		}
+	}
+	return nil
+}
+
+// putBack makes blocks dirty again, so that the next drain sends them.
+func (s *session) putBack(blocks []block) {
+	for _, b := range blocks {
+		s.src.Mark(b.vol, b.n)
+	}
+}
+
+// postThaw runs the post-thaw hook; its failure is reported, the point stands.
+func (s *session) postThaw(ctx context.Context, mounts []string) {
+	if err := s.hook(context.WithoutCancel(ctx), "post-thaw", s.opt.PostThaw, mounts); err != nil {
+		s.setPointErr(&api.ReplicationError{Code: codeHookFailed, Message: "the post-thaw hook failed: " + err.Error()})
+	}
+}
+
+// hook runs a pre-freeze or post-thaw command with the mount points in its
+// environment, bounded by the hook timeout.
+func (s *session) hook(ctx context.Context, phase, command string, mounts []string) error {
+	if command == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.HookTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
+	cmd.Env = append(os.Environ(), "LIFEBOAT_PHASE="+phase, "LIFEBOAT_SERVER_ID="+s.opt.ServerID,
+		"LIFEBOAT_MOUNTS="+strings.Join(mounts, " "))
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("the %s hook did not finish within %s", phase, s.opt.HookTimeout)
+	}
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if len(msg) > 200 {
+			msg = msg[len(msg)-200:]
+		}
+		return fmt.Errorf("the %s hook failed: %w: %s", phase, err, msg)
+	}
+	return nil
+}
+
+// ms is d in milliseconds, for logs.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
