@@ -14,6 +14,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
@@ -169,31 +170,7 @@ func startReplicator(t *testing.T, configure func(*replicator.Config)) *env {
 // issue signs a certificate for a fresh key, as the control plane does from a CSR.
 func (e *env) issue(id pki.Identity, serverHosts []string) tls.Certificate {
 	e.t.Helper()
-	key, err := pki.NewKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	csrPEM, err := pki.NewCSR(key, "test")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	csr, err := pki.ParseCSR(csrPEM)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	_, certPEM, err := e.ca.For(id.Kind).SignCSR(csr, id, serverHosts, time.Now())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	keyPEM, err := pki.EncodeKeyPEM(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return cert
+	return testutil.Certificate(e.t, e.ca, id, serverHosts, time.Now())
 }
 
 // agent is a source server assigned to the replicator, with its certificate.

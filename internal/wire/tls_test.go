@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 const testAccount = "acct-0123456789abcdef0"
@@ -45,32 +46,7 @@ func newTestCA(t testing.TB) *testCA {
 // by the CA of the identity's kind: serverHosts makes it a server certificate too; now
 // sets its validity (a year from now).
 func (c *testCA) issue(t testing.TB, id pki.Identity, serverHosts []string, now time.Time) tls.Certificate {
-	t.Helper()
-	key, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csrPEM, err := pki.NewCSR(key, "ignored")
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.ParseCSR(csrPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, certPEM, err := c.ca.For(id.Kind).SignCSR(csr, id, serverHosts, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := pki.EncodeKeyPEM(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
+	return testutil.Certificate(t, c.ca, id, serverHosts, now)
 }
 
 // agents and replicators are the pools of the agents' and the replicators' CAs.
