@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Times listing 10,000 source servers through the control plane's API, on SQLite and on
-# PostgreSQL, and writes bench/api/RESULTS.md. Goal (DESIGN §8): under 200 ms.
+# PostgreSQL, and writes bench/api/RESULTS.md. Goal: under 200 ms.
 # PostgreSQL: the server in $LIFEBOAT_TEST_POSTGRES (scripts/test sets it up as root);
 # without it, only SQLite runs.
 # Usage: bench/api/run.sh [runs]     (default 20 timed runs per case)

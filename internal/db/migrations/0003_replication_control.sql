@@ -1,4 +1,4 @@
--- What an operator asked of a source server's replication (DESIGN §3.6, lifeboat
+-- What an operator asked of a source server's replication (docs/architecture.md §5; lifeboat
 -- replication start|stop|pause|resume|retry and lifeboat snapshots create), read by its
 -- agent with its replication config. generation grows with every start and retry: the
 -- agent restarts its session and rescans when it changes.
