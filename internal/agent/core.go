@@ -64,20 +64,16 @@ type session struct {
 	st     *status
 	log    *slog.Logger
 	opt    sessionOptions
+	bs     int
+	pipeline
 
-	win     *wire.Window
-	bs      int
-	perItem int
-	enc     *wire.Encoder
-	limiter *rate.Limiter
+	// The producer's (the loop's) own.
+	seq       uint64  // the last sequence number given
+	cur       []*item // per volume: the item being filled
+	markerID  uint64
+	rescanWhy string // set at the end: the next session rescans every volume, and why
 
-	seq   uint64 // producer's sequence counter
-	queue chan *item
-	work  chan *item
-	errc  chan error
-	pools sync.Pool // *wire.Batch
-	raws  sync.Pool // *[]byte: items' raw data, perItem blocks
-
+	// Shared with the sender and the receiver.
 	mu       sync.Mutex
 	pending  []*item             // sent, not acknowledged, in sequence order
 	inflight []map[uint64]flight // per volume: block → newest version sent
@@ -87,20 +83,29 @@ type session struct {
 	acked    uint64
 	pointErr *api.ReplicationError // why the last consistency point failed, until one succeeds
 	lastSend time.Time
+}
 
-	cur      []*item // per volume: the item being filled
-	markerID uint64
-	// rescanWhy, when set at the end, asks the next session to rescan every volume.
-	rescanWhy string
+// pipeline is how items travel from the producer to the link: encoded by the
+// encoders, written in sequence by the sender within the window and the bandwidth limit.
+type pipeline struct {
+	perItem int        // blocks per item
+	queue   chan *item // every item, in sequence, to the sender
+	work    chan *item // items of blocks, to the encoders
+	errc    chan error // the first error that ends the session
+	win     *wire.Window
+	enc     *wire.Encoder
+	limiter *rate.Limiter
+	pools   sync.Pool // *wire.Batch
+	raws    sync.Pool // *[]byte: items' raw data, perItem blocks
 }
 
 // newSession prepares a session on an open link, as the replicator's Welcome says.
 func newSession(src Source, link Link, tables []*tracker.HashTable, welcome *wire.Welcome, enc *wire.Encoder,
 	st *status, log *slog.Logger, opt sessionOptions) *session {
 	n := len(tables)
-	s := &session{src: src, link: link, tables: tables, st: st, log: log, opt: opt.withDefaults(),
-		win: wire.NewWindow(welcome.WindowBytes), bs: src.BlockSize(), enc: enc,
-		queue: make(chan *item, 16), work: make(chan *item, 16), errc: make(chan error, 4),
+	s := &session{src: src, link: link, tables: tables, st: st, log: log, opt: opt.withDefaults(), bs: src.BlockSize(),
+		pipeline: pipeline{win: wire.NewWindow(welcome.WindowBytes), enc: enc,
+			queue: make(chan *item, 16), work: make(chan *item, 16), errc: make(chan error, 4)},
 		markers: map[uint64]pointInfo{}, inflight: make([]map[uint64]flight, n), cur: make([]*item, n)}
 	for i := range s.inflight {
 		s.inflight[i] = map[uint64]flight{}
