@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -33,8 +34,13 @@ var (
 	pagingQry = []queryParam{{"limit", "integer", "page size, 1 to 10000 (default 100)"}, {"page_token", "string", "nextPageToken of the previous page"}}
 )
 
+// routeTable is every route of the API, by resource.
 func (cp *ControlPlane) routeTable() []*route {
-	serverSelf := access{role: api.RoleViewer, agent: true, replicator: true, target: targetSourceServer}
+	return slices.Concat(cp.publicRoutes(), accountRoutes(), sourceServerRoutes(), replicatorRoutes(), recoveryRoutes(), auditRoutes())
+}
+
+// publicRoutes are the routes anyone may call, and whoami.
+func (cp *ControlPlane) publicRoutes() []*route {
 	return []*route{
 		{method: "GET", path: "/api/openapi.json", summary: "This API's OpenAPI 3.1 document", access: access{public: true},
 			endpoint: noBodyEndpoint(cp.openAPI)},
@@ -45,7 +51,12 @@ func (cp *ControlPlane) routeTable() []*route {
 		{method: "GET", path: "/api/v1/whoami", summary: "Who the caller is",
 			access:   access{role: api.RoleViewer, install: "*", agent: true, replicator: true},
 			endpoint: noBodyEndpoint(whoami)},
+	}
+}
 
+// accountRoutes are the routes of accounts, sites and tokens.
+func accountRoutes() []*route {
+	return []*route{
 		{method: "GET", path: "/api/v1/account", summary: "The caller's account", access: viewer,
 			endpoint: noBodyEndpoint((*call).getAccount)},
 		{method: "GET", path: "/api/v1/accounts", summary: "List all accounts", access: sysAdmin,
@@ -70,7 +81,14 @@ func (cp *ControlPlane) routeTable() []*route {
 			})},
 		{method: "DELETE", path: "/api/v1/tokens/{id}", summary: "Revoke a token", access: admin, status: 204,
 			endpoint: noBodyEndpoint((*call).revokeToken)},
+	}
+}
 
+// sourceServerRoutes are the routes of source servers, their settings and their
+// recovery snapshots (PITs).
+func sourceServerRoutes() []*route {
+	serverSelf := access{role: api.RoleViewer, agent: true, replicator: true, target: targetSourceServer}
+	return []*route{
 		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install); replace needs an admin or an install token made with allowReplace",
 			access: access{install: api.ScopeSourceServer, role: api.RoleAdmin}, status: 201, endpoint: withBody((*call).registerSourceServer)},
 		{method: "GET", path: "/api/v1/source-servers", summary: "List source servers, ready for recovery first", access: viewer,
@@ -124,7 +142,12 @@ func (cp *ControlPlane) routeTable() []*route {
 			endpoint: noBodyEndpoint((*call).deleteSnapshot)},
 		{method: "GET", path: "/api/v1/recovery-snapshots/{id}/volumes/{name}", summary: "Export a volume of a recovery snapshot: its non-zero extents (docs/recovery.md)",
 			access: operator, stream: true, endpoint: streamEndpoint(api.ExtentContentType, (*call).exportVolume)},
+	}
+}
 
+// replicatorRoutes are the routes of the account's settings template and replicators.
+func replicatorRoutes() []*route {
+	return []*route{
 		{method: "GET", path: "/api/v1/settings/replication", summary: "The account's replication settings template", access: viewer,
 			endpoint: noBodyEndpoint((*call).getTemplate)},
 		{method: "PUT", path: "/api/v1/settings/replication", summary: "Replace the account's replication settings template", access: admin,
@@ -150,9 +173,14 @@ func (cp *ControlPlane) routeTable() []*route {
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).renewReplicatorCertificate)},
 		{method: "POST", path: "/api/v1/replicators/{id}/store-key", summary: "The key of a staging store of the replicator's account",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).stagingStoreKey)},
+	}
+}
 
-		// Recovery: drills, recoveries and terminations (jobs), recovery instances, and
-		// existing instances to launch into (jobs.go, recovery_instances.go, instances.go).
+// recoveryRoutes are the routes of drills, recoveries and terminations (jobs), recovery
+// instances, and existing instances to launch into (jobs.go, recovery_instances.go,
+// instances.go).
+func recoveryRoutes() []*route {
+	return []*route{
 		{method: "POST", path: "/api/v1/jobs/recovery", summary: "Start a drill or a recovery of source servers from PITs",
 			access: operator, status: 201, endpoint: withBody((*call).startRecovery)},
 		{method: "POST", path: "/api/v1/jobs/terminate", summary: "Start a job that terminates recovery instances",
@@ -189,7 +217,12 @@ func (cp *ControlPlane) routeTable() []*route {
 			endpoint: noBodyEndpoint((*call).startInstance)},
 		{method: "POST", path: "/api/v1/instances/{id}/stop", summary: "Stop an instance's VM", access: admin,
 			endpoint: noBodyEndpoint((*call).stopInstance)},
+	}
+}
 
+// auditRoutes are the routes of the audit log and the event stream.
+func auditRoutes() []*route {
+	return []*route{
 		{method: "GET", path: "/api/v1/audit", summary: "The audit log, newest first", access: admin,
 			query:    append([]queryParam{{"target", "string", "target id"}, {"action", "string", "action, e.g. source-server.register"}}, pagingQry...),
 			endpoint: noBodyEndpoint((*call).listAudit)},
