@@ -107,12 +107,11 @@ type Agent struct {
 	log *slog.Logger
 	st  *status
 
-	vols       *volumeSet
-	src        Source // the tracker in use over vols
-	generation uint64 // tracker generation: grows at every start and lost continuity (st.mu)
-	rescan     bool   // the next session rescans every volume (st.mu)
-	verify     verifyPass
-	lostSeen   uint64 // the tracker's lost count already answered with a rescan
+	vols     *volumeSet // st.mu guards the slice and each volume's table: the report loop saves them
+	src      Source     // the tracker in use over vols
+	rescan   bool       // the next session rescans every volume (st.mu)
+	verify   verifyPass
+	lostSeen uint64 // the tracker's lost count already answered with a rescan
 
 	trCancel context.CancelFunc // stops the eBPF tracker's goroutine …
 	trDone   chan struct{}      // … closed when it returned
@@ -412,9 +411,8 @@ func (a *Agent) setRescan(reason string) {
 		a.log.Info("a rescan is needed", "reason", reason)
 	}
 	a.rescan = true
-	a.generation++
-	a.st.Generation = a.generation
-	if err := a.saveGeneration(); err != nil {
+	a.st.Generation++
+	if err := a.saveGeneration(a.st.Generation); err != nil {
 		a.log.Warn("cannot save the tracker generation", "err", err)
 	}
 }
@@ -442,18 +440,18 @@ func (a *Agent) reportVolumes(ctx context.Context) {
 // State files in the state directory.
 func (a *Agent) path(name string) string { return filepath.Join(a.cfg.StateDir, name) }
 
+// bumpGeneration starts a new tracker generation (st.Generation), one past the saved one.
 func (a *Agent) bumpGeneration() error {
 	var g uint64
 	if b, err := os.ReadFile(a.path("generation")); err == nil && len(b) == 8 {
 		g = binary.BigEndian.Uint64(b)
 	}
-	a.generation = g + 1
-	a.st.setGeneration(a.generation)
-	return a.saveGeneration()
+	a.st.setGeneration(g + 1)
+	return a.saveGeneration(g + 1)
 }
 
-func (a *Agent) saveGeneration() error {
-	return atomicfile.WriteFile(a.path("generation"), binary.BigEndian.AppendUint64(nil, a.generation), 0o600)
+func (a *Agent) saveGeneration(g uint64) error {
+	return atomicfile.WriteFile(a.path("generation"), binary.BigEndian.AppendUint64(nil, g), 0o600)
 }
 
 func (a *Agent) loadBlockSize() int {

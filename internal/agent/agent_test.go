@@ -571,9 +571,9 @@ func TestAgentReplicatesImageFilesAndReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a2.Close()
-	if a2.vols.blockSize != 4096 || a2.generation <= a.generation {
+	if a2.vols.blockSize != 4096 || a2.st.generation() <= a.st.generation() {
 		t.Fatalf("a new agent on the state directory has block size %d, generation %d (was %d); want 4096, a newer one",
-			a2.vols.blockSize, a2.generation, a.generation)
+			a2.vols.blockSize, a2.st.generation(), a.st.generation())
 	}
 }
 
@@ -723,7 +723,7 @@ func TestAgentNoticesAGrownVolume(t *testing.T) {
 	if !a.volumesChanged(false) {
 		t.Fatal("a grown image file was not noticed")
 	}
-	gen := a.generation
+	gen := a.st.generation()
 	a.takeRescan()
 	if err := a.reopenVolumes(context.Background(), false); err != nil {
 		t.Fatal(err)
@@ -735,7 +735,7 @@ func TestAgentNoticesAGrownVolume(t *testing.T) {
 	if a.vols.vols[0].SizeBytes != 2<<20 || a.vols.vols[0].dirty == nil {
 		t.Fatalf("the agent's volume is %+v", a.vols.vols[0].Volume)
 	}
-	if !a.takeRescan() || a.generation != gen+1 {
+	if !a.takeRescan() || a.st.generation() != gen+1 {
 		t.Fatal("a volume change did not ask for a rescan under a new generation")
 	}
 	if a.volumesChanged(false) {

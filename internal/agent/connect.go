@@ -47,11 +47,8 @@ func (a *Agent) connect(ctx context.Context, cfg api.ReplicationConfig) (*wire.C
 		return nil, nil, &sessionError{state: a.st.current(), code: api.ErrUnstableNetwork,
 			msg: fmt.Sprintf("cannot connect to replication server %s at %s: %v; the agent retries by itself", rep.Name, rep.Address, err)}
 	}
-	a.st.mu.Lock()
-	generation := a.generation // the tracker's goroutine may raise it
-	a.st.mu.Unlock()
 	hello := &wire.Hello{Version: wire.Version, SourceServerID: a.cfg.ServerID, AgentVersion: a.cfg.Version,
-		Tracker: a.src.Tracker(), TrackerGeneration: generation, Volumes: a.src.Volumes()}
+		Tracker: a.src.Tracker(), TrackerGeneration: a.st.generation(), Volumes: a.src.Volumes()}
 	welcome, _, err := wire.Open(conn, hello, 30*time.Second)
 	var refused *wire.Error
 	if errors.As(err, &refused) {

@@ -47,7 +47,7 @@ type status struct {
 	State       string
 	Error       *api.ReplicationError
 	Steps       []api.InitiationStep
-	Generation  uint64
+	Generation  uint64 // the tracker generation: grows at every start and lost continuity
 	Replicator  string
 	tracker     string // the tracker's name …
 	trackerWhy  string // … and why it is not eBPF
@@ -289,4 +289,11 @@ func (st *status) snapshot(now time.Time, rate int64) (Status, []api.InitiationS
 		s.LagSeconds = &lag
 	}
 	return s, st.Steps
+}
+
+// generation is the tracker generation.
+func (st *status) generation() uint64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.Generation
 }
