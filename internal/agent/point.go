@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -188,6 +189,10 @@ func (s *session) hook(ctx context.Context, phase, command string, mounts []stri
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
 	cmd.Env = append(os.Environ(), "LIFEBOAT_PHASE="+phase, "LIFEBOAT_SERVER_ID="+s.opt.ServerID,
 		"LIFEBOAT_MOUNTS="+strings.Join(mounts, " "))
+	// The hook runs in its own process group, and a timeout kills the whole group: a
+	// hook's children (a copy, a database client) must not outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() == context.DeadlineExceeded {

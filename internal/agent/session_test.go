@@ -3,9 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -298,4 +303,44 @@ func TestHookThatHangsSkipsThePoint(t *testing.T) {
 	if len(rep.pits) != 0 {
 		t.Fatalf("%d PITs sealed without their hook", len(rep.pits))
 	}
+}
+
+// TestHookTimeoutKillsTheHooksChildren: a hook that times out is killed with every
+// process it started, so none of them keeps the volume's files open.
+func TestHookTimeoutKillsTheHooksChildren(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	s := testSession(newFakeSource(true, 1), nil, sessionOptions{
+		PreFreeze:   "sleep 30 & echo $! > " + pidFile + "; wait",
+		HookTimeout: 300 * time.Millisecond,
+	})
+	err := s.hook(t.Context(), "pre-freeze", s.opt.PreFreeze, nil)
+	if err == nil || !strings.Contains(err.Error(), "did not finish within") {
+		t.Fatalf("hook error %v, want a timeout", err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("the hook's child %d outlived the hook's timeout", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive says whether pid runs (a zombie, reparented and not yet reaped, does not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }

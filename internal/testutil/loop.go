@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // LoopDevice creates a sparse backing file of size bytes in a temporary directory,
@@ -58,7 +59,7 @@ func Mount(t testing.TB, dev string, opts ...string) string {
 		t.Fatalf("mount %s: %v", dev, err)
 	}
 	t.Cleanup(func() {
-		if _, err := Output("umount", dir); err != nil {
+		if err := unmount(dir); err != nil {
 			// A lazy unmount still frees the device once nothing uses it.
 			t.Errorf("umount %s: %v", dir, err)
 			_, _ = Output("umount", "-l", dir)
@@ -66,6 +67,20 @@ func Mount(t testing.TB, dev string, opts ...string) string {
 		os.Remove(dir)
 	})
 	return dir
+}
+
+// unmount unmounts dir, retrying for a while when it is busy: a process the test
+// killed (or an orphan of one, such as a hook's child of a SIGKILLed agent) may still
+// be letting go of its files.
+func unmount(dir string) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if _, err = Output("umount", dir); err == nil || !strings.Contains(err.Error(), "busy") {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return err
 }
 
 func errString(err error) string {
