@@ -20,6 +20,7 @@ func commandList() []func(*globals) *cobra.Command {
 		newJobsCmd,
 		newRecoveryInstancesCmd,
 		newInstancesCmd,
+		newFailbackClientCmd,
 		newTokensCmd,
 		newReplicatorsCmd,
 		newSitesCmd,
