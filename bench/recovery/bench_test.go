@@ -154,7 +154,7 @@ func BenchmarkMaterialize(b *testing.B) {
 		dropCaches()
 		start := time.Now()
 		b.ResetTimer()
-		stats, err := recovery.Materialize(ctx, repo, pit, []launch.Disk{{Volume: "vda", SizeBytes: size, Path: out, Mode: launch.WriteFresh}}, nil)
+		stats, err := recovery.Materialize(ctx, repo, pit, []launch.Disk{{Volume: "vda", SizeBytes: size, Path: out, Mode: launch.WriteFresh}}, false, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

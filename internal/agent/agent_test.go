@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -962,5 +963,41 @@ func TestStatusInitiatingAndSnapshot(t *testing.T) {
 	}
 	if _, err := ReadStatus(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("ReadStatus without a file: %v", err)
+	}
+}
+
+// TestLostReplicaForgetsTheSavedTable: when the replicator says a volume's replica does
+// not exist, the saved hash table goes at once, not at the session's end: an agent
+// killed during the initial sync must not, at its restart, trust a table that claims
+// blocks the new, partial replica never received. A replica that exists keeps it.
+func TestLostReplicaForgetsTheSavedTable(t *testing.T) {
+	e := newPKIEnv(t)
+	dir, state := t.TempDir(), t.TempDir()
+	img := imageFile(t, dir, "disk.img", 1<<20, 3)
+	a, err := New(agentConfig(e, newFakeControlPlane(api.ReplicationConfig{SourceServerID: e.serverID}), state, img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	v := a.vols.vols[0]
+	saved, err := tracker.NewHashTable(v.Name, v.SizeBytes, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved.Set(7, 42)
+	if err := saved.Save(a.tablePath(v)); err != nil {
+		t.Fatal(err)
+	}
+	a.vols.blockSize = 4096
+	tables, initial, err := a.loadTables(&wire.Welcome{BlockSize: 4096, Volumes: []wire.Replica{{Exists: true, SizeBytes: uint64(v.SizeBytes)}}})
+	if err != nil || initial || !tables[0].Matches(7, 42) {
+		t.Fatalf("an existing replica: initial %v, table knows block 7: %v (%v); want the saved table", initial, tables[0].Matches(7, 42), err)
+	}
+	tables, initial, err = a.loadTables(&wire.Welcome{BlockSize: 4096, Volumes: []wire.Replica{{}}})
+	if err != nil || !initial || tables[0].Known() != 0 {
+		t.Fatalf("a lost replica: initial %v, %d hashes known (%v); want an empty table", initial, tables[0].Known(), err)
+	}
+	if _, err := os.Stat(a.tablePath(v)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the saved table of a lost replica is still there (%v): a crash now would trust it", err)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"slices"
 	"time"
 
@@ -130,7 +132,13 @@ func (a *Agent) loadTables(welcome *wire.Welcome) ([]*tracker.HashTable, bool, e
 			a.st.mu.Unlock()
 		}
 		if !welcome.Volumes[i].Exists {
+			// The replica is gone (or never was): what the saved table says it holds
+			// must not outlive this session, or a later one, after a crash, would
+			// trust it against a replica that holds only part of the initial sync.
 			v.table.Reset()
+			if err := os.Remove(a.tablePath(v)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, false, fmt.Errorf("forget the hash table of %s, whose replica does not exist: %w", v.Name, err)
+			}
 			initial = true
 		}
 		tables[i] = v.table

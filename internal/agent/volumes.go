@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/freeze"
@@ -120,4 +123,46 @@ func apiVolumes(vs []*volume) []api.Volume {
 		out[i] = v.Volume
 	}
 	return out
+}
+
+// DescribeVolume reports the size, device number and mount points of a block device or
+// image file named with --volume.
+func DescribeVolume(path string) (api.Volume, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return api.Volume{}, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(real, &st); err != nil {
+		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
+	}
+	v := api.Volume{Name: filepath.Base(real), Path: abs}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		v.SizeBytes = st.Size
+	case unix.S_IFBLK:
+		maj, min := unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))
+		v.MajorMinor = fmt.Sprintf("%d:%d", maj, min)
+		b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/size", maj, min))
+		if err != nil {
+			return api.Volume{}, fmt.Errorf("--volume %s: read its size: %w", path, err)
+		}
+		sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return api.Volume{}, fmt.Errorf("--volume %s: unreadable size %q", path, b)
+		}
+		v.SizeBytes = sectors * 512
+		if ms, err := freeze.MountsOf([]string{real}); err == nil {
+			for _, m := range ms {
+				v.MountPoints = append(v.MountPoints, m.MountPoint)
+			}
+		}
+	default:
+		return api.Volume{}, fmt.Errorf("--volume %s is neither a block device nor a regular file", path)
+	}
+	return v, nil
 }

@@ -33,6 +33,20 @@ type AgentConfig struct {
 	CACertificates string `yaml:"caCertificates"` // PEM CA that signs replicators' certificates
 }
 
+// ReadAgentConfigFile reads an agent configuration file that may have no identity yet
+// (a recovered server's, before reversed replication registers it).
+func ReadAgentConfigFile(path string) (*AgentConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read agent configuration: %w", err)
+	}
+	var c AgentConfig
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		return nil, fmt.Errorf("agent configuration %s is not valid YAML: %w", path, err)
+	}
+	return &c, nil
+}
+
 // LoadAgentConfig reads an agent configuration file.
 func LoadAgentConfig(path string) (*AgentConfig, error) {
 	data, err := os.ReadFile(path)

@@ -280,6 +280,19 @@ func (c *Client) RegisterSourceServer(ctx context.Context, req RegisterSourceSer
 	return out, c.do(ctx, "POST", "/api/v1/source-servers/register", nil, req, &out)
 }
 
+// RegisterReversed gets a recovery instance's reversed source server identity (its
+// agent, proven by the instance's reverse key).
+func (c *Client) RegisterReversed(ctx context.Context, req ReverseRegisterRequest) (RegisterSourceServerResponse, error) {
+	var out RegisterSourceServerResponse
+	return out, c.do(ctx, "POST", "/api/v1/source-servers/register-reversed", nil, req, &out)
+}
+
+// StartReverseReplication starts a recovery instance's reversed replication.
+func (c *Client) StartReverseReplication(ctx context.Context, id string) (ReverseReplication, error) {
+	var out ReverseReplication
+	return out, c.do(ctx, "POST", "/api/v1/recovery-instances/"+url.PathEscape(id)+"/reverse-replication", nil, nil, &out)
+}
+
 func (f SourceServerFilter) query() url.Values {
 	q := url.Values{}
 	if len(f.States) > 0 {

@@ -204,6 +204,10 @@ type RecoveryInstance struct {
 	PortForwards          []PortForward  `json:"portForwards,omitempty"` // as launched (host port 0 resolved)
 	State                 string         `json:"state"`
 	TerminationProtection bool           `json:"terminationProtection"`
+	// FailbackState is where the instance stands in the way home (FAILBACK_*), and
+	// ReversedSourceServerID the source server that replicates it back, once started.
+	FailbackState          string `json:"failbackState"`
+	ReversedSourceServerID string `json:"reversedSourceServerId,omitempty"`
 	// Tags are the launch settings' tags and, when they say copyTags, the source's
 	// (lifeboat:source-server).
 	Tags           map[string]string `json:"tags,omitempty"`

@@ -222,8 +222,11 @@ type SourceServer struct {
 	Replication          ReplicationState `json:"replication"`          // without initiationSteps in list summaries
 	LastSeenAt           *time.Time       `json:"lastSeenAt,omitempty"` // last call from its agent
 	CertificateExpiresAt time.Time        `json:"certificateExpiresAt"`
-	CreatedAt            time.Time        `json:"createdAt"`
-	UpdatedAt            time.Time        `json:"updatedAt"`
+	// Reversed is set on a reversed source server: a recovery instance replicating
+	// back to its origin (lifeboat recovery-instances reverse-replication).
+	Reversed  *ReversedLink `json:"reversed,omitempty"`
+	CreatedAt time.Time     `json:"createdAt"`
+	UpdatedAt time.Time     `json:"updatedAt"`
 }
 
 // SourceServerList is a page of source servers, ready-for-recovery first, then by id.
@@ -404,6 +407,18 @@ type AssignedSourceServer struct {
 	// older head there (a rolled-back replica, docs/security.md).
 	HeadVersions        map[string]uint64 `json:"headVersions,omitempty"`
 	HeadVersionsStoreID string            `json:"headVersionsStoreId,omitempty"`
+	// Seed, for a reversed source server, is the PIT its replica starts as: a head that
+	// does not exist yet in that store is opened as the PIT's volume of the same index.
+	Seed *ReplicaSeed `json:"seed,omitempty"`
+}
+
+// ReplicaSeed names a recorded PIT (of another server of the same account) by what
+// the control plane recorded when it was sealed, so the replicator takes no other.
+type ReplicaSeed struct {
+	SourceServerID string `json:"sourceServerId"`
+	SnapshotID     string `json:"recoverySnapshotId"`
+	ManifestDigest string `json:"manifestDigest"`
+	StagingStoreID string `json:"stagingStoreId"`
 }
 
 // AssignedSourceServerList lists a replicator's source servers (all of them, no paging).

@@ -5,16 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
+	"github.com/lifeboat-dr/lifeboat/internal/agent"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
-	"github.com/lifeboat-dr/lifeboat/internal/freeze"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -96,38 +93,16 @@ func runAgentInstall(cmd *cobra.Command, g *globals, f *installFlags) error {
 	if err != nil {
 		return fmt.Errorf("read the host name: %w", err)
 	}
-	var volumes []api.Volume
-	for _, p := range f.volumes {
-		v, err := describeVolume(p)
-		if err != nil {
-			return err
-		}
-		volumes = append(volumes, v)
-	}
-	key, err := pki.NewKey()
+	req, keyPEM, err := agent.NewRegistration(machineID, hostname, version, f.volumes)
 	if err != nil {
 		return err
 	}
-	csr, err := pki.NewCSR(key, hostname)
-	if err != nil {
-		return err
-	}
-	keyPEM, err := pki.EncodeKeyPEM(key)
-	if err != nil {
-		return err
-	}
+	req.Replace = f.replace
 	// The client trusts the control plane only through the token's pin.
 	c, err := api.NewClient(api.ClientConfig{Server: g.server, Token: g.token, Pin: tok.Pin, UserAgent: "lifeboat-agent-install"})
 	if err != nil {
 		return &UsageError{Err: err}
 	}
-	var mem int64
-	var si unix.Sysinfo_t
-	if unix.Sysinfo(&si) == nil {
-		mem = int64(si.Totalram) * int64(si.Unit)
-	}
-	req := api.RegisterSourceServerRequest{CSR: string(csr), MachineID: machineID, Hostname: hostname, OS: runtime.GOOS,
-		Arch: runtime.GOARCH, AgentVersion: version, CPUs: runtime.NumCPU(), MemoryBytes: mem, Volumes: volumes, Replace: f.replace}
 	if err := req.Validate(); err != nil {
 		return err
 	}
@@ -202,46 +177,4 @@ WantedBy=multi-user.target
 	}
 	fmt.Fprintf(g.stderr, "the agent service %s is enabled and started\n", agentUnit)
 	return nil
-}
-
-// describeVolume reports the size, device number and mount points of a block device or
-// image file named with --volume.
-func describeVolume(path string) (api.Volume, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return api.Volume{}, err
-	}
-	real, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(real, &st); err != nil {
-		return api.Volume{}, fmt.Errorf("--volume %s: %w", path, err)
-	}
-	v := api.Volume{Name: filepath.Base(real), Path: abs}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		v.SizeBytes = st.Size
-	case unix.S_IFBLK:
-		maj, min := unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev))
-		v.MajorMinor = fmt.Sprintf("%d:%d", maj, min)
-		b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/size", maj, min))
-		if err != nil {
-			return api.Volume{}, fmt.Errorf("--volume %s: read its size: %w", path, err)
-		}
-		sectors, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil {
-			return api.Volume{}, fmt.Errorf("--volume %s: unreadable size %q", path, b)
-		}
-		v.SizeBytes = sectors * 512
-		if ms, err := freeze.MountsOf([]string{real}); err == nil {
-			for _, m := range ms {
-				v.MountPoints = append(v.MountPoints, m.MountPoint)
-			}
-		}
-	default:
-		return api.Volume{}, fmt.Errorf("--volume %s is neither a block device nor a regular file", path)
-	}
-	return v, nil
 }

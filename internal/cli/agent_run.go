@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"text/tabwriter"
 	"time"
@@ -22,7 +23,8 @@ func defaultAgentState() string { return filepath.Join(defaultDataDir(), "agent"
 
 // agentRunFlags are the flags of agent run.
 type agentRunFlags struct {
-	config, state                              string
+	config, state, recoveryInfo, seedDir       string
+	reverseInterval                            time.Duration
 	scan, normalRCU                            bool
 	scanPause, verify, freezeHold, hookTimeout time.Duration
 	ringBytes                                  int
@@ -35,12 +37,20 @@ func newAgentRunCmd(g *globals) *cobra.Command {
 		Short: "Run the replication agent in the foreground",
 		Long: `Replicate this server's volumes until SIGTERM or SIGINT: track changed blocks (eBPF where
 the kernel allows, full scans otherwise), stream them to the replication server, take
-filesystem-consistent consistency points, and report progress to the control plane.`,
+filesystem-consistent consistency points, and report progress to the control plane.
+
+On a recovery instance (a server recovered by Lifeboat, whose configuration has no
+identity but a recovery record), it first waits for reversed replication to be started
+(lifeboat recovery-instances reverse-replication), registers as the reversed source
+server, then replicates the instance back to its origin's site.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), g, f) },
 	}
 	cmd.Flags().StringVar(&f.config, "config", api.DefaultAgentConfig, "the agent's configuration (written by lifeboat agent install)")
 	cmd.Flags().StringVar(&f.state, "state-dir", defaultAgentState(), "where the agent keeps what the replica holds and its status")
+	cmd.Flags().StringVar(&f.recoveryInfo, "recovery-info", api.RecoveryInfoFile, "on a recovery instance: what recovery wrote of it, for reversed replication")
+	cmd.Flags().StringVar(&f.seedDir, "reverse-seed-dir", api.ReverseSeedDir, "on a recovery instance: the hash tables of the PIT its disks were written from")
+	cmd.Flags().DurationVar(&f.reverseInterval, "reverse-interval", 15*time.Second, "on a recovery instance: how often to ask whether reversed replication was started")
 	cmd.Flags().BoolVar(&f.scan, "scan", false, "use the scan tracker even where eBPF could run")
 	cmd.Flags().DurationVar(&f.scanPause, "scan-pause", 0, "pause after each batch a scan sends (tests)")
 	_ = cmd.Flags().MarkHidden("scan-pause")
@@ -64,7 +74,15 @@ func runAgent(ctx context.Context, g *globals, f agentRunFlags) error {
 	}
 	conf, err := api.LoadAgentConfig(f.config)
 	if err != nil {
-		return err
+		if _, serr := os.Stat(f.recoveryInfo); serr != nil {
+			return err
+		}
+		// A recovery instance: it replicates back once an operator says so.
+		conf, err = agent.AwaitReversed(ctx, agent.ReverseOptions{Config: f.config, Info: f.recoveryInfo, SeedDir: f.seedDir,
+			StateDir: f.state, Interval: f.reverseInterval, Version: version, Logger: g.logger})
+		if err != nil {
+			return err
+		}
 	}
 	client, err := conf.Client()
 	if err != nil {

@@ -16,7 +16,7 @@ func newRecoveryInstancesCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "recovery-instances", Aliases: []string{"recovery-instance", "ri"},
 		Short: "Machines launched from PITs (drills and recoveries): list, describe, protect, terminate"}
 	cmd.AddCommand(newRecoveryInstancesListCmd(g), newRecoveryInstancesDescribeCmd(g), newRecoveryInstancesTerminateCmd(g),
-		newRecoveryInstancesProtectCmd(g), newRecoveryInstancesStartCmd(g))
+		newRecoveryInstancesProtectCmd(g), newRecoveryInstancesStartCmd(g), newReverseReplicationCmd(g))
 	return cmd
 }
 
@@ -197,6 +197,38 @@ func runRecoveryInstancesStart(ctx context.Context, g *globals, id string) error
 	return g.show(ri, func(w *tabwriter.Writer) { row(w, ri.ID, ri.State) })
 }
 
+func newReverseReplicationCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reverse-replication ID",
+		Short: "Replicate a recovery instance back to its origin's site, as a new (reversed) source server: the first step of failback",
+		Long: `Start reversed replication of a recovery instance: the agent recovery placed on its disk
+registers as a reversed source server linked to the instance and to the source server it
+was recovered from, and replicates to the origin site's replication server. Its replica
+starts as the PIT the instance was launched from, so only the blocks written since
+travel. Follow it with lifeboat source-servers describe on the id this prints; when the
+instance's failback state is FAILBACK_READY_FOR_LAUNCH, fail back (docs/failback.md).`,
+		Args: exactArgs(1, "a recovery instance id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			rr, err := c.StartReverseReplication(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.show(rr, func(w *tabwriter.Writer) {
+				row(w, "recovery instance", rr.RecoveryInstanceID)
+				row(w, "reversed source server", rr.SourceServerID)
+				row(w, "origin source server", rr.OriginSourceServerID)
+				row(w, "replica starts as PIT", rr.SeedSnapshotID)
+				row(w, "failback state", rr.FailbackState)
+			})
+		},
+	}
+}
+
 func onOff(b bool) string {
 	if b {
 		return "on"
@@ -232,6 +264,13 @@ func describeRecoveryInstance(w *tabwriter.Writer, ri api.RecoveryInstance) {
 	row(w, "Source server:", ri.SourceServerID)
 	row(w, "Kind:", instanceKind(ri))
 	row(w, "State:", ri.State)
+	if !ri.IsDrill {
+		fb := ri.FailbackState
+		if ri.ReversedSourceServerID != "" {
+			fb += " (reversed source server " + ri.ReversedSourceServerID + ")"
+		}
+		row(w, "Failback:", fb)
+	}
 	row(w, "PIT:", fmt.Sprintf("%s taken %s (%s old at launch)", ri.SnapshotID, ri.SnapshotTime.Local().Format(time.RFC3339), ageText(ri.PITAgeSeconds)))
 	row(w, "Job:", ri.JobID)
 	row(w, "Provider:", ri.Provider)

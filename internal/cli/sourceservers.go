@@ -150,6 +150,10 @@ func describeServer(w *tabwriter.Writer, s api.SourceServer) {
 	r := s.Replication
 	row(w, "ID:", s.ID)
 	row(w, "Hostname:", s.Hostname)
+	if s.Reversed != nil {
+		row(w, "Reversed from:", fmt.Sprintf("recovery instance %s, back to source server %s (replica started as PIT %s)",
+			s.Reversed.RecoveryInstanceID, s.Reversed.OriginSourceServerID, s.Reversed.SeedSnapshotID))
+	}
 	row(w, "Machine id:", s.MachineID)
 	row(w, "Account:", s.AccountID)
 	row(w, "Target site:", s.SiteID)

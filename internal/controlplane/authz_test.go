@@ -66,6 +66,7 @@ var wantAccess = map[string]string{
 	"GET /api/v1/recovery-instances/{id}":                         "v o a",
 	"PUT /api/v1/recovery-instances/{id}/termination-protection":  "o a",
 	"POST /api/v1/recovery-instances/{id}/start":                  "o a",
+	"POST /api/v1/recovery-instances/{id}/reverse-replication":    "o a",
 	"GET /api/v1/instances":                                       "v o a",
 	"POST /api/v1/instances":                                      "a",
 	"GET /api/v1/instances/{id}":                                  "v o a",
@@ -77,7 +78,8 @@ var wantAccess = map[string]string{
 	"GET /api/v1/events":                                          "v o a",
 }
 
-var publicRoutes = []string{"GET /api/openapi.json", "GET /api/v1/health", "GET /api/v1/ca"}
+// A reversed agent proves itself with its recovery instance's reverse key, in the body.
+var publicRoutes = []string{"GET /api/openapi.json", "GET /api/v1/health", "GET /api/v1/ca", "POST /api/v1/source-servers/register-reversed"}
 
 // TestEveryRouteEnforcesItsRoles walks the route table (through the OpenAPI document,
 // which is generated from it) and calls every route as every kind of caller. A caller

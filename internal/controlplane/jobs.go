@@ -102,7 +102,7 @@ func (cp *ControlPlane) openRecovery() error {
 	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers, Dir: rc.Dir,
 		RunnerID: runnerID, Lease: rc.JobLease, IDs: r.ids, Publish: cp.events.publish,
 		ControlPlane: func() (string, string) { return cp.URL(), cp.pin },
-		AgentBinary:  rc.AgentBinary, ConversionHook: rc.ConversionHook, ConsoleCapture: rc.ConsoleCapture,
+		AgentBinary:  rc.AgentBinary, ReverseKey: cp.reverseKey, ConversionHook: rc.ConversionHook, ConsoleCapture: rc.ConsoleCapture,
 		SystemAccount: cp.system, Now: cp.cfg.Now, Logger: cp.log})
 	cp.rec = r
 	return nil

@@ -75,6 +75,9 @@ func (c *call) listRecoveryInstances() (api.RecoveryInstanceList, error) {
 		return api.RecoveryInstanceList{}, err
 	}
 	c.refreshState(rows)
+	if err := c.failbackStates(rows); err != nil {
+		return api.RecoveryInstanceList{}, err
+	}
 	out := api.RecoveryInstanceList{Items: make([]api.RecoveryInstance, len(rows)), NextPageToken: next}
 	for i := range rows {
 		out.Items[i] = rows[i].RecoveryInstance
@@ -89,6 +92,9 @@ func (c *call) getRecoveryInstance() (api.RecoveryInstance, error) {
 	}
 	rows := []db.RecoveryInstance{ri}
 	c.refreshState(rows)
+	if err := c.failbackStates(rows); err != nil {
+		return api.RecoveryInstance{}, err
+	}
 	return rows[0].RecoveryInstance, nil
 }
 

@@ -242,6 +242,9 @@ func (c *call) readAssignedServers(only string) (api.AssignedSourceServerList, e
 				if err := headVersions(tx, &it); err != nil {
 					return err
 				}
+				if err := replicaSeed(tx, &it); err != nil {
+					return err
+				}
 			}
 			out.Items = append(out.Items, it)
 		}

@@ -89,6 +89,8 @@ func accountRoutes() []*route {
 func sourceServerRoutes() []*route {
 	serverSelf := access{role: api.RoleViewer, agent: true, replicator: true, target: targetSourceServer}
 	return []*route{
+		{method: "POST", path: "/api/v1/source-servers/register-reversed", summary: "A recovery instance's agent gets its reversed source server's identity, proven by the instance's reverse key",
+			access: access{public: true}, endpoint: withBody((*call).registerReversed)},
 		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install); replace needs an admin or an install token made with allowReplace",
 			access: access{install: api.ScopeSourceServer, role: api.RoleAdmin}, status: 201, endpoint: withBody((*call).registerSourceServer)},
 		{method: "GET", path: "/api/v1/source-servers", summary: "List source servers, ready for recovery first", access: viewer,
@@ -203,6 +205,8 @@ func recoveryRoutes() []*route {
 			access: operator, endpoint: withBody((*call).setTerminationProtection)},
 		{method: "POST", path: "/api/v1/recovery-instances/{id}/start", summary: "Start a recovery instance launched stopped",
 			access: operator, endpoint: noBodyEndpoint((*call).startRecoveryInstance)},
+		{method: "POST", path: "/api/v1/recovery-instances/{id}/reverse-replication", summary: "Start reversed replication: the recovery instance replicates back to its origin as a new source server",
+			access: operator, status: 201, endpoint: noBodyEndpoint((*call).startReverseReplication)},
 		{method: "GET", path: "/api/v1/instances", summary: "List instances that recoveries may launch into", access: viewer,
 			endpoint: noBodyEndpoint((*call).listInstances)},
 		{method: "POST", path: "/api/v1/instances", summary: "Register an instance (its disks on the control plane's host)",

@@ -19,7 +19,7 @@ type RecoveryInstance struct {
 
 const recoveryInstanceCols = `id, account_id, source_server_id, job_id, snapshot_id, snapshot_time, site_id, provider,
 	provider_handle, launch_settings, is_drill, state, termination_protection, address, port_forwards, runner_id,
-	instance_id, created_at, updated_at, terminated_at`
+	instance_id, created_at, updated_at, terminated_at, failback_state, reversed_source_server_id`
 
 func scanRecoveryInstance(row interface{ Scan(...any) error }) (RecoveryInstance, error) {
 	var r RecoveryInstance
@@ -28,7 +28,7 @@ func scanRecoveryInstance(row interface{ Scan(...any) error }) (RecoveryInstance
 	var terminated sql.NullInt64
 	err := row.Scan(&r.ID, &r.AccountID, &r.SourceServerID, &r.JobID, &r.SnapshotID, &snapTime, &r.SiteID, &r.Provider,
 		&handle, &settings, &drill, &r.State, &protect, &r.Address, &forwards, &r.RunnerID, &instanceID,
-		&created, &updated, &terminated)
+		&created, &updated, &terminated, &r.FailbackState, &r.ReversedSourceServerID)
 	if err != nil {
 		return r, classify(err)
 	}
@@ -76,15 +76,35 @@ func (t *Tx) PutRecoveryInstance(r RecoveryInstance) error {
 		return err
 	}
 	_, err = t.exec(`INSERT INTO recovery_instances (`+recoveryInstanceCols+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET provider_handle = excluded.provider_handle, launch_settings = excluded.launch_settings,
 		state = excluded.state, termination_protection = excluded.termination_protection, address = excluded.address,
 		port_forwards = excluded.port_forwards, runner_id = excluded.runner_id, instance_id = excluded.instance_id,
 		updated_at = excluded.updated_at, terminated_at = excluded.terminated_at`,
 		r.ID, r.AccountID, r.SourceServerID, r.JobID, r.SnapshotID, ms(r.SnapshotTime), r.SiteID, r.Provider,
 		handle, settings, boolInt(r.IsDrill), r.State, boolInt(r.TerminationProtection), r.Address, forwards, r.RunnerID,
-		r.ProviderHandle.InstanceID, ms(r.CreatedAt), ms(r.UpdatedAt), nullMS(r.TerminatedAt))
+		r.ProviderHandle.InstanceID, ms(r.CreatedAt), ms(r.UpdatedAt), nullMS(r.TerminatedAt),
+		orDefault(r.FailbackState, api.FailbackNotStarted), r.ReversedSourceServerID)
 	return err
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// StartReversal records that a recovery instance replicates back to its origin as
+// the source server reversed, which must exist already.
+func (t *Tx) StartReversal(id, reversed string, now time.Time) error {
+	return t.execOne(`UPDATE recovery_instances SET reversed_source_server_id = ?, failback_state = ?, updated_at = ?
+		WHERE id = ? AND reversed_source_server_id = ''`, reversed, api.FailbackInProgress, ms(now), id)
+}
+
+// SetFailbackState records where a recovery instance stands in the way home.
+func (t *Tx) SetFailbackState(id, state string, now time.Time) error {
+	return t.execOne(`UPDATE recovery_instances SET failback_state = ?, updated_at = ? WHERE id = ?`, state, ms(now), id)
 }
 
 // RecoveryInstance returns a recovery instance by id.

@@ -22,7 +22,8 @@ type SourceServer struct {
 
 const sourceCols = `id, account_id, machine_id, hostname, os, arch, agent_version, cpus, memory_bytes,
 	volumes, settings_overrides, site_id, dedicated_replicator, replicator_id, replication,
-	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at`
+	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at,
+	reversed_from, origin_source_server_id, seed_snapshot_id`
 
 func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
 	return scanSourceView(row, true)
@@ -36,11 +37,16 @@ func scanSourceView(row interface{ Scan(...any) error }, full bool) (SourceServe
 	var replicator sql.NullString
 	var certNotAfter, created, updated int64
 	var lastSeen sql.NullInt64
+	var rev api.ReversedLink
 	err := row.Scan(&s.ID, &s.AccountID, &s.MachineID, &s.Hostname, &s.OS, &s.Arch, &s.AgentVersion, &s.CPUs,
 		&s.MemoryBytes, &volumes, &overrides, &s.SiteID, &s.DedicatedReplicator, &replicator, &replication,
-		&s.CertSerial, &s.PrevCertSerial, &certNotAfter, &lastSeen, &created, &updated)
+		&s.CertSerial, &s.PrevCertSerial, &certNotAfter, &lastSeen, &created, &updated,
+		&rev.RecoveryInstanceID, &rev.OriginSourceServerID, &rev.SeedSnapshotID)
 	if err != nil {
 		return s, classify(err)
+	}
+	if rev.RecoveryInstanceID != "" {
+		s.Reversed = &rev
 	}
 	s.ReplicatorID = replicator.String
 	s.CertificateExpiresAt = fromMS(certNotAfter)
@@ -89,15 +95,20 @@ func (t *Tx) CreateSourceServer(s SourceServer) error {
 	if err != nil {
 		return err
 	}
+	var rev api.ReversedLink
+	if s.Reversed != nil {
+		rev = *s.Reversed
+	}
 	replication, err := jsonText(s.Replication)
 	if err != nil {
 		return err
 	}
 	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery, list_key)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.MachineID, s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes,
 		volumes, overrides, s.SiteID, s.DedicatedReplicator, nullString(s.ReplicatorID), replication,
 		s.CertSerial, s.PrevCertSerial, ms(s.CertificateExpiresAt), nullMS(s.LastSeenAt), ms(s.CreatedAt), ms(s.UpdatedAt),
+		rev.RecoveryInstanceID, rev.OriginSourceServerID, rev.SeedSnapshotID,
 		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery), listKey(s.Replication.ReadyForRecovery, s.ID))
 	if err != nil {
 		return err

@@ -19,33 +19,27 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/launch/conversion/ext4image"
 )
 
-// Files conversion writes into a recovered Linux server.
-const (
-	// RecoveryInfoFile says, inside the recovered server, what it was recovered from.
-	RecoveryInfoFile = "/etc/lifeboat/recovery-instance.json"
-	// AgentBinaryPath is where the agent's binary is installed for reversed replication.
-	AgentBinaryPath = "/usr/local/sbin/lifeboat"
-)
+// AgentBinaryPath is where conversion installs the agent's binary for reversed
+// replication.
+const AgentBinaryPath = "/usr/local/sbin/lifeboat"
 
-// RecoveryInfo is RecoveryInfoFile's content: reversed replication (lifeboat
-// recovery-instances reverse-replication) reads it to register this machine as the
-// origin's new source server.
-type RecoveryInfo struct {
-	RecoveryInstanceID string `json:"recoveryInstanceId"`
-	SourceServerID     string `json:"sourceServerId"`
-	RecoverySnapshotID string `json:"recoverySnapshotId"`
-	JobID              string `json:"jobId"`
-	IsDrill            bool   `json:"isDrill"`
-	ControlPlane       string `json:"controlPlane"`    // URL
-	ControlPlanePin    string `json:"controlPlanePin"` // pin of its CA
-}
+// OriginAgentConfig is where conversion keeps the source's own agent configuration
+// (its identity) inside the recovered server, where no agent reads it: failback puts it
+// back on the origin's machine, which then replicates again as the source server.
+const OriginAgentConfig = api.DefaultAgentConfig + ".origin"
 
 // ConvertSpec is one conversion.
 type ConvertSpec struct {
 	Disks    []launch.Disk // raw images or devices, boot disk first
 	Network  *launch.GuestNetwork
 	Hostname string // "" leaves the source's
-	Info     RecoveryInfo
+	Info     api.RecoveryInfo
+	// GuestVolumes are the recovered disks as the recovered server sees them (the
+	// reversed agent's volumes), in Disks' order.
+	GuestVolumes []string
+	// SeedTables are the hash tables (tracker.HashTable, binary) of the PIT's volumes in
+	// Disks' order, written to api.ReverseSeedDir for reversed replication; nil for none.
+	SeedTables [][]byte
 	// AgentBinary, when set, is copied into the server as the agent.
 	AgentBinary string
 	// Hook, when set, runs after the built-in conversion (see docs/recovery.md).
@@ -90,19 +84,11 @@ func Convert(ctx context.Context, s ConvertSpec) (ConvertResult, error) {
 		if s.Network != nil {
 			c.Network = &conversion.Network{DHCP: s.Network.DHCP, Address: s.Network.Address, Gateway: s.Network.Gateway, DNS: s.Network.DNS}
 		}
-		info, err := json.MarshalIndent(s.Info, "", "  ")
+		files, err := reverseFiles(ctx, *root, s)
 		if err != nil {
 			return res, err
 		}
-		// An agent configuration without an identity: the agent will not run as the
-		// source server; reversed replication registers this machine anew.
-		agent, err := yaml.Marshal(api.AgentConfig{Server: s.Info.ControlPlane, ServerPin: s.Info.ControlPlanePin})
-		if err != nil {
-			return res, err
-		}
-		c.Files = append(c.Files,
-			conversion.File{Path: RecoveryInfoFile, Content: append(info, '\n'), Mode: 0o644},
-			conversion.File{Path: api.DefaultAgentConfig, Content: agent, Mode: 0o600})
+		c.Files = append(c.Files, files...)
 		if s.AgentBinary != "" {
 			bin, err := os.ReadFile(s.AgentBinary)
 			if err != nil {
@@ -137,6 +123,44 @@ func Convert(ctx context.Context, s ConvertSpec) (ConvertResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// reverseFiles are the files reversed replication starts from: what the server was
+// recovered from (with its reverse key), an agent configuration without an identity
+// (the copy must never replicate as its source; reversed replication registers it
+// anew), the seed hash tables, and the source's own configuration kept aside for
+// failback.
+func reverseFiles(ctx context.Context, root ext4image.Filesystem, s ConvertSpec) ([]conversion.File, error) {
+	info, err := json.MarshalIndent(s.Info, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	agent, err := yaml.Marshal(api.AgentConfig{Server: s.Info.ControlPlane, ServerPin: s.Info.ControlPlanePin, Volumes: s.GuestVolumes})
+	if err != nil {
+		return nil, err
+	}
+	files := []conversion.File{
+		{Path: api.RecoveryInfoFile, Content: append(info, '\n'), Mode: 0o600},
+		{Path: api.DefaultAgentConfig, Content: agent, Mode: 0o600},
+	}
+	for i, t := range s.SeedTables {
+		files = append(files, conversion.File{Path: api.SeedTableFile(api.ReverseSeedDir, i), Content: t, Mode: 0o600})
+	}
+	if err := root.ReplayJournal(ctx); err != nil {
+		return nil, err
+	}
+	cur, err := root.ReadFile(ctx, api.DefaultAgentConfig)
+	if errors.Is(err, fs.ErrNotExist) {
+		return files, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the source's agent configuration: %w", err)
+	}
+	var conf api.AgentConfig
+	if yaml.Unmarshal(cur, &conf) == nil && conf.SourceServerID != "" {
+		files = append(files, conversion.File{Path: OriginAgentConfig, Content: cur, Mode: 0o600})
+	}
+	return files, nil
 }
 
 // runHook runs the operator's conversion hook with the recovery in its environment.

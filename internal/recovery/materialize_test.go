@@ -17,6 +17,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/file"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
+	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
 const bs = 64 << 10
@@ -90,9 +91,22 @@ func TestMaterializeEveryMode(t *testing.T) {
 	stats, err := recovery.Materialize(ctx, repo, pit, []launch.Disk{
 		{Volume: "vda", SizeBytes: int64(len(a)), Path: filepath.Join(dir, "fresh", "vda.raw"), Mode: launch.WriteFresh},
 		{Volume: "vdb", SizeBytes: int64(len(b)), Path: existing, Mode: launch.WriteDiffering},
-	}, func(done, tot int64) { last, total = done, tot })
+	}, true, func(done, tot int64) { last, total = done, tot })
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The seed tables are the agent's view of the PIT: every block's hash, zeros included.
+	for i, vol := range [][]byte{a, b} {
+		h := stats[i].Hashes
+		if h == nil || h.Blocks() != uint64((len(vol)+bs-1)/bs) {
+			t.Fatalf("volume %d: hash table %v, want one entry per block", i, h)
+		}
+		for blk := range h.Blocks() {
+			data := vol[int(blk)*bs : min(int(blk+1)*bs, len(vol))]
+			if !h.Matches(blk, wire.Hash(data)) {
+				t.Fatalf("volume %d block %d: the seed table does not hold the PIT's hash", i, blk)
+			}
+		}
 	}
 	if last != total || total != int64(len(a)+len(b)) {
 		t.Errorf("progress ended at %d of %d, want %d", last, total, len(a)+len(b))
@@ -117,7 +131,7 @@ func TestMaterializeEveryMode(t *testing.T) {
 	if err := os.WriteFile(dev, bytes.Repeat([]byte{0xff}, len(a)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := recovery.Materialize(ctx, repo, pit, []launch.Disk{{Volume: "vda", SizeBytes: int64(len(a)), Path: dev, Mode: launch.WriteDevice}}, nil); err != nil {
+	if _, err := recovery.Materialize(ctx, repo, pit, []launch.Disk{{Volume: "vda", SizeBytes: int64(len(a)), Path: dev, Mode: launch.WriteDevice}}, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, err = os.ReadFile(dev)

@@ -48,6 +48,9 @@ type Config struct {
 	ControlPlane func() (url, pin string)
 	// AgentBinary is copied into recovered servers ("" copies none).
 	AgentBinary string
+	// ReverseKey derives a recovery instance's reverse key (api.RecoveryInfo), written
+	// into recovered servers that are not drills; nil writes none.
+	ReverseKey func(recoveryInstanceID string) string
 	// ConversionHook runs after the built-in conversion ("" for none).
 	ConversionHook string
 	// SystemAccount is the system account's id: post-launch scripts run on the control
@@ -443,37 +446,9 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	j.event(ctx, st.row.SourceServerID, api.EventSnapshotEnd, msg, detail)
 
 	// CONVERSION: what the target needs to boot and be reachable.
-	var extras launch.Extras
-	if st.plan.Convert {
-		if err := j.setStep(ctx, st, api.StepConversion); err != nil {
-			return err
-		}
-		j.event(ctx, st.row.SourceServerID, api.EventConversionStart, "converting the recovered disks for "+st.provider.Name(), nil)
-		url, pin := r.cfg.ControlPlane()
-		res, err := Convert(ctx, ConvertSpec{Disks: st.plan.Disks, Network: st.plan.Network, Hostname: st.settings.Hostname,
-			Info: RecoveryInfo{RecoveryInstanceID: st.row.RecoveryInstanceID, SourceServerID: st.server.ID,
-				RecoverySnapshotID: st.pit.ID, JobID: j.job.ID, IsDrill: j.job.IsDrill, ControlPlane: url, ControlPlanePin: pin},
-			AgentBinary: r.cfg.AgentBinary, Hook: r.cfg.ConversionHook, Settings: st.settings, Provider: st.provider.Name(),
-			SeedDir: filepath.Join(st.req.Dir, "seed")})
-		if err != nil {
-			return failAt(api.StepConversion, err)
-		}
-		extras.Seed = res.Seed
-		msg := "converted"
-		if res.Root != "" {
-			msg += " root filesystem " + res.Root
-		}
-		if res.Seed != "" {
-			msg += ", NoCloud seed for cloud-init"
-		}
-		if len(res.Notes) > 0 {
-			msg += "; " + strings.Join(res.Notes, "; ")
-		}
-		d := map[string]any{"root": res.Root, "seed": res.Seed}
-		if st.plan.Network != nil {
-			d["address"] = st.plan.Network.Address
-		}
-		j.event(ctx, st.row.SourceServerID, api.EventConversionEnd, msg, d)
+	extras, err := j.convert(ctx, st, stats)
+	if err != nil {
+		return failAt(api.StepConversion, err)
 	}
 
 	// LAUNCH.
@@ -494,6 +469,78 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 		return failAt(api.StepLaunch, err)
 	}
 	return j.postLaunch(ctx, st, l)
+}
+
+// convert runs the CONVERSION step when the plan asks for it: what the target needs to
+// boot and be reachable, and what reversed replication starts from.
+func (j *jobCtx) convert(ctx context.Context, st *launchState, stats []VolumeStats) (launch.Extras, error) {
+	var extras launch.Extras
+	if !st.plan.Convert {
+		return extras, nil
+	}
+	r := j.r
+	if err := j.setStep(ctx, st, api.StepConversion); err != nil {
+		return extras, err
+	}
+	j.event(ctx, st.row.SourceServerID, api.EventConversionStart, "converting the recovered disks for "+st.provider.Name(), nil)
+	url, pin := r.cfg.ControlPlane()
+	info := api.RecoveryInfo{RecoveryInstanceID: st.row.RecoveryInstanceID, SourceServerID: st.server.ID,
+		RecoverySnapshotID: st.pit.ID, JobID: j.job.ID, IsDrill: j.job.IsDrill, ControlPlane: url, ControlPlanePin: pin}
+	var seeds [][]byte
+	if !j.job.IsDrill && r.cfg.ReverseKey != nil {
+		info.ReverseKey = r.cfg.ReverseKey(st.row.RecoveryInstanceID)
+		for _, s := range stats {
+			if s.Hashes == nil {
+				seeds = nil
+				break
+			}
+			b, err := s.Hashes.MarshalBinary()
+			if err != nil {
+				return extras, err
+			}
+			seeds = append(seeds, b)
+		}
+	}
+	res, err := Convert(ctx, ConvertSpec{Disks: st.plan.Disks, Network: st.plan.Network, Hostname: st.settings.Hostname,
+		Info: info, GuestVolumes: guestVolumes(st.plan.Disks), SeedTables: seeds,
+		AgentBinary: r.cfg.AgentBinary, Hook: r.cfg.ConversionHook, Settings: st.settings, Provider: st.provider.Name(),
+		SeedDir: filepath.Join(st.req.Dir, "seed")})
+	if err != nil {
+		return extras, err
+	}
+	extras.Seed = res.Seed
+	msg := "converted"
+	if res.Root != "" {
+		msg += " root filesystem " + res.Root
+	}
+	if res.Seed != "" {
+		msg += ", NoCloud seed for cloud-init"
+	}
+	if len(res.Notes) > 0 {
+		msg += "; " + strings.Join(res.Notes, "; ")
+	}
+	d := map[string]any{"root": res.Root, "seed": res.Seed}
+	if st.plan.Network != nil {
+		d["address"] = st.plan.Network.Address
+	}
+	j.event(ctx, st.row.SourceServerID, api.EventConversionEnd, msg, d)
+	return extras, nil
+}
+
+// guestVolumes are the disks as the recovered server sees them: a block device written
+// in place is that device (the server runs on this host's device, or the device moves
+// to a machine where it has the same name); a disk image is attached to a VM as a
+// virtio disk, /dev/vda, /dev/vdb… in order.
+func guestVolumes(disks []launch.Disk) []string {
+	out := make([]string, len(disks))
+	for i, d := range disks {
+		if d.Mode == launch.WriteDevice {
+			out[i] = d.Path
+		} else {
+			out[i] = "/dev/vd" + string(rune('a'+i%26))
+		}
+	}
+	return out
 }
 
 func orStep(s string) string {
@@ -635,7 +682,8 @@ func (j *jobCtx) materialize(ctx context.Context, st *launchState) ([]VolumeStat
 			}
 		}
 	})
-	stats, err := Materialize(ctx, st.repo, st.pit, st.plan.Disks, func(d, t int64) {
+	hashes := st.plan.Convert && !j.job.IsDrill && j.r.cfg.ReverseKey != nil
+	stats, err := Materialize(ctx, st.repo, st.pit, st.plan.Disks, hashes, func(d, t int64) {
 		done.Store(d)
 		total.Store(t)
 	})

@@ -189,8 +189,12 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 	}
 	welcome := &wire.Welcome{Version: 1, BlockSize: uint32(s.repo.BlockSize()), WindowBytes: s.r.cfg.WindowBytes,
 		MaxBatchBytes: s.r.cfg.MaxBatchBytes}
-	for _, v := range hello.Volumes {
-		opts := store.HeadOptions{Compression: compression}
+	seeds, err := s.seeds(ctx, a.Seed, hello)
+	if err != nil {
+		return nil, storeError(err)
+	}
+	for i, v := range hello.Volumes {
+		opts := store.HeadOptions{Compression: compression, Seed: seeds[i]}
 		if a.HeadVersionsStoreID == s.repo.ID() {
 			opts.MinVersion = a.HeadVersions[v.Name] // the control plane's record: no older head is taken
 		}
@@ -201,6 +205,9 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 		if err != nil {
 			return nil, storeError(err)
 		}
+		if h.Seeded() {
+			s.log.Info("the replica of this reversed source server starts as its seed PIT", "volume", v.Name, "pit", a.Seed.SnapshotID)
+		}
 		s.heads = append(s.heads, h)
 		rep := wire.Replica{Exists: !h.Fresh()}
 		if rep.Exists {
@@ -209,6 +216,32 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 		welcome.Volumes = append(welcome.Volumes, rep)
 	}
 	return welcome, nil
+}
+
+// seeds are, per volume of the Hello, the PIT volume its head starts as if it does not
+// exist yet (a reversed source server, docs/failback.md): the seed PIT's volume of the
+// same name, or else of the same index when both have as many volumes. The PIT must be
+// the one the control plane recorded (its manifest digest).
+func (s *session) seeds(ctx context.Context, seed *api.ReplicaSeed, hello *wire.Hello) ([]*store.PITVolume, error) {
+	out := make([]*store.PITVolume, len(hello.Volumes))
+	if seed == nil || seed.StagingStoreID != s.repo.ID() {
+		return out, nil
+	}
+	pit, err := s.repo.LoadPITExpect(ctx, seed.SourceServerID, seed.SnapshotID, seed.ManifestDigest)
+	if err != nil {
+		return nil, fmt.Errorf("load the seed PIT %s of reversed replication: %w", seed.SnapshotID, err)
+	}
+	for i, v := range hello.Volumes {
+		for k := range pit.Volumes {
+			if pit.Volumes[k].Name == v.Name {
+				out[i] = &pit.Volumes[k]
+			}
+		}
+		if out[i] == nil && len(pit.Volumes) == len(hello.Volumes) {
+			out[i] = &pit.Volumes[i]
+		}
+	}
+	return out, nil
 }
 
 // storeError turns a store failure into the Error the agent gets.

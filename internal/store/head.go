@@ -50,6 +50,7 @@ type Head struct {
 	broken error
 	codec  Codec
 	fresh  bool // no checkpoint or journal existed when it was opened
+	seeded bool // it did not exist and was opened as HeadOptions.Seed
 
 	dirtyBytes int64 // memory held by dirty
 }
@@ -140,6 +141,12 @@ type HeadOptions struct {
 	// from the PITs it recorded): a stored head older than it is refused with
 	// ErrRollback.
 	MinVersion uint64
+	// Seed, when set, is the volume of a PIT (of any server of this repository) that a
+	// head which does not exist yet starts as, sharing its chunks: the head of a
+	// reversed source server begins as the PIT its recovery instance was launched
+	// from, so only what changed since travels (docs/failback.md). It must have the
+	// repository's block size; an existing head ignores it.
+	Seed *PITVolume
 	// AcceptRollback opens a head that fails a rollback check anyway, as an empty
 	// volume (Fresh) whose version is above every one recorded, so that its source
 	// resends it whole. For an operator who has decided that the newer state is lost.
@@ -241,8 +248,9 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 	if err == nil {
 		err = h.SetSize(size)
 	}
-	if err == nil && restarted {
-		// Fold the stale journals away under a head newer than every record.
+	if err == nil && (restarted || h.seeded) {
+		// Fold the stale journals away under a head newer than every record; or store
+		// the seeded head at once, so that it holds the seed's chunks from now on.
 		_, err = h.checkpoint(ctx)
 	}
 	if err != nil {
@@ -303,6 +311,14 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) (restarted bool, e
 		r.log.Warn("a rolled-back head is accepted: the volume starts empty and its source resends it", "err", err)
 		h.restart(st, journals, opts)
 		return true, nil
+	}
+	if !exists && len(journals) == 0 && opts.Seed != nil {
+		seed := opts.Seed
+		if seed.BlockSize != r.cfg.BlockSize || seed.Size < 0 || seed.Size > MaxVolumeBytes {
+			return false, fmt.Errorf("seed volume %s (%d bytes in blocks of %d) does not fit this repository's blocks of %d", seed.Name, seed.Size, seed.BlockSize, r.cfg.BlockSize)
+		}
+		st = headState{Size: seed.Size, Root: seed.Root, RootLevel: seed.RootLevel}
+		h.fresh, h.seeded = false, true
 	}
 	h.version = st.Version
 	h.size = st.Size
@@ -447,6 +463,9 @@ func (h *Head) blocksFor(size int64) uint64 {
 	bs := int64(h.r.cfg.BlockSize)
 	return uint64((size + bs - 1) / bs)
 }
+
+// Seeded reports whether the head did not exist and was opened as HeadOptions.Seed.
+func (h *Head) Seeded() bool { return h.seeded }
 
 // Server and Volume name the head.
 func (h *Head) Server() string { return h.server }

@@ -87,6 +87,10 @@ type ExportOptions struct {
 	OnlyDiffering bool
 	// Progress, when set, is called with the bytes of the volume done so far.
 	Progress func(done, total int64)
+	// OnBlock, when set, is called with the content of every block that is not all
+	// zeros (the volume's last block may be short), from several goroutines at once,
+	// before the block is written or skipped. data is valid only during the call.
+	OnBlock func(block uint64, data []byte)
 }
 
 // ExportStats says what an export did.
@@ -347,6 +351,9 @@ func (x *exporter) read(ctx context.Context, rd packRead, uses map[ID][]uint64) 
 // target holds it already. buf is scratch space of a block.
 func (x *exporter) writeBlock(b uint64, id ID, data []byte, buf []byte) error {
 	n, dst := x.blockLen(b), x.dst
+	if x.opts.OnBlock != nil && !id.IsZero() {
+		x.opts.OnBlock(b, data[:n])
+	}
 	if x.opts.OnlyDiffering {
 		cur := buf[:n]
 		if _, err := dst.ReadAt(cur, int64(b)*x.bs); err != nil && err != io.EOF {

@@ -116,6 +116,18 @@ func (h *HashTable) Resize(size int64) error {
 // Name returns the volume name the table belongs to.
 func (h *HashTable) Name() string { return h.name }
 
+// Rename gives the table another volume's name: the same content seen under the name
+// the volume has on another machine (a reversed agent's seed tables).
+func (h *HashTable) Rename(name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := checkHashParams(name, h.size, h.blockSize); err != nil {
+		return err
+	}
+	h.name = name
+	return nil
+}
+
 // BlockSize returns the block size the table was made for.
 func (h *HashTable) BlockSize() int { return h.blockSize }
 

@@ -20,7 +20,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/cli"
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
-	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
@@ -467,7 +466,7 @@ func TestLaunchIntoAnExistingInstance(t *testing.T) {
 	if got := testutil.ReadFileFromImage(t, instDisk, "/www/index.html"); got != "the PIT's page\n" {
 		t.Fatalf("the instance's disk holds the page %q after terminate", got)
 	}
-	info := testutil.ReadFileFromImage(t, instDisk, recovery.RecoveryInfoFile)
+	info := testutil.ReadFileFromImage(t, instDisk, api.RecoveryInfoFile)
 	if !strings.Contains(info, ri.ID) || !strings.Contains(info, server.ID) {
 		t.Fatalf("conversion did not leave the recovery's record for reversed replication: %s", info)
 	}

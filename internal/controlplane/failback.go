@@ -1,0 +1,199 @@
+package controlplane
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// reverseKey is the key recovery writes into a recovery instance's disk
+// (api.RecoveryInfo.ReverseKey): the proof that a caller runs on that disk, derived
+// from the master key and the instance's id so that nothing needs storing and nothing
+// else can make it (docs/failback.md).
+func (cp *ControlPlane) reverseKey(recoveryInstanceID string) string {
+	m := hmac.New(sha256.New, cp.keys.master[:])
+	m.Write([]byte("lifeboat reverse replication key v1\x00" + recoveryInstanceID))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// startReverseReplication makes the reversed source server of a recovery instance:
+// the instance's agent, which asks for it (registerReversed), then replicates the
+// instance back to the origin's site, starting from the PIT it was launched from.
+func (c *call) startReverseReplication() (api.ReverseReplication, error) {
+	var out api.ReverseReplication
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		ri, err := c.loadRecoveryInstance(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if err := mayReverse(ri); err != nil {
+			return err
+		}
+		origin, err := tx.SourceServer(ri.SourceServerID)
+		if errors.Is(err, db.ErrNotFound) {
+			return api.Conflict("recovery instance %s was recovered from source server %s, which was deleted: there is no origin to replicate back to", ri.ID, ri.SourceServerID)
+		} else if err != nil {
+			return err
+		}
+		acct, err := tx.LockAccount(ri.AccountID)
+		if err != nil {
+			return err
+		}
+		s := db.SourceServer{SourceServer: api.SourceServer{ID: api.NewID(api.PrefixSourceServer), AccountID: acct.ID,
+			MachineID: ri.ID, Hostname: origin.Hostname, OS: origin.OS, Arch: origin.Arch, CPUs: origin.CPUs,
+			MemoryBytes: origin.MemoryBytes, Volumes: origin.Volumes, SiteID: origin.SiteID,
+			Replication: api.NewReplicationState(now), CreatedAt: now, UpdatedAt: now,
+			Reversed: &api.ReversedLink{RecoveryInstanceID: ri.ID, OriginSourceServerID: origin.ID, SeedSnapshotID: ri.SnapshotID}},
+			Overrides: origin.Overrides, DedicatedReplicator: origin.DedicatedReplicator}
+		if err := tx.CreateSourceServer(s); err != nil {
+			return err
+		}
+		settings, _, err := tx.LaunchSettings(origin.ID)
+		if err != nil {
+			return err
+		}
+		if err := tx.SetLaunchSettings(s.ID, settings, now); err != nil {
+			return err
+		}
+		if err := tx.StartReversal(ri.ID, s.ID, now); err != nil {
+			return err
+		}
+		if err := c.assignAccount(tx, acct.ID); err != nil {
+			return err
+		}
+		out = api.ReverseReplication{RecoveryInstanceID: ri.ID, SourceServerID: s.ID, OriginSourceServerID: origin.ID,
+			SeedSnapshotID: ri.SnapshotID, FailbackState: api.FailbackInProgress, CreatedAt: now}
+		return c.record(tx, acct.ID, "recovery-instance.reverse-replication", "recovery-instance", ri.ID,
+			map[string]any{"reversedSourceServerId": s.ID, "originSourceServerId": origin.ID, "seedSnapshotId": ri.SnapshotID}, out)
+	})
+	return out, err
+}
+
+// mayReverse says why a recovery instance cannot start reversed replication, if so.
+func mayReverse(ri db.RecoveryInstance) error {
+	switch {
+	case ri.IsDrill:
+		return api.Conflict("recovery instance %s is a drill: drills never replicate back (recover the server to fail over, then fail back)", ri.ID)
+	case ri.TerminatedAt != nil:
+		return api.Conflict("recovery instance %s has ended (%s): there is nothing to replicate back", ri.ID, ri.State)
+	case ri.ReversedSourceServerID != "":
+		return api.Conflict("recovery instance %s replicates back already, as source server %s: see lifeboat source-servers describe %s",
+			ri.ID, ri.ReversedSourceServerID, ri.ReversedSourceServerID)
+	}
+	return nil
+}
+
+// registerReversed gives a recovery instance's agent the identity of its reversed
+// source server, once an operator started reversed replication. The agent proves
+// where it runs with the instance's reverse key; until reversed replication starts it
+// is told to ask again (409 reverse_replication_not_started).
+func (c *call) registerReversed(req *api.ReverseRegisterRequest) (api.RegisterSourceServerResponse, error) {
+	var out api.RegisterSourceServerResponse
+	if err := req.Validate(); err != nil {
+		return out, err
+	}
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		return out, err
+	}
+	want := c.cp.reverseKey(req.RecoveryInstanceID)
+	if !hmac.Equal([]byte(want), []byte(req.ReverseKey)) {
+		return out, unauthenticated(api.CodeUnauthenticated, "the reverse key of recovery instance %s is not the one recovery wrote into its disk (%s)", req.RecoveryInstanceID, api.RecoveryInfoFile)
+	}
+	now := c.cp.cfg.Now()
+	err = c.update(func(tx *db.Tx) error {
+		ri, err := tx.RecoveryInstance(req.RecoveryInstanceID)
+		if err != nil {
+			return err
+		}
+		c.p = principal{Kind: "recovery-instance", AccountID: ri.AccountID, ID: ri.ID}
+		if ri.TerminatedAt != nil {
+			return api.Conflict("recovery instance %s has ended: it cannot replicate back", ri.ID)
+		}
+		if ri.ReversedSourceServerID == "" {
+			return api.Errorf(409, api.CodeReverseNotStarted, "reversed replication of recovery instance %s has not been started: lifeboat recovery-instances reverse-replication %s", ri.ID, ri.ID)
+		}
+		s, err := tx.SourceServer(ri.ReversedSourceServerID)
+		if err != nil {
+			return err
+		}
+		cert, certPEM, err := c.cp.ca.Agents.SignCSR(csr, pki.Identity{Kind: pki.KindSourceServer, Account: s.AccountID, ID: s.ID}, nil, now)
+		if err != nil {
+			return err
+		}
+		replaced := s.CertSerial != ""
+		s.Hostname, s.OS, s.Arch, s.AgentVersion = req.Hostname, req.OS, req.Arch, req.AgentVersion
+		s.CPUs, s.MemoryBytes, s.UpdatedAt = req.CPUs, req.MemoryBytes, now
+		if req.Volumes != nil {
+			s.Volumes = req.Volumes
+		}
+		s.CertSerial, s.PrevCertSerial, s.CertificateExpiresAt = pki.SerialHex(cert), "", cert.NotAfter.UTC()
+		if err := tx.ReregisterSourceServer(s); err != nil {
+			return err
+		}
+		c.wake(s.ID)
+		if err := c.record(tx, s.AccountID, "source-server.register-reversed", "source-server", s.ID,
+			map[string]any{"recoveryInstanceId": ri.ID, "hostname": s.Hostname, "replaced": replaced}, nil); err != nil {
+			return err
+		}
+		s, err = tx.SourceServer(s.ID)
+		out = api.RegisterSourceServerResponse{SourceServer: s.SourceServer, Certificate: string(certPEM),
+			CACertificates: string(c.cp.ca.Replicators.CertPEM()), Replaced: replaced}
+		return err
+	})
+	if errors.Is(err, db.ErrNotFound) {
+		return out, api.NotFound("recovery instance %s was not found", req.RecoveryInstanceID)
+	}
+	return out, err
+}
+
+// failbackStates completes the failback state of recovery instances whose reversed
+// replication runs: FAILBACK_READY_FOR_LAUNCH once the reversed source server is ready
+// for recovery (a consistent PIT, and CONTINUOUS).
+func (c *call) failbackStates(ris []db.RecoveryInstance) error {
+	return c.view(func(tx *db.Tx) error {
+		for i := range ris {
+			ri := &ris[i]
+			if ri.FailbackState != api.FailbackInProgress || ri.ReversedSourceServerID == "" {
+				continue
+			}
+			s, err := tx.SourceServer(ri.ReversedSourceServerID)
+			if errors.Is(err, db.ErrNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			if s.Replication.ReadyForRecovery && s.Replication.DataReplicationState == api.StateContinuous {
+				ri.FailbackState = api.FailbackReadyForLaunch
+			}
+		}
+		return nil
+	})
+}
+
+// replicaSeed fills in the PIT a reversed source server's replica starts as.
+func replicaSeed(tx *db.Tx, it *api.AssignedSourceServer) error {
+	rev := it.SourceServer.Reversed
+	if rev == nil || rev.SeedSnapshotID == "" {
+		return nil
+	}
+	snap, err := tx.Snapshot(rev.SeedSnapshotID)
+	if errors.Is(err, db.ErrNotFound) {
+		return nil // past retention: the replica starts empty, the agent sends every block
+	} else if err != nil {
+		return fmt.Errorf("seed PIT of reversed source server %s: %w", it.SourceServer.ID, err)
+	}
+	if snap.ManifestDigest == "" || snap.StagingStoreID == "" || snap.AccountID != it.SourceServer.AccountID {
+		return nil
+	}
+	it.Seed = &api.ReplicaSeed{SourceServerID: snap.SourceServerID, SnapshotID: snap.ID,
+		ManifestDigest: snap.ManifestDigest, StagingStoreID: snap.StagingStoreID}
+	return nil
+}

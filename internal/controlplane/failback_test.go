@@ -1,0 +1,119 @@
+package controlplane_test
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+)
+
+// reverseKeyOf is the reverse key recovery writes into a recovery instance's disk, as
+// docs/failback.md defines it.
+func reverseKeyOf(t *testing.T, e *env, id string) string {
+	t.Helper()
+	mk, err := store.LoadMasterKey(filepath.Join(e.dataDir, "staging.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := hmac.New(sha256.New, mk[:])
+	m.Write([]byte("lifeboat reverse replication key v1\x00" + id))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// recoverOnce recovers (or drills) the server with the image provider and returns the
+// recovery instance.
+func recoverOnce(t *testing.T, e *env, op *api.Client, server string, drill bool) api.RecoveryInstance {
+	t.Helper()
+	job, err := op.StartRecovery(e.ctx, api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: server}}, IsDrill: drill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job = recoverytest.WaitJob(t, op, job.ID, time.Minute)
+	ri, err := op.RecoveryInstance(e.ctx, job.Servers[0].RecoveryInstanceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ri
+}
+
+// refused checks that err is an API error of that status whose message says text.
+func refused(t *testing.T, what string, err error, status int, code, text string) {
+	t.Helper()
+	if ae := wantAPIError(t, err, status, code); !strings.Contains(ae.Message, text) {
+		t.Fatalf("%s: %q, want it to say %q", what, ae.Message, text)
+	}
+}
+
+// TestReverseReplicationStartAndRegistration: an operator starts reversed replication
+// of a recovery (never of a drill, never twice); the recovery instance's agent gets the
+// reversed source server's identity only with the instance's reverse key and only once
+// reversed replication is started; the reversed server names its instance, origin and
+// seed PIT, and its certificate works.
+func TestReverseReplicationStartAndRegistration(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		repo := recoverytest.Store(t, e.cp)
+		const size = 2 << 20
+		srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": size})
+		pit, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Filesystem, e.clock.Now().Add(-time.Hour),
+			recoverytest.Volume{Name: "vda", Image: image(t, size, 1)})
+		imageSettings(t, e, srv.ID)
+		op := e.userClient(api.RoleOperator)
+		ri := recoverOnce(t, e, op, srv.ID, false)
+		drill := recoverOnce(t, e, op, srv.ID, true)
+		if ri.FailbackState != api.FailbackNotStarted || ri.ReversedSourceServerID != "" {
+			t.Fatalf("a new recovery instance: failback %q, reversed %q", ri.FailbackState, ri.ReversedSourceServerID)
+		}
+
+		csrPEM, _ := csr(t)
+		anon := e.client("")
+		register := func(id, key string) (api.RegisterSourceServerResponse, error) {
+			return anon.RegisterReversed(e.ctx, api.ReverseRegisterRequest{RecoveryInstanceID: id, ReverseKey: key,
+				RegisterSourceServerRequest: api.RegisterSourceServerRequest{CSR: string(csrPEM), MachineID: "m1", Hostname: "recovered",
+					Volumes: []api.Volume{{Name: "vda", Path: "/dev/vda", SizeBytes: size}}}})
+		}
+		key := reverseKeyOf(t, e, ri.ID)
+		_, err := register(ri.ID, key)
+		refused(t, "registration before reversed replication started", err, 409, api.CodeReverseNotStarted, "reverse-replication "+ri.ID)
+		_, err = register(ri.ID, reverseKeyOf(t, e, drill.ID))
+		refused(t, "registration with another instance's key", err, 401, "", "reverse key")
+		_, err = e.userClient(api.RoleViewer).StartReverseReplication(e.ctx, ri.ID)
+		refused(t, "a viewer starting reversed replication", err, 403, api.CodeForbidden, "")
+		_, err = op.StartReverseReplication(e.ctx, drill.ID)
+		refused(t, "reversed replication of a drill", err, 409, "", "is a drill")
+
+		rr, err := op.StartReverseReplication(e.ctx, ri.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rr.OriginSourceServerID != srv.ID || rr.SeedSnapshotID != pit.ID || rr.FailbackState != api.FailbackInProgress || rr.SourceServerID == srv.ID {
+			t.Fatalf("reverse replication %+v", rr)
+		}
+		_, err = op.StartReverseReplication(e.ctx, ri.ID)
+		refused(t, "a second reversed replication", err, 409, "", "replicates back already")
+
+		resp, err := register(ri.ID, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := resp.SourceServer
+		if s.ID != rr.SourceServerID || s.Reversed == nil || s.Reversed.RecoveryInstanceID != ri.ID ||
+			s.Reversed.OriginSourceServerID != srv.ID || s.Reversed.SeedSnapshotID != pit.ID || resp.Certificate == "" {
+			t.Fatalf("reversed registration: %+v", s)
+		}
+		if _, err := e.certClient(resp.Certificate).ReplicationConfig(e.ctx, s.ID); err != nil {
+			t.Fatalf("the reversed server's certificate: %v", err)
+		}
+		got, err := op.RecoveryInstance(e.ctx, ri.ID)
+		if err != nil || got.FailbackState != api.FailbackInProgress || got.ReversedSourceServerID != s.ID {
+			t.Fatalf("recovery instance after the start: %+v (%v)", got, err)
+		}
+	})
+}

@@ -1,0 +1,9 @@
+-- Lifeboat control-plane schema, version 6: failback (docs/failback.md). A reversed
+-- source server replicates a recovery instance back to its origin: it names that
+-- recovery instance, the origin's source server, and the PIT its replica started as.
+-- A recovery instance records its failback state and its reversed source server.
+ALTER TABLE source_servers ADD COLUMN reversed_from TEXT NOT NULL DEFAULT '';
+ALTER TABLE source_servers ADD COLUMN origin_source_server_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE source_servers ADD COLUMN seed_snapshot_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE recovery_instances ADD COLUMN failback_state TEXT NOT NULL DEFAULT 'FAILBACK_NOT_STARTED';
+ALTER TABLE recovery_instances ADD COLUMN reversed_source_server_id TEXT NOT NULL DEFAULT '';
