@@ -287,6 +287,19 @@ func (c *Client) RegisterReversed(ctx context.Context, req ReverseRegisterReques
 	return out, c.do(ctx, "POST", "/api/v1/source-servers/register-reversed", nil, req, &out)
 }
 
+// StartFailback starts a recovery instance's failback launch (a FAILBACK job).
+func (c *Client) StartFailback(ctx context.Context, id string, req FailbackRequest) (Job, error) {
+	var out Job
+	return out, c.do(ctx, "POST", "/api/v1/recovery-instances/"+url.PathEscape(id)+"/failback", nil, req, &out)
+}
+
+// CompleteFailback ends a recovery instance's failback: its reversed source server is
+// deleted and the instance terminated (a TERMINATE job).
+func (c *Client) CompleteFailback(ctx context.Context, id string) (Job, error) {
+	var out Job
+	return out, c.do(ctx, "POST", "/api/v1/recovery-instances/"+url.PathEscape(id)+"/failback-complete", nil, nil, &out)
+}
+
 // StartReverseReplication starts a recovery instance's reversed replication.
 func (c *Client) StartReverseReplication(ctx context.Context, id string) (ReverseReplication, error) {
 	var out ReverseReplication

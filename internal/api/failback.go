@@ -89,3 +89,20 @@ func (r ReverseRegisterRequest) Validate() error {
 	}
 	return r.RegisterSourceServerRequest.Validate()
 }
+
+// FailbackRequest asks for a recovery instance's failback launch: its final consistency
+// point written onto Into, a registered instance (the origin's machine: stopped, and
+// tagged as launch into existing requires), only the blocks that differ.
+type FailbackRequest struct {
+	Into string `json:"into"`
+	// NoStart leaves the instance stopped once written (a machine you boot yourself).
+	NoStart bool `json:"noStart,omitempty"`
+}
+
+// Validate checks a failback request.
+func (r FailbackRequest) Validate() error {
+	if !ValidID(PrefixInstance, r.Into) {
+		return Invalid("into %q must name a registered instance (lifeboat instances list): the origin's machine", r.Into)
+	}
+	return nil
+}

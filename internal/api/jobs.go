@@ -12,6 +12,7 @@ import (
 const (
 	JobLaunch    = "LAUNCH"    // drill or recovery: launch recovery instances from PITs
 	JobTerminate = "TERMINATE" // terminate recovery instances
+	JobFailback  = "FAILBACK"  // write a recovery instance's final point onto the origin's machine
 )
 
 // What started a job (DRS's initiatedBy).
@@ -19,6 +20,7 @@ const (
 	InitiatedStartRecovery = "START_RECOVERY"
 	InitiatedStartDrill    = "START_DRILL"
 	InitiatedTerminate     = "TERMINATE_RECOVERY_INSTANCES"
+	InitiatedFailback      = "START_FAILBACK"
 )
 
 // Job statuses. A job is COMPLETED when every server in it has ended, launched or not:
@@ -41,6 +43,7 @@ const (
 // Steps of a server's launch, in order; JobServer.Step names the current (or failed) one.
 const (
 	StepPrepare    = "PREPARE"     // the PIT and the provider's checks
+	StepFinalPoint = "FINAL_POINT" // failback: the recovery instance's final consistency point
 	StepSnapshot   = "SNAPSHOT"    // the PIT's volumes materialized for the target
 	StepConversion = "CONVERSION"  // hostname, network, seed disk, agent
 	StepLaunch     = "LAUNCH"      // the provider starts the instance
@@ -70,6 +73,8 @@ const (
 	EventTerminateEnd          = "TERMINATE_END"
 	EventTerminateFailed       = "TERMINATE_FAILED"
 	EventJobEnd                = "JOB_END"
+	EventFinalPointStart       = "FINAL_POINT_START" // failback: the final consistency point was asked for
+	EventFinalPointEnd         = "FINAL_POINT_END"   // and was sealed
 )
 
 // Recovery instance states.

@@ -419,6 +419,9 @@ type ReplicaSeed struct {
 	SnapshotID     string `json:"recoverySnapshotId"`
 	ManifestDigest string `json:"manifestDigest"`
 	StagingStoreID string `json:"stagingStoreId"`
+	// Rebase replaces heads that exist by the PIT, once (after a failback wrote that
+	// PIT onto the server's machine); otherwise only heads that do not exist start as it.
+	Rebase bool `json:"rebase,omitempty"`
 }
 
 // AssignedSourceServerList lists a replicator's source servers (all of them, no paging).

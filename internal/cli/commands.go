@@ -20,6 +20,7 @@ func commandList() []func(*globals) *cobra.Command {
 		newJobsCmd,
 		newRecoveryInstancesCmd,
 		newInstancesCmd,
+		newFailbackCmd,
 		newFailbackClientCmd,
 		newTokensCmd,
 		newReplicatorsCmd,

@@ -67,6 +67,8 @@ var wantAccess = map[string]string{
 	"PUT /api/v1/recovery-instances/{id}/termination-protection":  "o a",
 	"POST /api/v1/recovery-instances/{id}/start":                  "o a",
 	"POST /api/v1/recovery-instances/{id}/reverse-replication":    "o a",
+	"POST /api/v1/recovery-instances/{id}/failback":               "o a",
+	"POST /api/v1/recovery-instances/{id}/failback-complete":      "o a",
 	"GET /api/v1/instances":                                       "v o a",
 	"POST /api/v1/instances":                                      "a",
 	"GET /api/v1/instances/{id}":                                  "v o a",

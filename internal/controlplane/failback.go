@@ -178,22 +178,160 @@ func (c *call) failbackStates(ris []db.RecoveryInstance) error {
 	})
 }
 
-// replicaSeed fills in the PIT a reversed source server's replica starts as.
-func replicaSeed(tx *db.Tx, it *api.AssignedSourceServer) error {
-	rev := it.SourceServer.Reversed
-	if rev == nil || rev.SeedSnapshotID == "" {
+// replicaSeed fills in the PIT a reversed source server's replica starts as, or the
+// one a failback wrote onto a server's machine, which its replica is rebased onto.
+func replicaSeed(tx *db.Tx, s db.SourceServer, it *api.AssignedSourceServer) error {
+	id, rebase := s.RebaseSnapshotID, true
+	if id == "" && s.Reversed != nil {
+		id, rebase = s.Reversed.SeedSnapshotID, false
+	}
+	if id == "" {
 		return nil
 	}
-	snap, err := tx.Snapshot(rev.SeedSnapshotID)
+	snap, err := tx.Snapshot(id)
 	if errors.Is(err, db.ErrNotFound) {
 		return nil // past retention: the replica starts empty, the agent sends every block
 	} else if err != nil {
-		return fmt.Errorf("seed PIT of reversed source server %s: %w", it.SourceServer.ID, err)
+		return fmt.Errorf("seed PIT %s of source server %s: %w", id, it.SourceServer.ID, err)
 	}
 	if snap.ManifestDigest == "" || snap.StagingStoreID == "" || snap.AccountID != it.SourceServer.AccountID {
 		return nil
 	}
 	it.Seed = &api.ReplicaSeed{SourceServerID: snap.SourceServerID, SnapshotID: snap.ID,
-		ManifestDigest: snap.ManifestDigest, StagingStoreID: snap.StagingStoreID}
+		ManifestDigest: snap.ManifestDigest, StagingStoreID: snap.StagingStoreID, Rebase: rebase}
 	return nil
+}
+
+// startFailback starts a recovery instance's failback launch: it asks the reversed
+// source server for a final consistency point now, and makes a FAILBACK job that waits
+// for that point and writes it onto the origin's machine (recovery.Runner).
+func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
+	if err := req.Validate(); err != nil {
+		return api.Job{}, err
+	}
+	now := c.cp.cfg.Now()
+	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobFailback, InitiatedBy: api.InitiatedFailback,
+		Status: api.JobPending, CreatedAt: now}, AccountID: c.p.AccountID}
+	job.CreatedBy = c.createdBy()
+	var out api.Job
+	err := c.update(func(tx *db.Tx) error {
+		ri, rev, err := c.failbackSubjects(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if ri.FailbackState == api.FailbackCompleted {
+			return api.Conflict("recovery instance %s has failed back already: complete it (lifeboat failback complete %s)", ri.ID, ri.ID)
+		}
+		if !rev.Replication.ReadyForRecovery || rev.Replication.DataReplicationState != api.StateContinuous {
+			return api.Conflict("reversed source server %s is %s: fail back once it is CONTINUOUS with a consistent PIT (failback state %s)",
+				rev.ID, rev.Replication.DataReplicationState, api.FailbackReadyForLaunch)
+		}
+		in, err := c.loadInstance(tx, req.Into)
+		if err != nil {
+			return err
+		}
+		ctl, err := tx.ReplicationControl(rev.ID)
+		if err != nil {
+			return err
+		}
+		if ctl.Desired != api.DesiredReplicating {
+			return api.Conflict("replication of reversed source server %s is %s: no final consistency point can be taken (lifeboat replication resume %s)", rev.ID, ctl.Desired, rev.ID)
+		}
+		ctl.SnapshotRequest = &api.SnapshotRequest{ID: api.NewID("req-"), RequestedAt: now}
+		if err := tx.SetReplicationControl(rev.ID, ctl, now); err != nil {
+			return err
+		}
+		c.wake(rev.ID)
+		job.Params.Failback = &db.FailbackParams{RecoveryInstanceID: ri.ID, OriginSourceServerID: rev.Reversed.OriginSourceServerID,
+			Into: in.ID, NoStart: req.NoStart, FinalPointAsked: now}
+		job.Servers = []api.JobServer{{SourceServerID: rev.ID, RecoveryInstanceID: ri.ID, LaunchStatus: api.LaunchPending}}
+		if err := c.checkJobLimits(tx, 1); err != nil {
+			return err
+		}
+		if err := tx.CreateJob(job); err != nil {
+			return err
+		}
+		if err := tx.SetFailbackState(ri.ID, api.FailbackInProgress, now); err != nil {
+			return err
+		}
+		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("failback of recovery instance %s into instance %s started by %s",
+			ri.ID, in.ID, job.CreatedBy), map[string]any{"recoveryInstanceId": ri.ID, "into": in.ID}); err != nil {
+			return err
+		}
+		if err := c.record(tx, c.p.AccountID, "recovery-instance.failback", "recovery-instance", ri.ID,
+			map[string]any{"job": job.ID, "into": in.ID, "reversedSourceServerId": rev.ID}, nil); err != nil {
+			return err
+		}
+		j, err := tx.Job(job.ID)
+		out = j.Job
+		return err
+	})
+	if err != nil {
+		return api.Job{}, err
+	}
+	c.cp.rec.runner.Wake()
+	return out, nil
+}
+
+// failbackSubjects loads a recovery instance that replicates back, and its reversed
+// source server, refusing what cannot fail back.
+func (c *call) failbackSubjects(tx *db.Tx, id string) (db.RecoveryInstance, db.SourceServer, error) {
+	ri, err := c.loadRecoveryInstance(tx, id)
+	if err != nil {
+		return ri, db.SourceServer{}, err
+	}
+	switch {
+	case ri.IsDrill:
+		return ri, db.SourceServer{}, api.Conflict("recovery instance %s is a drill: drills never fail back", ri.ID)
+	case ri.TerminatedAt != nil:
+		return ri, db.SourceServer{}, api.Conflict("recovery instance %s has ended (%s)", ri.ID, ri.State)
+	case ri.ReversedSourceServerID == "":
+		return ri, db.SourceServer{}, api.Conflict("recovery instance %s does not replicate back: start with lifeboat recovery-instances reverse-replication %s", ri.ID, ri.ID)
+	}
+	if busy, err := tx.BusyRecoveryInstance(ri.ID); err != nil {
+		return ri, db.SourceServer{}, err
+	} else if busy != "" {
+		return ri, db.SourceServer{}, api.Conflict("job %s is working on recovery instance %s: wait for it (lifeboat jobs describe %s)", busy, ri.ID, busy)
+	}
+	rev, err := tx.SourceServer(ri.ReversedSourceServerID)
+	if errors.Is(err, db.ErrNotFound) {
+		return ri, rev, api.Conflict("the reversed source server %s of recovery instance %s was deleted", ri.ReversedSourceServerID, ri.ID)
+	}
+	return ri, rev, err
+}
+
+// completeFailback ends a failed-back recovery instance's cycle, in DRS's order: the
+// reversed source server is deleted (its PITs too: the origin holds what it wrote), then
+// the instance is terminated (a TERMINATE job, which termination protection refuses).
+func (c *call) completeFailback() (api.Job, error) {
+	var ri db.RecoveryInstance
+	err := c.update(func(tx *db.Tx) error {
+		var rev db.SourceServer
+		var err error
+		ri, rev, err = c.failbackSubjects(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if ri.FailbackState != api.FailbackCompleted {
+			return api.Conflict("recovery instance %s is %s: fail back first (lifeboat failback launch %s --into INSTANCE)", ri.ID, ri.FailbackState, ri.ID)
+		}
+		if ri.TerminationProtection {
+			return api.Conflict("recovery instance %s has termination protection: lift it first with lifeboat recovery-instances protect %s --off", ri.ID, ri.ID)
+		}
+		if n, err := tx.CountLockedSnapshots(rev.ID, c.cp.cfg.Now()); err != nil {
+			return err
+		} else if n > 0 {
+			return api.Conflict("reversed source server %s has %d locked recovery snapshots: they are kept until their locks end; complete the failback then", rev.ID, n)
+		}
+		if err := tx.DeleteSourceServer(rev.ID); err != nil {
+			return err
+		}
+		c.wake(rev.ID)
+		return c.record(tx, rev.AccountID, "source-server.delete", "source-server", rev.ID,
+			map[string]any{"reason": "failback complete", "recoveryInstanceId": ri.ID}, nil)
+	})
+	if err != nil {
+		return api.Job{}, err
+	}
+	return c.terminateRecoveryInstances(&api.TerminateRecoveryInstancesRequest{RecoveryInstanceIDs: []string{ri.ID}})
 }

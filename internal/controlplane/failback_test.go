@@ -115,5 +115,17 @@ func TestReverseReplicationStartAndRegistration(t *testing.T) {
 		if err != nil || got.FailbackState != api.FailbackInProgress || got.ReversedSourceServerID != s.ID {
 			t.Fatalf("recovery instance after the start: %+v (%v)", got, err)
 		}
+
+		// Failback: refused until the reversed server is CONTINUOUS with a consistent
+		// PIT, of a drill, into an instance that is not registered; completing is
+		// refused before a failback.
+		_, err = op.StartFailback(e.ctx, ri.ID, api.FailbackRequest{Into: "inst-00000000000000bad"})
+		refused(t, "failback before reversed replication is ready", err, 409, "", "fail back once it is CONTINUOUS")
+		_, err = op.StartFailback(e.ctx, drill.ID, api.FailbackRequest{Into: "inst-00000000000000bad"})
+		refused(t, "failback of a drill", err, 409, "", "drills never fail back")
+		_, err = op.StartFailback(e.ctx, ri.ID, api.FailbackRequest{Into: "nowhere"})
+		refused(t, "failback into something that is not an instance id", err, 400, api.CodeInvalid, "must name a registered instance")
+		_, err = op.CompleteFailback(e.ctx, ri.ID)
+		refused(t, "completing a failback that did not happen", err, 409, "", "fail back first")
 	})
 }

@@ -242,7 +242,7 @@ func (c *call) readAssignedServers(only string) (api.AssignedSourceServerList, e
 				if err := headVersions(tx, &it); err != nil {
 					return err
 				}
-				if err := replicaSeed(tx, &it); err != nil {
+				if err := replicaSeed(tx, s, &it); err != nil {
 					return err
 				}
 			}

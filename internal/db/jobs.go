@@ -27,6 +27,20 @@ type JobParams struct {
 	At            *time.Time `json:"at,omitempty"`
 	Force         bool       `json:"force,omitempty"`
 	NetworkAccess bool       `json:"networkAccess,omitempty"`
+	// Failback, for a FAILBACK job: what to write where.
+	Failback *FailbackParams `json:"failback,omitempty"`
+}
+
+// FailbackParams are a FAILBACK job's: the recovery instance brought home (the job's
+// server is its reversed source server), the origin's source server, the instance
+// written, and when the final consistency point was asked for (its PIT is the first
+// one of the reversed server taken at or after that).
+type FailbackParams struct {
+	RecoveryInstanceID   string    `json:"recoveryInstanceId"`
+	OriginSourceServerID string    `json:"originSourceServerId"`
+	Into                 string    `json:"into"`
+	NoStart              bool      `json:"noStart,omitempty"`
+	FinalPointAsked      time.Time `json:"finalPointAsked"`
 }
 
 // JobServer is a job's row for one recovery instance.

@@ -18,12 +18,15 @@ type SourceServer struct {
 	DedicatedReplicator string // effective dedicated replicator name
 	CertSerial          string // the current certificate's serial (hex)
 	PrevCertSerial      string // the certificate before the last renewal, still accepted
+	// RebaseSnapshotID is the PIT a failback wrote onto the server's machine: its
+	// replica is rebased onto it (docs/failback.md).
+	RebaseSnapshotID string
 }
 
 const sourceCols = `id, account_id, machine_id, hostname, os, arch, agent_version, cpus, memory_bytes,
 	volumes, settings_overrides, site_id, dedicated_replicator, replicator_id, replication,
 	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at,
-	reversed_from, origin_source_server_id, seed_snapshot_id`
+	reversed_from, origin_source_server_id, seed_snapshot_id, rebase_snapshot_id`
 
 func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
 	return scanSourceView(row, true)
@@ -41,7 +44,7 @@ func scanSourceView(row interface{ Scan(...any) error }, full bool) (SourceServe
 	err := row.Scan(&s.ID, &s.AccountID, &s.MachineID, &s.Hostname, &s.OS, &s.Arch, &s.AgentVersion, &s.CPUs,
 		&s.MemoryBytes, &volumes, &overrides, &s.SiteID, &s.DedicatedReplicator, &replicator, &replication,
 		&s.CertSerial, &s.PrevCertSerial, &certNotAfter, &lastSeen, &created, &updated,
-		&rev.RecoveryInstanceID, &rev.OriginSourceServerID, &rev.SeedSnapshotID)
+		&rev.RecoveryInstanceID, &rev.OriginSourceServerID, &rev.SeedSnapshotID, &s.RebaseSnapshotID)
 	if err != nil {
 		return s, classify(err)
 	}
@@ -104,11 +107,11 @@ func (t *Tx) CreateSourceServer(s SourceServer) error {
 		return err
 	}
 	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery, list_key)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.MachineID, s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes,
 		volumes, overrides, s.SiteID, s.DedicatedReplicator, nullString(s.ReplicatorID), replication,
 		s.CertSerial, s.PrevCertSerial, ms(s.CertificateExpiresAt), nullMS(s.LastSeenAt), ms(s.CreatedAt), ms(s.UpdatedAt),
-		rev.RecoveryInstanceID, rev.OriginSourceServerID, rev.SeedSnapshotID,
+		rev.RecoveryInstanceID, rev.OriginSourceServerID, rev.SeedSnapshotID, s.RebaseSnapshotID,
 		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery), listKey(s.Replication.ReadyForRecovery, s.ID))
 	if err != nil {
 		return err
@@ -168,6 +171,11 @@ func (t *Tx) ReregisterSourceServer(s SourceServer) error {
 		WHERE id = ?`,
 		s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes, volumes, s.CertSerial,
 		ms(s.CertificateExpiresAt), ms(s.UpdatedAt), s.ID)
+}
+
+// SetRebase records the PIT a failback wrote onto a source server's machine.
+func (t *Tx) SetRebase(id, snapshotID string, now time.Time) error {
+	return t.updateSource(id, `UPDATE source_servers SET rebase_snapshot_id = ?, updated_at = ? WHERE id = ?`, snapshotID, ms(now), id)
 }
 
 // SetSourceCertificate records a renewed certificate; the current one stays accepted

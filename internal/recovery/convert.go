@@ -64,17 +64,9 @@ type ConvertResult struct {
 // root filesystem are left as they are (with a note) unless the hook converts them.
 func Convert(ctx context.Context, s ConvertSpec) (ConvertResult, error) {
 	var res ConvertResult
-	var root *ext4image.Filesystem
-	var image string
-	for _, d := range s.Disks {
-		fsys, err := ext4image.Root(ctx, d.Path)
-		if err == nil {
-			root, image = &fsys, d.Path
-			break
-		}
-		if !errors.Is(err, ext4image.ErrNoFilesystem) {
-			return res, fmt.Errorf("look for the root filesystem on %s: %w", d.Path, err)
-		}
+	root, image, err := findRoot(ctx, s.Disks)
+	if err != nil {
+		return res, err
 	}
 	if root == nil {
 		res.Notes = append(res.Notes, "no ext2/3/4 root filesystem on the recovered disks: hostname, network and agent left as they are (a conversion hook can handle other systems)")
@@ -123,6 +115,20 @@ func Convert(ctx context.Context, s ConvertSpec) (ConvertResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// findRoot finds the disk that holds the root filesystem (nil when none does).
+func findRoot(ctx context.Context, disks []launch.Disk) (*ext4image.Filesystem, string, error) {
+	for _, d := range disks {
+		fsys, err := ext4image.Root(ctx, d.Path)
+		if err == nil {
+			return &fsys, d.Path, nil
+		}
+		if !errors.Is(err, ext4image.ErrNoFilesystem) {
+			return nil, "", fmt.Errorf("look for the root filesystem on %s: %w", d.Path, err)
+		}
+	}
+	return nil, "", nil
 }
 
 // reverseFiles are the files reversed replication starts from: what the server was

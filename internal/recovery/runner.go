@@ -243,9 +243,12 @@ func (r *Runner) runJob(ctx context.Context, id string) error {
 		}
 		resumed := s.LaunchStatus == api.LaunchInProgress // left so by an earlier process
 		wg.Go(func() {
-			if job.Type == api.JobTerminate {
+			switch job.Type {
+			case api.JobTerminate:
 				j.terminate(ctx, s)
-			} else {
+			case api.JobFailback:
+				j.failback(ctx, s)
+			default:
 				j.launch(ctx, s, resumed)
 			}
 		})
@@ -391,7 +394,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	if err := j.setStep(ctx, st, api.StepPrepare); err != nil {
 		return err
 	}
-	if err := j.prepare(ctx, st); err != nil {
+	if err := j.prepare(ctx, st, nil); err != nil {
 		return failAt(api.StepPrepare, err)
 	}
 	if resumed {
@@ -417,33 +420,10 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	}
 
 	// SNAPSHOT: the PIT's volumes into the target's disks.
-	if err := j.setStep(ctx, st, api.StepSnapshot); err != nil {
+	stats, err := j.snapshotStep(ctx, st, st.plan.Convert && !j.job.IsDrill && r.cfg.ReverseKey != nil)
+	if err != nil {
 		return err
 	}
-	var total int64
-	for _, d := range st.plan.Disks {
-		total += d.SizeBytes
-	}
-	j.event(ctx, st.row.SourceServerID, api.EventSnapshotStart,
-		fmt.Sprintf("materializing %d %s (%s) of PIT %s: %s", len(st.plan.Disks), api.Plural("volume", len(st.plan.Disks)),
-			sizeText(total), st.pit.ID, st.plan.Disks[0].Mode), map[string]any{"bytes": total, "recoverySnapshotId": st.pit.ID})
-	start := time.Now()
-	stats, err := j.materialize(ctx, st)
-	if err != nil {
-		return failAt(api.StepSnapshot, err)
-	}
-	secs := time.Since(start).Seconds()
-	var written, writtenBlocks, same, zero int64
-	for _, s := range stats {
-		written, writtenBlocks, same, zero = written+s.WrittenBytes, writtenBlocks+s.WrittenBlocks, same+s.SameBlocks, zero+s.ZeroBlocks
-	}
-	detail := map[string]any{"bytes": total, "writtenBytes": written, "writtenBlocks": writtenBlocks, "sameBlocks": same,
-		"zeroBlocks": zero, "seconds": secs, "volumes": stats}
-	msg := fmt.Sprintf("materialized %s in %.1f s (%.0f MB/s): %d blocks written", sizeText(total), secs, float64(total)/1e6/max(secs, 1e-3), writtenBlocks)
-	if st.plan.Disks[0].Mode == launch.WriteDiffering {
-		msg += fmt.Sprintf(", %d already equal", same)
-	}
-	j.event(ctx, st.row.SourceServerID, api.EventSnapshotEnd, msg, detail)
 
 	// CONVERSION: what the target needs to boot and be reachable.
 	extras, err := j.convert(ctx, st, stats)
@@ -543,6 +523,39 @@ func guestVolumes(disks []launch.Disk) []string {
 	return out
 }
 
+// snapshotStep runs the SNAPSHOT step: the PIT's volumes materialized onto the plan's
+// disks (with the PIT's hash tables when asked for), logged with what it wrote.
+func (j *jobCtx) snapshotStep(ctx context.Context, st *launchState, hashes bool) ([]VolumeStats, error) {
+	if err := j.setStep(ctx, st, api.StepSnapshot); err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, d := range st.plan.Disks {
+		total += d.SizeBytes
+	}
+	j.event(ctx, st.row.SourceServerID, api.EventSnapshotStart,
+		fmt.Sprintf("materializing %d %s (%s) of PIT %s: %s", len(st.plan.Disks), api.Plural("volume", len(st.plan.Disks)),
+			sizeText(total), st.pit.ID, st.plan.Disks[0].Mode), map[string]any{"bytes": total, "recoverySnapshotId": st.pit.ID})
+	start := time.Now()
+	stats, err := j.materialize(ctx, st, hashes)
+	if err != nil {
+		return nil, failAt(api.StepSnapshot, err)
+	}
+	secs := time.Since(start).Seconds()
+	var written, writtenBlocks, same, zero int64
+	for _, s := range stats {
+		written, writtenBlocks, same, zero = written+s.WrittenBytes, writtenBlocks+s.WrittenBlocks, same+s.SameBlocks, zero+s.ZeroBlocks
+	}
+	detail := map[string]any{"bytes": total, "writtenBytes": written, "writtenBlocks": writtenBlocks, "sameBlocks": same,
+		"zeroBlocks": zero, "seconds": secs, "volumes": stats}
+	msg := fmt.Sprintf("materialized %s in %.1f s (%.0f MB/s): %d blocks written", sizeText(total), secs, float64(total)/1e6/max(secs, 1e-3), writtenBlocks)
+	if st.plan.Disks[0].Mode == launch.WriteDiffering {
+		msg += fmt.Sprintf(", %d already equal", same)
+	}
+	j.event(ctx, st.row.SourceServerID, api.EventSnapshotEnd, msg, detail)
+	return stats, nil
+}
+
 func orStep(s string) string {
 	if s == "" {
 		return api.StepPrepare
@@ -552,7 +565,10 @@ func orStep(s string) string {
 
 // prepare loads the server, its launch settings and the PIT (from the state database
 // and the staging store), and builds the launch request.
-func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
+//
+// override, when set, changes the launch settings read (a failback launches into the
+// instance it names, whatever the server's settings say).
+func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*api.LaunchSettings)) error {
 	r := j.r
 	var storeURL string
 	err := r.cfg.DB.View(ctx, func(tx *db.Tx) error {
@@ -575,6 +591,9 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState) error {
 		}
 		if err != nil {
 			return err
+		}
+		if override != nil {
+			override(&st.settings)
 		}
 		st.snapshot, err = tx.Snapshot(st.row.SnapshotID)
 		if errors.Is(err, db.ErrNotFound) {
@@ -660,7 +679,7 @@ func orderVolumes(pit store.PIT, server []api.Volume) []launch.Volume {
 
 // materialize runs Materialize and records its progress on the server's row (at most
 // once a second).
-func (j *jobCtx) materialize(ctx context.Context, st *launchState) ([]VolumeStats, error) {
+func (j *jobCtx) materialize(ctx context.Context, st *launchState, hashes bool) ([]VolumeStats, error) {
 	var done, total atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -682,7 +701,6 @@ func (j *jobCtx) materialize(ctx context.Context, st *launchState) ([]VolumeStat
 			}
 		}
 	})
-	hashes := st.plan.Convert && !j.job.IsDrill && j.r.cfg.ReverseKey != nil
 	stats, err := Materialize(ctx, st.repo, st.pit, st.plan.Disks, hashes, func(d, t int64) {
 		done.Store(d)
 		total.Store(t)

@@ -195,6 +195,9 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 	}
 	for i, v := range hello.Volumes {
 		opts := store.HeadOptions{Compression: compression, Seed: seeds[i]}
+		if seeds[i] != nil {
+			opts.SeedID, opts.Rebase = a.Seed.SourceServerID+"/"+a.Seed.SnapshotID, a.Seed.Rebase
+		}
 		if a.HeadVersionsStoreID == s.repo.ID() {
 			opts.MinVersion = a.HeadVersions[v.Name] // the control plane's record: no older head is taken
 		}
@@ -206,7 +209,8 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 			return nil, storeError(err)
 		}
 		if h.Seeded() {
-			s.log.Info("the replica of this reversed source server starts as its seed PIT", "volume", v.Name, "pit", a.Seed.SnapshotID)
+			s.log.Info("the replica starts as a PIT (reversed replication, or rebased after a failback)", "volume", v.Name,
+				"pit", a.Seed.SnapshotID, "rebase", a.Seed.Rebase)
 		}
 		s.heads = append(s.heads, h)
 		rep := wire.Replica{Exists: !h.Fresh()}
@@ -219,7 +223,8 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 }
 
 // seeds are, per volume of the Hello, the PIT volume its head starts as if it does not
-// exist yet (a reversed source server, docs/failback.md): the seed PIT's volume of the
+// exist yet (a reversed source server), or is rebased onto (after a failback; see
+// docs/failback.md): the seed PIT's volume of the
 // same name, or else of the same index when both have as many volumes. The PIT must be
 // the one the control plane recorded (its manifest digest).
 func (s *session) seeds(ctx context.Context, seed *api.ReplicaSeed, hello *wire.Hello) ([]*store.PITVolume, error) {

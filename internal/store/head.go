@@ -49,8 +49,9 @@ type Head struct {
 	mu     sync.Mutex   // guards broken (flushes complete in other goroutines)
 	broken error
 	codec  Codec
-	fresh  bool // no checkpoint or journal existed when it was opened
-	seeded bool // it did not exist and was opened as HeadOptions.Seed
+	fresh  bool   // no checkpoint or journal existed when it was opened
+	seeded bool   // it was opened as HeadOptions.Seed (new, or rebased)
+	base   string // the seed it started as
 
 	dirtyBytes int64 // memory held by dirty
 }
@@ -147,6 +148,12 @@ type HeadOptions struct {
 	// from, so only what changed since travels (docs/failback.md). It must have the
 	// repository's block size; an existing head ignores it.
 	Seed *PITVolume
+	// SeedID names the seed (its server and PIT): the head records it as its base.
+	SeedID string
+	// Rebase replaces an existing head by the seed, once: unless the head's base is
+	// SeedID already. After a failback, the origin's replica becomes the PIT written
+	// onto its machine (docs/failback.md). What the head held is dropped; its PITs stay.
+	Rebase bool
 	// AcceptRollback opens a head that fails a rollback check anyway, as an empty
 	// volume (Fresh) whose version is above every one recorded, so that its source
 	// resends it whole. For an operator who has decided that the newer state is lost.
@@ -194,8 +201,9 @@ type headState struct {
 	Size      int64     `json:"size"`
 	Root      ID        `json:"root"`
 	RootLevel uint8     `json:"rootLevel"`
-	Seq       uint64    `json:"seq"`     // journals up to this one are in the tree
-	Version   uint64    `json:"version"` // one more at every write of the head object
+	Seq       uint64    `json:"seq"`            // journals up to this one are in the tree
+	Version   uint64    `json:"version"`        // one more at every write of the head object
+	Base      string    `json:"base,omitempty"` // the seed it started as (HeadOptions.SeedID)
 	Updated   time.Time `json:"updated"`
 }
 
@@ -312,15 +320,21 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) (restarted bool, e
 		h.restart(st, journals, opts)
 		return true, nil
 	}
-	if !exists && len(journals) == 0 && opts.Seed != nil {
+	if opts.Seed != nil && ((!exists && len(journals) == 0) || (opts.Rebase && st.Base != opts.SeedID)) {
 		seed := opts.Seed
 		if seed.BlockSize != r.cfg.BlockSize || seed.Size < 0 || seed.Size > MaxVolumeBytes {
 			return false, fmt.Errorf("seed volume %s (%d bytes in blocks of %d) does not fit this repository's blocks of %d", seed.Name, seed.Size, seed.BlockSize, r.cfg.BlockSize)
 		}
-		st = headState{Size: seed.Size, Root: seed.Root, RootLevel: seed.RootLevel}
+		// The journals (of the content replaced) are folded away unread.
+		seq := st.Seq
+		for _, j := range journals {
+			seq = max(seq, j.seq)
+		}
+		st = headState{Size: seed.Size, Root: seed.Root, RootLevel: seed.RootLevel, Seq: seq, Version: st.Version, Base: opts.SeedID}
 		h.fresh, h.seeded = false, true
 	}
 	h.version = st.Version
+	h.base = st.Base
 	h.size = st.Size
 	h.nblocks = h.blocksFor(st.Size)
 	nleaves, rootLevel := r.treeShape(h.nblocks)
@@ -464,7 +478,8 @@ func (h *Head) blocksFor(size int64) uint64 {
 	return uint64((size + bs - 1) / bs)
 }
 
-// Seeded reports whether the head did not exist and was opened as HeadOptions.Seed.
+// Seeded reports whether the head was opened as HeadOptions.Seed: it did not exist, or
+// it was rebased.
 func (h *Head) Seeded() bool { return h.seeded }
 
 // Server and Volume name the head.
@@ -896,7 +911,7 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 		}
 	}
 	st := headState{Server: h.server, Volume: h.volume, Size: h.size, Root: root, RootLevel: level,
-		Seq: h.seq, Version: h.version + 1, Updated: r.opts.Now().UTC()}
+		Seq: h.seq, Version: h.version + 1, Base: h.base, Updated: r.opts.Now().UTC()}
 	b, _ := json.Marshal(st)
 	if err := r.putSealed(ctx, h.prefix+"head", b, backend.PutOptions{}); err != nil {
 		return headState{}, err

@@ -114,3 +114,62 @@ func TestExportOnBlockSeesEveryNonZeroBlock(t *testing.T) {
 		}
 	}
 }
+
+// TestRebaseReplacesAHeadOnce: an existing head (with journals not yet folded) rebased
+// onto another server's PIT holds that PIT, keeps its own PITs, is rebased once only
+// (a second open with the same seed keeps what was written since), and its version
+// grows, so no rollback check trips.
+func TestRebaseReplacesAHeadOnce(t *testing.T) {
+	ctx := context.Background()
+	r, be, mk := newTestRepo(t, Options{BlockSize: testBS})
+	const size = 30 * testBS
+	other, err := r.OpenHead(ctx, "s-rev", "vda", size, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := model{}
+	write(t, other, want, map[uint64]uint32{1: 2, 2: 1, 29: 2})
+	final := seal(t, r, "pit-final", other)
+	other.Close()
+
+	h, err := r.OpenHead(ctx, "s-origin", "vda", size, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := model{}
+	write(t, h, old, map[uint64]uint32{1: 1, 5: 1})
+	oldPIT := seal(t, r, "pit-old", h)
+	write(t, h, old, map[uint64]uint32{6: 1}) // journaled, not in a checkpoint
+	if err := h.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v0 := h.Version()
+	h.Close()
+
+	seed := final.Volumes[0]
+	opts := HeadOptions{Seed: &seed, SeedID: "s-rev/pit-final", Rebase: true}
+	h, err = r.OpenHead(ctx, "s-origin", "vda", size, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Seeded() || h.Version() <= v0 {
+		t.Fatalf("rebase: seeded %v, version %d after %d", h.Seeded(), h.Version(), v0)
+	}
+	write(t, h, want, map[uint64]uint32{7: 1})
+	p := seal(t, r, "pit-after", h)
+	h.Close()
+	checkPIT(t, r, p, "vda", size, want)
+	checkPIT(t, r, oldPIT, "vda", size, model{1: 1, 5: 1})
+
+	r2 := reopen(t, be, mk, Options{BlockSize: testBS})
+	h, err = r2.OpenHead(ctx, "s-origin", "vda", size, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Seeded() {
+		t.Fatal("the head was rebased twice onto the same seed")
+	}
+	p = seal(t, r2, "pit-again", h)
+	h.Close()
+	checkPIT(t, r2, p, "vda", size, want)
+}

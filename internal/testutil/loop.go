@@ -44,7 +44,8 @@ func MkfsExt4(t testing.TB, dev string) {
 }
 
 // Mount mounts dev on a new temporary directory and returns it; it is unmounted when
-// the test ends (before the directory is removed).
+// the test ends (before the directory is removed), unless the test unmounted it
+// itself (Unmount).
 func Mount(t testing.TB, dev string, opts ...string) string {
 	t.Helper()
 	RequireRoot(t)
@@ -59,6 +60,10 @@ func Mount(t testing.TB, dev string, opts ...string) string {
 		t.Fatalf("mount %s: %v", dev, err)
 	}
 	t.Cleanup(func() {
+		if _, err := Output("mountpoint", "-q", dir); err != nil {
+			os.Remove(dir) // unmounted by the test
+			return
+		}
 		if err := unmount(dir); err != nil {
 			// A lazy unmount still frees the device once nothing uses it.
 			t.Errorf("umount %s: %v", dir, err)
@@ -67,6 +72,14 @@ func Mount(t testing.TB, dev string, opts ...string) string {
 		os.Remove(dir)
 	})
 	return dir
+}
+
+// Unmount unmounts a directory Mount mounted, before the test ends.
+func Unmount(t testing.TB, dir string) {
+	t.Helper()
+	if err := unmount(dir); err != nil {
+		t.Fatalf("umount %s: %v", dir, err)
+	}
 }
 
 // unmount unmounts dir, retrying for a while when it is busy: a process the test

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,14 +65,19 @@ func (c *cluster) startReversedAgent(name, dir string, extra ...string) *proc {
 	return c.start(name, args...)
 }
 
-// TestReverseReplicationSendsOnlyTheChanges: a source server (a loop device with an
-// ext4 root) is recovered onto another device; the recovery instance writes ~12 MiB;
-// its agent waits until reversed replication is started, registers as the reversed
-// source server, and replicates the instance back: killed half way and restarted, it
-// resumes; in all it sends the changes, not the 256 MiB disk, and the reversed
-// server's PIT equals the instance's files. The recovery instance's failback state
-// goes NOT_STARTED → IN_PROGRESS → READY_FOR_LAUNCH.
-func TestReverseReplicationSendsOnlyTheChanges(t *testing.T) {
+// TestFailbackCycleOnDevices is the DR cycle on loop devices, agents on this host:
+// a source server (an ext4 root with its agent's configuration) is recovered onto
+// another device; the recovery instance writes ~12 MiB; its agent waits until reversed
+// replication is started, registers as the reversed source server, and replicates the
+// instance back — killed half way and restarted, it resumes — sending the changes, not
+// the 256 MiB disk; the reversed PIT equals the instance's files. Then a planned
+// failback into the origin's device (registered as an instance) writes the final
+// consistency point, taken after a last write: the origin's agent, with its own
+// configuration back, replicates again as the original source server with its old
+// PITs, sending only what changed since; failback complete leaves no reversed server
+// and no recovery instance. The failback state goes NOT_STARTED → IN_PROGRESS →
+// READY_FOR_LAUNCH → IN_PROGRESS → COMPLETED.
+func TestFailbackCycleOnDevices(t *testing.T) {
 	const diskBytes = 256 << 20
 	dev, mnt := dataVolume(t, diskBytes, 60, 2048) // ~60 MiB: a full resync would send it again
 	c := newCluster(t)
@@ -152,6 +158,92 @@ func TestReverseReplicationSendsOnlyTheChanges(t *testing.T) {
 	ri, err = c.admin.RecoveryInstance(context.Background(), ri.ID)
 	if err != nil || ri.FailbackState != api.FailbackReadyForLaunch || ri.ReversedSourceServerID != rr.SourceServerID {
 		t.Fatalf("recovery instance after reversed replication: %+v (%v), want %s", ri, err, api.FailbackReadyForLaunch)
+	}
+	c.failBack(ri, rr, dev, mnt, riMnt, pit)
+}
+
+// failBack runs the second half of TestFailbackCycleOnDevices: a planned failback of
+// ri into the origin's device, re-protection, and failback complete.
+func (c *cluster) failBack(ri api.RecoveryInstance, rr api.ReverseReplication, dev, mnt, riMnt string, oldPIT api.RecoverySnapshot) {
+	t := c.t
+	ctx := context.Background()
+	// The origin's machine: its device, registered as an instance to launch into.
+	testutil.Unmount(t, mnt)
+	inst := strings.TrimSpace(c.cli("instances", "add", "--name", "origin", "--disk", dev, "--tag", "AWSDRS=AllowLaunchingIntoThisInstance"))
+	// The last write on the recovery instance before the failback: it must come home.
+	if err := os.WriteFile(filepath.Join(riMnt, "last-write"), []byte("written just before the failback\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "sync")
+	out := c.cli("failback", "launch", ri.ID, "--into", inst, "--no-start", "--wait")
+	t.Logf("lifeboat failback launch --wait:\n%s", out)
+	ri, err := c.admin.RecoveryInstance(ctx, ri.ID)
+	if err != nil || ri.FailbackState != api.FailbackCompleted {
+		t.Fatalf("recovery instance after failback: %+v (%v), want %s", ri, err, api.FailbackCompleted)
+	}
+	want := treeHashes(t, riMnt)
+	c.agent = nil
+	for k := range want {
+		if !strings.HasPrefix(k, "d0") && k != "last-write" {
+			delete(want, k) // conversion's files (the agent's configuration, the binary) differ by design
+		}
+	}
+	if got := testutil.ReadFileFromImage(t, dev, api.DefaultAgentConfig); !strings.Contains(got, c.agentID) {
+		t.Fatalf("the origin's agent configuration was not put back: %q", got)
+	}
+	// The machine boots: its agent runs with its own configuration and state directory.
+	state := t.TempDir()
+	table := "hashes-" + volumeNameOf(dev)
+	if err := os.WriteFile(filepath.Join(state, table), []byte(testutil.ReadFileFromImage(t, dev, "/var/lib/lifeboat/agent/"+table)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back := testutil.Mount(t, dev)
+	got := treeHashes(t, back)
+	for k, h := range want {
+		if got[k] != h {
+			t.Fatalf("the origin's disk after failback: %s is %q, the recovery instance had %q", k, got[k], h)
+		}
+	}
+	c.agentSt = state
+	c.startAgent()
+	s := c.waitState(3*time.Minute, api.StateContinuous)
+	st, _ := readStatus(state)
+	t.Logf("re-protection: the origin's agent sent %.1f MiB after the failback", float64(st.SentBytes)/(1<<20))
+	if st.SentBytes > 8<<20 {
+		t.Fatalf("the origin's agent sent %d bytes after the failback: only what changed since the write was expected", st.SentBytes)
+	}
+	if !s.Replication.ReadyForRecovery {
+		t.Fatalf("the origin after re-protection: %+v", s.Replication)
+	}
+	newPIT := c.snapshot()
+	page, err := c.admin.RecoverySnapshots(ctx, c.agentID, 1000, "")
+	if err != nil || !slices.ContainsFunc(page.Items, func(p api.RecoverySnapshot) bool { return p.ID == oldPIT.ID }) {
+		t.Fatalf("the origin's PITs after re-protection do not list %s from before the disaster (%v)", oldPIT.ID, err)
+	}
+	testutil.Run(t, "sync")
+	c.exportAndCheckSome(newPIT, volumeNameOf(dev), want)
+
+	c.cli("failback", "complete", ri.ID, "--wait")
+	if _, err := c.admin.SourceServer(ctx, rr.SourceServerID); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("the reversed source server %s after failback complete: %v, want it gone", rr.SourceServerID, err)
+	}
+	left, err := c.admin.RecoveryInstances(ctx, api.RecoveryInstanceFilter{})
+	if err != nil || len(left.Items) != 0 {
+		t.Fatalf("recovery instances after failback complete: %+v (%v), want none", left.Items, err)
+	}
+}
+
+// exportAndCheckSome is exportAndCheck for the files of want only.
+func (c *cluster) exportAndCheckSome(pit api.RecoverySnapshot, volume string, want map[string]string) {
+	c.t.Helper()
+	out := filepath.Join(c.dir, "export-"+pit.ID)
+	c.cli("export", c.agentID, "--pit", pit.ID, "--to", out)
+	mnt := testutil.Mount(c.t, filepath.Join(out, volume+".img"), "-o", "loop,ro,noload")
+	got := treeHashes(c.t, mnt)
+	for p, h := range want {
+		if got[p] != h {
+			c.t.Fatalf("PIT %s: %s is %q, want %q", pit.ID, p, got[p], h)
+		}
 	}
 }
 

@@ -7,3 +7,6 @@ ALTER TABLE source_servers ADD COLUMN origin_source_server_id TEXT NOT NULL DEFA
 ALTER TABLE source_servers ADD COLUMN seed_snapshot_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE recovery_instances ADD COLUMN failback_state TEXT NOT NULL DEFAULT 'FAILBACK_NOT_STARTED';
 ALTER TABLE recovery_instances ADD COLUMN reversed_source_server_id TEXT NOT NULL DEFAULT '';
+-- After a failback, the origin's replica is rebased onto the PIT written onto its
+-- machine: its replicator replaces the heads by that PIT's volumes once.
+ALTER TABLE source_servers ADD COLUMN rebase_snapshot_id TEXT NOT NULL DEFAULT '';

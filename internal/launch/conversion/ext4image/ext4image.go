@@ -393,6 +393,29 @@ func (f Filesystem) WriteFile(ctx context.Context, p string, data []byte, perm f
 	return nil
 }
 
+// Remove removes a file or a symbolic link (not a directory). A missing one is no
+// error.
+func (f Filesystem) Remove(ctx context.Context, p string) error {
+	if err := checkPath(p); err != nil {
+		return err
+	}
+	e, err := f.Stat(ctx, p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	if e.IsDir() {
+		return fmt.Errorf("remove %s in %s: it is a directory", p, f)
+	}
+	dir, name := path.Split(p)
+	if _, err := f.debugfs(ctx, true, "cd "+quote(path.Clean(dir)), "rm "+quote(name)); err != nil {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return nil
+}
+
 // MkdirAll creates a directory and any missing parents, owned by root with the given
 // permissions. Directories that exist are left as they are.
 func (f Filesystem) MkdirAll(ctx context.Context, p string, perm fs.FileMode) error {

@@ -118,6 +118,18 @@ func TestReadWriteWholeDisk(t *testing.T) {
 			t.Errorf("Stat(%q) accepted a path debugfs cannot be given", bad)
 		}
 	}
+	if err := f.Remove(ctx, "/dir with space/g"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Stat(ctx, "/dir with space/g"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Stat of a removed file: %v, want fs.ErrNotExist", err)
+	}
+	if err := f.Remove(ctx, "/dir with space/g"); err != nil {
+		t.Errorf("Remove of a missing file: %v, want none", err)
+	}
+	if err := f.Remove(ctx, "/etc/lifeboat"); err == nil {
+		t.Error("Remove of a directory succeeded")
+	}
 	// The image is still a consistent filesystem after the changes.
 	testutil.Run(t, "e2fsck", "-f", "-n", img)
 }
