@@ -287,6 +287,20 @@ func (c *Client) RegisterReversed(ctx context.Context, req ReverseRegisterReques
 	return out, c.do(ctx, "POST", "/api/v1/source-servers/register-reversed", nil, req, &out)
 }
 
+// DisconnectSourceServer stops a source server's replication for good and revokes its
+// agent's certificate; deleteData removes its unlocked PITs now.
+func (c *Client) DisconnectSourceServer(ctx context.Context, id string, force, deleteData bool) (SourceServer, error) {
+	q := url.Values{}
+	if force {
+		q.Set("force", "true")
+	}
+	if deleteData {
+		q.Set("delete_data", "true")
+	}
+	var out SourceServer
+	return out, c.do(ctx, "POST", "/api/v1/source-servers/"+url.PathEscape(id)+"/disconnect", q, nil, &out)
+}
+
 // StartFailback starts a recovery instance's failback launch (a FAILBACK job).
 func (c *Client) StartFailback(ctx context.Context, id string, req FailbackRequest) (Job, error) {
 	var out Job

@@ -15,7 +15,41 @@ import (
 func newSourceServersCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "source-servers", Aliases: []string{"source-server", "ss"},
 		Short: "List, describe and delete source servers (machines protected by an agent)"}
-	cmd.AddCommand(newSourceServersListCmd(g), newSourceServersDescribeCmd(g), newSourceServersDeleteCmd(g))
+	cmd.AddCommand(newSourceServersListCmd(g), newSourceServersDescribeCmd(g), newSourceServersDeleteCmd(g),
+		newSourceServersDisconnectCmd(g))
+	return cmd
+}
+
+func newSourceServersDisconnectCmd(g *globals) *cobra.Command {
+	var force, deleteData bool
+	cmd := &cobra.Command{
+		Use:   "disconnect ID",
+		Short: "Stop a source server's replication for good and revoke its agent's certificate (DRS: Disconnect from AWS)",
+		Long: `Disconnect a source server: its replication stops (state DISCONNECTED), its agent's
+certificate is revoked at once (the agent can neither report nor replicate; register it
+again with lifeboat agent install --replace to protect the machine anew), and its PITs
+stay recorded for recovery until the server is deleted. --delete-data deletes its
+unlocked PITs now; locked PITs are always kept until their locks end.
+
+Refused while the server has a recovery instance that is not a drill, or while it is the
+reversed source server of a failback that has not completed: disconnecting then loses
+the way back. --force disconnects anyway.`,
+		Args: exactArgs(1, "a source server id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s, err := c.DisconnectSourceServer(cmd.Context(), args[0], force, deleteData)
+			if err != nil {
+				return err
+			}
+			return g.show(s, func(w *tabwriter.Writer) { row(w, s.ID, s.Replication.DataReplicationState) })
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "disconnect even though a recovery or a failback depends on this server")
+	cmd.Flags().BoolVar(&deleteData, "delete-data", false, "delete the server's unlocked PITs now (record and staging store)")
 	return cmd
 }
 

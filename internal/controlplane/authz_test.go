@@ -68,6 +68,7 @@ var wantAccess = map[string]string{
 	"POST /api/v1/recovery-instances/{id}/start":                  "o a",
 	"POST /api/v1/recovery-instances/{id}/reverse-replication":    "o a",
 	"POST /api/v1/recovery-instances/{id}/failback":               "o a",
+	"POST /api/v1/source-servers/{id}/disconnect":                 "a",
 	"POST /api/v1/recovery-instances/{id}/failback-complete":      "o a",
 	"GET /api/v1/instances":                                       "v o a",
 	"POST /api/v1/instances":                                      "a",

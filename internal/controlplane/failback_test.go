@@ -127,5 +127,54 @@ func TestReverseReplicationStartAndRegistration(t *testing.T) {
 		refused(t, "failback into something that is not an instance id", err, 400, api.CodeInvalid, "must name a registered instance")
 		_, err = op.CompleteFailback(e.ctx, ri.ID)
 		refused(t, "completing a failback that did not happen", err, 409, "", "fail back first")
+		_, err = e.userClient(api.RoleAdmin).DisconnectSourceServer(e.ctx, s.ID, false, false)
+		refused(t, "disconnecting a reversed source server during its failback", err, 409, "", "stops the failback")
+	})
+}
+
+// TestDisconnect: a source server with a recovery (not a drill) is not disconnected
+// without --force, saying why; one without is: DISCONNECTED, its agent's certificate
+// refused at once, and with delete_data its unlocked PITs gone from the record and the
+// staging store while a locked one stays.
+func TestDisconnect(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		repo := recoverytest.Store(t, e.cp)
+		const size = 1 << 20
+		admin := e.userClient(api.RoleAdmin)
+		agentClient, reg := e.agent("m-disc")
+		srv := reg.SourceServer
+		now := e.clock.Now()
+		p1, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Filesystem, now.Add(-2*time.Hour), recoverytest.Volume{Name: "vda", Image: image(t, size, 1)})
+		p2, _ := recoverytest.PIT(t, e.cp, repo, srv, consistency.Filesystem, now.Add(-time.Hour), recoverytest.Volume{Name: "vda", Image: image(t, size, 2)})
+		if _, err := admin.ProtectRecoverySnapshot(e.ctx, p2.ID, now.Add(24*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		imageSettings(t, e, srv.ID)
+		recoverOnce(t, e, admin, srv.ID, false)
+
+		_, err := admin.DisconnectSourceServer(e.ctx, srv.ID, false, true)
+		refused(t, "disconnect with a recovery instance", err, 409, "", "loses the way back")
+		if _, err := e.userClient(api.RoleOperator).DisconnectSourceServer(e.ctx, srv.ID, true, false); err == nil {
+			t.Fatal("an operator disconnected a source server")
+		}
+		s, err := admin.DisconnectSourceServer(e.ctx, srv.ID, true, true)
+		if err != nil || s.Replication.DataReplicationState != api.StateDisconnected {
+			t.Fatalf("disconnect --force: %+v (%v)", s.Replication, err)
+		}
+		if _, err := agentClient.ReplicationConfig(e.ctx, srv.ID); err == nil {
+			t.Fatal("the disconnected server's agent certificate still works")
+		}
+		if _, err := admin.RecoverySnapshot(e.ctx, p1.ID); err == nil {
+			t.Fatalf("unlocked PIT %s is still recorded after --delete-data", p1.ID)
+		}
+		if _, err := repo.LoadPIT(e.ctx, srv.ID, p1.ID); err == nil {
+			t.Fatalf("unlocked PIT %s is still in the staging store after --delete-data", p1.ID)
+		}
+		if _, err := admin.RecoverySnapshot(e.ctx, p2.ID); err != nil {
+			t.Fatalf("locked PIT %s was deleted: %v", p2.ID, err)
+		}
+		if _, err := repo.LoadPIT(e.ctx, srv.ID, p2.ID); err != nil {
+			t.Fatalf("locked PIT %s is gone from the staging store: %v", p2.ID, err)
+		}
 	})
 }

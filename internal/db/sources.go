@@ -173,6 +173,12 @@ func (t *Tx) ReregisterSourceServer(s SourceServer) error {
 		ms(s.CertificateExpiresAt), ms(s.UpdatedAt), s.ID)
 }
 
+// RevokeSourceCertificate makes every certificate of a source server invalid (a
+// disconnect): its agent can no longer call the control plane or a replicator.
+func (t *Tx) RevokeSourceCertificate(id string, now time.Time) error {
+	return t.updateSource(id, `UPDATE source_servers SET cert_serial = 'revoked', prev_cert_serial = '', updated_at = ? WHERE id = ?`, ms(now), id)
+}
+
 // SetRebase records the PIT a failback wrote onto a source server's machine.
 func (t *Tx) SetRebase(id, snapshotID string, now time.Time) error {
 	return t.updateSource(id, `UPDATE source_servers SET rebase_snapshot_id = ?, updated_at = ? WHERE id = ?`, snapshotID, ms(now), id)
