@@ -39,6 +39,10 @@ type ClientConfig struct {
 
 	Timeout   time.Duration // per request, default 30s (event streams have none)
 	UserAgent string
+
+	// FailbackClient, when set, is a failback client's "ID SECRET", sent in
+	// FailbackClientHeader.
+	FailbackClient string
 }
 
 // Client calls the control plane's API. It is safe for concurrent use.
@@ -48,6 +52,8 @@ type Client struct {
 	hc        *http.Client // requests with a timeout
 	stream    *http.Client // event streams
 	userAgent string
+	// failbackClient is a failback client's credentials (ClientConfig.FailbackClient).
+	failbackClient string
 }
 
 // NewClient returns a client for cfg.
@@ -101,7 +107,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		ua = "lifeboat"
 	}
 	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: transport, Timeout: timeout},
-		stream: &http.Client{Transport: transport}, userAgent: ua}, nil
+		stream: &http.Client{Transport: transport}, userAgent: ua, failbackClient: cfg.FailbackClient}, nil
 }
 
 // Server returns the control plane URL.
@@ -133,6 +139,9 @@ func (c *Client) newRequest(ctx context.Context, method, path string, query url.
 	req.Header.Set("User-Agent", c.userAgent)
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if c.failbackClient != "" {
+		req.Header.Set(FailbackClientHeader, c.failbackClient)
 	}
 	return req, nil
 }
@@ -299,6 +308,48 @@ func (c *Client) DisconnectSourceServer(ctx context.Context, id string, force, d
 	}
 	var out SourceServer
 	return out, c.do(ctx, "POST", "/api/v1/source-servers/"+url.PathEscape(id)+"/disconnect", q, nil, &out)
+}
+
+// RegisterFailbackClient registers a failback client (install token of scope failback).
+func (c *Client) RegisterFailbackClient(ctx context.Context, req RegisterFailbackClientRequest) (RegisterFailbackClientResponse, error) {
+	var out RegisterFailbackClientResponse
+	return out, c.do(ctx, "POST", "/api/v1/failback-clients/register", nil, req, &out)
+}
+
+// FailbackClientSelf is a failback client's own record, with its assignment.
+func (c *Client) FailbackClientSelf(ctx context.Context) (FailbackClient, error) {
+	var out FailbackClient
+	return out, c.do(ctx, "GET", "/api/v1/failback-clients/self", nil, nil, &out)
+}
+
+// FailbackProgress reports a failback client's write.
+func (c *Client) FailbackProgress(ctx context.Context, p FailbackProgress) error {
+	return c.do(ctx, "POST", "/api/v1/failback-clients/self/progress", nil, p, nil)
+}
+
+// FailbackClients lists the account's failback clients.
+func (c *Client) FailbackClients(ctx context.Context) (FailbackClientList, error) {
+	var out FailbackClientList
+	return out, c.do(ctx, "GET", "/api/v1/failback-clients", nil, nil, &out)
+}
+
+// FailbackDiff sends a failback client's block hashes and returns the stream of the
+// blocks that differ (DiffContentType, read with NewExtentReader).
+func (c *Client) FailbackDiff(ctx context.Context, req FailbackDiffRequest) (io.ReadCloser, error) {
+	hr, err := c.newRequest(ctx, "POST", "/api/v1/failback-clients/self/diff", nil, req)
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Accept", DiffContentType)
+	resp, err := c.stream.Do(hr)
+	if err != nil {
+		return nil, c.transportError(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp.Body, nil
 }
 
 // StartFailback starts a recovery instance's failback launch (a FAILBACK job).

@@ -16,6 +16,7 @@ const (
 	PrefixReplicator       = "rep-"
 	PrefixAccount          = "acct-"
 	PrefixInstance         = "inst-"
+	PrefixFailbackClient   = "fbc-"
 )
 
 const idDigits = 17

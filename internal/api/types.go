@@ -50,6 +50,7 @@ const (
 
 	ScopeSourceServer = "source-server" // install token that registers agents (default)
 	ScopeReplicator   = "replicator"    // install token that registers replicators
+	ScopeFailback     = "failback"      // install token that registers a failback client (rescue media)
 )
 
 // Default token lifetimes.

@@ -118,8 +118,8 @@ func (r CreateTokenRequest) Validate() error {
 		if r.Role != "" {
 			return Invalid("role is for api tokens only: an install token can only register a machine")
 		}
-		if r.Scope != "" && r.Scope != ScopeSourceServer && r.Scope != ScopeReplicator {
-			return Invalid("scope must be source-server or replicator, not %q", r.Scope)
+		if r.Scope != "" && r.Scope != ScopeSourceServer && r.Scope != ScopeReplicator && r.Scope != ScopeFailback {
+			return Invalid("scope must be source-server, replicator or failback, not %q", r.Scope)
 		}
 		if time.Duration(r.TTLSeconds)*time.Second > MaxInstallTokenTTL {
 			return Invalid("an install token lives at most 30 days (720h); use a shorter --ttl")

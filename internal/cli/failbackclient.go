@@ -17,6 +17,7 @@ func newFailbackClientCmd(g *globals) *cobra.Command {
 		Short: "The failback client: restore a recovery point onto this machine's disk (run from rescue media)",
 	}
 	cmd.AddCommand(newFailbackClientBuildISOCmd(g), newFailbackClientDisksCmd(g))
+	addFailbackClientRun(cmd, g)
 	return cmd
 }
 

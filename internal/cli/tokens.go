@@ -40,7 +40,7 @@ An API token carries a role: admin, operator or viewer.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.req.Kind, "kind", "", "install or api (required)")
 	fl.StringVar(&f.role, "role", "", "role of an API token: admin, operator or viewer")
-	fl.StringVar(&f.req.Scope, "scope", "", "what an install token registers: source-server (default) or replicator")
+	fl.StringVar(&f.req.Scope, "scope", "", "what an install token registers: source-server (default), replicator, or failback (a failback client on rescue media)")
 	fl.DurationVar(&f.ttl, "ttl", 0, "lifetime (default 1h for install tokens, none for API tokens)")
 	fl.IntVar(&f.req.Uses, "uses", 0, "how many registrations an install token allows (0: unlimited)")
 	fl.StringVar(&f.req.Description, "description", "", "what the token is for")

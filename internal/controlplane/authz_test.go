@@ -15,7 +15,7 @@ import (
 // servers / replicators, ag the agent on its own server, rp the replicator on itself
 // or its assigned server. A route added to the table without a line here fails the test.
 var wantAccess = map[string]string{
-	"GET /api/v1/whoami":                                          "v o a is ir ag rp",
+	"GET /api/v1/whoami":                                          "v o a is ir if ag rp",
 	"GET /api/v1/account":                                         "v o a",
 	"GET /api/v1/accounts":                                        "sys",
 	"POST /api/v1/accounts":                                       "sys",
@@ -69,6 +69,8 @@ var wantAccess = map[string]string{
 	"POST /api/v1/recovery-instances/{id}/reverse-replication":    "o a",
 	"POST /api/v1/recovery-instances/{id}/failback":               "o a",
 	"POST /api/v1/source-servers/{id}/disconnect":                 "a",
+	"POST /api/v1/failback-clients/register":                      "if",
+	"GET /api/v1/failback-clients":                                "v o a",
 	"POST /api/v1/recovery-instances/{id}/failback-complete":      "o a",
 	"GET /api/v1/instances":                                       "v o a",
 	"POST /api/v1/instances":                                      "a",
@@ -82,7 +84,9 @@ var wantAccess = map[string]string{
 }
 
 // A reversed agent proves itself with its recovery instance's reverse key, in the body.
-var publicRoutes = []string{"GET /api/openapi.json", "GET /api/v1/health", "GET /api/v1/ca", "POST /api/v1/source-servers/register-reversed"}
+// So do failback clients, with the secret of their registration, in a header.
+var publicRoutes = []string{"GET /api/openapi.json", "GET /api/v1/health", "GET /api/v1/ca", "POST /api/v1/source-servers/register-reversed",
+	"GET /api/v1/failback-clients/self", "POST /api/v1/failback-clients/self/progress", "POST /api/v1/failback-clients/self/diff"}
 
 // TestEveryRouteEnforcesItsRoles walks the route table (through the OpenAPI document,
 // which is generated from it) and calls every route as every kind of caller. A caller
@@ -128,6 +132,7 @@ func TestEveryRouteEnforcesItsRoles(t *testing.T) {
 			{key: "tenant-admin", token: other.AdminToken},
 			{key: "is", token: e.installToken(api.ScopeSourceServer, 0)},
 			{key: "ir", token: e.installToken(api.ScopeReplicator, 0)},
+			{key: "if", token: e.installToken(api.ScopeFailback, 0)},
 			{key: "ag", cert: a.Certificate},
 			{key: "ag-other", cert: b.Certificate},
 			{key: "rp", cert: r1reg.Certificate},

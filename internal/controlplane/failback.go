@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
@@ -226,8 +227,7 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 			return api.Conflict("reversed source server %s is %s: fail back once it is CONTINUOUS with a consistent PIT (failback state %s)",
 				rev.ID, rev.Replication.DataReplicationState, api.FailbackReadyForLaunch)
 		}
-		in, err := c.loadInstance(tx, req.Into)
-		if err != nil {
+		if err := c.checkFailbackTarget(tx, req); err != nil {
 			return err
 		}
 		ctl, err := tx.ReplicationControl(rev.ID)
@@ -243,7 +243,7 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 		}
 		c.wake(rev.ID)
 		job.Params.Failback = &db.FailbackParams{RecoveryInstanceID: ri.ID, OriginSourceServerID: rev.Reversed.OriginSourceServerID,
-			Into: in.ID, NoStart: req.NoStart, FinalPointAsked: now}
+			Into: req.Into, Disk: req.Disk, NoStart: req.NoStart, FinalPointAsked: now}
 		job.Servers = []api.JobServer{{SourceServerID: rev.ID, RecoveryInstanceID: ri.ID, LaunchStatus: api.LaunchPending}}
 		if err := c.checkJobLimits(tx, 1); err != nil {
 			return err
@@ -254,12 +254,12 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 		if err := tx.SetFailbackState(ri.ID, api.FailbackInProgress, now); err != nil {
 			return err
 		}
-		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("failback of recovery instance %s into instance %s started by %s",
-			ri.ID, in.ID, job.CreatedBy), map[string]any{"recoveryInstanceId": ri.ID, "into": in.ID}); err != nil {
+		if err := c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("failback of recovery instance %s into %s started by %s",
+			ri.ID, req.Into, job.CreatedBy), map[string]any{"recoveryInstanceId": ri.ID, "into": req.Into}); err != nil {
 			return err
 		}
 		if err := c.record(tx, c.p.AccountID, "recovery-instance.failback", "recovery-instance", ri.ID,
-			map[string]any{"job": job.ID, "into": in.ID, "reversedSourceServerId": rev.ID}, nil); err != nil {
+			map[string]any{"job": job.ID, "into": req.Into, "reversedSourceServerId": rev.ID}, nil); err != nil {
 			return err
 		}
 		j, err := tx.Job(job.ID)
@@ -271,6 +271,28 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 	}
 	c.cp.rec.runner.Wake()
 	return out, nil
+}
+
+// checkFailbackTarget refuses a failback target that is not the caller's, or a failback
+// client that writes for another job already or lacks the disk named.
+func (c *call) checkFailbackTarget(tx *db.Tx, req *api.FailbackRequest) error {
+	if api.ValidID(api.PrefixInstance, req.Into) {
+		_, err := c.loadInstance(tx, req.Into)
+		return err
+	}
+	fc, err := tx.FailbackClient(req.Into)
+	if errors.Is(err, db.ErrNotFound) || (err == nil && fc.AccountID != c.p.AccountID) {
+		return api.NotFound("failback client %s was not found: see lifeboat failback-client list", req.Into)
+	} else if err != nil {
+		return err
+	}
+	if fc.Assignment != nil && (fc.Progress == nil || !fc.Progress.Done) {
+		return api.Conflict("failback client %s is writing for job %s already", fc.ID, fc.Assignment.JobID)
+	}
+	if req.Disk != "" && !slices.ContainsFunc(fc.Disks, func(d api.FailbackDisk) bool { return d.Name == req.Disk }) {
+		return api.Invalid("failback client %s has no disk %s (it has %d: lifeboat failback-client list)", fc.ID, req.Disk, len(fc.Disks))
+	}
+	return nil
 }
 
 // failbackSubjects loads a recovery instance that replicates back, and its reversed

@@ -87,6 +87,19 @@ func rawEndpoint(fn func(*call, http.ResponseWriter) error) endpoint {
 	return endpoint{raw: true, serve: func(c *call, w http.ResponseWriter) (any, error) { return nil, fn(c, w) }}
 }
 
+// withBodyStream streams its own answer of contentType, after a JSON body that decodes
+// into Req.
+func withBodyStream[Req any](contentType string, fn func(*call, *Req, http.ResponseWriter) error) endpoint {
+	return endpoint{req: reflect.TypeFor[Req](), raw: true, contentType: contentType,
+		serve: func(c *call, w http.ResponseWriter) (any, error) {
+			var req Req
+			if err := DecodeRequest(c.body, &req); err != nil {
+				return nil, err
+			}
+			return nil, fn(c, &req, w)
+		}}
+}
+
 // streamEndpoint streams its own answer of contentType, after a request without a body
 // (admit refuses one); an error before it wrote anything is answered as usual.
 func streamEndpoint(contentType string, fn func(*call, http.ResponseWriter) error) endpoint {

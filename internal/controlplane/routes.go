@@ -89,6 +89,16 @@ func accountRoutes() []*route {
 func sourceServerRoutes() []*route {
 	serverSelf := access{role: api.RoleViewer, agent: true, replicator: true, target: targetSourceServer}
 	return []*route{
+		{method: "POST", path: "/api/v1/failback-clients/register", summary: "Register a failback client (rescue media) with an install token of scope failback",
+			access: access{install: api.ScopeFailback}, status: 201, endpoint: withBody((*call).registerFailbackClient)},
+		{method: "GET", path: "/api/v1/failback-clients/self", summary: "A failback client's own record and assignment (its secret in the " + api.FailbackClientHeader + " header)",
+			access: access{public: true}, endpoint: noBodyEndpoint((*call).failbackClientSelf)},
+		{method: "POST", path: "/api/v1/failback-clients/self/progress", summary: "A failback client reports its write",
+			access: access{public: true}, status: 204, endpoint: withBody((*call).failbackClientProgress)},
+		{method: "POST", path: "/api/v1/failback-clients/self/diff", summary: "A failback client's block hashes, answered with the blocks that differ",
+			access: access{public: true}, stream: true, endpoint: withBodyStream(api.DiffContentType, (*call).failbackClientDiff)},
+		{method: "GET", path: "/api/v1/failback-clients", summary: "List failback clients", access: viewer,
+			endpoint: noBodyEndpoint((*call).listFailbackClients)},
 		{method: "POST", path: "/api/v1/source-servers/register-reversed", summary: "A recovery instance's agent gets its reversed source server's identity, proven by the instance's reverse key",
 			access: access{public: true}, endpoint: withBody((*call).registerReversed)},
 		{method: "POST", path: "/api/v1/source-servers/register", summary: "Register a source server (agent install); replace needs an admin or an install token made with allowReplace",

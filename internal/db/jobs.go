@@ -38,7 +38,8 @@ type JobParams struct {
 type FailbackParams struct {
 	RecoveryInstanceID   string    `json:"recoveryInstanceId"`
 	OriginSourceServerID string    `json:"originSourceServerId"`
-	Into                 string    `json:"into"`
+	Into                 string    `json:"into"` // an instance or a failback client
+	Disk                 string    `json:"disk,omitempty"`
 	NoStart              bool      `json:"noStart,omitempty"`
 	FinalPointAsked      time.Time `json:"finalPointAsked"`
 }

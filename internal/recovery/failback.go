@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,6 +22,12 @@ import (
 // AgentStateDir is where the agent of a server running as root keeps its state (hash
 // tables, tracker generation, status): `lifeboat agent run`'s default --state-dir.
 const AgentStateDir = "/var/lib/lifeboat/agent"
+
+// FailbackImage is where a failback into a failback client prepares the converted PIT
+// it serves (the control plane's recovery directory, under the recovery instance's).
+func FailbackImage(dir, recoveryInstanceID string) string {
+	return filepath.Join(dir, recoveryInstanceID, "failback", "disk.raw")
+}
 
 // finalPointWait bounds how long a failback waits for the final consistency point.
 const finalPointWait = 10 * time.Minute
@@ -136,6 +143,11 @@ func (j *jobCtx) failback(ctx context.Context, row api.JobServer) {
 	}
 	now := j.r.cfg.Now()
 	uerr := j.r.cfg.DB.Update(context.WithoutCancel(ctx), func(tx *db.Tx) error {
+		if p := j.job.Params.Failback; p != nil && api.ValidID(api.PrefixFailbackClient, p.Into) {
+			if err := tx.SetFailbackAssignment(p.Into, nil); err != nil && !errors.Is(err, db.ErrNotFound) {
+				return err
+			}
+		}
 		if st.target != nil {
 			if err := tx.ReleaseInstance(st.target.ID, row.RecoveryInstanceID, now); err != nil {
 				return err
@@ -170,7 +182,11 @@ func (j *jobCtx) runFailback(ctx context.Context, st *launchState) error {
 	if err := j.setStep(ctx, st, api.StepPrepare); err != nil {
 		return err
 	}
-	origin, err := j.prepareFailback(ctx, st, p)
+	prepare, finish := j.prepareFailback, j.failbackLaunch
+	if api.ValidID(api.PrefixFailbackClient, p.Into) {
+		prepare, finish = j.prepareClientFailback, j.clientFailbackLaunch
+	}
+	origin, err := prepare(ctx, st, p)
 	if err != nil {
 		return failAt(api.StepPrepare, err)
 	}
@@ -191,7 +207,7 @@ func (j *jobCtx) runFailback(ctx context.Context, st *launchState) error {
 		return failAt(api.StepConversion, err)
 	}
 	j.event(ctx, st.row.SourceServerID, api.EventConversionEnd, "converted back "+res.Root+noteText(res.Notes), map[string]any{"root": res.Root})
-	return j.failbackLaunch(ctx, st, p, origin)
+	return finish(ctx, st, p, origin)
 }
 
 func noteText(notes []string) string {
@@ -244,13 +260,7 @@ func (j *jobCtx) finalPoint(ctx context.Context, st *launchState, p *db.Failback
 // (its launch settings, as launch into existing uses them), and the instance, claimed
 // and checked (stopped, tagged, disks large enough).
 func (j *jobCtx) prepareFailback(ctx context.Context, st *launchState, p *db.FailbackParams) (db.SourceServer, error) {
-	var origin db.SourceServer
-	err := j.r.cfg.DB.View(ctx, func(tx *db.Tx) (err error) {
-		if origin, err = tx.SourceServer(p.OriginSourceServerID); err != nil {
-			return fmt.Errorf("origin source server %s: %w", p.OriginSourceServerID, err)
-		}
-		return nil
-	})
+	origin, err := j.origin(ctx, p)
 	if err != nil {
 		return origin, err
 	}
@@ -264,6 +274,18 @@ func (j *jobCtx) prepareFailback(ctx context.Context, st *launchState, p *db.Fai
 		return origin, err
 	}
 	return origin, nil
+}
+
+// origin reads the failback's origin source server.
+func (j *jobCtx) origin(ctx context.Context, p *db.FailbackParams) (db.SourceServer, error) {
+	var origin db.SourceServer
+	err := j.r.cfg.DB.View(ctx, func(tx *db.Tx) (err error) {
+		if origin, err = tx.SourceServer(p.OriginSourceServerID); err != nil {
+			return fmt.Errorf("origin source server %s: %w", p.OriginSourceServerID, err)
+		}
+		return nil
+	})
+	return origin, err
 }
 
 // failbackLaunch rebases the origin's replica onto the PIT written, records the
@@ -287,15 +309,24 @@ func (j *jobCtx) failbackLaunch(ctx context.Context, st *launchState, p *db.Fail
 		}
 		state = api.InstanceRunning
 	}
+	return j.failbackDone(ctx, st, p, origin, fmt.Sprintf("instance %s (%s)", p.Into, strings.ToLower(state)), func(tx *db.Tx, now time.Time) error {
+		if err := tx.ReleaseInstance(st.target.ID, st.row.RecoveryInstanceID, now); err != nil {
+			return err
+		}
+		return tx.SetInstanceState(st.target.ID, state, j.r.cfg.RunnerID, "", now)
+	})
+}
+
+// failbackDone records a failback as completed: the origin's replica to be rebased onto
+// the PIT written, the target's own records (done), the recovery instance's state.
+func (j *jobCtx) failbackDone(ctx context.Context, st *launchState, p *db.FailbackParams, origin db.SourceServer, into string,
+	done func(*db.Tx, time.Time) error) error {
 	now := j.r.cfg.Now()
 	err := j.r.cfg.DB.Update(ctx, func(tx *db.Tx) error {
 		if err := tx.SetRebase(origin.ID, st.pit.ID, now); err != nil {
 			return err
 		}
-		if err := tx.ReleaseInstance(st.target.ID, st.row.RecoveryInstanceID, now); err != nil {
-			return err
-		}
-		if err := tx.SetInstanceState(st.target.ID, state, j.r.cfg.RunnerID, "", now); err != nil {
+		if err := done(tx, now); err != nil {
 			return err
 		}
 		return tx.SetFailbackState(p.RecoveryInstanceID, api.FailbackCompleted, now)
@@ -303,8 +334,8 @@ func (j *jobCtx) failbackLaunch(ctx context.Context, st *launchState, p *db.Fail
 	if err != nil {
 		return failAt(api.StepLaunch, err)
 	}
-	j.event(ctx, st.row.SourceServerID, api.EventLaunchEnd, fmt.Sprintf("failed back into instance %s (%s); source server %s resumes replication from PIT %s when its agent starts",
-		p.Into, strings.ToLower(state), origin.ID, st.pit.ID), map[string]any{"instanceId": p.Into, "originSourceServerId": origin.ID})
-	st.row.LaunchStatus, st.row.Step = api.LaunchLaunched, ""
+	j.event(ctx, st.row.SourceServerID, api.EventLaunchEnd, fmt.Sprintf("failed back into %s; source server %s resumes replication from PIT %s when its agent starts",
+		into, origin.ID, st.pit.ID), map[string]any{"into": p.Into, "originSourceServerId": origin.ID})
+	st.row.LaunchStatus, st.row.Step, st.row.Progress = api.LaunchLaunched, "", nil
 	return j.setServer(ctx, st.row)
 }

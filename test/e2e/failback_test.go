@@ -3,10 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,88 +82,120 @@ func (c *cluster) startReversedAgent(name, dir string, extra ...string) *proc {
 // and no recovery instance. The failback state goes NOT_STARTED → IN_PROGRESS →
 // READY_FOR_LAUNCH → IN_PROGRESS → COMPLETED.
 func TestFailbackCycleOnDevices(t *testing.T) {
-	const diskBytes = 256 << 20
-	dev, mnt := dataVolume(t, diskBytes, 60, 2048) // ~60 MiB: a full resync would send it again
+	lab := newFailbackLab(t)
+	c, ri, pit := lab.c, lab.ri, lab.pit
+	rr, rc := lab.reverse(true)
+	want := treeHashes(t, lab.riMnt)
+	rpit := rc.snapshot()
+	rc.exportAndCheck(rpit, volumeNameOf(lab.riDev), want)
+	ri, err := c.admin.RecoveryInstance(context.Background(), ri.ID)
+	if err != nil || ri.FailbackState != api.FailbackReadyForLaunch || ri.ReversedSourceServerID != rr.SourceServerID {
+		t.Fatalf("recovery instance after reversed replication: %+v (%v), want %s", ri, err, api.FailbackReadyForLaunch)
+	}
+	c.failBack(ri, rr, lab.dev, lab.mnt, lab.riMnt, pit)
+}
+
+// failbackLab is the first half of the DR cycle on loop devices: a source server (an
+// ext4 root holding its agent's configuration and ~60 MiB of files) with a PIT, its
+// agent stopped (the disaster), recovered onto another device that then received
+// ~12 MiB of writes.
+type failbackLab struct {
+	c                              *cluster
+	dev, mnt, riDev, riMnt, agents string // agents: the reversed agent's files
+	pit                            api.RecoverySnapshot
+	ri                             api.RecoveryInstance
+}
+
+const labDiskBytes = 256 << 20
+
+func newFailbackLab(t *testing.T) *failbackLab {
+	l := &failbackLab{}
+	l.dev, l.mnt = dataVolume(t, labDiskBytes, 60, 2048) // ~60 MiB: a full resync would send it again
 	c := newCluster(t)
-	c.installAgent(dev)
+	l.c = c
+	c.installAgent(l.dev)
 	// The agent's configuration lives on the server's root filesystem, as on a real one.
 	conf, err := os.ReadFile(c.agentCf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(mnt, "etc", "lifeboat"), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(l.mnt, "etc", "lifeboat"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(mnt, "etc", "lifeboat", "agent.yaml"), conf, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(l.mnt, "etc", "lifeboat", "agent.yaml"), conf, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Run(t, "sync")
 	c.startAgent()
 	c.waitState(2*time.Minute, api.StateContinuous)
-	pit := c.snapshot()
+	l.pit = c.snapshot()
 	c.agent.stop() // the disaster: the source is gone
 
-	riDev, _ := testutil.LoopDevice(t, diskBytes)
-	ri := c.recoverOntoDevice(pit, riDev)
-	if ri.FailbackState != api.FailbackNotStarted {
-		t.Fatalf("a new recovery instance's failback state is %q", ri.FailbackState)
+	l.riDev, _ = testutil.LoopDevice(t, labDiskBytes)
+	l.ri = c.recoverOntoDevice(l.pit, l.riDev)
+	if l.ri.FailbackState != api.FailbackNotStarted {
+		t.Fatalf("a new recovery instance's failback state is %q", l.ri.FailbackState)
 	}
-	if kept := testutil.ReadFileFromImage(t, riDev, "/etc/lifeboat/agent.yaml.origin"); kept != string(conf) {
+	if kept := testutil.ReadFileFromImage(t, l.riDev, "/etc/lifeboat/agent.yaml.origin"); kept != string(conf) {
 		t.Fatalf("conversion did not keep the source's agent configuration aside for failback: %q", kept)
 	}
-	dir := reversedAgentFiles(t, riDev)
-
+	l.agents = reversedAgentFiles(t, l.riDev)
 	// The recovery instance runs and writes.
-	riMnt := testutil.Mount(t, riDev)
-	writeFiles(t, riMnt, 99, 12, 2048)
+	l.riMnt = testutil.Mount(t, l.riDev)
+	writeFiles(t, l.riMnt, 99, 12, 2048)
 	testutil.Run(t, "sync")
+	return l
+}
 
-	// Its agent waits to be told to replicate back.
-	ra := c.startReversedAgent("reversed-agent", dir, "--scan-pause", "250ms")
+// reverse starts the recovery instance's agent, which waits to be told to replicate
+// back, starts reversed replication and waits until it is CONTINUOUS; with killMidway
+// the agent is killed half way through its first pass and started again. It checks
+// that only the changes travelled, and returns the reversed server's cluster view.
+func (l *failbackLab) reverse(killMidway bool) (api.ReverseReplication, *cluster) {
+	c, t, ri := l.c, l.c.t, l.ri
+	pause := []string{}
+	if killMidway {
+		pause = []string{"--scan-pause", "250ms"}
+	}
+	ra := c.startReversedAgent("reversed-agent", l.agents, pause...)
 	waitLog(t, filepath.Join(c.dir, "reversed-agent.log"), "waiting for reversed replication", 30*time.Second)
 	var rr api.ReverseReplication
 	if err := json.Unmarshal([]byte(c.cli("recovery-instances", "reverse-replication", ri.ID, "-o", "json")), &rr); err != nil {
 		t.Fatal(err)
 	}
-	if rr.OriginSourceServerID != c.agentID || rr.SeedSnapshotID != pit.ID || rr.FailbackState != api.FailbackInProgress {
-		t.Fatalf("reverse replication: %+v, want origin %s from PIT %s, in progress", rr, c.agentID, pit.ID)
+	if rr.OriginSourceServerID != c.agentID || rr.SeedSnapshotID != l.pit.ID || rr.FailbackState != api.FailbackInProgress {
+		t.Fatalf("reverse replication: %+v, want origin %s from PIT %s, in progress", rr, c.agentID, l.pit.ID)
 	}
 	if _, err := c.admin.StartReverseReplication(context.Background(), ri.ID); err == nil || !strings.Contains(err.Error(), "replicates back already") {
 		t.Fatalf("a second reverse replication of %s: %v, want a refusal", ri.ID, err)
 	}
 	rc := *c
-	rc.agentID, rc.agentSt = rr.SourceServerID, filepath.Join(dir, "state")
-
-	// Killed half way through its first pass, it resumes where the replica is.
-	rc.waitSent(20, 2*time.Minute)
-	first, _ := readStatus(rc.agentSt)
-	ra.kill()
-	<-ra.done
-	rc.startReversedAgent("reversed-agent-2", dir)
+	rc.agentID, rc.agentSt = rr.SourceServerID, filepath.Join(l.agents, "state")
+	var first agentStatusT
+	if killMidway {
+		// Killed half way through its first pass, it resumes where the replica is.
+		rc.waitSent(20, 2*time.Minute)
+		first, _ = readStatus(rc.agentSt)
+		ra.kill()
+		<-ra.done
+		rc.startReversedAgent("reversed-agent-2", l.agents)
+	}
 	s := rc.waitState(3*time.Minute, api.StateContinuous)
 	if s.Reversed == nil || s.Reversed.RecoveryInstanceID != ri.ID || s.Reversed.OriginSourceServerID != c.agentID {
 		t.Fatalf("reversed source server %s: reversed %+v", s.ID, s.Reversed)
 	}
-	want := treeHashes(t, riMnt)
-	rpit := rc.snapshot()
-	second, _ := readStatus(rc.agentSt)
+	second := settledStatus(t, rc.agentSt)
 	sent := first.SentBytes + second.SentBytes
-	changed := changedBytes(t, riMnt, "f99-") // the instance's writes, and the agent binary conversion installed
+	changed := changedBytes(t, l.riMnt, "f99-") // the instance's writes, and the agent binary conversion installed
 	t.Logf("reverse replication sent %.1f MiB (%.1f + %.1f after the restart) for %.1f MiB written since the PIT on a %d MiB disk",
-		float64(sent)/(1<<20), float64(first.SentBytes)/(1<<20), float64(second.SentBytes)/(1<<20), float64(changed)/(1<<20), diskBytes>>20)
+		float64(sent)/(1<<20), float64(first.SentBytes)/(1<<20), float64(second.SentBytes)/(1<<20), float64(changed)/(1<<20), labDiskBytes>>20)
 	// What the killed agent had sent may go again (its hash tables are saved when a
 	// session ends), the rest of the disk (~60 MiB of the source's files) must not.
 	if sent < changed || second.SentBytes > changed+changed/8+8<<20 || first.SentBytes >= changed {
 		t.Fatalf("reverse replication sent %d bytes (%d after the restart) of a %d-byte disk for %d bytes written since the PIT: the changes were expected, not the disk",
-			sent, second.SentBytes, diskBytes, changed)
+			sent, second.SentBytes, labDiskBytes, changed)
 	}
-	rc.exportAndCheck(rpit, volumeNameOf(riDev), want)
-
-	ri, err = c.admin.RecoveryInstance(context.Background(), ri.ID)
-	if err != nil || ri.FailbackState != api.FailbackReadyForLaunch || ri.ReversedSourceServerID != rr.SourceServerID {
-		t.Fatalf("recovery instance after reversed replication: %+v (%v), want %s", ri, err, api.FailbackReadyForLaunch)
-	}
-	c.failBack(ri, rr, dev, mnt, riMnt, pit)
+	return rr, &rc
 }
 
 // failBack runs the second half of TestFailbackCycleOnDevices: a planned failback of
@@ -207,7 +243,7 @@ func (c *cluster) failBack(ri api.RecoveryInstance, rr api.ReverseReplication, d
 	c.agentSt = state
 	c.startAgent()
 	s := c.waitState(3*time.Minute, api.StateContinuous)
-	st, _ := readStatus(state)
+	st := settledStatus(t, state)
 	t.Logf("re-protection: the origin's agent sent %.1f MiB after the failback", float64(st.SentBytes)/(1<<20))
 	if st.SentBytes > 8<<20 {
 		t.Fatalf("the origin's agent sent %d bytes after the failback: only what changed since the write was expected", st.SentBytes)
@@ -271,6 +307,23 @@ func changedBytes(t *testing.T, root, prefix string) int64 {
 	return n
 }
 
+// settledStatus reads an agent's status file once its counters stopped moving (it is
+// written every second or so, after what the control plane is told).
+func settledStatus(t *testing.T, dir string) agentStatusT {
+	t.Helper()
+	prev, _ := readStatus(dir)
+	for i := 0; i < 30; i++ {
+		time.Sleep(1500 * time.Millisecond)
+		cur, err := readStatus(dir)
+		if err == nil && cur.SentBytes == prev.SentBytes && cur.SentBlocks == prev.SentBlocks {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("the agent's status in %s kept changing", dir)
+	return prev
+}
+
 // waitLog waits until a process's log holds text.
 func waitLog(t *testing.T, path, text string, timeout time.Duration) {
 	t.Helper()
@@ -285,4 +338,174 @@ func waitLog(t *testing.T, path, text string, timeout time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestFailbackThroughTheFailbackClient: the origin's machine lost its OS (its disk's
+// first 8 MiB are garbage) and runs the failback client (as from the rescue media, here
+// on this host with --device). It registers with a one-use failback token (a second use
+// is refused); a failback into it writes only the blocks that differ; its link to the
+// control plane is cut once mid-write, and it resumes; while it writes, the disk's first
+// block is zeros (nothing boots or mounts a half-written disk). Afterwards the disk
+// holds the recovery instance's files, the origin's agent configuration is back, and a
+// second failback of the instance is refused.
+func TestFailbackThroughTheFailbackClient(t *testing.T) {
+	lab := newFailbackLab(t)
+	c, ri := lab.c, lab.ri
+	ctx := context.Background()
+	lab.reverse(false)
+	testutil.Unmount(t, lab.mnt)
+	garbage(t, lab.dev, 8<<20)
+
+	tok, err := c.admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeFailback, Uses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := c.tokenFile("failback.token", tok.Secret)
+	var zeroAtCut atomic.Int32 // 0: no cut yet; 1: first block zero; 2: not zero
+	proxy := cutOnce(t, strings.TrimPrefix(c.url, "https://"), 4<<20, func() {
+		if firstBlockZero(t, lab.dev) {
+			zeroAtCut.Store(1)
+		} else {
+			zeroAtCut.Store(2)
+		}
+	})
+	client := c.start("failback-client", "failback-client", "--server", "https://"+proxy, "--token-file", tokFile,
+		"--device", lab.dev, "--poll", "300ms", "--log-level", "debug")
+	var fcID string
+	for deadline := time.Now().Add(time.Minute); fcID == ""; time.Sleep(200 * time.Millisecond) {
+		l, err := c.admin.FailbackClients(ctx)
+		if err == nil && len(l.Items) == 1 {
+			fcID = l.Items[0].ID
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failback client did not register: %v", err)
+		}
+	}
+	again := exec.Command(binary, "failback-client", "--server", c.url, "--token-file", tokFile, "--device", lab.dev)
+	if out, err := again.CombinedOutput(); err == nil || !strings.Contains(string(out), "token") {
+		t.Fatalf("a second failback client with the same one-use token: %v\n%s", err, out)
+	}
+
+	if err := os.WriteFile(filepath.Join(lab.riMnt, "last-write"), []byte("written just before the failback\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "sync")
+	out := c.cli("failback", "launch", ri.ID, "--into", fcID, "--wait")
+	t.Logf("lifeboat failback launch --into %s --wait:\n%s", fcID, out)
+	select {
+	case <-client.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the failback client did not exit after the failback")
+	}
+	if code := client.cmd.ProcessState.ExitCode(); code != 0 {
+		b, _ := os.ReadFile(filepath.Join(c.dir, "failback-client.log"))
+		t.Fatalf("the failback client exited %d:\n%s", code, b)
+	}
+	if z := zeroAtCut.Load(); z != 1 {
+		t.Fatalf("link cut: %d (0: never cut, 2: the disk's first block was not zero while half written)", z)
+	}
+	want := treeHashes(t, lab.riMnt)
+	back := testutil.Mount(t, lab.dev)
+	got := treeHashes(t, back)
+	for k, h := range want {
+		if (strings.HasPrefix(k, "d0") || k == "last-write") && got[k] != h {
+			t.Fatalf("the origin's disk after failback: %s is %q, the recovery instance had %q", k, got[k], h)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(back, "etc", "lifeboat", "agent.yaml")); err != nil || !strings.Contains(string(b), c.agentID) {
+		t.Fatalf("the origin's agent configuration was not put back: %q (%v)", b, err)
+	}
+	if _, err := c.admin.StartFailback(ctx, ri.ID, api.FailbackRequest{Into: fcID}); err == nil || !strings.Contains(err.Error(), "failed back already") {
+		t.Fatalf("a second failback of %s: %v, want a refusal", ri.ID, err)
+	}
+}
+
+// garbage overwrites the first n bytes of a device with random bytes.
+func garbage(t *testing.T, dev string, n int) {
+	t.Helper()
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>9)
+	}
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// firstBlockZero reports whether the first 64 KiB of dev are zeros.
+func firstBlockZero(t *testing.T, dev string) bool {
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, 64<<10)
+	if _, err := io.ReadFull(f, b); err != nil {
+		t.Error(err)
+		return false
+	}
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// cutOnce is a TCP proxy to target that cuts, once, the first connection that carried
+// more than limit bytes from target, calling onCut first. It returns its address.
+func cutOnce(t *testing.T, target string, limit int64, onCut func()) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var cut atomic.Bool
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() {
+				defer in.Close()
+				defer out.Close()
+				var n int64
+				buf := make([]byte, 32<<10)
+				for {
+					k, err := out.Read(buf)
+					if k > 0 {
+						n += int64(k)
+						if n > limit && cut.CompareAndSwap(false, true) {
+							onCut()
+							return
+						}
+						if _, werr := in.Write(buf[:k]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
 }
