@@ -157,13 +157,18 @@ func (c *call) registerReversed(req *api.ReverseRegisterRequest) (api.RegisterSo
 
 // failbackStates completes the failback state of recovery instances whose reversed
 // replication runs: FAILBACK_READY_FOR_LAUNCH once the reversed source server is ready
-// for recovery (a consistent PIT, and CONTINUOUS).
+// for recovery (a consistent PIT, and CONTINUOUS), unless a failback launch runs.
 func (c *call) failbackStates(ris []db.RecoveryInstance) error {
 	return c.view(func(tx *db.Tx) error {
 		for i := range ris {
 			ri := &ris[i]
 			if ri.FailbackState != api.FailbackInProgress || ri.ReversedSourceServerID == "" {
 				continue
+			}
+			if busy, err := tx.BusyRecoveryInstance(ri.ID); err != nil {
+				return err
+			} else if busy != "" {
+				continue // a failback launch runs
 			}
 			s, err := tx.SourceServer(ri.ReversedSourceServerID)
 			if errors.Is(err, db.ErrNotFound) {
