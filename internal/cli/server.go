@@ -16,6 +16,7 @@ const version = "0.1.0-dev"
 // serverFlags are the flags `lifeboat server` and `lifeboat up` share.
 type serverFlags struct {
 	data, db, listen, tlsCert, tlsKey string
+	publicURL                         string
 	hosts                             []string
 	replicatorListen                  string // up only
 	storeKey                          string // server only: the master key file (default DATA/staging.key)
@@ -29,6 +30,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 		fl.StringVar(&f.storeKey, "store-key", "", "master key file: wraps every account's key and opens every staging store (default DATA/staging.key, created with a new database)")
 	}
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
+	fl.StringVar(&f.publicURL, "url", "", "the URL agents, recovered servers and failback clients reach the API at, when not the --listen address (https://host:port; add its host with --hostname)")
 	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of one from Lifeboat's CA")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -37,7 +39,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
 	// Recovered servers get this very binary as their agent, for reversed replication.
 	self, _ := os.Executable()
-	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, Hosts: f.hosts,
+	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, PublicURL: f.publicURL, Hosts: f.hosts,
 		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger,
 		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}}
 }

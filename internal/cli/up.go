@@ -47,7 +47,7 @@ func upComponents(g *globals, replicatorListen string) []upComponent {
 func runUpReplicator(ctx context.Context, g *globals, u *upEnv, listen string) error {
 	f := &replicatorFlags{data: u.DataDir, store: u.StoreURL, listen: listen, site: api.DefaultSite, name: "local", address: listen, replace: true}
 	local := *g
-	local.server = u.CP.URL()
+	local.server = u.CP.LocalURL()
 	if _, err := os.Stat(filepath.Join(u.DataDir, "replicator.yaml")); err != nil {
 		tok, err := u.CP.CreateToken(ctx, u.CP.SystemAccountID(), api.CreateTokenRequest{Kind: api.TokenInstall,
 			Scope: api.ScopeReplicator, Uses: 1, AllowReplace: true, Description: "the local replicator of lifeboat up"})
@@ -157,7 +157,7 @@ func serveControlPlane(ctx context.Context, g *globals, cfg controlplane.Config,
 func prepareEnv(ctx context.Context, cp *controlplane.ControlPlane, log *slog.Logger) (*upEnv, error) {
 	path := adminTokenFile(cp.DataDir())
 	newClient := func(token string) (*api.Client, error) {
-		return api.NewClient(api.ClientConfig{Server: cp.URL(), Token: token, Pin: cp.Pin(), UserAgent: "lifeboat"})
+		return api.NewClient(api.ClientConfig{Server: cp.LocalURL(), Token: token, Pin: cp.Pin(), UserAgent: "lifeboat"})
 	}
 	if err := secfile.Tighten(log, path); err != nil {
 		return nil, err

@@ -34,6 +34,10 @@ type Config struct {
 	DBURL string
 	// Listen is the TCP address of the API; empty: 127.0.0.1:8443.
 	Listen string
+	// PublicURL is where agents, recovered servers and failback clients reach the API
+	// (https://host:port), when that is not the listen address: a NAT, a proxy, a
+	// recovery site that reaches this host by another address. Empty: from Listen.
+	PublicURL string
 	// Hosts are extra DNS names and IP addresses the server certificate names, beside
 	// 127.0.0.1, ::1, localhost and the host of Listen.
 	Hosts []string
@@ -113,6 +117,12 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
+	}
+	if cfg.PublicURL != "" {
+		u, err := url.Parse(cfg.PublicURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" || u.RawQuery != "" {
+			return nil, fmt.Errorf("the public URL %q must be https://host:port", cfg.PublicURL)
+		}
 	}
 	if cfg.DBURL == "" {
 		cfg.DBURL = filepath.Join(cfg.DataDir, "lifeboat.db")
@@ -198,6 +208,9 @@ func (cp *ControlPlane) loadServerCertificate(pkiDir string) error {
 	hosts := []string{"127.0.0.1", "::1", "localhost"}
 	if h, _, err := net.SplitHostPort(cp.cfg.Listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
 		hosts = append(hosts, h)
+	}
+	if u, err := url.Parse(cp.cfg.PublicURL); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
 	}
 	hosts = append(hosts, cp.cfg.Hosts...)
 	var err error
@@ -330,8 +343,18 @@ func (cp *ControlPlane) Close() error {
 	return cp.db.Close()
 }
 
-// URL is the API's base URL, https://host:port.
+// URL is the API's base URL, https://host:port, as agents, recovered servers and
+// failback clients reach it (Config.PublicURL, else LocalURL).
 func (cp *ControlPlane) URL() string {
+	if cp.cfg.PublicURL != "" {
+		return cp.cfg.PublicURL
+	}
+	return cp.LocalURL()
+}
+
+// LocalURL is the API's URL on this host (from the listen address), for this process's
+// own calls.
+func (cp *ControlPlane) LocalURL() string {
 	addr := cp.cfg.Listen
 	if cp.listener != nil {
 		addr = cp.listener.Addr().String()

@@ -260,11 +260,13 @@ func (j *jobCtx) finalPoint(ctx context.Context, st *launchState, p *db.Failback
 // (its launch settings, as launch into existing uses them), and the instance, claimed
 // and checked (stopped, tagged, disks large enough).
 func (j *jobCtx) prepareFailback(ctx context.Context, st *launchState, p *db.FailbackParams) (db.SourceServer, error) {
-	origin, err := j.origin(ctx, p)
+	origin, settings, err := j.origin(ctx, p)
 	if err != nil {
 		return origin, err
 	}
+	// The origin's machine boots as the origin does.
 	err = j.prepare(ctx, st, func(s *api.LaunchSettings) {
+		*s = settings
 		s.Provider, s.TargetInstanceID = api.ProviderExistingInstance, p.Into
 	})
 	if err != nil {
@@ -276,16 +278,21 @@ func (j *jobCtx) prepareFailback(ctx context.Context, st *launchState, p *db.Fai
 	return origin, nil
 }
 
-// origin reads the failback's origin source server.
-func (j *jobCtx) origin(ctx context.Context, p *db.FailbackParams) (db.SourceServer, error) {
+// origin reads the failback's origin source server and its launch settings.
+func (j *jobCtx) origin(ctx context.Context, p *db.FailbackParams) (db.SourceServer, api.LaunchSettings, error) {
 	var origin db.SourceServer
+	var settings api.LaunchSettings
 	err := j.r.cfg.DB.View(ctx, func(tx *db.Tx) (err error) {
 		if origin, err = tx.SourceServer(p.OriginSourceServerID); err != nil {
 			return fmt.Errorf("origin source server %s: %w", p.OriginSourceServerID, err)
 		}
-		return nil
+		settings, _, err = tx.LaunchSettings(origin.ID)
+		if errors.Is(err, db.ErrNotFound) {
+			settings, err = api.DefaultLaunchSettings(origin.CPUs, origin.MemoryBytes), nil
+		}
+		return err
 	})
-	return origin, err
+	return origin, settings, err
 }
 
 // failbackLaunch rebases the origin's replica onto the PIT written, records the

@@ -21,7 +21,7 @@ const clientSilence = 10 * time.Minute
 // materialized (and converted back) into an image on this host, which the client then
 // makes its disk equal to, block by block, fetching only the blocks that differ.
 func (j *jobCtx) prepareClientFailback(ctx context.Context, st *launchState, p *db.FailbackParams) (db.SourceServer, error) {
-	origin, err := j.origin(ctx, p)
+	origin, _, err := j.origin(ctx, p)
 	if err != nil {
 		return origin, err
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "lifeboat")
-	out, err := exec.Command("go", "build", "-o", binary, "github.com/lifeboat-dr/lifeboat/cmd/lifeboat").CombinedOutput()
+	// Static, as released: it also runs inside the test's VMs and on the rescue media.
+	build := exec.Command("go", "build", "-o", binary, "github.com/lifeboat-dr/lifeboat/cmd/lifeboat")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build lifeboat: %v\n%s", err, out)
 		os.Exit(1)
@@ -78,6 +82,8 @@ type cluster struct {
 	agentSt string // the agent's state directory
 	agentCf string // its config
 	repNS   string // the replicator's network namespace, if any
+	// advertise is the address agents reach the replicator at, when not repAddr's host.
+	advertise string
 }
 
 func (c *cluster) start(name string, args ...string) *proc {
@@ -118,6 +124,11 @@ type clusterOptions struct {
 	repNS   string // network namespace the replicator runs in ("": none)
 	repHost string // address the replicator listens on
 	store   string // staging store directory (default DIR/staging)
+	// advertise, when set, is the address agents reach the control plane and the
+	// replicator at (QEMU guests: 10.0.2.2, the host's loopback seen from user-mode
+	// networking); they still listen on cpHost and repHost.
+	advertise string
+	dir       string // the cluster's directory (default: a test temporary directory)
 }
 
 // newCluster starts a control plane and a replicator writing to a local staging store.
@@ -132,15 +143,22 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	if o.repHost == "" {
 		o.repHost = "127.0.0.1"
 	}
-	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, repNS: o.repNS}
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	c := &cluster{t: t, dir: dir, repNS: o.repNS, advertise: o.advertise}
 	port, rport := testutil.FreePort(t), testutil.FreePort(t)
 	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
 	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
 	data := filepath.Join(dir, "cp")
 	// The control plane makes its master key (DATA/staging.key) and gives the replicator
 	// the key of the system account's store; the replicator holds no key file.
-	c.server = c.start("server", "server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug")
+	args := []string{"server", "--data", data, "--listen", fmt.Sprintf("%s:%d", o.cpHost, port), "--hostname", o.cpHost, "--log-level", "debug"}
+	if o.advertise != "" {
+		args = append(args, "--url", fmt.Sprintf("https://%s:%d", o.advertise, port), "--hostname", o.advertise)
+	}
+	c.server = c.start("server", args...)
 	testutil.WaitTCP(t, fmt.Sprintf("%s:%d", o.cpHost, port), 30*time.Second)
 	var token string
 	for deadline := time.Now().Add(20 * time.Second); ; {
@@ -182,7 +200,12 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 func (c *cluster) startReplicator() {
 	c.t.Helper()
 	ctx := context.Background()
-	args := []string{"replicator", "--data", filepath.Join(c.dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1", "--log-level", "debug"}
+	addr := c.repAddr
+	if c.advertise != "" {
+		_, port, _ := net.SplitHostPort(c.repAddr)
+		addr = net.JoinHostPort(c.advertise, port)
+	}
+	args := []string{"replicator", "--data", filepath.Join(c.dir, "rep"), "--listen", c.repAddr, "--address", addr, "--name", "rep1", "--log-level", "debug"}
 	if _, err := os.Stat(filepath.Join(c.dir, "rep", "replicator.yaml")); err != nil {
 		tok, err := c.admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeReplicator, Uses: 1})
 		if err != nil {
