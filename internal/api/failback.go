@@ -93,9 +93,9 @@ func (r ReverseRegisterRequest) Validate() error {
 
 // FailbackRequest asks for a recovery instance's failback launch: its final consistency
 // point written onto Into, only the blocks that differ. Into is a registered instance
-// (the origin's machine: stopped, and tagged as launch into existing requires), or a
+// (the origin's machine: stopped, and tagged as launch into existing requires), a
 // failback client (a machine booted from the rescue media), whose Disk it writes
-// (default: the smallest disk large enough).
+// (default: the smallest disk large enough), or FailbackIntoNew.
 type FailbackRequest struct {
 	Into string `json:"into"`
 	Disk string `json:"disk,omitempty"`
@@ -105,8 +105,8 @@ type FailbackRequest struct {
 
 // Validate checks a failback request.
 func (r FailbackRequest) Validate() error {
-	if !ValidID(PrefixInstance, r.Into) && !ValidID(PrefixFailbackClient, r.Into) {
-		return Invalid("into %q must name a registered instance (lifeboat instances list) or a failback client (lifeboat failback-client list): the origin's machine", r.Into)
+	if r.Into != FailbackIntoNew && !ValidID(PrefixInstance, r.Into) && !ValidID(PrefixFailbackClient, r.Into) {
+		return Invalid("into %q must name a registered instance (lifeboat instances list), a failback client (lifeboat failback-client list), or be %q (a new machine at the origin site)", r.Into, FailbackIntoNew)
 	}
 	if r.Disk != "" && !diskNameRE.MatchString(r.Disk) {
 		return Invalid("disk %q is not a disk name such as sda or vda", r.Disk)
@@ -115,6 +115,10 @@ func (r FailbackRequest) Validate() error {
 }
 
 var diskNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,31}$`)
+
+// FailbackIntoNew, as FailbackRequest.Into, fails back into a new machine at the origin
+// site: an instance the control plane makes (its disks under its data directory).
+const FailbackIntoNew = "new"
 
 // FailbackClientHeader carries a failback client's credentials ("ID SECRET") on its
 // calls after registration.

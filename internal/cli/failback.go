@@ -26,7 +26,7 @@ type failbackLaunchFlags struct {
 func newFailbackLaunchCmd(g *globals) *cobra.Command {
 	var f failbackLaunchFlags
 	cmd := &cobra.Command{
-		Use:   "launch ID --into INSTANCE",
+		Use:   "launch ID --into INSTANCE|FAILBACK-CLIENT|new",
 		Short: "Fail back a recovery instance: its final consistency point written onto the origin's machine (a FAILBACK job)",
 		Long: `Fail back a recovery instance whose reversed replication is CONTINUOUS (failback state
 FAILBACK_READY_FOR_LAUNCH): a final consistency point of the instance is taken now (a
@@ -41,7 +41,8 @@ instance's applications first if they must not write after the point.`,
 			return runFailbackLaunch(cmd.Context(), g, args[0], f)
 		},
 	}
-	cmd.Flags().StringVar(&f.req.Into, "into", "", "the instance to write (the origin's machine: lifeboat instances list)")
+	cmd.Flags().StringVar(&f.req.Into, "into", "", "the origin's machine: an instance (lifeboat instances list), a failback client (lifeboat failback-client list), or new (a new machine at the origin site)")
+	cmd.Flags().StringVar(&f.req.Disk, "disk", "", "a failback client's disk to write (default: the smallest that holds the volume)")
 	cmd.Flags().BoolVar(&f.req.NoStart, "no-start", false, "leave the machine stopped once written")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "follow the job until it ends; exit 1 if it failed")
 	return cmd
@@ -49,7 +50,7 @@ instance's applications first if they must not write after the point.`,
 
 func runFailbackLaunch(ctx context.Context, g *globals, id string, f failbackLaunchFlags) error {
 	if f.req.Into == "" {
-		return usagef("failback launch needs --into INSTANCE (the origin's machine: lifeboat instances list)")
+		return usagef("failback launch needs --into INSTANCE, --into FAILBACK-CLIENT or --into new (the origin's machine)")
 	}
 	c, err := g.client()
 	if err != nil {

@@ -6,7 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
@@ -232,6 +235,13 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 			return api.Conflict("reversed source server %s is %s: fail back once it is CONTINUOUS with a consistent PIT (failback state %s)",
 				rev.ID, rev.Replication.DataReplicationState, api.FailbackReadyForLaunch)
 		}
+		if req.Into == api.FailbackIntoNew {
+			in, err := c.newFailbackInstance(tx, ri, rev)
+			if err != nil {
+				return err
+			}
+			req.Into = in.ID
+		}
 		if err := c.checkFailbackTarget(tx, req); err != nil {
 			return err
 		}
@@ -276,6 +286,57 @@ func (c *call) startFailback(req *api.FailbackRequest) (api.Job, error) {
 	}
 	c.cp.rec.runner.Wake()
 	return out, nil
+}
+
+// newFailbackInstance makes the machine a failback into a new machine at the origin
+// site writes: an instance of the origin's boot mode, tagged for launching into, with a
+// sparse raw disk per volume of the reversed source server under the control plane's
+// instance directory.
+func (c *call) newFailbackInstance(tx *db.Tx, ri db.RecoveryInstance, rev db.SourceServer) (db.Instance, error) {
+	now := c.cp.cfg.Now()
+	settings, _, err := tx.LaunchSettings(rev.Reversed.OriginSourceServerID)
+	if err != nil && !errors.Is(err, db.ErrNotFound) {
+		return db.Instance{}, err
+	}
+	in := db.Instance{Instance: api.Instance{ID: api.NewID(api.PrefixInstance), SiteID: rev.SiteID, Provider: api.ProviderQEMU,
+		Tags: map[string]string{api.LaunchIntoTagDRS: api.LaunchIntoTagValue}, BootMode: settings.BootMode, State: api.InstanceStopped,
+		CreatedAt: now, UpdatedAt: now}, AccountID: rev.AccountID, RunnerID: c.cp.rec.runnerID}
+	in.Name = rev.Hostname + "-failback-" + strings.TrimPrefix(in.ID, api.PrefixInstance)[:8]
+	if in.BootMode == "" {
+		in.BootMode = api.BootBIOS
+	}
+	dir := filepath.Join(c.cp.rec.cfg.InstanceDir, in.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return in, err
+	}
+	for i, v := range rev.Volumes {
+		p := filepath.Join(dir, fmt.Sprintf("disk%d.raw", i))
+		if err := sparseFile(p, v.SizeBytes); err != nil {
+			return in, fmt.Errorf("the new machine's disk for volume %s: %w", v.Name, err)
+		}
+		in.Disks = append(in.Disks, api.InstanceDisk{Path: p, SizeBytes: v.SizeBytes})
+	}
+	if len(in.Disks) == 0 {
+		return in, api.Conflict("reversed source server %s reports no volumes yet: wait for its agent", rev.ID)
+	}
+	if err := tx.CreateInstance(in); err != nil {
+		return in, err
+	}
+	return in, c.record(tx, in.AccountID, "instance.create", "instance", in.ID,
+		map[string]any{"name": in.Name, "reason": "failback of " + ri.ID + " into a new machine"}, in.Instance)
+}
+
+// sparseFile creates a file of size bytes that holds none yet (mode 0600).
+func sparseFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // checkFailbackTarget refuses a failback target that is not the caller's, or a failback

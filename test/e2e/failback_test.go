@@ -509,3 +509,35 @@ func cutOnce(t *testing.T, target string, limit int64, onCut func()) string {
 	}()
 	return l.Addr().String()
 }
+
+// TestFailbackIntoANewMachine: failing back into a new machine at the origin site makes
+// an instance (a sparse disk under the control plane's data directory) and writes the
+// final point onto it, with the origin's identity back.
+func TestFailbackIntoANewMachine(t *testing.T) {
+	lab := newFailbackLab(t)
+	c, ri := lab.c, lab.ri
+	lab.reverse(false)
+	out := c.cli("failback", "launch", ri.ID, "--into", "new", "--no-start", "--wait")
+	t.Logf("lifeboat failback launch --into new --wait:\n%s", out)
+	list, err := c.admin.Instances(context.Background())
+	if err != nil || len(list.Items) != 1 || len(list.Items[0].Disks) != 1 {
+		t.Fatalf("instances after a failback into a new machine: %+v (%v)", list.Items, err)
+	}
+	in := list.Items[0]
+	if !strings.Contains(in.Name, "-failback-") || in.Tags[api.LaunchIntoTagDRS] != api.LaunchIntoTagValue {
+		t.Fatalf("the new machine is named %q", in.Name)
+	}
+	mnt := testutil.Mount(t, in.Disks[0].Path, "-o", "loop,ro,noload")
+	want, got := treeHashes(t, lab.riMnt), treeHashes(t, mnt)
+	for k, h := range want {
+		if strings.HasPrefix(k, "d0") && got[k] != h {
+			t.Fatalf("the new machine's disk: %s is %q, the recovery instance had %q", k, got[k], h)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "etc", "lifeboat", "agent.yaml")); err != nil || !strings.Contains(string(b), c.agentID) {
+		t.Fatalf("the new machine does not hold the origin's agent configuration: %q (%v)", b, err)
+	}
+	if ri, err = c.admin.RecoveryInstance(context.Background(), ri.ID); err != nil || ri.FailbackState != api.FailbackCompleted {
+		t.Fatalf("recovery instance after failback into a new machine: %+v (%v)", ri, err)
+	}
+}
