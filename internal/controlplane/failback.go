@@ -198,7 +198,12 @@ func replicaSeed(tx *db.Tx, s db.SourceServer, it *api.AssignedSourceServer) err
 		return nil
 	}
 	snap, err := tx.Snapshot(id)
-	if errors.Is(err, db.ErrNotFound) {
+	if errors.Is(err, db.ErrNotFound) && rebase {
+		// The agent's hash tables describe that PIT: without the rebase its sessions must
+		// not open (the replicator refuses a rebase seed without a digest).
+		it.Seed = &api.ReplicaSeed{SnapshotID: id, Rebase: true}
+		return nil
+	} else if errors.Is(err, db.ErrNotFound) {
 		return nil // past retention: the replica starts empty, the agent sends every block
 	} else if err != nil {
 		return fmt.Errorf("seed PIT %s of source server %s: %w", id, it.SourceServer.ID, err)
@@ -402,6 +407,13 @@ func (c *call) completeFailback() (api.Job, error) {
 		}
 		if ri.FailbackState != api.FailbackCompleted {
 			return api.Conflict("recovery instance %s is %s: fail back first (lifeboat failback launch %s --into INSTANCE)", ri.ID, ri.FailbackState, ri.ID)
+		}
+		origin, err := tx.SourceServer(rev.Reversed.OriginSourceServerID)
+		if err == nil && (origin.RebaseSnapshotID != "" || origin.Replication.DataReplicationState != api.StateContinuous) {
+			return api.Conflict("source server %s, the origin, does not replicate again yet (%s): complete the failback once the machine written runs and its agent is CONTINUOUS, since its replica is rebased onto a PIT of the reversed source server this would delete",
+				origin.ID, origin.Replication.DataReplicationState)
+		} else if err != nil && !errors.Is(err, db.ErrNotFound) {
+			return err
 		}
 		if ri.TerminationProtection {
 			return api.Conflict("recovery instance %s has termination protection: lift it first with lifeboat recovery-instances protect %s --off", ri.ID, ri.ID)

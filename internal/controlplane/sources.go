@@ -349,6 +349,14 @@ func (c *call) updateReplicationState(req *api.ReplicationStateUpdate) (api.Repl
 				return err
 			}
 		}
+		if s.RebaseSnapshotID != "" && out.DataReplicationState == api.StateContinuous && before.DataReplicationState != api.StateContinuous {
+			// Replicating again after a failback: its replica was rebased when the
+			// session opened (docs/failback.md), the PIT it was rebased onto is no
+			// longer needed.
+			if err := tx.SetRebase(s.ID, "", now); err != nil {
+				return err
+			}
+		}
 		if before.DataReplicationState != out.DataReplicationState || errorCode(before.Error) != errorCode(out.Error) ||
 			before.ReadyForRecovery != out.ReadyForRecovery {
 			detail := map[string]any{"from": before.DataReplicationState, "to": out.DataReplicationState, "readyForRecovery": out.ReadyForRecovery}

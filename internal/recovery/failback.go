@@ -333,6 +333,12 @@ func (j *jobCtx) failbackDone(ctx context.Context, st *launchState, p *db.Failba
 		if err := tx.SetRebase(origin.ID, st.pit.ID, now); err != nil {
 			return err
 		}
+		// Until the machine written runs and its agent replicates again, the origin is
+		// disconnected (and its rebase pending): whatever state it showed is stale.
+		state := api.StateDisconnected
+		if err := tx.SetReplicationState(origin.ID, origin.Replication.Apply(api.ReplicationStateUpdate{DataReplicationState: &state}, now), now); err != nil {
+			return err
+		}
 		if err := done(tx, now); err != nil {
 			return err
 		}

@@ -229,12 +229,21 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 // the one the control plane recorded (its manifest digest).
 func (s *session) seeds(ctx context.Context, seed *api.ReplicaSeed, hello *wire.Hello) ([]*store.PITVolume, error) {
 	out := make([]*store.PITVolume, len(hello.Volumes))
-	if seed == nil || seed.StagingStoreID != s.repo.ID() {
+	if seed == nil || (!seed.Rebase && seed.StagingStoreID != s.repo.ID()) {
 		return out, nil
 	}
+	if seed.Rebase && (seed.ManifestDigest == "" || seed.StagingStoreID != s.repo.ID()) {
+		return nil, fmt.Errorf("the PIT %s a failback wrote onto this server's machine is no longer recorded in this staging store, so its replica cannot be rebased onto it: the agent's hash tables describe that PIT; remove them (the agent's state directory) so that it resends every block", seed.SnapshotID)
+	}
 	pit, err := s.repo.LoadPITExpect(ctx, seed.SourceServerID, seed.SnapshotID, seed.ManifestDigest)
+	if err != nil && !seed.Rebase {
+		// A reversed server's replica that does not exist yet then starts empty (the
+		// agent resends every block); one that exists needs no seed.
+		s.log.Warn("the seed PIT of reversed replication cannot be read: a new replica starts empty", "pit", seed.SnapshotID, "err", err)
+		return out, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("load the seed PIT %s of reversed replication: %w", seed.SnapshotID, err)
+		return nil, fmt.Errorf("load the PIT %s a failback wrote, to rebase the replica onto it: %w", seed.SnapshotID, err)
 	}
 	for i, v := range hello.Volumes {
 		for k := range pit.Volumes {

@@ -227,6 +227,11 @@ func (c *cluster) failBack(ri api.RecoveryInstance, rr api.ReverseReplication, d
 	if got := testutil.ReadFileFromImage(t, dev, api.DefaultAgentConfig); !strings.Contains(got, c.agentID) {
 		t.Fatalf("the origin's agent configuration was not put back: %q", got)
 	}
+	// Completing before the origin replicates again would delete the PIT its replica
+	// is rebased onto: refused.
+	if _, err := c.admin.CompleteFailback(ctx, ri.ID); err == nil || !strings.Contains(err.Error(), "does not replicate again yet") {
+		t.Fatalf("failback complete before re-protection: %v, want a refusal", err)
+	}
 	// The machine boots: its agent runs with its own configuration and state directory.
 	state := t.TempDir()
 	table := "hashes-" + volumeNameOf(dev)
