@@ -67,6 +67,7 @@ type ReverseReplication struct {
 	OriginSourceServerID string    `json:"originSourceServerId"`
 	SeedSnapshotID       string    `json:"seedSnapshotId"`
 	FailbackState        string    `json:"failbackState"`
+	JobID                string    `json:"jobId"` // the REVERSE_REPLICATION job that follows it
 	CreatedAt            time.Time `json:"createdAt"`
 }
 

@@ -13,6 +13,9 @@ const (
 	JobLaunch    = "LAUNCH"    // drill or recovery: launch recovery instances from PITs
 	JobTerminate = "TERMINATE" // terminate recovery instances
 	JobFailback  = "FAILBACK"  // write a recovery instance's final point onto the origin's machine
+	// JobReverseReplication follows a recovery instance's reversed replication until it
+	// is CONTINUOUS, with what it sent.
+	JobReverseReplication = "REVERSE_REPLICATION"
 )
 
 // What started a job (DRS's initiatedBy).
@@ -21,6 +24,7 @@ const (
 	InitiatedStartDrill    = "START_DRILL"
 	InitiatedTerminate     = "TERMINATE_RECOVERY_INSTANCES"
 	InitiatedFailback      = "START_FAILBACK"
+	InitiatedReverse       = "START_REVERSED_REPLICATION"
 )
 
 // Job statuses. A job is COMPLETED when every server in it has ended, launched or not:
@@ -44,6 +48,7 @@ const (
 const (
 	StepPrepare    = "PREPARE"     // the PIT and the provider's checks
 	StepFinalPoint = "FINAL_POINT" // failback: the recovery instance's final consistency point
+	StepReverse    = "REVERSE"     // reversed replication: until the reversed source server is CONTINUOUS
 	StepSnapshot   = "SNAPSHOT"    // the PIT's volumes materialized for the target
 	StepConversion = "CONVERSION"  // hostname, network, seed disk, agent
 	StepLaunch     = "LAUNCH"      // the provider starts the instance
@@ -75,6 +80,8 @@ const (
 	EventJobEnd                = "JOB_END"
 	EventFinalPointStart       = "FINAL_POINT_START" // failback: the final consistency point was asked for
 	EventFinalPointEnd         = "FINAL_POINT_END"   // and was sealed
+	EventReverseRegistered     = "REVERSED_AGENT_REGISTERED"
+	EventReverseContinuous     = "REVERSED_REPLICATION_CONTINUOUS" // with the bytes sent and the time it took
 )
 
 // Recovery instance states.

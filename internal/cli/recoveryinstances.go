@@ -224,6 +224,7 @@ instance's failback state is FAILBACK_READY_FOR_LAUNCH, fail back (docs/failback
 				row(w, "origin source server", rr.OriginSourceServerID)
 				row(w, "replica starts as PIT", rr.SeedSnapshotID)
 				row(w, "failback state", rr.FailbackState)
+				row(w, "job", rr.JobID+" (lifeboat jobs log "+rr.JobID+" --follow)")
 			})
 		},
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
@@ -72,12 +73,33 @@ func (c *call) startReverseReplication() (api.ReverseReplication, error) {
 		if err := c.assignAccount(tx, acct.ID); err != nil {
 			return err
 		}
+		job, err := c.reverseJob(tx, ri, s.ID, now)
+		if err != nil {
+			return err
+		}
 		out = api.ReverseReplication{RecoveryInstanceID: ri.ID, SourceServerID: s.ID, OriginSourceServerID: origin.ID,
-			SeedSnapshotID: ri.SnapshotID, FailbackState: api.FailbackInProgress, CreatedAt: now}
+			SeedSnapshotID: ri.SnapshotID, FailbackState: api.FailbackInProgress, JobID: job, CreatedAt: now}
 		return c.record(tx, acct.ID, "recovery-instance.reverse-replication", "recovery-instance", ri.ID,
 			map[string]any{"reversedSourceServerId": s.ID, "originSourceServerId": origin.ID, "seedSnapshotId": ri.SnapshotID}, out)
 	})
+	if err == nil {
+		c.cp.rec.runner.Wake()
+	}
 	return out, err
+}
+
+// reverseJob makes the REVERSE_REPLICATION job that follows a reversed replication
+// until it is CONTINUOUS (recovery.Runner), and returns its id.
+func (c *call) reverseJob(tx *db.Tx, ri db.RecoveryInstance, reversed string, now time.Time) (string, error) {
+	job := db.Job{Job: api.Job{ID: api.NewID(api.PrefixJob), Type: api.JobReverseReplication, InitiatedBy: api.InitiatedReverse,
+		Status: api.JobPending, CreatedAt: now, Servers: []api.JobServer{{SourceServerID: reversed, RecoveryInstanceID: ri.ID,
+			SnapshotID: ri.SnapshotID, LaunchStatus: api.LaunchPending}}}, AccountID: ri.AccountID}
+	job.CreatedBy = c.createdBy()
+	if err := tx.CreateJob(job); err != nil {
+		return "", err
+	}
+	return job.ID, c.jobEvent(tx, job.ID, "", api.EventJobStart, fmt.Sprintf("reversed replication of recovery instance %s, as source server %s, started by %s",
+		ri.ID, reversed, job.CreatedBy), map[string]any{"recoveryInstanceId": ri.ID, "reversedSourceServerId": reversed})
 }
 
 // mayReverse says why a recovery instance cannot start reversed replication, if so.

@@ -96,6 +96,9 @@ func TestReverseReplicationStartAndRegistration(t *testing.T) {
 		if rr.OriginSourceServerID != srv.ID || rr.SeedSnapshotID != pit.ID || rr.FailbackState != api.FailbackInProgress || rr.SourceServerID == srv.ID {
 			t.Fatalf("reverse replication %+v", rr)
 		}
+		if j, err := op.Job(e.ctx, rr.JobID); err != nil || j.Type != api.JobReverseReplication || j.Servers[0].SourceServerID != rr.SourceServerID {
+			t.Fatalf("reversed replication's job %s: %+v (%v)", rr.JobID, j, err)
+		}
 		_, err = op.StartReverseReplication(e.ctx, ri.ID)
 		refused(t, "a second reversed replication", err, 409, "", "replicates back already")
 

@@ -82,21 +82,6 @@ func sameFile(t *testing.T, got, want string) {
 	}
 }
 
-func eventTypes(t *testing.T, c *api.Client, job string) []string {
-	t.Helper()
-	log, err := c.JobLog(context.Background(), job, 0, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range log.Items {
-		if e.Type != api.EventConsole {
-			out = append(out, e.Type)
-		}
-	}
-	return out
-}
-
 func imageSettings(t *testing.T, e *env, server string) {
 	t.Helper()
 	ls := api.DefaultLaunchSettings(1, 512<<20)
@@ -144,7 +129,7 @@ func TestRecoveryDrillAndTerminateWithTheImageProvider(t *testing.T) {
 		}
 		want := []string{api.EventJobStart, api.EventUsingPreviousSnapshot, api.EventSnapshotStart, api.EventSnapshotEnd,
 			api.EventConversionStart, api.EventConversionEnd, api.EventLaunchStart, api.EventLaunchEnd, api.EventJobEnd}
-		if got := eventTypes(t, op, job.ID); !slices.Equal(got, want) {
+		if got := recoverytest.EventTypes(t, op, job.ID); !slices.Equal(got, want) {
 			t.Fatalf("job log %v, want %v", got, want)
 		}
 		ri, err := op.RecoveryInstance(e.ctx, js.RecoveryInstanceID)

@@ -412,8 +412,10 @@ func (t *Tx) ConsistentSnapshots(sourceServerID string, before *time.Time, limit
 // PENDING or IN_PROGRESS), or "".
 func (t *Tx) BusyRecoveryInstance(recoveryInstanceID string) (string, error) {
 	var id string
-	err := t.queryRow(`SELECT job_id FROM job_servers WHERE recovery_instance_id = ? AND launch_status IN (?, ?) ORDER BY job_id LIMIT 1`,
-		recoveryInstanceID, api.LaunchPending, api.LaunchInProgress).Scan(&id)
+	// A reversed replication's job only watches: it holds nothing back.
+	err := t.queryRow(`SELECT s.job_id FROM job_servers s JOIN jobs j ON j.id = s.job_id
+		WHERE s.recovery_instance_id = ? AND s.launch_status IN (?, ?) AND j.type <> ? ORDER BY s.job_id LIMIT 1`,
+		recoveryInstanceID, api.LaunchPending, api.LaunchInProgress, api.JobReverseReplication).Scan(&id)
 	if err == sql.ErrNoRows {
 		return "", nil
 	}

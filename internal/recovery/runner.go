@@ -248,6 +248,8 @@ func (r *Runner) runJob(ctx context.Context, id string) error {
 				j.terminate(ctx, s)
 			case api.JobFailback:
 				j.failback(ctx, s)
+			case api.JobReverseReplication:
+				j.reverse(ctx, s)
 			default:
 				j.launch(ctx, s, resumed)
 			}

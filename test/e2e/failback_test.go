@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
@@ -194,6 +195,13 @@ func (l *failbackLab) reverse(killMidway bool) (api.ReverseReplication, *cluster
 	if sent < changed || second.SentBytes > changed+changed/8+8<<20 || first.SentBytes >= changed {
 		t.Fatalf("reverse replication sent %d bytes (%d after the restart) of a %d-byte disk for %d bytes written since the PIT: the changes were expected, not the disk",
 			sent, second.SentBytes, labDiskBytes, changed)
+	}
+	// Its job followed it to CONTINUOUS and says what it sent.
+	j := recoverytest.WaitJob(t, c.admin, rr.JobID, time.Minute)
+	events := recoverytest.EventTypes(t, c.admin, j.ID)
+	if j.Type != api.JobReverseReplication || j.Servers[0].LaunchStatus != api.LaunchLaunched ||
+		!slices.Contains(events, api.EventReverseRegistered) || !slices.Contains(events, api.EventReverseContinuous) {
+		t.Fatalf("reversed replication's job %+v, log %v", j, events)
 	}
 	return rr, &rc
 }

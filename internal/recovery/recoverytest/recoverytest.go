@@ -244,3 +244,19 @@ func KillVMsAtCleanup(t testing.TB, dir string) {
 		})
 	})
 }
+
+// EventTypes lists a job's log entry types, oldest first, without the console's.
+func EventTypes(t testing.TB, c *api.Client, job string) []string {
+	t.Helper()
+	log, err := c.JobLog(context.Background(), job, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range log.Items {
+		if e.Type != api.EventConsole {
+			out = append(out, e.Type)
+		}
+	}
+	return out
+}
