@@ -8,6 +8,9 @@
 //	replbench sim     simulated agents (300 light writers, or 15 streaming volumes)
 //	                  against one replicator: per-block ack latency and replicator RSS
 //	replbench report  RESULTS.md from the JSON lines
+//	replbench failback  the failback cycle of issue 14 on 1 or 4 GiB disks: reverse
+//	                  replication, planned failback against a full copy, data lost,
+//	                  re-protection (bench/failback/run.sh); failback report renders it
 //
 // It needs root (loop devices, mounts, eBPF, drop_caches). Everything it starts is
 // stopped by pid, and every loop device, mount and directory it made is removed, also
@@ -42,6 +45,8 @@ func main() {
 		err = cmdSim(ctx, os.Args[2:])
 	case "report":
 		err = cmdReport(os.Args[2:])
+	case "failback":
+		err = cmdFailback(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -53,7 +58,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: replbench run|sim|report [flags] (see bench/replication/run.sh)")
+	fmt.Fprintln(os.Stderr, "usage: replbench run|sim|report|failback [flags] (see bench/replication/run.sh)")
 	os.Exit(2)
 }
 
