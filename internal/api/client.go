@@ -336,20 +336,7 @@ func (c *Client) FailbackClients(ctx context.Context) (FailbackClientList, error
 // FailbackDiff sends a failback client's block hashes and returns the stream of the
 // blocks that differ (DiffContentType, read with NewExtentReader).
 func (c *Client) FailbackDiff(ctx context.Context, req FailbackDiffRequest) (io.ReadCloser, error) {
-	hr, err := c.newRequest(ctx, "POST", "/api/v1/failback-clients/self/diff", nil, req)
-	if err != nil {
-		return nil, err
-	}
-	hr.Header.Set("Accept", DiffContentType)
-	resp, err := c.stream.Do(hr)
-	if err != nil {
-		return nil, c.transportError(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, decodeError(resp)
-	}
-	return resp.Body, nil
+	return c.openStream(ctx, "POST", "/api/v1/failback-clients/self/diff", req, DiffContentType)
 }
 
 // StartFailback starts a recovery instance's failback launch (a FAILBACK job).

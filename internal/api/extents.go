@@ -234,11 +234,17 @@ func (x *ExtentReader) trailer() error {
 // ExportVolume streams a volume of a recovery snapshot (role operator; audited). The
 // caller reads the answer with NewExtentReader and closes it.
 func (c *Client) ExportVolume(ctx context.Context, snapshotID, volume string) (io.ReadCloser, error) {
-	req, err := c.newRequest(ctx, "GET", "/api/v1/recovery-snapshots/"+esc(snapshotID)+"/volumes/"+esc(volume), nil, nil)
+	return c.openStream(ctx, "GET", "/api/v1/recovery-snapshots/"+esc(snapshotID)+"/volumes/"+esc(volume), nil, ExtentContentType)
+}
+
+// openStream sends a request whose 200 answer is a stream of contentType, read by the
+// caller without the client's timeout; any other answer becomes an *Error.
+func (c *Client) openStream(ctx context.Context, method, path string, body any, contentType string) (io.ReadCloser, error) {
+	req, err := c.newRequest(ctx, method, path, nil, body)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", ExtentContentType)
+	req.Header.Set("Accept", contentType)
 	resp, err := c.stream.Do(req)
 	if err != nil {
 		return nil, c.transportError(err)
