@@ -17,6 +17,8 @@ const (
 	PrefixAccount          = "acct-"
 	PrefixInstance         = "inst-"
 	PrefixFailbackClient   = "fbc-"
+	PrefixGroup            = "cg-"   // consistency group
+	PrefixGroupPoint       = "gpit-" // group point: the PITs of a group's members at one instant
 )
 
 const idDigits = 17

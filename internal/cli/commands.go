@@ -13,6 +13,7 @@ func commandList() []func(*globals) *cobra.Command {
 		newSourceServersCmd,
 		newReplicationCmd,
 		newSnapshotsCmd,
+		newGroupsCmd,
 		newExportCmd,
 		newSettingsCmd,
 		newDrillCmd,

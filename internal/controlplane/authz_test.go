@@ -79,6 +79,13 @@ var wantAccess = map[string]string{
 	"PATCH /api/v1/instances/{id}/tags":                           "a",
 	"POST /api/v1/instances/{id}/start":                           "a",
 	"POST /api/v1/instances/{id}/stop":                            "a",
+	"POST /api/v1/consistency-groups":                             "o a",
+	"GET /api/v1/consistency-groups":                              "v o a",
+	"GET /api/v1/consistency-groups/{id}":                         "v o a",
+	"DELETE /api/v1/consistency-groups/{id}":                      "o a",
+	"POST /api/v1/consistency-groups/{id}/members":                "o a",
+	"POST /api/v1/consistency-groups/{id}/members/remove":         "o a",
+	"GET /api/v1/consistency-groups/{id}/points":                  "v o a",
 	"GET /api/v1/audit":                                           "a",
 	"GET /api/v1/events":                                          "v o a",
 }

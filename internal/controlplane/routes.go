@@ -36,7 +36,7 @@ var (
 
 // routeTable is every route of the API, by resource.
 func (cp *ControlPlane) routeTable() []*route {
-	return slices.Concat(cp.publicRoutes(), accountRoutes(), sourceServerRoutes(), replicatorRoutes(), recoveryRoutes(), auditRoutes())
+	return slices.Concat(cp.publicRoutes(), accountRoutes(), sourceServerRoutes(), replicatorRoutes(), recoveryRoutes(), groupRoutes(), auditRoutes())
 }
 
 // publicRoutes are the routes anyone may call, and whoami.
@@ -239,6 +239,28 @@ func recoveryRoutes() []*route {
 			endpoint: noBodyEndpoint((*call).startInstance)},
 		{method: "POST", path: "/api/v1/instances/{id}/stop", summary: "Stop an instance's VM", access: admin,
 			endpoint: noBodyEndpoint((*call).stopInstance)},
+	}
+}
+
+// groupRoutes are the routes of consistency groups and their group points (groups.go).
+// A group is named by its id or its name.
+func groupRoutes() []*route {
+	return []*route{
+		{method: "POST", path: "/api/v1/consistency-groups", summary: "Create a consistency group: source servers whose PITs are taken at one instant",
+			access: operator, status: 201, endpoint: withBody((*call).createGroup)},
+		{method: "GET", path: "/api/v1/consistency-groups", summary: "List consistency groups, by name", access: viewer, query: pagingQry,
+			endpoint: noBodyEndpoint((*call).listGroups)},
+		{method: "GET", path: "/api/v1/consistency-groups/{id}", summary: "Describe a consistency group (by id or name)", access: viewer,
+			endpoint: noBodyEndpoint((*call).getGroup)},
+		{method: "DELETE", path: "/api/v1/consistency-groups/{id}", summary: "Delete a consistency group and its group points (its members' PITs stay)",
+			access: operator, status: 204, endpoint: noBodyEndpoint((*call).deleteGroup)},
+		{method: "POST", path: "/api/v1/consistency-groups/{id}/members", summary: "Add source servers to a consistency group",
+			access: operator, endpoint: withBody((*call).addGroupMembers)},
+		{method: "POST", path: "/api/v1/consistency-groups/{id}/members/remove", summary: "Remove source servers from a consistency group",
+			access: operator, endpoint: withBody((*call).removeGroupMembers)},
+		{method: "GET", path: "/api/v1/consistency-groups/{id}/points", summary: "List a consistency group's points, newest first", access: viewer,
+			query:    append([]queryParam{{"complete", "boolean", "only complete group points"}}, pagingQry...),
+			endpoint: noBodyEndpoint((*call).listGroupPoints)},
 	}
 }
 
