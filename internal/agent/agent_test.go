@@ -948,6 +948,9 @@ func TestStatusInitiatingAndSnapshot(t *testing.T) {
 	if s.LagSeconds == nil || *s.LagSeconds != 3 {
 		t.Fatalf("lag %v, want 3", s.LagSeconds)
 	}
+	if s.LastDataAt == nil || !s.LastDataAt.Equal(now.Add(-3*time.Second)) {
+		t.Fatalf("lastDataAt %v, want the time the replica matched, %s", s.LastDataAt, now.Add(-3*time.Second))
+	}
 	if s.State != api.StateInitialSync || s.Replicator != "rep:1" || s.BacklogBytes != 600 || !st.isScanning() {
 		t.Fatalf("status %+v", s)
 	}

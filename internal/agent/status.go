@@ -34,6 +34,7 @@ type Status struct {
 	Throughput     int64                     `json:"throughputBytesPerSecond"`
 	ETASeconds     *float64                  `json:"etaSeconds,omitempty"`
 	LagSeconds     *float64                  `json:"lagSeconds,omitempty"`
+	LastDataAt     *time.Time                `json:"lastDataAt,omitempty"` // the replica matched the source as of then
 	LastPoint      *api.ConsistencyPointInfo `json:"lastConsistencyPoint,omitempty"`
 	LastFreezeMs   *float64                  `json:"lastFreezeMs,omitempty"`
 	UpdatedAt      time.Time                 `json:"updatedAt"`
@@ -238,7 +239,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		s, steps := a.st.snapshot(now, int64(rate))
 		u := api.ReplicationStateUpdate{DataReplicationState: &s.State, Error: s.Error, ClearError: s.Error == nil,
 			BacklogBytes: &s.BacklogBytes, ThroughputBytesPerSecond: &s.Throughput, ReplicatedBytes: &s.SentBytes,
-			TotalBytes: &s.ScanTotalBytes, Tracker: &s.Tracker, LagSeconds: s.LagSeconds, ETASeconds: s.ETASeconds,
+			TotalBytes: &s.ScanTotalBytes, Tracker: &s.Tracker, LagSeconds: s.LagSeconds, LastDataAt: s.LastDataAt, ETASeconds: s.ETASeconds,
 			InitialSyncPercent: s.Percent, LastFreezeMs: s.LastFreezeMs, InitiationSteps: steps}
 		if _, err := a.cfg.ControlPlane.UpdateReplicationState(ctx, a.cfg.ServerID, u); err != nil && ctx.Err() == nil {
 			a.log.Debug("reporting the state failed", "err", err)
@@ -285,8 +286,8 @@ func (st *status) snapshot(now time.Time, rate int64) (Status, []api.InitiationS
 		s.ETASeconds = &eta
 	}
 	if !st.lastMatched.IsZero() {
-		lag := now.Sub(st.lastMatched).Seconds()
-		s.LagSeconds = &lag
+		lag, at := now.Sub(st.lastMatched).Seconds(), st.lastMatched.UTC()
+		s.LagSeconds, s.LastDataAt = &lag, &at
 	}
 	return s, st.Steps
 }

@@ -132,6 +132,11 @@ type JobServer struct {
 	// RTOSeconds is measured from the job's log: from JOB_START to the end of the launch
 	// (LAUNCH_END, or the last post-launch health check when there are any).
 	RTOSeconds *float64 `json:"rtoSeconds,omitempty"`
+	// SnapshotTime is when the PIT launched was taken. RPOSeconds is its RPO: how much
+	// older it is than the newest data the replica held of the server when the job was
+	// created (ReplicationState.DataThrough), i.e. the writes a launch from it loses.
+	SnapshotTime *time.Time `json:"recoverySnapshotTime,omitempty"`
+	RPOSeconds   *float64   `json:"rpoSeconds,omitempty"`
 }
 
 // JobProgress is how far the current step is.
@@ -207,7 +212,7 @@ type RecoveryInstance struct {
 	JobID                 string         `json:"jobId"`
 	SnapshotID            string         `json:"recoverySnapshotId"`
 	SnapshotTime          time.Time      `json:"recoverySnapshotTime"`
-	PITAgeSeconds         float64        `json:"pitAgeSeconds"` // at launch: the point's age, the RPO
+	PITAgeSeconds         float64        `json:"pitAgeSeconds"` // at launch: the point's age (the job server's rpoSeconds is what the launch lost)
 	IsDrill               bool           `json:"isDrill"`
 	SiteID                string         `json:"siteId"`
 	Provider              string         `json:"provider"`

@@ -80,6 +80,14 @@ type ReplicationState struct {
 	ReplicatedBytes          int64                 `json:"replicatedBytes"`
 	TotalBytes               int64                 `json:"totalBytes"`
 	UpdatedAt                time.Time             `json:"updatedAt"`
+
+	// LastRecoverablePoint is the newest filesystem- or crash-consistent point (the last
+	// one may be a newer point of level none); derived by the control plane.
+	LastRecoverablePoint *ConsistencyPointInfo `json:"lastRecoverablePoint,omitempty"`
+	// LastDataAt: the replica held everything the source had written up to this time, as
+	// the agent last reported it (the agent's clock: the last time its dirty sets were
+	// empty and all it had sent was acknowledged). DataThrough adds the points sealed since.
+	LastDataAt *time.Time `json:"lastDataAt,omitempty"`
 }
 
 // InitiationStep is one step of INITIATING.
@@ -118,6 +126,10 @@ type ReplicationStateUpdate struct {
 	ThroughputBytesPerSecond *int64                `json:"throughputBytesPerSecond,omitempty"`
 	ReplicatedBytes          *int64                `json:"replicatedBytes,omitempty"`
 	TotalBytes               *int64                `json:"totalBytes,omitempty"`
+
+	// LastDataAt (agents): the replica matched the source as of this time. An update
+	// with lagSeconds and no lastDataAt (older agents) sets it to its receipt minus the lag.
+	LastDataAt *time.Time `json:"lastDataAt,omitempty"`
 }
 
 var (
@@ -175,6 +187,9 @@ func (u ReplicationStateUpdate) Validate() error {
 			return Invalid("lastConsistencyPoint.snapshotId %q is not a snapshot id (pit-…)", c.SnapshotID)
 		}
 	}
+	if u.LastDataAt != nil && u.LastDataAt.IsZero() {
+		return Invalid("lastDataAt must be a time; leave it out when the replica never matched the source")
+	}
 	if t := u.Tracker; t != nil && *t != "" && *t != "ebpf" && *t != "scan" {
 		return Invalid("tracker must be ebpf or scan, not %q", *t)
 	}
@@ -201,6 +216,14 @@ func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) Replica
 	if u.LagSeconds != nil {
 		s.LagSeconds = u.LagSeconds
 	}
+	switch {
+	case u.LastDataAt != nil:
+		t := u.LastDataAt.UTC()
+		s.LastDataAt = &t
+	case u.LagSeconds != nil:
+		t := now.Add(-time.Duration(*u.LagSeconds * float64(time.Second))).UTC()
+		s.LastDataAt = &t
+	}
 	if u.BacklogBytes != nil {
 		s.BacklogBytes = *u.BacklogBytes
 	}
@@ -209,6 +232,11 @@ func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) Replica
 	}
 	if u.LastConsistencyPoint != nil && (s.LastConsistencyPoint == nil || !u.LastConsistencyPoint.Time.Before(s.LastConsistencyPoint.Time)) {
 		s.LastConsistencyPoint = u.LastConsistencyPoint
+	}
+	s.LastRecoverablePoint = s.NewestRecoverablePoint()
+	if p := u.LastConsistencyPoint; p != nil && p.Level.Recoverable() &&
+		(s.LastRecoverablePoint == nil || !p.Time.Before(s.LastRecoverablePoint.Time)) {
+		s.LastRecoverablePoint = p
 	}
 	if u.LastFreezeMs != nil {
 		s.LastFreezeMs = u.LastFreezeMs
@@ -230,14 +258,42 @@ func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) Replica
 	return s
 }
 
-// Ready derives ReadyForRecovery: a filesystem- or crash-consistent point exists and the
-// server is past its initial sync.
+// Ready derives ReadyForRecovery: a filesystem- or crash-consistent point exists (a
+// newer point of level none does not take it away) and the server is past its initial sync.
 func (s ReplicationState) Ready() bool {
-	c := s.LastConsistencyPoint
-	if c == nil || !c.Level.Recoverable() {
+	if s.NewestRecoverablePoint() == nil {
 		return false
 	}
 	return s.DataReplicationState != StateInitiating && s.DataReplicationState != StateInitialSync
+}
+
+// NewestRecoverablePoint is the newest filesystem- or crash-consistent point the state
+// knows of (states stored before LastRecoverablePoint existed: the last point, when it
+// is one); nil when there is none.
+func (s ReplicationState) NewestRecoverablePoint() *ConsistencyPointInfo {
+	if s.LastRecoverablePoint != nil {
+		return s.LastRecoverablePoint
+	}
+	if c := s.LastConsistencyPoint; c != nil && c.Level.Recoverable() {
+		return c
+	}
+	return nil
+}
+
+// DataThrough is the newest time the control plane knows the replica held everything
+// the source had written: the agent's LastDataAt, or the last consistency point when it
+// is newer (a sealed PIT holds every write before it). Zero when neither is known.
+func (s ReplicationState) DataThrough() time.Time {
+	var t time.Time
+	if s.LastDataAt != nil {
+		t = *s.LastDataAt
+	}
+	for _, p := range []*ConsistencyPointInfo{s.LastConsistencyPoint, s.LastRecoverablePoint} {
+		if p != nil && p.Time.After(t) {
+			t = p.Time
+		}
+	}
+	return t
 }
 
 // NewReplicationState is the state of a source server just registered: INITIATING, with

@@ -240,13 +240,13 @@ func rtoText(s api.JobServer) string {
 }
 
 func jobServersTable(w *tabwriter.Writer, j api.Job) {
-	row(w, "SERVER", "STATUS", "RECOVERY INSTANCE", "PIT", "RTO", "STEP", "ERROR")
+	row(w, "SERVER", "STATUS", "RECOVERY INSTANCE", "PIT", "RPO", "RTO", "STEP", "ERROR")
 	for _, s := range j.Servers {
 		step := s.Step
 		if s.Progress != nil && s.Progress.TotalBytes > 0 && s.LaunchStatus == api.LaunchInProgress {
 			step += fmt.Sprintf(" %d%%", s.Progress.DoneBytes*100/s.Progress.TotalBytes)
 		}
-		row(w, s.SourceServerID, s.LaunchStatus, s.RecoveryInstanceID, orDash(s.SnapshotID), rtoText(s), orDash(step), orDash(s.Error))
+		row(w, s.SourceServerID, s.LaunchStatus, s.RecoveryInstanceID, pitText(s), rpoText(s), rtoText(s), orDash(step), orDash(s.Error))
 	}
 }
 

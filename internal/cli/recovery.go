@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -78,20 +77,7 @@ func (f *recoveryFlags) register(cmd *cobra.Command, drill bool) {
 }
 
 // parseAt reads --at: an RFC 3339 time, a local "2006-01-02 15:04[:05]", or an age.
-func parseAt(s string, now time.Time) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02T15:04:05", "2006-01-02T15:04"} {
-		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
-			return t, nil
-		}
-	}
-	if d, err := time.ParseDuration(strings.TrimPrefix(s, "-")); err == nil && d >= 0 {
-		return now.Add(-d), nil
-	}
-	return time.Time{}, usagef("--at %q is not a time: use RFC 3339 (2025-01-02T15:04:05Z), \"2025-01-02 15:04\" (local time) or an age such as 30m", s)
-}
+func parseAt(s string, now time.Time) (time.Time, error) { return parseTimeFlag("--at", s, now) }
 
 func runRecovery(ctx context.Context, g *globals, ids []string, f recoveryFlags, drill bool) error {
 	if f.at != "" && len(f.pits) > 0 {

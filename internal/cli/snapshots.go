@@ -3,12 +3,15 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery"
 )
 
 func newSnapshotsCmd(g *globals) *cobra.Command {
@@ -17,40 +20,136 @@ func newSnapshotsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// snapshotsListFlags are the flags of snapshots list.
+type snapshotsListFlags struct {
+	since, until, level string
+	limit               int
+	all                 bool
+}
+
+// defaultSnapshotsShown is how many PITs snapshots list shows without --limit or --all:
+// a server takes up to one a second.
+const defaultSnapshotsShown = 20
+
 func newSnapshotsListCmd(g *globals) *cobra.Command {
-	var limit int
+	var f snapshotsListFlags
 	cmd := &cobra.Command{
-		Use:   "list ID",
+		Use:   "list ID [--since DUR|TIME] [--until TIME] [--level L] [--limit N | --all]",
 		Short: "List a source server's recovery snapshots, newest first",
-		Args:  exactArgs(1, "a source server id"),
+		Long: `List a source server's recovery snapshots (PITs), newest first: the newest 20 unless --limit
+or --all says otherwise, saying so when there are more. --since and --until narrow the listing
+to PITs taken at or after --since and before --until; each is an RFC 3339 time, a local
+"2006-01-02 15:04", or an age such as 30m (--since 1h: the last hour).`,
+		Args: exactArgs(1, "a source server id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSnapshotsList(cmd.Context(), g, args[0], limit)
+			return runSnapshotsList(cmd.Context(), g, args[0], f)
 		},
 	}
-	cmd.Flags().IntVar(&limit, "limit", 100, "how many to list")
+	fl := cmd.Flags()
+	fl.StringVar(&f.since, "since", "", "only PITs taken at or after this time, or within this age (30m, 2h)")
+	fl.StringVar(&f.until, "until", "", "only PITs taken before this time (or age)")
+	fl.StringVar(&f.level, "level", "", "only PITs of this consistency level: filesystem, crash or none")
+	fl.IntVar(&f.limit, "limit", defaultSnapshotsShown, "how many to list, newest first (at most 10000)")
+	fl.BoolVar(&f.all, "all", false, "list every PIT that matches, page after page")
 	return cmd
 }
 
-func runSnapshotsList(ctx context.Context, g *globals, server string, limit int) error {
+// query reads the flags into a query of the control plane's listing.
+func (f snapshotsListFlags) query(now time.Time) (api.SnapshotQuery, error) {
+	q := api.SnapshotQuery{Limit: f.limit}
+	if f.limit < 1 || f.limit > api.MaxPageSize {
+		return q, usagef("--limit must be 1 to %d, not %d (--all lists everything)", api.MaxPageSize, f.limit)
+	}
+	var err error
+	if f.since != "" {
+		if q.After, err = parseTimeFlag("--since", f.since, now); err != nil {
+			return q, err
+		}
+	}
+	if f.until != "" {
+		if q.Before, err = parseTimeFlag("--until", f.until, now); err != nil {
+			return q, err
+		}
+	}
+	if !q.After.IsZero() && !q.Before.IsZero() && !q.After.Before(q.Before) {
+		return q, usagef("--since (%s) must be earlier than --until (%s)", q.After.Local().Format(time.RFC3339), q.Before.Local().Format(time.RFC3339))
+	}
+	if f.level != "" {
+		l, err := consistency.Parse(f.level)
+		if err != nil {
+			return q, usagef("--level must be filesystem, crash or none, not %q", f.level)
+		}
+		q.Level = &l
+	}
+	if f.all {
+		q.Limit = api.MaxPageSize
+	}
+	return q, nil
+}
+
+func runSnapshotsList(ctx context.Context, g *globals, server string, f snapshotsListFlags) error {
+	q, err := f.query(time.Now())
+	if err != nil {
+		return err
+	}
 	c, err := g.client()
 	if err != nil {
 		return err
 	}
-	page, err := c.RecoverySnapshots(ctx, server, limit, "")
+	page, err := c.FindRecoverySnapshots(ctx, server, q, "")
 	if err != nil {
 		return err
 	}
-	return g.show(page, func(w *tabwriter.Writer) {
-		row(w, "ID", "TIME", "AGE", "LEVEL", "VOLUMES", "ADDED", "LOCKED UNTIL")
-		for _, p := range page.Items {
-			lock := "-"
-			if p.LockUntil != nil {
-				lock = p.LockUntil.Format(time.RFC3339)
-			}
-			row(w, p.ID, p.Time.Format("2006-01-02 15:04:05.000"), time.Since(p.Time).Round(time.Second), p.Level,
-				len(p.Volumes), bytesIEC(p.SizeBytes), lock)
+	for f.all && page.NextPageToken != "" {
+		more, err := c.FindRecoverySnapshots(ctx, server, q, page.NextPageToken)
+		if err != nil {
+			return err
 		}
-	})
+		page.Items, page.NextPageToken = append(page.Items, more.Items...), more.NextPageToken
+	}
+	if page.NextPageToken != "" {
+		fmt.Fprintf(g.stderr, "the newest %d PITs shown; there are more: --limit N for more, --since/--until for a time range, --all for every one\n",
+			len(page.Items))
+	}
+	return g.show(page, func(w *tabwriter.Writer) { snapshotsTable(w, page.Items, time.Now()) })
+}
+
+// snapshotsTable lists PITs with their age at now.
+func snapshotsTable(w *tabwriter.Writer, pits []api.RecoverySnapshot, now time.Time) {
+	row(w, "ID", "TIME", "AGE", "LEVEL", "VOLUMES", "ADDED", "LOCKED UNTIL")
+	for _, p := range pits {
+		lock := "-"
+		if p.LockUntil != nil {
+			lock = p.LockUntil.Format(time.RFC3339)
+		}
+		row(w, p.ID, p.Time.Local().Format("2006-01-02 15:04:05.000"), pitAge(now.Sub(p.Time)), p.Level,
+			len(p.Volumes), bytesIEC(p.SizeBytes), lock)
+	}
+}
+
+// pitAge is an age to a precision that suits it (FormatLoss's).
+func pitAge(d time.Duration) string {
+	if d < 0 {
+		return "-" + recovery.FormatLoss(-d)
+	}
+	return recovery.FormatLoss(d)
+}
+
+// parseTimeFlag reads a time flag: an RFC 3339 time, a local "2006-01-02 15:04[:05]", or
+// an age (a duration before now).
+func parseTimeFlag(flag, s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02T15:04:05", "2006-01-02T15:04"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	if d, err := time.ParseDuration(strings.TrimPrefix(s, "-")); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, usagef("%s %q is not a time: use RFC 3339 (2025-01-02T15:04:05Z), \"2025-01-02 15:04\" (local time) or an age such as 30m", flag, s)
 }
 
 // snapshotsCreateFlags are the flags of snapshots create.

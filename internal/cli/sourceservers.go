@@ -129,6 +129,9 @@ func runSourceServersDescribe(ctx context.Context, g *globals, id string) error 
 	if err != nil {
 		return err
 	}
+	if err := fillRecoverablePoint(ctx, c, &s); err != nil {
+		return err
+	}
 	return g.show(s, func(w *tabwriter.Writer) { describeServer(w, s) })
 }
 
@@ -207,6 +210,7 @@ func describeServer(w *tabwriter.Writer, s api.SourceServer) {
 		row(w, "ETA:", (time.Duration(*r.ETASeconds) * time.Second).String())
 	}
 	row(w, "Last consistency point:", pointText(r.LastConsistencyPoint))
+	row(w, "Data-loss exposure:", exposureText(r, time.Now()))
 	if r.LastFreezeMs != nil {
 		row(w, "Last freeze:", fmt.Sprintf("%.1f ms", *r.LastFreezeMs))
 	}

@@ -244,10 +244,12 @@ func (c *call) createLaunchJob(tx *db.Tx, plan *recovery.LaunchPlan, job db.Job)
 	}
 	for _, p := range plan.Servers {
 		age := job.CreatedAt.Sub(p.PIT.Time).Round(time.Second)
+		rpo := p.RPO()
 		if err := c.jobEvent(tx, job.ID, p.Server.ID, api.EventUsingPreviousSnapshot,
-			fmt.Sprintf("using PIT %s (%s consistent, taken %s, %s before the job)", p.PIT.ID, p.PIT.Level,
-				p.PIT.Time.UTC().Format(time.RFC3339), age),
-			map[string]any{"recoverySnapshotId": p.PIT.ID, "time": p.PIT.Time, "level": p.PIT.Level, "ageSeconds": age.Seconds()}); err != nil {
+			fmt.Sprintf("using PIT %s (%s consistent, taken %s, %s before the job); %s", p.PIT.ID, p.PIT.Level,
+				p.PIT.Time.UTC().Format(recovery.TimeMillis), age, rpo),
+			map[string]any{"recoverySnapshotId": p.PIT.ID, "time": p.PIT.Time, "level": p.PIT.Level, "ageSeconds": age.Seconds(),
+				"rpoSeconds": rpo.Seconds(), "dataThrough": rpo.DataThrough}); err != nil {
 			return api.Job{}, err
 		}
 	}

@@ -32,6 +32,12 @@ var (
 	operator  = access{role: api.RoleOperator}
 	sysAdmin  = access{role: api.RoleAdmin, system: true}
 	pagingQry = []queryParam{{"limit", "integer", "page size, 1 to 10000 (default 100)"}, {"page_token", "string", "nextPageToken of the previous page"}}
+	// snapshotQry narrows a listing of PITs (db.SnapshotFilter); give the same with each page.
+	snapshotQry = append([]queryParam{
+		{"after", "string", "only PITs taken at or after this RFC 3339 time (inclusive)"},
+		{"before", "string", "only PITs taken before this RFC 3339 time (exclusive)"},
+		{"level", "string", "only PITs of this consistency level: filesystem, crash or none"},
+	}, pagingQry...)
 )
 
 // routeTable is every route of the API, by resource.
@@ -143,7 +149,7 @@ func sourceServerRoutes() []*route {
 		{method: "PUT", path: "/api/v1/source-servers/{id}/launch-settings", summary: "Replace a source server's launch settings",
 			access: access{role: api.RoleAdmin, target: targetSourceServer}, endpoint: withBody((*call).putLaunchSettings)},
 		{method: "GET", path: "/api/v1/source-servers/{id}/recovery-snapshots", summary: "List a source server's recovery snapshots, newest first",
-			access: access{role: api.RoleViewer, replicator: true, target: targetSourceServer}, query: pagingQry,
+			access: access{role: api.RoleViewer, replicator: true, target: targetSourceServer}, query: snapshotQry,
 			endpoint: noBodyEndpoint((*call).listSnapshots)},
 		{method: "POST", path: "/api/v1/source-servers/{id}/recovery-snapshots", summary: "Record a recovery snapshot the replicator sealed",
 			access: access{replicator: true, target: targetSourceServer}, status: 201, endpoint: withBody((*call).createSnapshot)},

@@ -2,8 +2,11 @@ package controlplane
 
 import (
 	"errors"
+	"net/url"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 )
 
@@ -58,9 +61,44 @@ func (c *call) createSnapshot(req *api.CreateRecoverySnapshotRequest) (api.Recov
 	return out, err
 }
 
+// snapshotFilter reads a listing's after, before and level parameters.
+func snapshotFilter(q url.Values) (db.SnapshotFilter, error) {
+	var f db.SnapshotFilter
+	for _, p := range []struct {
+		name string
+		to   **time.Time
+	}{{"after", &f.After}, {"before", &f.Before}} {
+		v := q.Get(p.name)
+		if v == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return f, api.Invalid("%s must be an RFC 3339 time such as 2025-01-02T15:04:05Z, not %q", p.name, v)
+		}
+		*p.to = &t
+	}
+	if f.After != nil && f.Before != nil && !f.After.Before(*f.Before) {
+		return f, api.Invalid("after (%s) must be earlier than before (%s): after is inclusive, before exclusive",
+			f.After.Format(time.RFC3339Nano), f.Before.Format(time.RFC3339Nano))
+	}
+	if v := q.Get("level"); v != "" {
+		l, err := consistency.Parse(v)
+		if err != nil {
+			return f, api.Invalid("level must be filesystem, crash or none, not %q", v)
+		}
+		f.Level = &l
+	}
+	return f, nil
+}
+
 func (c *call) listSnapshots() (api.RecoverySnapshotList, error) {
 	q := c.r.URL.Query()
 	limit, err := limitParam(q.Get("limit"))
+	if err != nil {
+		return api.RecoverySnapshotList{}, err
+	}
+	filter, err := snapshotFilter(q)
 	if err != nil {
 		return api.RecoverySnapshotList{}, err
 	}
@@ -70,7 +108,7 @@ func (c *call) listSnapshots() (api.RecoverySnapshotList, error) {
 		if err != nil {
 			return err
 		}
-		rows, next, err := tx.ListSnapshots(s.ID, limit, q.Get("page_token"))
+		rows, next, err := tx.FindSnapshots(s.ID, filter, limit, q.Get("page_token"))
 		for _, r := range rows {
 			out.Items = append(out.Items, r.RecoverySnapshot)
 		}

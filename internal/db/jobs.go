@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -105,12 +106,21 @@ func (t *Tx) PutJobServer(s JobServer) error {
 		}
 		progress = string(b)
 	}
+	var rpo any
+	if s.RPOSeconds != nil {
+		rpo = int64(math.Round(*s.RPOSeconds * 1000))
+	}
+	// The PIT's time and RPO are set when the job is planned; an update without them
+	// keeps them.
 	_, err := t.exec(`INSERT INTO job_servers (job_id, source_server_id, recovery_instance_id, snapshot_id, launch_status,
-		step, progress, error, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		step, progress, error, updated_at, snapshot_time, rpo_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (job_id, recovery_instance_id) DO UPDATE SET snapshot_id = excluded.snapshot_id,
 		launch_status = excluded.launch_status, step = excluded.step, progress = excluded.progress,
-		error = excluded.error, updated_at = excluded.updated_at`,
-		s.JobID, s.SourceServerID, s.RecoveryInstanceID, s.SnapshotID, s.LaunchStatus, s.Step, progress, s.Error, ms(s.UpdatedAt))
+		error = excluded.error, updated_at = excluded.updated_at,
+		snapshot_time = COALESCE(excluded.snapshot_time, job_servers.snapshot_time),
+		rpo_ms = COALESCE(excluded.rpo_ms, job_servers.rpo_ms)`,
+		s.JobID, s.SourceServerID, s.RecoveryInstanceID, s.SnapshotID, s.LaunchStatus, s.Step, progress, s.Error, ms(s.UpdatedAt),
+		nullMS(s.SnapshotTime), rpo)
 	return err
 }
 
@@ -141,7 +151,7 @@ func (t *Tx) fillJobServers(jobs []Job) error {
 	}
 	in := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(jobs)), ", ") + ")"
 	rows, err := t.query(`SELECT job_id, source_server_id, recovery_instance_id, snapshot_id, launch_status, step, progress,
-		error FROM job_servers WHERE job_id IN `+in+` ORDER BY job_id, source_server_id, recovery_instance_id`, args...)
+		error, snapshot_time, rpo_ms FROM job_servers WHERE job_id IN `+in+` ORDER BY job_id, source_server_id, recovery_instance_id`, args...)
 	if err != nil {
 		return err
 	}
@@ -149,9 +159,15 @@ func (t *Tx) fillJobServers(jobs []Job) error {
 	for rows.Next() {
 		var jobID, progress string
 		var s api.JobServer
+		var pitTime, rpo sql.NullInt64
 		if err := rows.Scan(&jobID, &s.SourceServerID, &s.RecoveryInstanceID, &s.SnapshotID, &s.LaunchStatus, &s.Step,
-			&progress, &s.Error); err != nil {
+			&progress, &s.Error, &pitTime, &rpo); err != nil {
 			return classify(err)
+		}
+		s.SnapshotTime = optTime(pitTime)
+		if rpo.Valid {
+			v := float64(rpo.Int64) / 1000
+			s.RPOSeconds = &v
 		}
 		if progress != "" {
 			s.Progress = &api.JobProgress{}

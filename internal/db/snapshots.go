@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 )
 
 // Snapshot is a recovery snapshot row.
@@ -78,15 +79,51 @@ func (t *Tx) CountLockedSnapshots(sourceServerID string, now time.Time) (int, er
 
 // ListSnapshots returns a page of a source server's snapshots, newest first.
 func (t *Tx) ListSnapshots(sourceServerID string, limit int, pageToken string) ([]Snapshot, string, error) {
-	args := []any{sourceServerID}
-	cond := ""
+	return t.FindSnapshots(sourceServerID, SnapshotFilter{}, limit, pageToken)
+}
+
+// SnapshotFilter narrows a listing of a server's snapshots. After is inclusive, Before
+// exclusive (each only when given); Level, when given, is the only level listed.
+type SnapshotFilter struct {
+	After, Before *time.Time
+	Level         *consistency.Level
+}
+
+// where is the filter as SQL conditions (each with a leading AND) and their arguments.
+func (f SnapshotFilter) where() (string, []any) {
+	cond, args := "", []any{}
+	if f.After != nil {
+		cond += ` AND taken_at >= ?`
+		args = append(args, ms(*f.After))
+	}
+	if f.Before != nil {
+		cond += ` AND taken_at < ?`
+		args = append(args, ms(*f.Before))
+	}
+	if f.Level != nil {
+		// Served by recovery_snapshots_level (0008_rpo.sql): a rare level among a
+		// server's many PITs is found without reading the others.
+		cond += ` AND level = ?`
+		args = append(args, *f.Level)
+	}
+	return cond, args
+}
+
+// FindSnapshots returns a page of a source server's snapshots that pass f, newest first.
+// A page token is a position in that order: the next page's request gives it with the
+// same filter.
+func (t *Tx) FindSnapshots(sourceServerID string, f SnapshotFilter, limit int, pageToken string) ([]Snapshot, string, error) {
+	cond, fargs := f.where()
+	args := append([]any{sourceServerID}, fargs...)
 	if pageToken != "" {
 		at, id, err := decodeTimeCursor(pageToken, api.PrefixSnapshot)
 		if err != nil {
 			return nil, "", err
 		}
-		cond = ` AND (taken_at < ? OR (taken_at = ? AND id > ?))`
-		args = append(args, at, at, id)
+		// taken_at <= ? bounds the index range, so a deep page seeks to its place
+		// instead of reading every newer PIT.
+		cond += ` AND taken_at <= ? AND (taken_at < ? OR (taken_at = ? AND id > ?))`
+		args = append(args, at, at, at, id)
 	}
 	if limit <= 0 {
 		limit = api.DefaultPageSize

@@ -98,6 +98,12 @@ type PlannedServer struct {
 	PIT db.Snapshot
 }
 
+// RPO is the RPO of launching the server from its PIT, as its replication state says
+// now (ChoosePITs first).
+func (ps PlannedServer) RPO() RPO {
+	return ComputeRPO(ps.PIT.Time, ps.Server.Replication)
+}
+
 // LaunchPlan is a drill or recovery job before it is created.
 type LaunchPlan struct {
 	Request api.StartRecoveryRequest
@@ -220,8 +226,9 @@ func (p *LaunchPlan) Job(now time.Time, accountID, createdBy string) db.Job {
 		job.InitiatedBy = api.InitiatedStartDrill
 	}
 	for _, s := range p.Servers {
+		pitTime, rpo := s.PIT.Time, s.RPO().Seconds()
 		job.Servers = append(job.Servers, api.JobServer{SourceServerID: s.Server.ID, RecoveryInstanceID: api.NewID(api.PrefixRecoveryInstance),
-			SnapshotID: s.PIT.ID, LaunchStatus: api.LaunchPending})
+			SnapshotID: s.PIT.ID, LaunchStatus: api.LaunchPending, SnapshotTime: &pitTime, RPOSeconds: &rpo})
 	}
 	return job
 }
