@@ -40,6 +40,7 @@ type ControlPlane interface {
 	ReplicationConfigWait(ctx context.Context, id, known string, wait time.Duration) (api.ReplicationConfig, error)
 	UpdateReplicationState(ctx context.Context, id string, u api.ReplicationStateUpdate) (api.ReplicationState, error)
 	SetVolumes(ctx context.Context, id string, volumes []api.Volume) (api.SourceServer, error)
+	ReportGroupPoint(ctx context.Context, serverID, pointID string, r api.GroupPointReport) (api.GroupPointDecision, error)
 }
 
 // Config configures an agent.

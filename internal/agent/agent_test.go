@@ -100,6 +100,10 @@ func (c *fakeControlPlane) SetVolumes(_ context.Context, _ string, vs []api.Volu
 	return api.SourceServer{}, nil
 }
 
+func (c *fakeControlPlane) ReportGroupPoint(context.Context, string, string, api.GroupPointReport) (api.GroupPointDecision, error) {
+	return api.GroupPointDecision{Action: api.GroupActionAbort, Reason: "the fake control plane runs no group points"}, nil
+}
+
 // states lists the states reported, in order, without repeats.
 func (c *fakeControlPlane) states() []string {
 	c.mu.Lock()

@@ -97,7 +97,7 @@ func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
 	opt := sessionOptions{ServerID: a.cfg.ServerID, PreFreeze: a.cfg.PreFreeze, PostThaw: a.cfg.PostThaw,
 		HookTimeout: a.cfg.HookTimeout, FreezeHold: a.cfg.FreezeHold, ScanPause: a.cfg.ScanPause,
 		VerifyEvery: a.cfg.VerifyEvery, Verify: &a.verify, LostSeen: a.lostSeen,
-		Config: a.latestConfig, VolumesChanged: a.volumesChanged}
+		Config: a.latestConfig, VolumesChanged: a.volumesChanged, Groups: a.cfg.ControlPlane}
 	s := newSession(a.src, conn, tables, welcome, enc, a.st, a.log, opt)
 	a.st.connected(cfg.Replicator.Address, s.backlog)
 	a.log.Info("connected to the replication server", "replicator", cfg.Replicator.Name, "address", cfg.Replicator.Address,

@@ -71,6 +71,7 @@ type session struct {
 	seq       uint64  // the last sequence number given
 	cur       []*item // per volume: the item being filled
 	markerID  uint64
+	version   uint16 // the session's protocol version
 	rescanWhy string // set at the end: the next session rescans every volume, and why
 
 	// Shared with the sender and the receiver.
@@ -82,7 +83,11 @@ type session struct {
 	matchSeq uint64    // … and became matched when this is acknowledged
 	acked    uint64
 	pointErr *api.ReplicationError // why the last consistency point failed, until one succeeds
-	lastSend time.Time
+	// Why points are degraded: taken without a freeze (until one under freeze is
+	// sealed), or less often than set (until they are taken as often again).
+	crashNotice, widenNotice *api.ReplicationError
+	lastFreeze               time.Duration // how long the last point froze the filesystems
+	lastSend                 time.Time
 }
 
 // pipeline is how items travel from the producer to the link: encoded by the
@@ -106,7 +111,7 @@ func newSession(src Source, link Link, tables []*tracker.HashTable, welcome *wir
 	s := &session{src: src, link: link, tables: tables, st: st, log: log, opt: opt.withDefaults(), bs: src.BlockSize(),
 		pipeline: pipeline{win: wire.NewWindow(welcome.WindowBytes), enc: enc,
 			queue: make(chan *item, 16), work: make(chan *item, 16), errc: make(chan error, 4)},
-		markers: map[uint64]pointInfo{}, inflight: make([]map[uint64]flight, n), cur: make([]*item, n)}
+		markers: map[uint64]pointInfo{}, inflight: make([]map[uint64]flight, n), cur: make([]*item, n), version: welcome.Version}
 	for i := range s.inflight {
 		s.inflight[i] = map[uint64]flight{}
 	}
@@ -237,10 +242,11 @@ func (s *session) flushAll(ctx context.Context) {
 
 // mark queues a consistency marker after every block dispatched so far: the PIT it
 // seals holds exactly those.
-func (s *session) mark(ctx context.Context, at time.Time, level consistency.Level, freezeMs float64) error {
+func (s *session) mark(ctx context.Context, at time.Time, level consistency.Level, freezeMs float64, groupPoint string) error {
 	s.flushAll(ctx)
 	s.markerID++
-	m := &wire.Marker{ID: s.markerID, TimeUnixNano: at.UnixNano(), Level: level, FreezeMicros: uint32(freezeMs * 1000)}
+	m := &wire.Marker{ID: s.markerID, TimeUnixNano: at.UnixNano(), Level: level, FreezeMicros: uint32(freezeMs * 1000),
+		GroupPoint: groupPoint}
 	for _, v := range s.src.Volumes() {
 		m.VolumeSizes = append(m.VolumeSizes, v.SizeBytes)
 	}
@@ -309,8 +315,11 @@ func (s *session) sealed(m *wire.Sealed) {
 		return
 	}
 	s.st.sealed(api.ConsistencyPointInfo{Time: info.at.UTC(), Level: info.level, SnapshotID: m.PITID}, info.freezeMs)
+	if info.level == consistency.Filesystem {
+		s.setNotice(true, nil)
+	}
 	s.setPointErr(nil)
-	s.log.Info("PIT sealed", "pit", m.PITID, "level", info.level.String(), "freeze_ms", info.freezeMs)
+	s.log.Debug("PIT sealed", "pit", m.PITID, "level", info.level.String(), "freeze_ms", info.freezeMs)
 }
 
 // requeue marks every block sent but not acknowledged, or gathered and never sent,
@@ -340,12 +349,38 @@ func (s *session) requeue() {
 func (s *session) setPointErr(e *api.ReplicationError) {
 	s.mu.Lock()
 	s.pointErr = e
+	shown := s.shownLocked()
 	s.mu.Unlock()
-	s.st.setError(e)
+	s.st.setError(shown)
 }
 
+// setNotice records why points are degraded though they succeed: taken without a
+// freeze (crash), or less often than set (widened); nil clears it.
+func (s *session) setNotice(crash bool, e *api.ReplicationError) {
+	s.mu.Lock()
+	if crash {
+		s.crashNotice = e
+	} else {
+		s.widenNotice = e
+	}
+	shown := s.shownLocked()
+	s.mu.Unlock()
+	s.st.setError(shown)
+}
+
+// pointError is what the state shows: why the last point failed, else why points are
+// degraded, else nothing.
 func (s *session) pointError() *api.ReplicationError {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.pointErr
+	return s.shownLocked()
+}
+
+func (s *session) shownLocked() *api.ReplicationError {
+	for _, e := range []*api.ReplicationError{s.pointErr, s.crashNotice, s.widenNotice} {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
 }

@@ -36,7 +36,9 @@ type fakeSource struct {
 	// beforeFreeze and afterThaw are called just before the freeze and just after the
 	// thaw (writes may be made there).
 	beforeFreeze, afterThaw func()
-	readErr                 error // Read and Scan fail with it
+	readErr                 error  // Read and Scan fail with it
+	freezeErr               error  // Freeze fails with it
+	duringCollect           func() // called by Collect after it took the dirty blocks
 }
 
 func newFakeSource(continuous bool, blocks ...int) *fakeSource {
@@ -136,6 +138,9 @@ func (f *fakeSource) Collect(ctx context.Context, vol int, held func(block, hash
 		})
 	}
 	blocks := f.Take(vol, nil, 1<<20)
+	if f.duringCollect != nil {
+		f.duringCollect()
+	}
 	return f.Read(ctx, vol, blocks, func(b uint64, data []byte) error { return fn(b, data, wire.Hash(data)) })
 }
 
@@ -150,6 +155,9 @@ func (f *fakeSource) Mounts() ([]string, error) {
 }
 
 func (f *fakeSource) Freeze(_ context.Context, _ []string, _ time.Duration) (Frozen, error) {
+	if f.freezeErr != nil {
+		return nil, f.freezeErr
+	}
 	if f.beforeFreeze != nil {
 		f.beforeFreeze()
 	}
@@ -198,6 +206,7 @@ type fakeReplicator struct {
 	mu       sync.Mutex
 	replica  []map[uint64][]byte
 	pits     map[uint64][]map[uint64][]byte // marker id → replica then
+	markers  map[uint64]*wire.Marker        // marker id → the marker
 	received []uint64                       // sequence numbers, in order
 	blocks   int                            // blocks received
 	payload  int                            // their frames' payload bytes
@@ -214,7 +223,7 @@ type fakeReplicator struct {
 func pipeLink(t *testing.T, volumes int) (Link, *fakeReplicator) {
 	a, b := net.Pipe()
 	r := &fakeReplicator{conn: wire.NewConn(b), dec: wire.NewDecoder(testBS), pits: map[uint64][]map[uint64][]byte{},
-		done: make(chan struct{})}
+		markers: map[uint64]*wire.Marker{}, done: make(chan struct{})}
 	for range volumes {
 		r.replica = append(r.replica, map[uint64][]byte{})
 	}
@@ -274,6 +283,7 @@ func (r *fakeReplicator) handle(m wire.Msg) bool {
 			}
 		}
 		r.pits[m.ID] = pit
+		r.markers[m.ID] = m
 		r.received = append(r.received, m.Seq)
 		r.last = m.Seq
 		_ = r.conn.WriteMsg(&wire.Sealed{MarkerID: m.ID, PITID: fmt.Sprintf("pit-%d", m.ID)})

@@ -35,6 +35,9 @@ const pointSkipBacklog = 64 << 20
 //     blocks written before the freeze;
 //  8. the post-thaw hook.
 //
+// When the filesystems cannot be frozen (none is mounted, the freeze fails, or the
+// pre-freeze hook does), the point is taken without a freeze instead (crashPoint).
+//
 // A point that fails puts back what it collected and is retried at the next interval;
 // only an error that ends the session is returned.
 func (s *session) point(ctx context.Context, bound time.Duration) error {
@@ -43,36 +46,28 @@ func (s *session) point(ctx context.Context, bound time.Duration) error {
 	}
 	level := consistency.Filesystem
 	mounts, whyNot := s.src.Mounts()
-	var fr Frozen
 	if whyNot != nil {
-		level = consistency.None
-	} else {
-		if err := s.hook(ctx, "pre-freeze", s.opt.PreFreeze, mounts); err != nil {
-			s.setPointErr(&api.ReplicationError{Code: codeHookFailed,
-				Message: "the pre-freeze hook failed, so this consistency point was skipped: " + err.Error() + "; replication continues"})
-			return nil
-		}
-		defer s.postThaw(ctx, mounts)
-		if err := s.presync(ctx, mounts); err != nil {
-			return err
-		}
-		var err error
-		if fr, err = s.src.Freeze(ctx, mounts, bound); err != nil {
-			s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
-				Message: "the filesystems could not be frozen for a consistency point: " + err.Error() + "; replication continues, the point is retried"})
-			return nil
-		}
+		return s.crashPoint(ctx, bound, "", "") // nothing to freeze: the levels say what the points are
+	}
+	if err := s.hook(ctx, "pre-freeze", s.opt.PreFreeze, mounts); err != nil {
+		return s.crashPoint(ctx, bound, codeHookFailed, err.Error())
+	}
+	defer s.postThaw(ctx, mounts)
+	if err := s.presync(ctx, mounts); err != nil {
+		return err
+	}
+	fr, err := s.src.Freeze(ctx, mounts, bound)
+	if err != nil {
+		return s.crashPoint(ctx, bound, api.ErrFreezeFailed, "the filesystems could not be frozen: "+err.Error())
 	}
 	at := time.Now()
-	var tFreeze time.Duration // the FIFREEZEs
-	if fr != nil {
-		tFreeze = fr.Elapsed()
-	}
-	if fr != nil && s.opt.FreezeHold > 0 {
+	tFreeze := fr.Elapsed() // the FIFREEZEs
+	if s.opt.FreezeHold > 0 {
 		sleep(ctx, s.opt.FreezeHold)
 	}
 	got, tSync, tRead, readErr := s.collect(ctx, bound)
 	freezeMs, thawErr := thaw(fr)
+	whyNot = nil
 	var nc *freeze.NotConsistentError
 	switch {
 	case errors.As(thawErr, &nc):
@@ -92,19 +87,76 @@ func (s *session) point(ctx context.Context, bound time.Duration) error {
 	if err := s.sendCollected(ctx, got); err != nil {
 		return err
 	}
-	if level == consistency.None && fr != nil {
+	if level == consistency.None {
 		s.setPointErr(&api.ReplicationError{Code: api.ErrFreezeFailed,
 			Message: fmt.Sprintf("the consistency point took longer than the freeze bound (%s): %v; it is kept as level none", bound, whyNot)})
 	}
-	if err := s.mark(ctx, at, level, freezeMs); err != nil {
+	if err := s.mark(ctx, at, level, freezeMs, ""); err != nil {
 		return err
 	}
 	if len(got) == 0 {
 		s.matched(at)
 	}
+	s.lastFreeze = fr.Elapsed()
 	s.log.Debug("consistency point", "level", level.String(), "freeze_ms", freezeMs, "fifreeze_ms", ms(tFreeze),
 		"tracker_sync_ms", ms(tSync), "read_ms", ms(tRead), "blocks", len(got), "reason", whyNot)
 	return nil
+}
+
+// crashPoint takes a point without a freeze: there is no filesystem to freeze (code
+// is empty), or the freeze could not be had (code and why say what went wrong). It reads every block dirty at its start; if no write
+// completed while it read them (the tracker delivered none), the blocks are the disks
+// at that instant, in write order — a crash-consistent point, as if the power had
+// failed then. Otherwise it is fuzzy (level none), and recovery does not offer it by
+// default. The state says which, and why, until a point under freeze succeeds.
+func (s *session) crashPoint(ctx context.Context, bound time.Duration, code, why string) error {
+	at := time.Now()
+	got, _, _, err := s.collect(ctx, bound)
+	level := consistency.None
+	if err == nil && s.quiet(ctx, bound) {
+		level = consistency.Crash
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		s.putBack(got)
+		s.setPointErr(&api.ReplicationError{Code: code, Message: why + "; a point without a freeze failed too while reading the volumes: " + err.Error()})
+		return nil
+	}
+	if err := s.sendCollected(ctx, got); err != nil {
+		return err
+	}
+	if code != "" {
+		msg := why + "; points are taken without a freeze: crash-consistent while writes pause during a point, fuzzy (level none) otherwise"
+		s.setNotice(true, &api.ReplicationError{Code: api.ErrPointsCrashConsistent, Message: msg + " — this one is " + level.String()})
+	}
+	s.setPointErr(nil)
+	s.lastFreeze = 0
+	if err := s.mark(ctx, at, level, 0, ""); err != nil {
+		return err
+	}
+	if len(got) == 0 && level == consistency.Crash {
+		s.matched(at)
+	}
+	return nil
+}
+
+// quiet reports whether no write completed since the last collect: the tracker, once it
+// delivered every completed write, holds nothing dirty.
+func (s *session) quiet(ctx context.Context, bound time.Duration) bool {
+	sctx, cancel := context.WithTimeout(ctx, max(bound, time.Second))
+	err := s.src.Sync(sctx)
+	cancel()
+	if err != nil {
+		return false
+	}
+	for vol := range s.tables {
+		if s.src.Dirty(vol) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // presync writes back what the filesystems hold and sends it before the freeze, so the

@@ -53,6 +53,8 @@ type sessionOptions struct {
 	Config func() api.ReplicationConfig
 	// VolumesChanged reports disks that appeared, went or changed size (nil: never).
 	VolumesChanged func(ignoreNew bool) bool
+	// Groups coordinates consistency-group points (nil: the agent takes none).
+	Groups groupCoordinator
 }
 
 func (o sessionOptions) withDefaults() sessionOptions {
@@ -92,7 +94,10 @@ type loopState struct {
 	lastLook        time.Time
 	handledRequest  string        // the snapshot request answered last
 	passTook        time.Duration // how long the last point took (a scan's reads everything)
-	growing         int           // turns the backlog grew above backlogLarge
+	handledGroup    string        // the group point taken part in last
+	lastGroupPoint  time.Time
+	cost            pointCost // what points cost: the interval widens when it is too much
+	growing         int       // turns the backlog grew above backlogLarge
 	lastBacklog     int64
 }
 
@@ -173,27 +178,81 @@ func (s *session) ended(ctx context.Context, l *loopState) (bool, error) {
 	return false, nil
 }
 
-// pointIfDue takes a consistency point when one is due or was asked for.
+// pointIfDue takes a consistency point when one is due or was asked for, or this
+// server's part of the group point it is invited to. A member of a consistency group
+// takes no points of its own while the group's come.
 func (s *session) pointIfDue(ctx context.Context, l *loopState) error {
-	req := l.cfg.Control.SnapshotRequest
+	ctl := l.cfg.Control
+	if gp := ctl.GroupPoint; gp != nil && gp.ID != l.handledGroup {
+		l.handledGroup = gp.ID
+		if !time.Now().Before(gp.Deadline) {
+			return nil
+		}
+		err := s.groupPoint(ctx, gp, l.bound)
+		l.lastPoint, l.lastGroupPoint = time.Now(), time.Now()
+		return err
+	}
+	req := ctl.SnapshotRequest
 	requested := req != nil && req.ID != l.handledRequest
 	// A point of the scan tracker reads every volume: not more than a third of the time.
-	every := max(l.interval, 3*l.passTook)
-	if !requested && time.Since(l.lastPoint) < every {
+	every := max(s.widened(l), 3*l.passTook)
+	grouped := ctl.Group != nil && time.Since(l.lastGroupPoint) < groupQuiet(ctl.Group)
+	if !requested && (grouped || time.Since(l.lastPoint) < every) {
 		return nil
 	}
 	t0 := time.Now()
 	if err := s.point(ctx, l.bound); err != nil {
 		return err
 	}
-	if !s.src.Continuous() {
-		l.passTook = time.Since(t0)
+	if took := time.Since(t0); !s.src.Continuous() {
+		l.passTook = took
+	} else {
+		l.cost.add(s.lastFreeze, took)
 	}
 	l.lastPoint = time.Now()
 	if requested {
 		l.handledRequest = req.ID
 	}
 	return nil
+}
+
+// pointCost is what the recent points cost, smoothed: how long each froze the
+// filesystems, and how long it took in all.
+type pointCost struct {
+	freeze, took time.Duration
+	n            int
+}
+
+func (c *pointCost) add(freeze, took time.Duration) {
+	if c.n == 0 {
+		c.freeze, c.took = freeze, took
+	}
+	c.n++
+	c.freeze += (freeze - c.freeze) / 5
+	c.took += (took - c.took) / 5
+}
+
+// maxStall is the share of the time points may freeze writes; a point may take at most
+// half its interval. Past either, the interval widens until the points fit again.
+const maxStall = 0.02
+
+// widened returns the interval points are taken at: the one set, or a wider one the
+// machine can sustain, which the state then reports with its reason.
+func (s *session) widened(l *loopState) time.Duration {
+	every := max(l.interval, time.Duration(float64(l.cost.freeze)/maxStall), 2*l.cost.took)
+	if every > l.interval {
+		every = every.Round(time.Second) + time.Second
+	}
+	if every <= l.interval || l.cost.n < 3 {
+		s.setNotice(false, nil)
+		return l.interval
+	}
+	s.setNotice(false, &api.ReplicationError{Code: api.ErrPointIntervalWidened, Message: fmt.Sprintf(
+		"consistency points are taken every %s instead of every %s: each freezes writes for %.1f ms and takes %.0f ms on average, "+
+			"and points may freeze writes at most %.0f%% of the time and take at most half their interval; "+
+			"set a longer interval, or reduce the write load during points", every, l.interval,
+		ms(l.cost.freeze), ms(l.cost.took), 100*maxStall)})
+	return every
 }
 
 // reportBacklog sets the state from the backlog, and whether it keeps growing.

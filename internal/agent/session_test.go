@@ -272,9 +272,10 @@ func TestLostEventsAskForARescan(t *testing.T) {
 	}
 }
 
-// A pre-freeze hook that hangs skips the point (no freeze, no marker) within the hook
-// timeout, reports HOOK_FAILED, and replication goes on.
-func TestHookThatHangsSkipsThePoint(t *testing.T) {
+// A pre-freeze hook that hangs is given up within the hook timeout: the point is taken
+// without a freeze (crash-consistent: no write completes meanwhile), the state says why,
+// and replication goes on.
+func TestHookThatHangsGivesACrashPoint(t *testing.T) {
 	src := newFakeSource(true, 16)
 	src.mounts = []string{t.TempDir()}
 	link, rep := pipeLink(t, 1)
@@ -292,16 +293,16 @@ func TestHookThatHangsSkipsThePoint(t *testing.T) {
 		t.Fatalf("the session waited %s for a hook bounded at 50 ms", took)
 	}
 	st, _ := s.st.snapshot(time.Now(), 0)
-	if st.Error == nil || st.Error.Code != codeHookFailed || !strings.Contains(st.Error.Message, "did not finish within") {
-		t.Fatalf("error %+v, want %s about the timeout", st.Error, codeHookFailed)
+	if st.Error == nil || st.Error.Code != api.ErrPointsCrashConsistent || !strings.Contains(st.Error.Message, "did not finish within") {
+		t.Fatalf("error %+v, want %s about the hook's timeout", st.Error, api.ErrPointsCrashConsistent)
 	}
 	if n := src.freezes.Load(); n != 0 {
 		t.Fatalf("%d freezes after a failed pre-freeze hook", n)
 	}
-	rep.mu.Lock()
-	defer rep.mu.Unlock()
-	if len(rep.pits) != 0 {
-		t.Fatalf("%d PITs sealed without their hook", len(rep.pits))
+	for _, l := range rep.levels() {
+		if l == consistency.Filesystem {
+			t.Fatal("a PIT taken without its hook is marked filesystem-consistent")
+		}
 	}
 }
 

@@ -39,6 +39,10 @@ type ReplicationControl struct {
 	// SnapshotRequest, when set, asks the agent for a consistency point at or after
 	// RequestedAt; it is cleared when a PIT that recent is recorded.
 	SnapshotRequest *SnapshotRequest `json:"snapshotRequest,omitempty"`
+	// Group is the consistency group the server belongs to, if any; GroupPoint, while
+	// set, invites its agent to the group point being prepared.
+	Group      *GroupMembership `json:"group,omitempty"`
+	GroupPoint *GroupPointOrder `json:"groupPoint,omitempty"`
 }
 
 // SnapshotRequest asks for a PIT now (lifeboat snapshots create).

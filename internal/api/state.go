@@ -49,6 +49,9 @@ const (
 	ErrFreezeFailed          = "FREEZE_FAILED"
 	ErrTrackerEventsLost     = "TRACKER_EVENTS_LOST"
 	ErrVolumeNotAccessible   = "VOLUME_NOT_ACCESSIBLE"
+	// Notices: replication works, its points are degraded.
+	ErrPointsCrashConsistent = "POINTS_CRASH_CONSISTENT" // points are taken without a freeze
+	ErrPointIntervalWidened  = "POINT_INTERVAL_WIDENED"  // points are taken less often than set
 )
 
 // Initiation step statuses.

@@ -447,6 +447,8 @@ type RecoverySnapshot struct {
 	ManifestDigest string `json:"manifestDigest,omitempty"`
 	// StagingStoreID is the id of the staging store's repository the PIT is in.
 	StagingStoreID string `json:"stagingStoreId,omitempty"`
+	// GroupPointID names the consistency-group point this PIT is the server's part of.
+	GroupPointID string `json:"groupPointId,omitempty"`
 }
 
 // SnapshotVolume is one volume in a PIT.
@@ -478,6 +480,8 @@ type CreateRecoverySnapshotRequest struct {
 	// StagingStoreID the id of the repository it is in.
 	ManifestDigest string `json:"manifestDigest,omitempty"`
 	StagingStoreID string `json:"stagingStoreId,omitempty"`
+	// GroupPointID: the PIT is this server's part of a consistency-group point.
+	GroupPointID string `json:"groupPointId,omitempty"`
 }
 
 // DeleteRecoverySnapshotsRequest deletes PITs of one source server (expired by retention).

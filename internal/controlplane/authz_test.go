@@ -32,6 +32,7 @@ var wantAccess = map[string]string{
 	"DELETE /api/v1/source-servers/{id}":                          "a",
 	"POST /api/v1/source-servers/{id}/certificate":                "ag",
 	"PUT /api/v1/source-servers/{id}/volumes":                     "ag",
+	"POST /api/v1/source-servers/{id}/group-points/{point}":       "ag",
 	"PATCH /api/v1/source-servers/{id}/replication-state":         "ag rp",
 	"GET /api/v1/source-servers/{id}/replication-config":          "v o a ag",
 	"PUT /api/v1/recovery-snapshots/{id}/lock":                    "a",

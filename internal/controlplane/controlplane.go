@@ -99,6 +99,7 @@ type ControlPlane struct {
 	stopOnce sync.Once
 	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
 	keys     *keyring       // the master key; account keys and stores (storekeys.go)
+	groups   *groupCoordinator
 }
 
 // Open opens (creating on first start) the data directory, database, CA and server
@@ -152,6 +153,7 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cfg.Limits = cfg.Limits.withDefaults()
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(cfg.Limits.MaxEventStreamsPerAccount), guard: newGuard(cfg.Limits),
 		stopping: make(chan struct{})}
+	cp.groups = newGroupCoordinator(cp)
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
 	if cp.ca, err = pki.LoadOrCreateAuthorities(pkiDir); err != nil {
@@ -309,6 +311,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { cp.assignLoop(bgCtx) })
 	wg.Go(func() { cp.agentWatchLoop(bgCtx) })
+	wg.Go(func() { cp.groups.loop(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 
 	errc := make(chan error, 1)

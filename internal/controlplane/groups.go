@@ -92,7 +92,7 @@ func (c *call) createGroup(req *api.CreateConsistencyGroupRequest) (api.Consiste
 		return c.record(tx, g.AccountID, "consistency-group.create", "consistency-group", g.ID,
 			map[string]any{"name": g.Name, "sourceServerIds": g.SourceServerIDs, "intervalSeconds": g.IntervalSeconds}, g.ConsistencyGroup)
 	})
-	// TODO(coordinator): c.cp.groupsChanged() here, once the coordinator's groupWake exists.
+	c.cp.groupsChanged()
 	return g.ConsistencyGroup, err
 }
 
@@ -149,7 +149,7 @@ func (c *call) deleteGroup() (noBody, error) {
 		return c.record(tx, g.AccountID, "consistency-group.delete", "consistency-group", g.ID,
 			map[string]any{"name": g.Name, "sourceServerIds": g.SourceServerIDs}, nil)
 	})
-	// TODO(coordinator): c.cp.groupsChanged() here, once the coordinator's groupWake exists.
+	c.cp.groupsChanged()
 	return noBody{}, err
 }
 
@@ -186,7 +186,7 @@ func (c *call) changeGroupMembers(action string, ids []string, change func(*db.T
 		return c.record(tx, g.AccountID, action, "consistency-group", g.ID,
 			map[string]any{"name": g.Name, "sourceServerIds": ids}, out)
 	})
-	// TODO(coordinator): c.cp.groupsChanged() here, once the coordinator's groupWake exists.
+	c.cp.groupsChanged()
 	return out, err
 }
 

@@ -140,6 +140,8 @@ func sourceServerRoutes() []*route {
 			access: access{role: api.RoleOperator, target: targetSourceServer}, endpoint: noBodyEndpoint((*call).replicationAction)},
 		{method: "POST", path: "/api/v1/source-servers/{id}/recovery-snapshots/request", summary: "Ask the agent for a consistency point (a PIT) now",
 			access: access{role: api.RoleOperator, target: targetSourceServer}, status: 201, endpoint: noBodyEndpoint((*call).requestSnapshot)},
+		{method: "POST", path: "/api/v1/source-servers/{id}/group-points/{point}", summary: "An agent's report of a phase of a consistency-group point; answers, once every member reached it, what to do next",
+			access: access{agent: true, target: targetSourceServer}, endpoint: withBody((*call).reportGroupPoint)},
 		{method: "GET", path: "/api/v1/source-servers/{id}/replication-settings", summary: "A source server's overrides and effective settings",
 			access: serverSelf, endpoint: noBodyEndpoint((*call).getServerSettings)},
 		{method: "PUT", path: "/api/v1/source-servers/{id}/replication-settings", summary: "Replace a source server's overrides",

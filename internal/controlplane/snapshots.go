@@ -39,6 +39,11 @@ func (c *call) createSnapshot(req *api.CreateRecoverySnapshotRequest) (api.Recov
 		} else if err != nil {
 			return err
 		}
+		if req.GroupPointID != "" {
+			if err := c.cp.groups.attach(c, tx, snap, req.GroupPointID); err != nil {
+				return err
+			}
+		}
 		// The server's last consistency point follows its newest snapshot.
 		st := s.Replication.Apply(api.ReplicationStateUpdate{LastConsistencyPoint: &api.ConsistencyPointInfo{
 			Time: snap.Time, Level: snap.Level, SnapshotID: snap.ID}}, now)

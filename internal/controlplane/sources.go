@@ -444,8 +444,10 @@ func (c *call) readReplicationConfig() (api.ReplicationConfig, error) {
 			}
 			out.Replicator = &api.ReplicatorEndpoint{ID: r.ID, Name: r.Name, Address: r.Address, CertificateSerials: certSerials(r.CertSerial, r.PrevCertSerial)}
 		}
-		out.Control, err = tx.ReplicationControl(s.ID)
-		return err
+		if out.Control, err = tx.ReplicationControl(s.ID); err != nil {
+			return err
+		}
+		return c.groupControl(tx, s, &out.Control)
 	})
 	if err == nil && c.p.Kind == api.CallerSourceServer {
 		_ = c.cp.db.Update(c.ctx, func(tx *db.Tx) error { return tx.TouchSourceServer(out.SourceServerID, c.cp.cfg.Now()) })

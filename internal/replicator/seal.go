@@ -33,9 +33,12 @@ func (in *ingest) seal(ctx context.Context, m *wire.Marker) {
 // sealPIT seals and records the PIT of marker m, and returns the Sealed that says how
 // it went.
 func (in *ingest) sealPIT(ctx context.Context, m *wire.Marker) *wire.Sealed {
+	labels := map[string]string{"freezeMicros": fmt.Sprint(m.FreezeMicros)}
+	if m.GroupPoint != "" {
+		labels["groupPoint"] = m.GroupPoint
+	}
 	pit, err := in.repo.SealPIT(ctx, store.SealRequest{ID: api.NewID(api.PrefixSnapshot), Server: in.server,
-		Time: time.Unix(0, m.TimeUnixNano).UTC(), Level: m.Level, Heads: in.heads,
-		Labels: map[string]string{"freezeMicros": fmt.Sprint(m.FreezeMicros)}})
+		Time: time.Unix(0, m.TimeUnixNano).UTC(), Level: m.Level, Heads: in.heads, Labels: labels})
 	if err != nil {
 		in.log.Warn("sealing a PIT failed", "err", err)
 		return &wire.Sealed{MarkerID: m.ID, Code: wire.CodeSnapshots, Message: "sealing the PIT failed: " + err.Error()}
@@ -53,7 +56,7 @@ func (in *ingest) sealPIT(ctx context.Context, m *wire.Marker) *wire.Sealed {
 // store against (docs/security.md §4).
 func snapshotRequest(pit store.PIT, storeID string) api.CreateRecoverySnapshotRequest {
 	req := api.CreateRecoverySnapshotRequest{ID: pit.ID, Time: pit.Time, Level: pit.Level, SizeBytes: pit.AddedBytes,
-		ManifestDigest: pit.Digest, StagingStoreID: storeID}
+		ManifestDigest: pit.Digest, StagingStoreID: storeID, GroupPointID: pit.Labels["groupPoint"]}
 	for _, v := range pit.Volumes {
 		req.Volumes = append(req.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref(), HeadVersion: v.HeadVersion})
 	}

@@ -187,7 +187,7 @@ func (s *session) openHeads(ctx context.Context, a api.AssignedSourceServer, hel
 	if _, err := store.ParseCodec(compression); err != nil {
 		compression = ""
 	}
-	welcome := &wire.Welcome{Version: 1, BlockSize: uint32(s.repo.BlockSize()), WindowBytes: s.r.cfg.WindowBytes,
+	welcome := &wire.Welcome{Version: min(hello.Version, wire.Version), BlockSize: uint32(s.repo.BlockSize()), WindowBytes: s.r.cfg.WindowBytes,
 		MaxBatchBytes: s.r.cfg.MaxBatchBytes}
 	seeds, err := s.seeds(ctx, a.Seed, hello)
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 )
 
 // Version is the protocol version this package speaks.
-const Version = 1
+const Version = 2
 
 // ALPN is the TLS application protocol both sides must negotiate.
 const ALPN = "lifeboat/1"
@@ -85,6 +85,10 @@ type Marker struct {
 	Level        consistency.Level
 	FreezeMicros uint32   // how long the filesystems were frozen
 	VolumeSizes  []uint64 // per volume, in Hello's order, at the point
+	// GroupPoint names the consistency group point this marker is the member's part of
+	// (gpit-…); empty for the server's own points. Sent only in sessions of version 2
+	// or later: a version-1 Marker ends after the volume sizes.
+	GroupPoint string
 }
 
 // Ack says everything up to and including Seq is durable.
@@ -316,7 +320,13 @@ func decodeWelcome(p []byte) (*Welcome, error) {
 }
 
 // PayloadLen is the size of the frame payload m encodes to: what a Window counts.
-func (m *Marker) PayloadLen() int { return 31 + 8*len(m.VolumeSizes) }
+func (m *Marker) PayloadLen() int {
+	n := 31 + 8*len(m.VolumeSizes)
+	if m.GroupPoint != "" {
+		n += 2 + len(m.GroupPoint)
+	}
+	return n
+}
 
 func (m *Marker) appendPayload(b []byte) ([]byte, error) {
 	if m.Seq == 0 {
@@ -337,7 +347,10 @@ func (m *Marker) appendPayload(b []byte) ([]byte, error) {
 	for _, s := range m.VolumeSizes {
 		b = binary.BigEndian.AppendUint64(b, s)
 	}
-	return b, nil
+	if m.GroupPoint == "" {
+		return b, nil
+	}
+	return appendStr(b, m.GroupPoint, "encode Marker: group point", kindID())
 }
 
 func decodeMarker(p []byte) (*Marker, error) {
@@ -366,6 +379,9 @@ func decodeMarker(p []byte) (*Marker, error) {
 		}
 	} else if n > 0 {
 		d.take(8*n, "volume sizes")
+	}
+	if d.err == nil && d.remaining() > 0 {
+		m.GroupPoint = d.str("group point", kindID())
 	}
 	if err := d.done(); err != nil {
 		return nil, err

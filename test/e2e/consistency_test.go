@@ -186,10 +186,11 @@ func TestAgentKilledDuringFreezeLeavesTheVolumeWritable(t *testing.T) {
 	c.exportAndCheck(c.snapshot(), volumeNameOf(dev), want)
 }
 
-// TestHookThatHangsOrFailsSkipsThePoint: a pre-freeze hook that hangs, then one that
-// fails: the points are skipped and reported, replication goes on, and once the hook
-// works again PITs are sealed.
-func TestHookThatHangsOrFailsSkipsThePoint(t *testing.T) {
+// TestHookThatHangsOrFailsGivesCrashPoints: a pre-freeze hook that hangs, then one that
+// fails: the points are taken without a freeze (crash-consistent on the idle volume)
+// and the state says why, replication goes on, and once the hook works again the
+// points are filesystem-consistent and the notice is gone.
+func TestHookThatHangsOrFailsGivesCrashPoints(t *testing.T) {
 	dev, mnt := dataVolume(t, 128<<20, 5, 64)
 	flags := t.TempDir()
 	hook := fmt.Sprintf(`if [ -e %[1]s/hang ]; then sleep 60; fi; if [ -e %[1]s/fail ]; then echo database refused to flush >&2; exit 3; fi`, flags)
@@ -202,12 +203,13 @@ func TestHookThatHangsOrFailsSkipsThePoint(t *testing.T) {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			s, _ := c.admin.SourceServer(context.Background(), c.agentID)
-			if e := s.Replication.Error; e != nil && e.Code == "HOOK_FAILED" && strings.Contains(e.Message, substr) {
+			if e := s.Replication.Error; e != nil && e.Code == api.ErrPointsCrashConsistent && strings.Contains(e.Message, substr) &&
+				strings.Contains(e.Message, "this one is crash") {
 				t.Logf("%s: %s", s.Replication.DataReplicationState, e.Message)
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no HOOK_FAILED error saying %q: %+v\n%s", substr, s.Replication, c.logs())
+				t.Fatalf("no %s notice saying %q of a crash point: %+v\n%s", api.ErrPointsCrashConsistent, substr, s.Replication, c.logs())
 			}
 			time.Sleep(300 * time.Millisecond)
 		}

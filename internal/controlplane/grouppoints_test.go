@@ -1,0 +1,232 @@
+package controlplane_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
+)
+
+// groupMember is a member's agent in a group-point test.
+type groupMember struct {
+	id    string
+	agent *api.Client
+}
+
+// replicatingGroup registers n servers replicating continuously and puts them in a
+// consistency group; it returns the members and the group.
+func replicatingGroup(t *testing.T, e *env, n int) ([]groupMember, api.ConsistencyGroup) {
+	t.Helper()
+	var ms []groupMember
+	var ids []string
+	state := api.StateContinuous
+	for i := range n {
+		agent, reg := e.agent("gm-" + string(rune('a'+i)))
+		if _, err := agent.UpdateReplicationState(e.ctx, reg.SourceServer.ID, api.ReplicationStateUpdate{DataReplicationState: &state}); err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, groupMember{id: reg.SourceServer.ID, agent: agent})
+		ids = append(ids, reg.SourceServer.ID)
+	}
+	g, err := e.admin.CreateConsistencyGroup(e.ctx, api.CreateConsistencyGroupRequest{Name: "app", SourceServerIDs: ids})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms, g
+}
+
+// invitation waits until a member's replication config invites it to a group point.
+func invitation(t *testing.T, e *env, m groupMember) *api.GroupPointOrder {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		cfg, err := m.agent.ReplicationConfig(e.ctx, m.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Control.Group == nil {
+			t.Fatalf("the config of member %s names no group", m.id)
+		}
+		if cfg.Control.GroupPoint != nil {
+			return cfg.Control.GroupPoint
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("member %s was never invited to a group point", m.id)
+	return nil
+}
+
+// reportAll has every member report phase at once, and returns their decisions.
+func reportAll(t *testing.T, e *env, ms []groupMember, point, phase string) []api.GroupPointDecision {
+	t.Helper()
+	out := make([]api.GroupPointDecision, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() {
+			d, err := m.agent.ReportGroupPoint(e.ctx, m.id, point, api.GroupPointReport{Phase: phase})
+			if err != nil {
+				t.Error(err)
+			}
+			out[i] = d
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// groupPointState waits until the group point reaches one of the states and returns it.
+func groupPointState(t *testing.T, e *env, group, point string, states ...string) api.GroupPoint {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ps, err := e.admin.ListGroupPoints(e.ctx, group, 100, "", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps.Items {
+			if p.ID == point && strings.Contains(strings.Join(states, " "), p.State) {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group point %s did not reach %v: %+v", point, states, ps.Items)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The barriers of a group point: nobody freezes before every member is ready, nobody
+// thaws before every member is frozen, every member seals at the same instant, and the
+// point is COMPLETE once every member's PIT is recorded.
+func TestGroupPointBarriers(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		ms, g := replicatingGroup(t, e, 3)
+		rep, _ := e.replicator("r1", "default")
+		gp := invitation(t, e, ms[0])
+		for _, d := range reportAll(t, e, ms, gp.ID, api.GroupPhaseReady) {
+			if d.Action != api.GroupActionFreeze {
+				t.Fatalf("ready answered %+v, want freeze", d)
+			}
+		}
+		var at time.Time
+		for _, d := range reportAll(t, e, ms, gp.ID, api.GroupPhaseFrozen) {
+			if d.Action != api.GroupActionThaw || d.Time == nil || !at.IsZero() && !d.Time.Equal(at) {
+				t.Fatalf("frozen answered %+v, want thaw at one instant for all", d)
+			}
+			at = *d.Time
+		}
+		for i, m := range ms {
+			p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointSealing, api.GroupPointComplete)
+			if p.State == api.GroupPointComplete {
+				t.Fatalf("complete with %d of 3 PITs recorded", i)
+			}
+			_, err := rep.CreateRecoverySnapshot(e.ctx, m.id, api.CreateRecoverySnapshotRequest{Time: at, Level: consistency.Filesystem,
+				Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}, GroupPointID: gp.ID})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointComplete)
+		if len(p.Snapshots) != 3 || p.Time == nil || !p.Time.Equal(at) {
+			t.Fatalf("complete point %+v, want 3 PITs at %s", p, at)
+		}
+		// The next point begins once the interval has passed.
+		if next := invitation(t, e, ms[1]); next.ID == gp.ID {
+			t.Fatal("the same point was offered twice")
+		}
+	})
+}
+
+// A member that is not ready in time, or not frozen in time, or that fails, aborts the
+// point: every member waiting is told at once, and the point is FAILED with the reason.
+func TestGroupPointAborts(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		ms, g := replicatingGroup(t, e, 2)
+		// Member 1 never reports ready (its link was cut while it prepared).
+		gp := invitation(t, e, ms[0])
+		start := time.Now()
+		d := reportAll(t, e, ms[:1], gp.ID, api.GroupPhaseReady)[0]
+		if d.Action != api.GroupActionAbort || !strings.Contains(d.Reason, ms[1].id) || time.Since(start) > 10*time.Second {
+			t.Fatalf("ready answered %+v after %s, want abort naming %s", d, time.Since(start), ms[1].id)
+		}
+		p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointFailed)
+		if !strings.Contains(p.Reason, "did not report ready") {
+			t.Fatalf("failed point's reason: %q", p.Reason)
+		}
+
+		// Member 1 fails while member 0 waits frozen: member 0 is told at once.
+		gp = invitation(t, e, ms[0])
+		reportAll(t, e, ms, gp.ID, api.GroupPhaseReady)
+		var d0 api.GroupPointDecision
+		var took time.Duration
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			t0 := time.Now()
+			d0, _ = ms[0].agent.ReportGroupPoint(e.ctx, ms[0].id, gp.ID, api.GroupPointReport{Phase: api.GroupPhaseFrozen})
+			took = time.Since(t0)
+		})
+		time.Sleep(20 * time.Millisecond)
+		if _, err := ms[1].agent.ReportGroupPoint(e.ctx, ms[1].id, gp.ID, api.GroupPointReport{Phase: api.GroupPhaseFailed,
+			Message: "FIFREEZE: device busy"}); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if d0.Action != api.GroupActionAbort || !strings.Contains(d0.Reason, "device busy") || took > 90*time.Millisecond {
+			t.Fatalf("the frozen member got %+v after %s, want abort within the freeze bound (200 ms)", d0, took)
+		}
+		groupPointState(t, e, g.ID, gp.ID, api.GroupPointFailed)
+
+		// Another server's agent cannot report for the group.
+		other, reg := e.agent("outsider")
+		_, err := other.ReportGroupPoint(e.ctx, reg.SourceServer.ID, gp.ID, api.GroupPointReport{Phase: api.GroupPhaseReady})
+		if err == nil {
+			t.Fatal("a server outside the group reported for its point")
+		}
+	})
+}
+
+// A member's PIT that is not consistent (level none) fails the point.
+func TestGroupPointWithAFuzzyMemberFails(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		ms, g := replicatingGroup(t, e, 2)
+		rep, _ := e.replicator("r1", "default")
+		gp := invitation(t, e, ms[0])
+		reportAll(t, e, ms, gp.ID, api.GroupPhaseReady)
+		at := *reportAll(t, e, ms, gp.ID, api.GroupPhaseFrozen)[0].Time
+		for i, m := range ms {
+			level := consistency.Filesystem
+			if i == 1 {
+				level = consistency.None
+			}
+			if _, err := rep.CreateRecoverySnapshot(e.ctx, m.id, api.CreateRecoverySnapshotRequest{Time: at, Level: level,
+				Volumes: []api.SnapshotVolume{{Name: "vda", SizeBytes: 1}}, GroupPointID: gp.ID}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointFailed, api.GroupPointComplete)
+		if p.State != api.GroupPointFailed || !strings.Contains(p.Reason, "level none") {
+			t.Fatalf("point %+v, want FAILED for the fuzzy member", p)
+		}
+	})
+}
+
+// A restart of the control plane fails the point it was preparing.
+func TestGroupPointInterruptedByARestart(t *testing.T) {
+	e := &env{t: t, kind: db.SQLite, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(),
+		ctx: context.Background(), agentTimeout: time.Hour}
+	dbURL := dbtest.URL(t, db.SQLite)
+	e.open(dbURL)
+	ms, g := replicatingGroup(t, e, 2)
+	gp := invitation(t, e, ms[0])
+	e.restart(dbURL)
+	p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointFailed)
+	if !strings.Contains(p.Reason, "restarted") {
+		t.Fatalf("reason %q", p.Reason)
+	}
+}
