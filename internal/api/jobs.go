@@ -63,6 +63,7 @@ const (
 	EventJobStart              = "JOB_START"
 	EventJobResume             = "JOB_RESUME" // a control plane restart caught the server at a step
 	EventUsingPreviousSnapshot = "USING_PREVIOUS_SNAPSHOT"
+	EventUsingGroupPoint       = "USING_GROUP_POINT" // a consistency group's point: every member at one instant
 	EventSnapshotStart         = "SNAPSHOT_START"
 	EventSnapshotEnd           = "SNAPSHOT_END"
 	EventConversionStart       = "CONVERSION_START"
@@ -179,6 +180,11 @@ type RecoveryServer struct {
 // consistent PIT when At is absent.
 type StartRecoveryRequest struct {
 	SourceServers []RecoveryServer `json:"sourceServers"`
+	// ConsistencyGroup (id or name), instead of SourceServers, launches every member of
+	// one of the group's complete points: GroupPointID, or the newest at or before At, or
+	// the newest. The control plane fills SourceServers and GroupPointID from it.
+	ConsistencyGroup string `json:"consistencyGroup,omitempty"`
+	GroupPointID     string `json:"groupPointId,omitempty"`
 	At            *time.Time       `json:"at,omitempty"`
 	IsDrill       bool             `json:"isDrill"`
 	// Force launches a recovery of a server that already has a recovery instance that is
@@ -305,6 +311,9 @@ func AllowsLaunchInto(tags map[string]string) bool {
 
 // Validate checks a recovery request.
 func (r StartRecoveryRequest) Validate() error {
+	if r.ConsistencyGroup != "" || r.GroupPointID != "" {
+		return r.validateGroup()
+	}
 	if len(r.SourceServers) == 0 {
 		return Invalid("sourceServers must name at least one source server")
 	}
@@ -327,6 +336,25 @@ func (r StartRecoveryRequest) Validate() error {
 			return Invalid("give a PIT or a time (at), not both")
 		}
 	}
+	return r.validateFlags()
+}
+
+// validateGroup checks a request that names a consistency group.
+func (r StartRecoveryRequest) validateGroup() error {
+	switch {
+	case r.ConsistencyGroup == "":
+		return Invalid("groupPointId needs the consistencyGroup it belongs to")
+	case len(r.SourceServers) > 0:
+		return Invalid("name a consistencyGroup or sourceServers, not both: a group launches all its members")
+	case r.GroupPointID != "" && !ValidID(PrefixGroupPoint, r.GroupPointID):
+		return Invalid("%q is not a group point id (gpit-…; see lifeboat groups points %s)", r.GroupPointID, r.ConsistencyGroup)
+	case r.GroupPointID != "" && r.At != nil:
+		return Invalid("give a group point or a time (at), not both")
+	}
+	return r.validateFlags()
+}
+
+func (r StartRecoveryRequest) validateFlags() error {
 	if r.NetworkAccess && !r.IsDrill {
 		return Invalid("networkAccess is for drills: a recovery uses the network its launch settings say")
 	}

@@ -14,7 +14,7 @@ import (
 // recoveryFlags are drill's and recover's flags.
 type recoveryFlags struct {
 	pits          []string
-	at            string
+	at, group     string
 	wait, console bool
 	force, net    bool
 }
@@ -22,18 +22,17 @@ type recoveryFlags struct {
 func newDrillCmd(g *globals) *cobra.Command {
 	var f recoveryFlags
 	cmd := &cobra.Command{
-		Use:   "drill ID... [--pit PIT]... [--at TIME] [--wait]",
+		Use:   "drill ID... | --group NAME [--pit PIT]... [--at TIME] [--wait]",
 		Short: "Launch drill instances of source servers from a PIT, isolated from every network",
 		Long: `Launch a drill: recovery instances of the source servers from a PIT (the newest consistent one,
 or the one --pit names, or the newest consistent one at or before --at), without touching the
-source servers. Drill instances run in an isolated network with no route anywhere, the source
+source servers. With --group, every member of a consistency group is launched at one group
+point (all at one instant): the newest complete one, the one --pit names (gpit-…) or the
+newest at or before --at. Drill instances run in an isolated network with no route anywhere, the source
 included (port forwards still reach them), unless --network-access. It prints the job id; with
 --wait it follows the job and prints each server's result and measured RTO.`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("drill takes one or more source server ids (see lifeboat source-servers list)")
-			}
-			return nil
+			return checkRecoveryArgs("drill", args, f)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error { return runRecovery(cmd.Context(), g, args, f, true) },
 	}
@@ -44,18 +43,17 @@ included (port forwards still reach them), unless --network-access. It prints th
 func newRecoverCmd(g *globals) *cobra.Command {
 	var f recoveryFlags
 	cmd := &cobra.Command{
-		Use:   "recover ID... [--pit PIT]... [--at TIME] [--wait] [--force]",
+		Use:   "recover ID... | --group NAME [--pit PIT]... [--at TIME] [--wait] [--force]",
 		Short: "Recover source servers: launch recovery instances from a PIT",
 		Long: `Recover source servers at the recovery site: launch recovery instances from a PIT (the newest
 consistent one, or the one --pit names, or the newest consistent one at or before --at) with
-each server's launch settings. A server that already has a recovery instance (not a drill) is
+each server's launch settings. With --group, every member of a consistency group is launched
+at one group point (all at one instant): the newest complete one, the one --pit names
+(gpit-…) or the newest at or before --at. A server that already has a recovery instance (not a drill) is
 refused unless --force. It prints the job id; with --wait it follows the job and prints each
 server's result and measured RTO, and exits 1 if any server failed to launch.`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("recover takes one or more source server ids (see lifeboat source-servers list)")
-			}
-			return nil
+			return checkRecoveryArgs("recover", args, f)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error { return runRecovery(cmd.Context(), g, args, f, false) },
 	}
@@ -65,7 +63,8 @@ server's result and measured RTO, and exits 1 if any server failed to launch.`,
 
 func (f *recoveryFlags) register(cmd *cobra.Command, drill bool) {
 	fl := cmd.Flags()
-	fl.StringArrayVar(&f.pits, "pit", nil, "the PIT to launch (pit-…; repeatable, one per server; see lifeboat snapshots list ID)")
+	fl.StringArrayVar(&f.pits, "pit", nil, "the PIT to launch (pit-…; repeatable, one per server; see lifeboat snapshots list ID), or with --group the group point (gpit-…)")
+	fl.StringVar(&f.group, "group", "", "launch every member of this consistency group at one of its group points (see lifeboat groups points NAME)")
 	fl.StringVar(&f.at, "at", "", "the newest consistent PIT at or before this time: RFC 3339, \"2006-01-02 15:04\" (local), or an age such as 30m")
 	fl.BoolVar(&f.wait, "wait", false, "follow the job to its end and print each server's result and RTO")
 	fl.BoolVar(&f.console, "console", false, "with --wait: print the instances' console lines too")
@@ -79,13 +78,29 @@ func (f *recoveryFlags) register(cmd *cobra.Command, drill bool) {
 // parseAt reads --at: an RFC 3339 time, a local "2006-01-02 15:04[:05]", or an age.
 func parseAt(s string, now time.Time) (time.Time, error) { return parseTimeFlag("--at", s, now) }
 
+// checkRecoveryArgs checks drill's and recover's arguments: server ids, or a group.
+func checkRecoveryArgs(verb string, args []string, f recoveryFlags) error {
+	switch {
+	case f.group == "" && len(args) == 0:
+		return usagef("%s takes one or more source server ids (see lifeboat source-servers list), or --group NAME", verb)
+	case f.group != "" && len(args) > 0:
+		return usagef("%s takes source server ids or --group, not both: a group launches all its members", verb)
+	case f.group != "" && len(f.pits) > 1:
+		return usagef("with --group, give one --pit: the group point (gpit-…)")
+	}
+	return nil
+}
+
 func runRecovery(ctx context.Context, g *globals, ids []string, f recoveryFlags, drill bool) error {
 	if f.at != "" && len(f.pits) > 0 {
 		return usagef("give --pit or --at, not both")
 	}
-	req := api.StartRecoveryRequest{IsDrill: drill, Force: f.force, NetworkAccess: f.net}
+	req := api.StartRecoveryRequest{IsDrill: drill, Force: f.force, NetworkAccess: f.net, ConsistencyGroup: f.group}
 	for _, id := range ids {
 		req.SourceServers = append(req.SourceServers, api.RecoveryServer{SourceServerID: id})
+	}
+	if f.group != "" && len(f.pits) == 1 {
+		req.GroupPointID, f.pits = f.pits[0], nil
 	}
 	if f.at != "" {
 		at, err := parseAt(f.at, time.Now())

@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
 )
 
 // groupMember is a member's agent in a group-point test.
@@ -229,4 +231,85 @@ func TestGroupPointInterruptedByARestart(t *testing.T) {
 	if !strings.Contains(p.Reason, "restarted") {
 		t.Fatalf("reason %q", p.Reason)
 	}
+}
+
+// A drill of a consistency group launches every member at one complete group point:
+// the newest, or the one named; a point some of whose PITs are gone is passed over.
+func TestDrillOfAGroupLaunchesOnePoint(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		repo := recoverytest.Store(t, e.cp)
+		const size = 2 << 20
+		a := recoverytest.Server(t, e.cp, "ga", map[string]int64{"vda": size})
+		b := recoverytest.Server(t, e.cp, "gb", map[string]int64{"vda": size})
+		grp, err := e.admin.CreateConsistencyGroup(e.ctx, api.CreateConsistencyGroupRequest{Name: "pair", SourceServerIDs: []string{a.ID, b.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := image(t, size, 7)
+		now := e.clock.Now()
+		var points []string
+		for _, at := range []time.Time{now.Add(-2 * time.Minute), now.Add(-time.Minute)} {
+			pa, _ := recoverytest.PIT(t, e.cp, repo, a, consistency.Filesystem, at, recoverytest.Volume{Name: "vda", Image: img})
+			pb, _ := recoverytest.PIT(t, e.cp, repo, b, consistency.Filesystem, at, recoverytest.Volume{Name: "vda", Image: img})
+			points = append(points, completePoint(t, e, grp.ID, at, pa.ID, pb.ID))
+		}
+		for _, s := range []string{a.ID, b.ID} {
+			imageSettings(t, e, s)
+		}
+		op := e.userClient(api.RoleOperator)
+		job, err := op.StartRecovery(e.ctx, api.StartRecoveryRequest{ConsistencyGroup: "pair", IsDrill: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(job.Servers) != 2 || !slices.Contains(recoverytest.EventTypes(t, op, job.ID), api.EventUsingGroupPoint) {
+			t.Fatalf("group drill %+v, log %v", job.Servers, recoverytest.EventTypes(t, op, job.ID))
+		}
+		for _, s := range job.Servers {
+			snap, err := op.RecoverySnapshot(e.ctx, s.SnapshotID)
+			if err != nil || snap.GroupPointID != points[1] {
+				t.Fatalf("server %s launched from %+v (%v), want a PIT of the newest point %s", s.SourceServerID, snap, err, points[1])
+			}
+		}
+		recoverytest.WaitJob(t, op, job.ID, time.Minute)
+
+		// The older point named: 409 once one of its PITs is gone; the newest then is
+		// still whole and is taken when none is named.
+		p, err := e.admin.ListGroupPoints(e.ctx, "pair", 10, "", true)
+		if err != nil || len(p.Items) != 2 {
+			t.Fatalf("points %+v %v", p, err)
+		}
+		if err := e.cp.DB().Update(e.ctx, func(tx *db.Tx) error { return tx.DeleteSnapshot(p.Items[1].Snapshots[0].SnapshotID) }); err != nil {
+			t.Fatal(err)
+		}
+		_, err = op.StartRecovery(e.ctx, api.StartRecoveryRequest{ConsistencyGroup: "pair", GroupPointID: points[0], IsDrill: true})
+		wantAPIError(t, err, 409, api.CodeConflict)
+		_, err = op.StartRecovery(e.ctx, api.StartRecoveryRequest{ConsistencyGroup: "pair", SourceServers: []api.RecoveryServer{{SourceServerID: a.ID}}, IsDrill: true})
+		wantAPIError(t, err, 400, api.CodeInvalid)
+		at := now.Add(-90 * time.Second)
+		_, err = op.StartRecovery(e.ctx, api.StartRecoveryRequest{ConsistencyGroup: "pair", At: &at, IsDrill: true})
+		wantAPIError(t, err, 409, api.CodeConflict)
+	})
+}
+
+// completePoint records a COMPLETE point of group made of the given PITs, and returns
+// its id.
+func completePoint(t *testing.T, e *env, group string, at time.Time, pits ...string) string {
+	t.Helper()
+	id := api.NewID(api.PrefixGroupPoint)
+	err := e.cp.DB().Update(e.ctx, func(tx *db.Tx) error {
+		if err := tx.CreateGroupPoint(db.GroupPoint{AccountID: e.cp.SystemAccountID(), GroupPoint: api.GroupPoint{ID: id, GroupID: group,
+			Time: &at, State: api.GroupPointComplete, Members: len(pits), CreatedAt: at, UpdatedAt: at}}); err != nil {
+			return err
+		}
+		for _, p := range pits {
+			if err := tx.SetSnapshotGroupPoint(p, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -189,12 +189,16 @@ func (pc planCatalog) ConsistentSnapshots(serverID string, at *time.Time, limit 
 // PITs), then creates it.
 func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 	rc := c.cp.rec.cfg
+	group, err := c.expandGroup(req)
+	if err != nil {
+		return api.Job{}, err
+	}
 	if n := len(req.SourceServers); n > rc.MaxServersPerJob {
 		return api.Job{}, api.Errorf(http.StatusConflict, api.CodeQuotaExceeded,
 			"a job launches at most %d servers and this one names %d: split it into several jobs", rc.MaxServersPerJob, n)
 	}
 	var plan *recovery.LaunchPlan
-	err := c.view(func(tx *db.Tx) (err error) {
+	err = c.view(func(tx *db.Tx) (err error) {
 		plan, err = recovery.ResolveLaunch(*req, planCatalog{c: c, tx: tx}, c.hostPaths())
 		return err
 	})
@@ -207,8 +211,12 @@ func (c *call) startRecovery(req *api.StartRecoveryRequest) (api.Job, error) {
 	job := plan.Job(c.cp.cfg.Now(), c.p.AccountID, c.createdBy())
 	var out api.Job
 	err = c.update(func(tx *db.Tx) (err error) {
-		out, err = c.createLaunchJob(tx, plan, job)
-		return err
+		if out, err = c.createLaunchJob(tx, plan, job); err != nil || group == nil {
+			return err
+		}
+		return c.jobEvent(tx, job.ID, "", api.EventUsingGroupPoint, fmt.Sprintf("every member of consistency group %s at its point %s (instant %s)",
+			group.Name, req.GroupPointID, plan.Servers[0].PIT.Time.UTC().Format(recovery.TimeMillis)),
+			map[string]any{"consistencyGroupId": group.ID, "groupPointId": req.GroupPointID})
 	})
 	if err != nil {
 		return api.Job{}, err

@@ -39,3 +39,35 @@ func (t *Tx) DeleteOldGroupPoints(before time.Time) (int64, error) {
 	n, err := r.RowsAffected()
 	return n, classify(err)
 }
+
+// CompleteGroupPoints returns a group's newest complete points taken at or before at
+// (nil: any time), newest first, at most limit, with their members' PITs.
+func (t *Tx) CompleteGroupPoints(groupID string, at *time.Time, limit int) ([]GroupPoint, error) {
+	cond, args := "", []any{groupID, api.GroupPointComplete}
+	if at != nil {
+		cond, args = ` AND taken_at <= ?`, append(args, ms(*at))
+	}
+	rows, err := t.query(`SELECT `+groupPointCols+` FROM group_points WHERE group_id = ? AND state = ?`+cond+
+		` ORDER BY taken_at DESC, id LIMIT ?`, append(args, limit)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []GroupPoint
+	for rows.Next() {
+		p, err := scanGroupPoint(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, classify(err)
+	}
+	rows.Close()
+	ptrs := make([]*GroupPoint, len(out))
+	for i := range out {
+		ptrs[i] = &out[i]
+	}
+	return out, t.fillPointSnapshots(ptrs)
+}

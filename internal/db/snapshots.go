@@ -19,7 +19,7 @@ type Snapshot struct {
 	AccountID string
 }
 
-const snapshotCols = `id, account_id, source_server_id, replicator_id, taken_at, level, volumes, size_bytes, lock_until, created_at, manifest_digest, staging_store_id`
+const snapshotCols = `id, account_id, source_server_id, replicator_id, taken_at, level, volumes, size_bytes, lock_until, created_at, manifest_digest, staging_store_id, group_point_id`
 
 func scanSnapshot(row interface{ Scan(...any) error }) (Snapshot, error) {
 	var s Snapshot
@@ -27,7 +27,7 @@ func scanSnapshot(row interface{ Scan(...any) error }) (Snapshot, error) {
 	var volumes string
 	var lock sql.NullInt64
 	err := row.Scan(&s.ID, &s.AccountID, &s.SourceServerID, &s.ReplicatorID, &taken, &s.Level, &volumes, &s.SizeBytes,
-		&lock, &created, &s.ManifestDigest, &s.StagingStoreID)
+		&lock, &created, &s.ManifestDigest, &s.StagingStoreID, &s.GroupPointID)
 	if err != nil {
 		return s, classify(err)
 	}
@@ -46,9 +46,9 @@ func (t *Tx) CreateSnapshot(s Snapshot) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(`INSERT INTO recovery_snapshots (`+snapshotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(`INSERT INTO recovery_snapshots (`+snapshotCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.SourceServerID, s.ReplicatorID, ms(s.Time), s.Level, volumes, s.SizeBytes,
-		nullMS(s.LockUntil), ms(s.CreatedAt), s.ManifestDigest, s.StagingStoreID)
+		nullMS(s.LockUntil), ms(s.CreatedAt), s.ManifestDigest, s.StagingStoreID, s.GroupPointID)
 	return err
 }
 
