@@ -66,6 +66,10 @@ func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound
 		failed("the filesystems could not be frozen: " + err.Error())
 		return nil
 	}
+	s.log.Debug("group point: frozen", "point", gp.ID)
+	if s.opt.FreezeHold > 0 {
+		sleep(ctx, s.opt.FreezeHold)
+	}
 	got, _, _, readErr := s.collect(ctx, bound)
 	if readErr != nil {
 		_, _ = thaw(fr)

@@ -37,6 +37,9 @@ const (
 	groupSealWithin = time.Minute
 	// groupTick is how often the coordinator looks for a group whose point is due.
 	groupTick = 100 * time.Millisecond
+	// groupMaxPause is the longest pause between points that keep failing (a member is
+	// down): the next one still comes soon after it is back.
+	groupMaxPause = 10 * time.Second
 	// groupKeepFailed is how long the records of failed group points are kept.
 	groupKeepFailed = time.Hour
 )
@@ -394,7 +397,7 @@ func (g *groupCoordinator) endLocked(run *groupRun) {
 		g.sealing[run.point] = time.Now().Add(groupSealWithin)
 	} else {
 		g.failures[run.group]++
-		g.next[run.group] = time.Now().Add(min(b.interval<<min(g.failures[run.group], 6), time.Minute))
+		g.next[run.group] = time.Now().Add(min(b.interval<<min(g.failures[run.group], 4), groupMaxPause))
 	}
 	go g.recordEnd(run)
 }
