@@ -35,7 +35,7 @@ func (in *ingest) seal(ctx context.Context, m *wire.Marker) {
 func (in *ingest) sealPIT(ctx context.Context, m *wire.Marker) *wire.Sealed {
 	labels := map[string]string{"freezeMicros": fmt.Sprint(m.FreezeMicros)}
 	if m.GroupPoint != "" {
-		labels["groupPoint"] = m.GroupPoint
+		labels[store.LabelGroupPoint] = m.GroupPoint
 	}
 	pit, err := in.repo.SealPIT(ctx, store.SealRequest{ID: api.NewID(api.PrefixSnapshot), Server: in.server,
 		Time: time.Unix(0, m.TimeUnixNano).UTC(), Level: m.Level, Heads: in.heads, Labels: labels})
@@ -56,7 +56,7 @@ func (in *ingest) sealPIT(ctx context.Context, m *wire.Marker) *wire.Sealed {
 // store against (docs/security.md §4).
 func snapshotRequest(pit store.PIT, storeID string) api.CreateRecoverySnapshotRequest {
 	req := api.CreateRecoverySnapshotRequest{ID: pit.ID, Time: pit.Time, Level: pit.Level, SizeBytes: pit.AddedBytes,
-		ManifestDigest: pit.Digest, StagingStoreID: storeID, GroupPointID: pit.Labels["groupPoint"]}
+		ManifestDigest: pit.Digest, StagingStoreID: storeID, GroupPointID: pit.Labels[store.LabelGroupPoint]}
 	for _, v := range pit.Volumes {
 		req.Volumes = append(req.Volumes, api.SnapshotVolume{Name: v.Name, SizeBytes: v.Size, Ref: v.Ref(), HeadVersion: v.HeadVersion})
 	}

@@ -43,8 +43,10 @@ type Decision struct {
 }
 
 // Apply decides for each PIT (of one server) whether policy keeps it at now. In each
-// rule's interval the PIT kept is the best consistency level, then the earliest, so the
-// choice is stable as new PITs arrive.
+// rule's interval the PIT kept is the best consistency level, then one of a group
+// point, then the earliest, so the choice is stable as new PITs arrive — and every
+// member of a consistency group, whose group points share their instants, keeps the
+// same group point.
 func (p Policy) Apply(pits []PIT, now time.Time) []Decision {
 	out := make([]Decision, len(pits))
 	for i, pit := range pits {
@@ -92,8 +94,7 @@ func (p Policy) Apply(pits []PIT, now time.Time) []Decision {
 				continue
 			}
 			bucket := pits[i].Time.UnixNano() / int64(rule.Interval)
-			j, ok := best[bucket]
-			if !ok || pits[i].Level > pits[j].Level {
+			if j, ok := best[bucket]; !ok || better(pits[i], pits[j]) {
 				best[bucket] = i
 			}
 		}
@@ -104,6 +105,19 @@ func (p Policy) Apply(pits []PIT, now time.Time) []Decision {
 	}
 	return out
 }
+
+// better reports whether a is a better PIT to keep than b, taken earlier: of a
+// better level, or of the same level and of a group point where b is not.
+func better(a, b PIT) bool {
+	if a.Level != b.Level {
+		return a.Level > b.Level
+	}
+	return a.Labels[LabelGroupPoint] != "" && b.Labels[LabelGroupPoint] == ""
+}
+
+// LabelGroupPoint is the PIT label naming the consistency-group point the PIT is its
+// server's part of.
+const LabelGroupPoint = "groupPoint"
 
 // ApplyRetention deletes the PITs of server that policy does not keep and returns them.
 // Locked PITs are never deleted.

@@ -587,6 +587,24 @@ func TestRetentionPolicy(t *testing.T) {
 	}
 }
 
+// In a rule's interval, a PIT of a consistency-group point is kept over an earlier one
+// of the same level that is not: every member of the group keeps the same point.
+func TestRetentionKeepsGroupPoints(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	at := now.Add(-3 * time.Hour).Truncate(time.Hour)
+	pits := []PIT{
+		{ID: "own", Time: at.Add(time.Minute), Level: consistency.Filesystem},
+		{ID: "group", Time: at.Add(2 * time.Minute), Level: consistency.Filesystem, Labels: map[string]string{LabelGroupPoint: "gpit-1"}},
+		{ID: "group-later", Time: at.Add(3 * time.Minute), Level: consistency.Filesystem, Labels: map[string]string{LabelGroupPoint: "gpit-2"}},
+		{ID: "newest", Time: now, Level: consistency.Filesystem},
+	}
+	for _, d := range DefaultPolicy().Apply(pits, now) {
+		if want := d.PIT.ID == "group" || d.PIT.ID == "newest"; d.Keep != want {
+			t.Errorf("PIT %s kept %v (%s), want %v", d.PIT.ID, d.Keep, d.Reason, want)
+		}
+	}
+}
+
 func TestLockedPITCannotBeDeleted(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
