@@ -47,6 +47,8 @@ func main() {
 		err = cmdReport(os.Args[2:])
 	case "failback":
 		err = cmdFailback(ctx, os.Args[2:])
+	case "groups":
+		err = cmdGroups(ctx, os.Args[2:])
 	default:
 		usage()
 	}
