@@ -49,6 +49,8 @@ func main() {
 		err = cmdFailback(ctx, os.Args[2:])
 	case "groups":
 		err = cmdGroups(ctx, os.Args[2:])
+	case "database":
+		err = cmdDatabase(ctx, os.Args[2:])
 	default:
 		usage()
 	}

@@ -29,7 +29,7 @@ import (
 // (replbench database) measures the same at 1 s and 10 s points, with percentiles.
 
 const (
-	dbTrials   = 8
+	dbTrials   = 6
 	dbMaxLoss  = 3 * time.Second // with 1 s points the loss is ~1 s; this is no benchmark
 	dbScale    = "2"             // pgbench scale: 200,000 accounts, ~30 MB
 	dbPort     = "5432"          // only names the unix socket: no TCP
@@ -317,7 +317,7 @@ func TestDatabaseSurvivesAgentKill(t *testing.T) {
 
 // killAgentUnderLoad starts the agent, waits for its first PIT, lets it run a random
 // 0.5–2.5 s more (points every second), SIGKILLs it by its pid and returns the newest
-// PIT and the moment of the kill.
+// filesystem-consistent PIT and the moment of the kill.
 func killAgentUnderLoad(t *testing.T, c *cluster, rng *rand.Rand, loadDone <-chan struct{}, loadLog string) (api.RecoverySnapshot, time.Time) {
 	t.Helper()
 	started := time.Now().Truncate(time.Millisecond)
@@ -335,15 +335,28 @@ func killAgentUnderLoad(t *testing.T, c *cluster, rng *rand.Rand, loadDone <-cha
 	// A point whose Marker was sent before the kill may still be sealed: the replica
 	// is what the replicator holds once the agent's session ended.
 	time.Sleep(2 * time.Second)
-	page, err := c.admin.RecoverySnapshots(t.Context(), c.agentID, 1, "")
-	if err != nil || len(page.Items) == 0 {
-		t.Fatalf("recovery snapshots after the kill: %v (%d)", err, len(page.Items))
+	// The PIT a recovery takes: the newest filesystem-consistent one (a point whose
+	// freeze outlasted its bound, under load on a busy machine, is recorded at level
+	// none and skipped).
+	page, err := c.admin.RecoverySnapshots(t.Context(), c.agentID, 200, "")
+	if err != nil {
+		t.Fatalf("recovery snapshots after the kill: %v", err)
 	}
-	pit := page.Items[0]
+	var pit *api.RecoverySnapshot
+	for i := range page.Items {
+		if page.Items[i].Level == consistency.Filesystem {
+			pit = &page.Items[i]
+			break
+		}
+		t.Logf("PIT %s at level %s skipped", page.Items[i].ID, page.Items[i].Level)
+	}
+	if pit == nil {
+		t.Fatalf("none of the %d newest PITs is filesystem-consistent\n%s", len(page.Items), c.logs())
+	}
 	if pit.Time.After(killed) {
 		t.Fatalf("the newest PIT %s (%s) is after the kill (%s)", pit.ID, pit.Time, killed)
 	}
-	return pit, killed
+	return *pit, killed
 }
 
 // waitPITSince waits for a PIT whose consistency point is at or after since.
@@ -365,9 +378,6 @@ func waitPITSince(t *testing.T, c *cluster, since time.Time, timeout time.Durati
 // checkDatabasePIT exports the PIT, copies its image, loop-mounts the copy, starts
 // PostgreSQL on it and checks the database; it returns the data lost.
 func checkDatabasePIT(t *testing.T, c *cluster, bin string, usr pgUser, pit api.RecoverySnapshot, volume string, killed time.Time) time.Duration {
-	if pit.Level != consistency.Filesystem {
-		t.Fatalf("PIT %s under load is %s, want filesystem", pit.ID, pit.Level)
-	}
 	work := t.TempDir()
 	out := filepath.Join(work, "export")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
