@@ -36,12 +36,16 @@ func groupQuiet(g *api.GroupMembership) time.Duration {
 // filesystems thawed and what was read put back; the point is the group's to fail, and
 // only an error that ends the session is returned.
 func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound time.Duration) error {
-	if s.opt.Groups == nil || s.version < 2 {
-		return nil // this agent or its replicator cannot take part: the point fails at its deadline
+	if s.opt.Groups == nil {
+		return nil // no coordinator: the point fails at its deadline
 	}
 	failed := func(why string) {
 		s.reportGroup(ctx, gp.ID, api.GroupPhaseFailed, why, time.Second)
 		s.setPointErr(&api.ReplicationError{Code: codeGroupPointFailed, Message: "group point " + gp.ID + " failed: " + why})
+	}
+	if s.version < 2 {
+		failed(fmt.Sprintf("the replication server speaks wire protocol version %d, and group points need version 2: upgrade it", s.version))
+		return nil
 	}
 	mounts, whyNot := s.src.Mounts()
 	if whyNot != nil {

@@ -215,3 +215,15 @@ func runGroupPoint(t *testing.T, co *fakeCoordinator, setup func(*session)) *wir
 	}
 	return nil
 }
+
+// A member whose replicator speaks protocol version 1 (no group point in a Marker)
+// reports failed at once instead of leaving the group waiting.
+func TestMemberOnAnOldReplicatorReportsFailed(t *testing.T) {
+	co := &fakeCoordinator{answer: func(string) api.GroupPointDecision { return api.GroupPointDecision{Action: api.GroupActionAbort} }}
+	if m := runGroupPoint(t, co, func(s *session) { s.version = 1 }); m != nil {
+		t.Fatalf("marker %+v sealed", m)
+	}
+	if got := co.phases(); got != "failed" {
+		t.Fatalf("reports %s, want failed", got)
+	}
+}

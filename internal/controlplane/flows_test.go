@@ -425,7 +425,7 @@ func TestSettingsAreValidatedAndMerged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tmpl.PITPolicy.ConsistencyPointRetentionMinutes != 60 || len(tmpl.PITPolicy.Rules) != 3 || tmpl.ConsistencyPointIntervalSeconds != 10 {
+		if tmpl.PITPolicy.ConsistencyPointRetentionMinutes != 60 || len(tmpl.PITPolicy.Rules) != 3 || tmpl.ConsistencyPointIntervalSeconds != 1 {
 			t.Fatalf("default template %+v", tmpl)
 		}
 		bad := []struct {

@@ -180,12 +180,11 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Consistency points every 2 s keep the tests short.
+	// The tests run with the default settings (points every second), on their own store.
 	tmpl, err := c.admin.ReplicationTemplate(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl.ConsistencyPointIntervalSeconds = 2
 	if o.store == "" {
 		o.store = filepath.Join(dir, "staging")
 	}

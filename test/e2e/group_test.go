@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // member is a source server of a consistency-group test: a loop device with ext4
@@ -246,25 +247,48 @@ func (c *cluster) completePoints(group string, since time.Time) []api.GroupPoint
 	return out
 }
 
-// TestConsistencyGroupPointsAreOneInstant: two servers append records that name the
-// newest record they heard of from each other over TCP while they write; every group
-// point, exported from both members, is mutually consistent. Then a member is killed
+// startReplicator2 starts a second replicator, rep2, on the cluster's site.
+func (c *cluster) startReplicator2() {
+	c.t.Helper()
+	tok, err := c.admin.CreateToken(context.Background(), api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeReplicator, Uses: 1})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(c.t))
+	c.start("replicator2", "replicator", "--data", filepath.Join(c.dir, "rep2"), "--listen", addr, "--address", addr, "--name", "rep2",
+		"--log-level", "debug", "--token-file", c.tokenFile("replicator2.token", tok.Secret))
+	testutil.WaitTCP(c.t, addr, 30*time.Second)
+}
+
+// TestConsistencyGroupPointsAreOneInstant: two servers, each replicating to its own
+// replicator, append records that name the newest record they heard of from each other
+// over TCP while they write; every group point, exported from both members, is
+// mutually consistent. Then a member is killed
 // while it holds its freeze in a group point: the other thaws within the freeze bound,
 // the point fails with an event naming the member, its volume is writable (the
 // watchdog), and once the member's agent is back the next point is complete.
 func TestConsistencyGroupPointsAreOneInstant(t *testing.T) {
 	c := newCluster(t)
+	c.startReplicator2()
 	var ms []*member
-	for _, name := range []string{"a", "b"} {
+	for i, name := range []string{"a", "b"} {
 		dev, mnt := dataVolume(t, 64<<20, 3, 16)
 		m := c.installMember(name, dev, mnt)
+		rep := []string{"rep1", "rep2"}[i]
+		if _, err := c.admin.SetServerReplicationSettings(context.Background(), m.id, api.ReplicationSettingsOverrides{DedicatedReplicator: &rep}); err != nil {
+			t.Fatal(err)
+		}
 		c.startMember(m)
 		ms = append(ms, m)
 	}
 	a, b := ms[0], ms[1]
+	reps := map[string]bool{}
 	for _, m := range ms {
 		c.agentID = m.id
-		c.waitState(2*time.Minute, api.StateContinuous)
+		reps[c.waitState(2*time.Minute, api.StateContinuous).ReplicatorID] = true
+	}
+	if len(reps) != 2 {
+		t.Fatalf("the members replicate to %v, want two replicators", reps)
 	}
 	events := collectEvents(t, c, "group-point.failed")
 	c.cli("groups", "create", "app", "--servers", a.id+","+b.id)
