@@ -274,13 +274,17 @@ func (r *report) write(w *os.File) {
 		p("fio wrote %s MB/s; the agent sent %s MB/s of blocks. CPU (%% of one core): agent %s%%, replicator %s%%, fio %s%%. Points not taken under freeze: %0.f. Load at start: %s.",
 			fx(e["fioMBps"], 1), fx(e["sentMBps"], 1), fx(e["agentCPUPercent"], 1), fx(e["replicatorCPUPercent"], 1), fx(e["fioCPUPercent"], 1), e["pointsNotFilesystem"], x.Load)
 		p("")
-		bs := " (" + bsv + ")"
+		every := fmt.Sprintf(", points every %0.f s", e["intervalSeconds"])
+		bs := " (" + bsv + every + ")"
 		if bsv == "bs=4k" {
-			bs = " (bs=4k: every 4 KiB write dirties a 64 KiB block, so ~16× more to send)"
+			bs = " (bs=4k: every 4 KiB write dirties a 64 KiB block, so ~16× more to send" + every + ")"
 		}
 		r.goal("p99 lag ≤ 1 s under 10 MB/s random writes"+bs, fx(e["lagP99"], 2)+" s", e["lagP99"] <= 1)
 		r.goal("p99 freeze ≤ 50 ms"+bs, fx(e["freezeP99Ms"], 1)+" ms", e["freezeP99Ms"] <= 50)
 	}
+
+	r.writePoints(p)
+	r.writeMetadata(p)
 
 	// Simulated agents.
 	var sims []result
@@ -324,7 +328,7 @@ func (r *report) write(w *os.File) {
 	if len(r.goals) > 0 {
 		p("## Goals")
 		p("")
-		p("| goal (issues 4, 5) | measured | |")
+		p("| goal (issues 4, 5, 15) | measured | |")
 		p("|---|---:|---|")
 		for _, g := range r.goals {
 			p("%s", g)
@@ -358,4 +362,155 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// lagByBS groups the lag phase's results by fio block size ("bs=64k"), each sorted by
+// interval, longest first.
+func (r *report) lagByBS() ([]string, map[string][]result) {
+	var order []string
+	by := map[string][]result{}
+	for _, x := range r.rs {
+		if x.Phase != "lag" {
+			continue
+		}
+		bsv := ""
+		if i := strings.Index(x.Data, "bs="); i >= 0 {
+			bsv = strings.Fields(x.Data[i:])[0]
+		}
+		if _, ok := by[bsv]; !ok {
+			order = append(order, bsv)
+		}
+		// The last result at an interval wins (a rerun appends).
+		kept := by[bsv][:0]
+		for _, y := range by[bsv] {
+			if y.Extra["intervalSeconds"] != x.Extra["intervalSeconds"] {
+				kept = append(kept, y)
+			}
+		}
+		by[bsv] = append(kept, x)
+	}
+	for _, xs := range by {
+		sort.SliceStable(xs, func(i, j int) bool { return xs[i].Extra["intervalSeconds"] > xs[j].Extra["intervalSeconds"] })
+	}
+	return order, by
+}
+
+// writePoints compares the consistency-point intervals of the lag phase (issue 15): what
+// points every second cost beside the default 10 s.
+func (r *report) writePoints(p func(string, ...any)) {
+	order, by := r.lagByBS()
+	if len(order) == 0 || len(by[order[0]]) < 2 {
+		return
+	}
+	p("## Consistency points every second: cost beside the default interval (issue 15)")
+	p("")
+	p("The same steady fio load at each interval. *stall*: the freeze windows (freezeMicros of every PIT sealed")
+	p("during the load) added up, as a fraction of the time they were taken in (writes to the volume wait while it is")
+	p("frozen). *steps* are from the agent's debug log of each point (internal/agent point.go), p50 / p99 ms:")
+	p("FIFREEZE ioctls, the wait for the tracker's completions, the reading of the dirty blocks (all inside the")
+	p("freeze window). CPU is in %% of one core over the load.")
+	p("")
+	p("| load | interval s | points/s | freeze p50 / p99 / max ms | stall | agent CPU | replicator CPU | FIFREEZE ms | tracker sync ms | read ms | blocks read per point | lag p99 s |")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, bsv := range order {
+		for _, x := range by[bsv] {
+			e := x.Extra
+			p("| %s | %0.f | %s | %s / %s / %s | %s%% | %s%% | %s%% | %s / %s | %s / %s | %s / %s | %s | %s |", bsv, e["intervalSeconds"],
+				fx(get(e, "pointsPerSecond"), 2), fx(e["freezeP50Ms"], 1), fx(e["freezeP99Ms"], 1), fx(e["freezeMaxMs"], 1),
+				fx(100*get(e, "stallFraction"), 2), fx(e["agentCPUPercent"], 1), fx(e["replicatorCPUPercent"], 1),
+				fx(get(e, "stepFifreezeMsP50"), 1), fx(get(e, "stepFifreezeMsP99"), 1), fx(get(e, "stepTrackerSyncMsP50"), 1), fx(get(e, "stepTrackerSyncMsP99"), 1),
+				fx(get(e, "stepReadMsP50"), 1), fx(get(e, "stepReadMsP99"), 1), fx(get(e, "stepBlocksMean"), 1), fx(e["lagP99"], 2))
+		}
+	}
+	p("")
+	for _, bsv := range order {
+		xs := by[bsv]
+		slow, fast := xs[0].Extra, xs[len(xs)-1].Extra
+		ag, rp := fast["agentCPUPercent"]/slow["agentCPUPercent"], fast["replicatorCPUPercent"]/slow["replicatorCPUPercent"]
+		fs, ss := fast["intervalSeconds"], slow["intervalSeconds"]
+		// What one more point costs: the CPU difference over the difference in points.
+		extra := fast["pointsPerSecond"] - slow["pointsPerSecond"]
+		p("- %s: CPU at %0.f s / at %0.f s: agent %s×, replicator %s×; each extra point cost the agent %s ms and the replicator %s ms of CPU;",
+			bsv, fs, ss, fx(ag, 2), fx(rp, 2), fx(10*(fast["agentCPUPercent"]-slow["agentCPUPercent"])/extra, 1),
+			fx(10*(fast["replicatorCPUPercent"]-slow["replicatorCPUPercent"])/extra, 1))
+		p("  p99 freeze %s× that at %0.f s. Load at start: %s at %0.f s, %s at %0.f s.", fx(fast["freezeP99Ms"]/slow["freezeP99Ms"], 2), ss,
+			xs[len(xs)-1].Load, fs, xs[0].Load, ss)
+		if fs != 1 {
+			continue
+		}
+		if bsv == "bs=64k" {
+			r.goal("Points every 1 s: p99 freeze ≤ 10 ms with 64 KiB writes", fx(fast["freezeP99Ms"], 1)+" ms", fast["freezeP99Ms"] <= 10)
+		}
+		r.goal("Points every 1 s: write stall ≤ 1% of wall time ("+bsv+")", fx(100*fast["stallFraction"], 2)+"%", fast["stallFraction"] <= 0.01)
+		r.goal(fmt.Sprintf("Points every 1 s: agent CPU ≤ 1.5× that at %0.f s (%s)", ss, bsv), fx(ag, 2)+"×", ag <= 1.5)
+		r.goal(fmt.Sprintf("Points every 1 s: replicator CPU ≤ 1.5× that at %0.f s (%s)", ss, bsv), fx(rp, 2)+"×", rp <= 1.5)
+	}
+	p("")
+}
+
+// writeMetadata reports the metadata phase: the store's metadata per consistency point
+// (every second, and at other intervals when measured), and per day after the default
+// policy thinned them.
+func (r *report) writeMetadata(p func(string, ...any)) {
+	var xs []result
+	for _, x := range r.rs {
+		if x.Phase != "metadata" {
+			continue
+		}
+		kept := xs[:0]
+		for _, y := range xs {
+			if get(y.Extra, "intervalSeconds") != get(x.Extra, "intervalSeconds") {
+				kept = append(kept, y)
+			}
+		}
+		xs = append(kept, x)
+	}
+	for _, x := range xs {
+		r.writeMetadataOne(p, x)
+	}
+}
+
+func (r *report) writeMetadataOne(p func(string, ...any), x result) {
+	e := x.Extra
+	iv := e["intervalSeconds"]
+	if math.IsNaN(get(e, "intervalSeconds")) {
+		iv = 1 // the phase's first runs had no other interval
+	}
+	kib := func(v float64) string { return fx(v/1024, 1) }
+	p("## Store metadata of consistency points every %0.f s (issue 15)", iv)
+	p("")
+	p("%s: %s. Metadata is the store's bookkeeping (docs/store-format.md): PIT manifests (`snapshots/`), index", x.Data, x.Note)
+	p("objects (`index/`), heads and journals (`heads/`), and the tree nodes (block tables) the PITs reference, which")
+	p("are stored inside packs; data packs are counted apart. Per point: the growth over the window divided by the")
+	p("%0.f points sealed in it (%s per second). Load at start: %s.", e["points"], fx(e["pointsPerSecond"], 2), x.Load)
+	p("")
+	p("| per point | bytes | objects |")
+	p("|---|---:|---:|")
+	p("| manifest | %s | %s |", fx(e["manifestBytesPerPoint"], 0), fx(e["manifestObjectsPerPoint"], 2))
+	p("| tree nodes (inside packs) | %s | |", fx(e["treeBytesPerPoint"], 0))
+	p("| index objects, as written (before a GC merges them) | %s | %s |", fx(e["indexBytesPerPoint"], 0), fx(e["indexObjectsPerPoint"], 2))
+	p("| heads and journals (net) | %s | |", fx(e["headBytesPerPoint"], 0))
+	p("| **metadata** | **%s** | **%s** |", fx(e["metadataBytesPerPoint"], 0), fx(e["metadataObjectsPerPoint"], 2))
+	p("| packs (data and tree nodes) | %s | %s |", fx(e["packBytesPerPoint"], 0), fx(e["packObjectsPerPoint"], 2))
+	p("")
+	p("The volume's own metadata before the window (its first PITs): %s KiB in %0.f objects. After the window: %0.f PITs,",
+		kib(e["baseMetadataBytes"]), e["baseMetadataObjects"], e["afterPITs"])
+	p("%s KiB of metadata, %0.f packs, %0.f index objects. Then the default policy applied as it stands 24 h later, and a",
+		kib(e["afterMetadataBytes"]), e["afterPackObjects"], e["afterIndexObjects"])
+	p("garbage collection: %0.f PITs kept, %s KiB of metadata (tree nodes %s KiB, %0.f index objects of %s KiB), %0.f packs",
+		e["thinnedPITs"], kib(e["thinnedMetadataBytes"]), kib(e["thinnedTreeBytes"]), e["thinnedIndexObjects"], kib(e["thinnedIndexBytes"]), e["thinnedPackObjects"])
+	p("(the collection deleted %0.f packs and repacked %0.f, %0.f dead chunks).", e["gcDeletedPacks"], e["gcRepackedPacks"], e["gcDeadChunks"])
+	p("")
+	perDay := 86400 / iv
+	p("**A day** of points every %0.f s is %0.f PITs; the default policy (every point for 60 min, one per 10 min for", iv, perDay)
+	p("1 h, hourly for 24 h, daily for 7 days) keeps %0.f of them at the day's end (store.DefaultPolicy().Apply on a", e["keptPerDay"])
+	p("day of such PITs; %0.f of a day of 10 s points): so many manifests and recovery_snapshots rows stand per server", e["keptPerDay10s"])
+	p("(%0.f rows are inserted and %0.f deleted a day). Metadata per day, extrapolated as points × (manifest + tree", perDay, perDay-e["keptPerDay"])
+	p("nodes + index as written) per point of this window, on top of the volume's own: %s MiB unthinned,",
+		fx(e["dayUnthinnedMetadataBytes"]/(1<<20), 0))
+	p("**%s MiB** after thinning (%0.f objects as written; a garbage collection merges the index objects).",
+		fx(e["dayThinnedMetadataBytes"]/(1<<20), 1), e["dayThinnedMetadataObjects"])
+	p("")
+	r.goal(fmt.Sprintf("Store metadata per day of %0.f s points on a lightly written 4 GiB volume, after thinning (no goal of its own; reported)", iv),
+		fx(e["dayThinnedMetadataBytes"]/(1<<20), 1)+" MiB", true)
 }

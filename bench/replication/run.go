@@ -33,11 +33,13 @@ type runFlags struct {
 	bigGiB                           int
 	fioSeconds                       int
 	fioBS                            string
-	fioInterval                      int
+	fioIntervals                     string
+	metaSeconds, metaWrites          int
+	metaInterval                     int
 	changePct                        float64
 	quiet                            float64
 	codecs                           string
-	anchors, perf                    bool
+	anchors, perf, traceFreeze       bool
 }
 
 func cmdRun(ctx context.Context, args []string) error {
@@ -47,17 +49,21 @@ func cmdRun(ctx context.Context, args []string) error {
 	fs.StringVar(&f.image, "image", "bench/out/system.img", "the volume image (bench/data.sh)")
 	fs.StringVar(&f.out, "out", "bench/out/replication", "work directory (emptied)")
 	fs.StringVar(&f.results, "results", "bench/out/replication/results.jsonl", "JSON lines to append to")
-	fs.StringVar(&f.phases, "phases", "initial,rescan,incremental,lag,big", "phases to run")
+	fs.StringVar(&f.phases, "phases", "initial,rescan,incremental,lag,big", "phases to run (also: metadata)")
 	fs.IntVar(&f.reps, "reps", 3, "incremental cycles per volume")
 	fs.IntVar(&f.bigGiB, "big-gib", 16, "size of the large volume (the image plus zeros)")
 	fs.IntVar(&f.fioSeconds, "fio-seconds", 120, "length of the steady fio load")
 	fs.StringVar(&f.fioBS, "fio-bs", "64k,4k", "fio block sizes, comma-separated (one load each)")
-	fs.IntVar(&f.fioInterval, "fio-interval", 2, "consistency-point interval during the fio load (s)")
+	fs.StringVar(&f.fioIntervals, "fio-interval", "2", "consistency-point intervals during the fio load (s), comma-separated: the load runs once at each")
+	fs.IntVar(&f.metaSeconds, "meta-seconds", 300, "metadata phase: how long points every 1 s are taken under the light load (s)")
+	fs.IntVar(&f.metaInterval, "meta-interval", 1, "metadata phase: the consistency-point interval (s)")
+	fs.IntVar(&f.metaWrites, "meta-writes", 5, "metadata phase: small appends (4 KiB + fdatasync) per second of the light load")
 	fs.Float64Var(&f.changePct, "change-pct", 1, "percent of the volume's blocks an incremental cycle changes")
 	fs.Float64Var(&f.quiet, "quiet", 0.25, "before each timed step, wait (up to 2 min) until the CPUs were less than this busy for 3 s")
 	fs.StringVar(&f.codecs, "codecs", "s2,zstd", "compressions of the initial sync; the first (the default setting) is kept for the other phases")
 	fs.BoolVar(&f.anchors, "anchors", true, "run the anchors (false: Lifeboat's figures only)")
-	fs.BoolVar(&f.perf, "perf", false, "record perf profiles of the agent and replicator during the initial syncs")
+	fs.BoolVar(&f.perf, "perf", false, "record perf profiles of the agent and replicator during the initial syncs and the lag loads")
+	fs.BoolVar(&f.traceFreeze, "trace-freeze", false, "record the kernel's freeze, sync and journal tracepoints (perf, all CPUs) during the lag loads")
 	_ = fs.Parse(args)
 	for _, p := range []*string{&f.bin, &f.image, &f.out, &f.results} {
 		abs, err := filepath.Abs(*p)
@@ -235,16 +241,38 @@ func (b *bench) small(ctx context.Context, want map[string]bool) error {
 		}
 	}
 	if want["lag"] {
+		intervals, err := b.intervals()
+		if err != nil {
+			return err
+		}
 		for _, bs := range strings.Split(b.f.fioBS, ",") {
-			if err := b.lag(ctx, cl, a, data, mnt, strings.TrimSpace(bs)); err != nil {
-				return err
+			for k, iv := range intervals {
+				if err := b.lag(ctx, cl, a, data, mnt, strings.TrimSpace(bs), iv, k == 0); err != nil {
+					return err
+				}
 			}
 		}
 	}
 	a.stop()
 	cl.rep.stop()
 	cl.cp.stop()
+	if want["metadata"] {
+		return b.metadata(ctx, lp.dev, data, mnt, size)
+	}
 	return nil
+}
+
+// intervals are the consistency-point intervals of the lag phase (-fio-interval).
+func (b *bench) intervals() ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(b.f.fioIntervals, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-fio-interval %q: want seconds ≥ 1, comma-separated", b.f.fioIntervals)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // initialSync starts a cluster whose template uses codec, registers an agent for dev
@@ -461,27 +489,23 @@ func (b *bench) userVisible(ctx context.Context, a *agentProc, data string, mnt,
 	return b.incAnchors(ctx, "incremental", data, rep, n, vol, rsyncDst, resticRepo)
 }
 
-// lag runs a steady 10 MB/s random-write fio load on a file of the mounted volume and
-// samples the agent's reported lag, the freeze of every consistency point and the
-// agent's CPU time.
-func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, bs string) error {
-	if err := setInterval(ctx, cl, b.f.fioInterval); err != nil {
+// lag runs a steady 10 MB/s random-write fio load on a file of the mounted volume with
+// a consistency point every interval seconds, and samples the agent's reported lag, the
+// freeze of every point, the write stall they add up to, the steps of each point (the
+// agent's debug log) and the agent's and replicator's CPU time. anchor also times the
+// kernel's own freeze under the same load (once per block size).
+func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, bs string, interval int, anchor bool) error {
+	if err := setInterval(ctx, cl, interval); err != nil {
 		return err
 	}
-	// The load overwrites the volume's largest file in place (the volume is nearly full,
-	// as bench/data.sh makes it): a database-like file of existing data.
-	file, fileSize, err := largestFile(mnt)
+	fioArgs, fileSize, err := steadyLoad(mnt, bs)
 	if err != nil {
 		return err
 	}
-	fileSize = fileSize / (1 << 20) * (1 << 20)
-	if fileSize < 32<<20 {
-		return fmt.Errorf("the largest file on %s (%s) has only %d MiB", mnt, file, fileSize>>20)
-	}
-	fioArgs := []string{"--name=steady", "--filename=" + file, fmt.Sprintf("--size=%d", fileSize), "--rw=randwrite", "--bs=" + bs,
-		"--direct=1", "--ioengine=psync", "--rate=10m", "--time_based", "--randrepeat=0", "--allow_file_create=0", "--output-format=json"}
-	if err := b.freezeUnderLoad(ctx, cl, a, data, mnt, "bs="+bs, fioArgs); err != nil {
-		return err
+	if anchor {
+		if err := b.freezeUnderLoad(ctx, cl, a, data, mnt, "bs="+bs, fioArgs); err != nil {
+			return err
+		}
 	}
 	// Let everything drain.
 	if _, err := a.waitState(ctx, 5*time.Minute, func(s agent.Status) bool {
@@ -492,75 +516,75 @@ func (b *bench) lag(ctx context.Context, cl *cluster, a *agentProc, data, mnt, b
 	sleepCtx(ctx, 3*time.Second)
 	b.quietWait(ctx)
 	load := startLoad()
-	type sample struct {
-		at      time.Time
-		lag     float64
-		backlog int64
-	}
-	var samples []sample
-	stopSampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var last time.Time
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopSampling:
-				return
-			case <-t.C:
-			}
-			s, err := a.status()
-			if err != nil || !s.UpdatedAt.After(last) {
-				continue
-			}
-			last = s.UpdatedAt
-			l := math.NaN()
-			if s.LagSeconds != nil {
-				l = *s.LagSeconds
-			}
-			samples = append(samples, sample{at: s.UpdatedAt, lag: l, backlog: s.BacklogBytes})
-		}
-	}()
+	smp := startLagSampler(a)
+	logOff := fileSizeOf(a.p.log)
 	agentCPU0, repCPU0 := cpuTime(a.p.pid()), cpuTime(cl.rep.pid())
 	sent0, _ := a.status()
+	if b.f.perf {
+		stop, err := perfRecord(ctx, filepath.Join(b.f.out, fmt.Sprintf("perf-lag-%s-%ds.data", bs, interval)), a.p.pid(), cl.rep.pid())
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if b.f.traceFreeze {
+		stop, err := perfTrace(ctx, filepath.Join(b.f.out, fmt.Sprintf("trace-lag-%s-%ds.data", bs, interval)))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	t0 := time.Now()
 	fioOut, err := run(ctx, "fio", append(fioArgs, fmt.Sprintf("--runtime=%d", b.f.fioSeconds))...)
 	t1 := time.Now()
 	agentCPU, repCPU := cpuTime(a.p.pid())-agentCPU0, cpuTime(cl.rep.pid())-repCPU0
 	sleepCtx(ctx, 2500*time.Millisecond)
-	close(stopSampling)
-	<-sampled
+	// Lag samples taken during the load, after its first 5 s.
+	lags := smp.stop(t0.Add(5*time.Second), t1)
 	if err != nil {
 		return err
 	}
 	sent1, _ := a.status()
 	fioBW, fioCPU := fioSummary(fioOut)
-	// Lag samples taken during the load, after its first 5 s.
-	var lags []float64
-	for _, s := range samples {
-		if s.at.After(t0.Add(5*time.Second)) && !s.at.After(t1) && !math.IsNaN(s.lag) {
-			lags = append(lags, s.lag)
-		}
-	}
 	// Freeze of every PIT sealed during the load, from the PIT labels in the store.
-	freezes, levels, err := pitFreezes(ctx, cl, a.id, t0.Add(5*time.Second), t1)
+	from := t0.Add(5 * time.Second)
+	freezes, levels, err := pitFreezes(ctx, cl, a.id, from, t1)
 	if err != nil {
 		return err
 	}
 	wall := t1.Sub(t0).Seconds()
+	window := t1.Sub(from).Seconds()
 	d := fmt.Sprintf("%s; fio randwrite bs=%s direct=1 rate=10m over the %d MiB of an existing file, %d s", data, bs, fileSize>>20, b.f.fioSeconds)
 	ex := map[string]float64{
 		"lagP50": pct(lags, 50), "lagP99": pct(lags, 99), "lagMax": pct(lags, 100), "lagSamples": float64(len(lags)),
 		"freezeP50Ms": pct(freezes, 50), "freezeP99Ms": pct(freezes, 99), "freezeMaxMs": pct(freezes, 100), "points": float64(len(freezes)),
 		"pointsNotFilesystem": float64(levels), "agentCPUPercent": 100 * agentCPU.Seconds() / wall, "replicatorCPUPercent": 100 * repCPU.Seconds() / wall,
 		"fioMBps": fioBW / 1e6, "fioCPUPercent": fioCPU, "sentMBps": float64(sent1.SentBytes-sent0.SentBytes) / wall / 1e6,
-		"intervalSeconds": float64(b.f.fioInterval),
+		"intervalSeconds": float64(interval), "pointsPerSecond": float64(len(freezes)+levels) / window,
+		"stallFraction": sum(freezes) / 1000 / window,
+	}
+	for k, v := range pointSteps(a.p.log, logOff, from, t1) {
+		ex[k] = v
 	}
 	b.sink.add(result{Phase: "lag", Name: "lifeboat", Data: d, Seconds: wall, Load: load, Extra: ex,
-		Note: "lag: the agent's lagSeconds (time since the replica last matched the source), sampled at each status report (every 2 s); freeze: freezeMicros of every PIT sealed during the load"})
+		Note: "lag: the agent's lagSeconds (time since the replica last matched the source), sampled at each status report (every 2 s); freeze: freezeMicros of every PIT sealed during the load; stall: their sum over the time they were taken in"})
 	return nil
+}
+
+// steadyLoad is fio's arguments for the lag phase's load, and the size of the file it
+// overwrites: the volume's largest file, in place (the volume is nearly full, as
+// bench/data.sh makes it): a database-like file of existing data.
+func steadyLoad(mnt, bs string) ([]string, int64, error) {
+	file, fileSize, err := largestFile(mnt)
+	if err != nil {
+		return nil, 0, err
+	}
+	fileSize = fileSize / (1 << 20) * (1 << 20)
+	if fileSize < 32<<20 {
+		return nil, 0, fmt.Errorf("the largest file on %s (%s) has only %d MiB", mnt, file, fileSize>>20)
+	}
+	return []string{"--name=steady", "--filename=" + file, fmt.Sprintf("--size=%d", fileSize), "--rw=randwrite", "--bs=" + bs,
+		"--direct=1", "--ioengine=psync", "--rate=10m", "--time_based", "--randrepeat=0", "--allow_file_create=0", "--output-format=json"}, fileSize, nil
 }
 
 // largestFile returns the largest regular file under root and its size.

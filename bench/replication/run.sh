@@ -16,7 +16,11 @@
 # disk (the store fsyncs; the anchors run sync inside their timing). Each timed step
 # first waits (up to 2 minutes) until the CPUs were less than 25% busy for 3 s.
 # Needs root, restic, rsync and fio. Writes bench/replication/RESULTS.md.
+#   - with -phases …,metadata (issue 15): the store's metadata of points every 1 s under light
+#     writes, per point and per day after the default PIT policy thinned them.
 # Usage: bench/replication/run.sh [replbench run flags…]   (e.g. -reps 5)
+#   SIM=0 skips the simulated agents; OUT=dir works there instead of bench/out/replication.
+#   Issue 15: SIM=0 bench/replication/run.sh -phases lag,metadata -fio-interval 10,1 -codecs s2 -anchors=false
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -27,7 +31,7 @@ bench/data.sh
 mkdir -p .cache
 go build -o .cache/lifeboat-bench ./cmd/lifeboat
 go build -o .cache/replbench ./bench/replication
-out=bench/out/replication
+out=${OUT:-bench/out/replication}
 mkdir -p "$out"
 res=$out/results.jsonl
 : >"$res"
@@ -36,10 +40,12 @@ before=$(load)
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 
 .cache/replbench run -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" "$@"
-.cache/replbench sim -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" \
-  -name "300 agents, light writes" -agents 300 -mode light -blocks 1 -period 1s -marker 10s -duration 120s
-.cache/replbench sim -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" \
-  -name "15 volumes, streaming" -agents 15 -mode stream -duration 60s -warmup 10s
+if [ "${SIM:-1}" != 0 ]; then
+  .cache/replbench sim -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" \
+    -name "300 agents, light writes" -agents 300 -mode light -blocks 1 -period 1s -marker 10s -duration 120s
+  .cache/replbench sim -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" \
+    -name "15 volumes, streaming" -agents 15 -mode stream -duration 60s -warmup 10s
+fi
 after=$(load)
 
 {
@@ -49,7 +55,7 @@ after=$(load)
   echo "$(free -g | awk '/Mem:/ {print $2}') GiB RAM, kernel $(uname -r), $(go version | cut -d' ' -f3), restic $(restic version | cut -d' ' -f2),"
   echo "rsync $(rsync --version | head -1 | awk '{print $3}'), $(fio --version)."
   echo "The machine is shared with other work: load average (1, 5, 15 min) $before before, $after after; each"
-  echo "figure's own starting load is in bench/out/replication/results.jsonl."
+  echo "figure's own starting load is in $res."
   echo "Data: system.img is a 4 GiB ext4 filesystem holding $(cat bench/out/system.txt 2>/dev/null || echo '~3.5 GB of /usr') and zeros (bench/data.sh),"
   echo "copied to a loop device with direct I/O (\`losetup --direct-io=on\`: like a real disk, reading it costs no copy through the"
   echo "page cache of the image file) and mounted; the agent replicates the device (eBPF tracker, 64 KiB blocks,"
