@@ -29,10 +29,10 @@ func groupQuiet(g *api.GroupMembership) time.Duration {
 
 // groupPoint takes this server's part of a consistency-group point (docs/architecture.md,
 // "Consistency groups"): prepare as for a point of its own, report ready and wait until
-// every member is; freeze and read what is dirty, report frozen and wait until every
-// member is — then, at that instant, every member's filesystems are frozen at once —
-// thaw, and send the blocks and a marker naming the group point, with the group's
-// instant as its time. Anything that fails, here or at another member, ends with the
+// every member is; freeze, report frozen and read what is dirty while the report waits
+// until every member is frozen — then, at that instant, every member's filesystems are
+// frozen at once — thaw once both are done, and send the blocks and a marker naming the
+// group point, with the group's instant as its time. Anything that fails, here or at another member, ends with the
 // filesystems thawed and what was read put back; the point is the group's to fail, and
 // only an error that ends the session is returned.
 func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound time.Duration) error {
@@ -74,15 +74,24 @@ func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound
 	if s.opt.FreezeHold > 0 {
 		sleep(ctx, s.opt.FreezeHold)
 	}
+	type answer struct {
+		dec api.GroupPointDecision
+		err error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		d, err := s.reportGroup(ctx, gp.ID, api.GroupPhaseFrozen, "", bound-fr.Elapsed())
+		answered <- answer{d, err}
+	}()
 	got, _, _, readErr := s.collect(ctx, bound)
+	a := <-answered
+	dec, err = a.dec, a.err
+	freezeMs, thawErr := thaw(fr)
 	if readErr != nil {
-		_, _ = thaw(fr)
 		s.putBack(got)
 		failed("reading the volumes while frozen failed: " + readErr.Error())
 		return nil
 	}
-	dec, err = s.reportGroup(ctx, gp.ID, api.GroupPhaseFrozen, "", bound-fr.Elapsed())
-	freezeMs, thawErr := thaw(fr)
 	if err != nil || dec.Action != api.GroupActionThaw || dec.Time == nil {
 		s.putBack(got)
 		s.groupAborted(gp.ID, dec, err)

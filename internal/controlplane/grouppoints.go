@@ -66,15 +66,28 @@ type groupCoordinator struct {
 	bounds   map[string]groupBound // group id → interval and freeze bound, read at its last start
 }
 
-// groupBound is what a group's points are bound by.
-type groupBound struct{ interval, freeze time.Duration }
+// groupBound is how often a group's points may come: its interval, and the smoothed
+// window its points froze the members (from the freeze to the thaw), which widens the
+// interval so that points freeze writes at most groupMaxStall of the time, as an
+// agent's own points do.
+type groupBound struct{ interval, window time.Duration }
+
+// groupMaxStall is the share of the time group points may freeze the members' writes.
+const groupMaxStall = 0.02
+
+// every is how often the group's points may begin.
+func (b groupBound) every() time.Duration {
+	return max(b.interval, time.Duration(float64(b.window)/groupMaxStall))
+}
 
 // groupRun is a group point in progress.
 type groupRun struct {
 	point, group, account string
 	members               []string
 	started               time.Time
-	freezeWithin          time.Duration // the members' smallest freeze bound, halved
+	freezeWithin          time.Duration // three quarters of the members' smallest freeze bound
+	frozeAt               time.Time     // when every member was told to freeze
+	recorded              chan struct{} // closed once the end is recorded
 	phase                 string
 	ready, frozen         map[string]bool
 	at                    time.Time // the group instant (thaw)
@@ -205,7 +218,7 @@ func (g *groupCoordinator) maybeStart(ctx context.Context, grp db.Group) {
 	}
 	run := &groupRun{point: api.NewID(api.PrefixGroupPoint), group: grp.ID, account: grp.AccountID,
 		members: slices.Clone(grp.SourceServerIDs), started: time.Now(), phase: phasePrepare,
-		ready: map[string]bool{}, frozen: map[string]bool{}, changed: make(chan struct{})}
+		ready: map[string]bool{}, frozen: map[string]bool{}, changed: make(chan struct{}), recorded: make(chan struct{})}
 	interval := time.Duration(grp.IntervalSeconds) * time.Second
 	why, err := g.begin(ctx, run, grp)
 	g.mu.Lock()
@@ -221,7 +234,9 @@ func (g *groupCoordinator) maybeStart(ctx context.Context, grp db.Group) {
 		return
 	}
 	delete(g.waiting, grp.ID)
-	g.bounds[grp.ID] = groupBound{interval: interval, freeze: 2 * run.freezeWithin}
+	b := g.bounds[grp.ID]
+	b.interval = interval
+	g.bounds[grp.ID] = b
 	g.runs[run.point], g.active[grp.ID] = run, run
 	run.timer = time.AfterFunc(groupPrepareWithin, func() { g.expire(run, phasePrepare) })
 	g.cp.wakeAgents(run.members)
@@ -256,7 +271,9 @@ func (g *groupCoordinator) begin(ctx context.Context, run *groupRun, grp db.Grou
 				bound = b
 			}
 		}
-		run.freezeWithin = bound / 2
+		// The rest of the bound is the members' margin to hear the thaw before their
+		// own timers thaw them (which would make their parts inconsistent).
+		run.freezeWithin = bound * 3 / 4
 		now := g.cp.cfg.Now()
 		return tx.CreateGroupPoint(db.GroupPoint{AccountID: grp.AccountID, GroupPoint: api.GroupPoint{ID: run.point,
 			GroupID: grp.ID, State: api.GroupPointPreparing, Members: len(run.members), CreatedAt: now, UpdatedAt: now}})
@@ -290,7 +307,11 @@ func (g *groupCoordinator) report(ctx context.Context, serverID, pointID string,
 	}
 	switch r.Phase {
 	case api.GroupPhaseFailed:
-		g.abortLocked(run, fmt.Sprintf("member %s failed: %s", serverID, clip(r.Message, 500)))
+		reason := fmt.Sprintf("member %s failed: %s", serverID, clip(r.Message, 500))
+		if run.phase == phaseThaw {
+			go g.failLate(run, reason) // its part failed after the freeze: the others seal theirs
+		}
+		g.abortLocked(run, reason)
 	case api.GroupPhaseReady:
 		if run.phase == phasePrepare {
 			run.ready[serverID] = true
@@ -370,6 +391,7 @@ func (g *groupCoordinator) enterLocked(run *groupRun, phase string) {
 	}
 	switch phase {
 	case phaseFreeze:
+		run.frozeAt = time.Now()
 		run.timer = time.AfterFunc(run.freezeWithin, func() { g.expire(run, phaseFreeze) })
 	case phaseThaw, phaseAbort:
 		g.endLocked(run)
@@ -393,7 +415,17 @@ func (g *groupCoordinator) endLocked(run *groupRun) {
 	b := g.bounds[run.group]
 	if run.phase == phaseThaw {
 		g.failures[run.group] = 0
-		g.next[run.group] = run.started.Add(b.interval)
+		window := time.Since(run.frozeAt)
+		if b.window == 0 {
+			b.window = window
+		}
+		b.window += (window - b.window) / 5
+		if was := g.bounds[run.group].every(); b.every() != was && (b.every() > b.interval || was > b.interval) {
+			g.cp.log.Info("consistency group points spaced to keep freezes under 2% of the time", "group", run.group,
+				"every", b.every().Round(time.Millisecond), "interval", b.interval, "freeze_window", b.window.Round(time.Millisecond))
+		}
+		g.bounds[run.group] = b
+		g.next[run.group] = run.started.Add(b.every())
 		g.sealing[run.point] = time.Now().Add(groupSealWithin)
 	} else {
 		g.failures[run.group]++
@@ -404,6 +436,7 @@ func (g *groupCoordinator) endLocked(run *groupRun) {
 
 // recordEnd records how a run ended: SEALING at the group instant, or FAILED.
 func (g *groupCoordinator) recordEnd(run *groupRun) {
+	defer close(run.recorded)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := g.system(ctx)
@@ -420,6 +453,25 @@ func (g *groupCoordinator) recordEnd(run *groupRun) {
 	})
 	if err != nil {
 		g.cp.log.Warn("recording the end of a group point failed", "point", run.point, "err", err)
+	}
+}
+
+// failLate fails a point that thawed when a member's part failed after all (its read
+// or its freeze did not hold), once the thaw is recorded.
+func (g *groupCoordinator) failLate(run *groupRun, reason string) {
+	<-run.recorded
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := g.system(ctx)
+	err := c.update(func(tx *db.Tx) error {
+		p, err := tx.GroupPoint(run.point)
+		if err != nil || p.State == api.GroupPointFailed || p.State == api.GroupPointComplete {
+			return err
+		}
+		return g.fail(c, tx, p.GroupPoint, p.AccountID, reason, g.cp.cfg.Now())
+	})
+	if err != nil {
+		g.cp.log.Warn("recording a failed group point failed", "point", run.point, "err", err)
 	}
 }
 

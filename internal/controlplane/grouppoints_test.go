@@ -313,3 +313,41 @@ func completePoint(t *testing.T, e *env, group string, at time.Time, pits ...str
 	}
 	return id
 }
+
+// A member whose part fails after the thaw (its freeze did not hold) fails the point at
+// once, without waiting for the PITs that will not come.
+func TestGroupPointFailedAfterTheThaw(t *testing.T) {
+	eachDB(t, func(t *testing.T, e *env) {
+		ms, g := replicatingGroup(t, e, 2)
+		gp := invitation(t, e, ms[0])
+		reportAll(t, e, ms, gp.ID, api.GroupPhaseReady)
+		reportAll(t, e, ms, gp.ID, api.GroupPhaseFrozen)
+		if _, err := ms[1].agent.ReportGroupPoint(e.ctx, ms[1].id, gp.ID, api.GroupPointReport{Phase: api.GroupPhaseFailed,
+			Message: "the freeze did not hold until the group's thaw"}); err != nil {
+			t.Fatal(err)
+		}
+		p := groupPointState(t, e, g.ID, gp.ID, api.GroupPointFailed)
+		if !strings.Contains(p.Reason, "did not hold") {
+			t.Fatalf("reason %q", p.Reason)
+		}
+	})
+}
+
+// Group points that hold the members frozen long are spaced out, so that they freeze
+// writes at most 2% of the time: 100 ms frozen puts the next point 5 s after.
+func TestGroupPointsSpaceOutWhenTheyFreezeLong(t *testing.T) {
+	e := start(t, db.SQLite)
+	ms, _ := replicatingGroup(t, e, 2)
+	gp := invitation(t, e, ms[0])
+	reportAll(t, e, ms, gp.ID, api.GroupPhaseReady)
+	time.Sleep(100 * time.Millisecond) // the members take long to freeze and read
+	reportAll(t, e, ms, gp.ID, api.GroupPhaseFrozen)
+	thawed := time.Now()
+	next := invitation(t, e, ms[0])
+	if next.ID == gp.ID {
+		t.Fatal("the same point was offered twice")
+	}
+	if gap := time.Since(thawed); gap < 4*time.Second {
+		t.Fatalf("the next point came %s after a point that froze the members 100 ms; want about 5 s", gap)
+	}
+}
