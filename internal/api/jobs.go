@@ -183,10 +183,10 @@ type StartRecoveryRequest struct {
 	// ConsistencyGroup (id or name), instead of SourceServers, launches every member of
 	// one of the group's complete points: GroupPointID, or the newest at or before At, or
 	// the newest. The control plane fills SourceServers and GroupPointID from it.
-	ConsistencyGroup string `json:"consistencyGroup,omitempty"`
-	GroupPointID     string `json:"groupPointId,omitempty"`
-	At            *time.Time       `json:"at,omitempty"`
-	IsDrill       bool             `json:"isDrill"`
+	ConsistencyGroup string     `json:"consistencyGroup,omitempty"`
+	GroupPointID     string     `json:"groupPointId,omitempty"`
+	At               *time.Time `json:"at,omitempty"`
+	IsDrill          bool       `json:"isDrill"`
 	// Force launches a recovery of a server that already has a recovery instance that is
 	// not a drill.
 	Force bool `json:"force,omitempty"`

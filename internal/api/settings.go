@@ -74,9 +74,9 @@ func DefaultPITPolicy() PITPolicy {
 // the staging store (lifeboat up records its local staging directory here).
 func DefaultReplicationSettings(storeURL string) ReplicationSettings {
 	return ReplicationSettings{
-		TargetSite:                      DefaultSite,
-		BandwidthMbps:                   0,
-		PITPolicy:                       DefaultPITPolicy(),
+		TargetSite:    DefaultSite,
+		BandwidthMbps: 0,
+		PITPolicy:     DefaultPITPolicy(),
 		// A point every second: the data lost when a source dies is the age of its
 		// newest point (BENCHMARKS.md, "Consistency points every second").
 		ConsistencyPointIntervalSeconds: 1,

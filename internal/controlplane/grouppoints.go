@@ -63,7 +63,8 @@ type groupCoordinator struct {
 	failures map[string]int        // group id → points failed in a row
 	sealing  map[string]time.Time  // point id → when its members' PITs are overdue
 	waiting  map[string]string     // group id → why its points wait (logged once)
-	bounds   map[string]groupBound // group id → interval and freeze bound, read at its last start
+	bounds   map[string]groupBound // group id → its interval and smoothed freeze window
+	cleaned  time.Time             // when old records were last removed (the loop's own)
 }
 
 // groupBound is how often a group's points may come: its interval, and the smoothed
@@ -184,7 +185,9 @@ func (g *groupCoordinator) recover(ctx context.Context) {
 		now := g.cp.cfg.Now()
 		for _, p := range ps {
 			if p.State == api.GroupPointSealing {
+				g.mu.Lock()
 				g.sealing[p.ID] = time.Now().Add(groupSealWithin)
+				g.mu.Unlock()
 				continue
 			}
 			if err := g.fail(c, tx, p.GroupPoint, p.AccountID, "the control plane restarted during the point", now); err != nil {
@@ -499,7 +502,8 @@ func (g *groupCoordinator) upkeep(ctx context.Context) {
 			g.mu.Unlock()
 		}
 	}
-	if time.Now().Second() == 0 {
+	if time.Since(g.cleaned) >= time.Minute {
+		g.cleaned = time.Now()
 		err := c.update(func(tx *db.Tx) error {
 			_, err := tx.DeleteOldGroupPoints(g.cp.cfg.Now().Add(-groupKeepFailed))
 			return err
