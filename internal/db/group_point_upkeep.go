@@ -9,13 +9,18 @@ import (
 // UnfinishedGroupPoints returns the group points still PREPARING, FREEZING or SEALING:
 // after a restart of the control plane, those its coordinator left.
 func (t *Tx) UnfinishedGroupPoints() ([]GroupPoint, error) {
-	rows, err := t.query(`SELECT `+groupPointCols+` FROM group_points WHERE state IN (?, ?, ?) ORDER BY created_at, id`,
+	return t.groupPoints(`SELECT `+groupPointCols+` FROM group_points WHERE state IN (?, ?, ?) ORDER BY created_at, id`,
 		api.GroupPointPreparing, api.GroupPointFreezing, api.GroupPointSealing)
+}
+
+// groupPoints runs a query of group points and reads them all (without their PITs).
+func (t *Tx) groupPoints(q string, args ...any) ([]GroupPoint, error) {
+	rows, err := t.query(q, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []GroupPoint
+	out := []GroupPoint{}
 	for rows.Next() {
 		p, err := scanGroupPoint(rows)
 		if err != nil {
@@ -24,6 +29,15 @@ func (t *Tx) UnfinishedGroupPoints() ([]GroupPoint, error) {
 		out = append(out, p)
 	}
 	return out, classify(rows.Err())
+}
+
+// withSnapshots fills the members' PITs of group points.
+func (t *Tx) withSnapshots(ps []GroupPoint) ([]GroupPoint, error) {
+	ptrs := make([]*GroupPoint, len(ps))
+	for i := range ps {
+		ptrs[i] = &ps[i]
+	}
+	return ps, t.fillPointSnapshots(ptrs)
 }
 
 // DeleteOldGroupPoints removes the records of group points begun before before that
@@ -47,27 +61,10 @@ func (t *Tx) CompleteGroupPoints(groupID string, at *time.Time, limit int) ([]Gr
 	if at != nil {
 		cond, args = ` AND taken_at <= ?`, append(args, ms(*at))
 	}
-	rows, err := t.query(`SELECT `+groupPointCols+` FROM group_points WHERE group_id = ? AND state = ?`+cond+
+	out, err := t.groupPoints(`SELECT `+groupPointCols+` FROM group_points WHERE group_id = ? AND state = ?`+cond+
 		` ORDER BY taken_at DESC, id LIMIT ?`, append(args, limit)...)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []GroupPoint
-	for rows.Next() {
-		p, err := scanGroupPoint(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, classify(err)
-	}
-	rows.Close()
-	ptrs := make([]*GroupPoint, len(out))
-	for i := range out {
-		ptrs[i] = &out[i]
-	}
-	return out, t.fillPointSnapshots(ptrs)
+	return t.withSnapshots(out)
 }

@@ -80,35 +80,19 @@ func (t *Tx) ListGroupPoints(groupID string, limit int, pageToken string, onlyCo
 		limit = api.DefaultPageSize
 	}
 	args = append(args, limit+1)
-	rows, err := t.query(`SELECT `+groupPointCols+` FROM group_points WHERE group_id = ?`+cond+
+	out, err := t.groupPoints(`SELECT `+groupPointCols+` FROM group_points WHERE group_id = ?`+cond+
 		` ORDER BY created_at DESC, id LIMIT ?`, args...)
 	if err != nil {
 		return nil, "", err
 	}
-	defer rows.Close()
-	out := []GroupPoint{}
-	for rows.Next() {
-		p, err := scanGroupPoint(rows)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", classify(err)
-	}
-	rows.Close() // before the next query: a transaction's connection runs one at a time
 	next := ""
 	if len(out) > limit {
 		out = out[:limit]
 		last := out[limit-1]
 		next = encodeTimeCursor(ms(last.CreatedAt), last.ID)
 	}
-	ptrs := make([]*GroupPoint, len(out))
-	for i := range out {
-		ptrs[i] = &out[i]
-	}
-	return out, next, t.fillPointSnapshots(ptrs)
+	out, err = t.withSnapshots(out)
+	return out, next, err
 }
 
 // fillPointSnapshots reads the members' PITs of group points, by source server.
