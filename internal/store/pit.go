@@ -291,7 +291,7 @@ func (r *Repo) ListPITs(ctx context.Context, server string) ([]PIT, error) {
 	if !validPathName(server) {
 		return nil, fmt.Errorf("server id %q is not valid", server)
 	}
-	pits, err := r.readManifests(ctx, snapshotPrefix(server), nil)
+	pits, err := r.listManifests(ctx, snapshotPrefix(server))
 	if err != nil {
 		return nil, fmt.Errorf("list PITs of %s: %w", server, err)
 	}

@@ -148,6 +148,8 @@ type Repo struct {
 
 	chainsMu sync.Mutex
 	chains   map[string]*pitChain // servers with open heads → what their PITs recorded
+
+	manifests manifestCache // PIT manifests decoded, for ListPITs
 }
 
 // loc is where a chunk is.
