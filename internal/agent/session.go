@@ -204,12 +204,14 @@ func (s *session) pointIfDue(ctx context.Context, l *loopState) error {
 	if err := s.point(ctx, l.bound); err != nil {
 		return err
 	}
+	// Points keep their cadence: the next is due an interval after this one began (a
+	// scan's, after it ended: it reads everything).
+	l.lastPoint = t0
 	if took := time.Since(t0); !s.src.Continuous() {
-		l.passTook = took
+		l.passTook, l.lastPoint = took, time.Now()
 	} else {
 		l.cost.add(s.lastFreeze, took)
 	}
-	l.lastPoint = time.Now()
 	if requested {
 		l.handledRequest = req.ID
 	}
