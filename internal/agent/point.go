@@ -160,15 +160,21 @@ func (s *session) quiet(ctx context.Context, bound time.Duration) bool {
 }
 
 // presync writes back what the filesystems hold and sends it before the freeze, so the
-// freeze has little left to flush and the window little to read.
+// freeze has little left to flush and the window little to read: it drains, each round
+// after the tracker delivered every completed write, until nothing is dirty (at most 8
+// rounds: under steady writes each round drains what came during the one before, fewer
+// each time, and the window reads what came during the last).
 func (s *session) presync(ctx context.Context, mounts []string) error {
 	if freeze.SyncFilesystems(ctx, mounts) != nil {
 		return nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, time.Second)
-	synced := s.src.Sync(sctx) == nil
-	cancel()
-	for i := 0; synced && i < 8 && s.dirtyBytes() > 0; i++ {
+	for range 8 {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := s.src.Sync(sctx)
+		cancel()
+		if err != nil || s.dirtyBytes() == 0 {
+			return nil
+		}
 		if _, err := s.drain(ctx); err != nil {
 			return err
 		}
