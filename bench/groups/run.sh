@@ -40,7 +40,7 @@ after=$(load)
   echo "The machine is shared with other work: load average (1, 5, 15 min) $before before, $after after;"
   echo "each window's own is in the table. Three members, each a 256 MiB ext4 loop device (direct I/O) with its own"
   echo "agent process (eBPF tracker), one control plane and one replicator, all the lifeboat binary on 127.0.0.1."
-  echo "Freeze bound (freezeTimeoutMs) 200 ms: the coordinator gives the members half of it to report frozen."
+  echo "Freeze bound (freezeTimeoutMs) 200 ms: the coordinator gives the members three quarters of it to report frozen."
   echo
   .cache/replbench groups -report "$res"
 } >bench/groups/RESULTS.md
