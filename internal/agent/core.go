@@ -87,6 +87,8 @@ type session struct {
 	// sealed), or less often than set (until they are taken as often again).
 	crashNotice, widenNotice *api.ReplicationError
 	lastFreeze               time.Duration // how long the last point froze the filesystems
+	readPerBlock             time.Duration // smoothed time to read a block in a freeze window
+	windowRetries            int           // points given up in a row for a large window
 	lastSend                 time.Time
 }
 

@@ -83,7 +83,7 @@ func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound
 		d, err := s.reportGroup(ctx, gp.ID, api.GroupPhaseFrozen, "", bound-fr.Elapsed())
 		answered <- answer{d, err}
 	}()
-	got, _, _, readErr := s.collect(ctx, bound)
+	got, _, _, readErr := s.collect(ctx, bound, 0)
 	a := <-answered
 	dec, err = a.dec, a.err
 	freezeMs, thawErr := thaw(fr)

@@ -65,8 +65,22 @@ func (s *session) point(ctx context.Context, bound time.Duration) error {
 	if s.opt.FreezeHold > 0 {
 		sleep(ctx, s.opt.FreezeHold)
 	}
-	got, tSync, tRead, readErr := s.collect(ctx, bound)
+	got, tSync, tRead, readErr := s.collect(ctx, bound, s.windowLimit(bound))
 	freezeMs, thawErr := thaw(fr)
+	if errors.Is(readErr, errWindowTooLarge) {
+		s.windowRetries++
+		s.log.Debug("consistency point given up: too much to read under the freeze; tried again soon",
+			"dirty_blocks", s.dirtyBytes()/int64(s.bs), "freeze_ms", freezeMs, "attempt", s.windowRetries)
+		return nil
+	}
+	s.windowRetries = 0
+	if len(got) > 0 && tRead > 0 {
+		per := tRead / time.Duration(len(got))
+		if s.readPerBlock == 0 {
+			s.readPerBlock = per
+		}
+		s.readPerBlock += (per - s.readPerBlock) / 5
+	}
 	whyNot = nil
 	var nc *freeze.NotConsistentError
 	switch {
@@ -111,7 +125,7 @@ func (s *session) point(ctx context.Context, bound time.Duration) error {
 // default. The state says which, and why, until a point under freeze succeeds.
 func (s *session) crashPoint(ctx context.Context, bound time.Duration, code, why string) error {
 	at := time.Now()
-	got, _, _, err := s.collect(ctx, bound)
+	got, _, _, err := s.collect(ctx, bound, 0)
 	level := consistency.None
 	if err == nil && s.quiet(ctx, bound) {
 		level = consistency.Crash
@@ -182,15 +196,40 @@ func (s *session) presync(ctx context.Context, mounts []string) error {
 	return nil
 }
 
+// errWindowTooLarge says more blocks were dirty at the freeze than can be read within
+// the freeze bound: the point is given up at once and tried again soon.
+var errWindowTooLarge = errors.New("too many blocks dirty at the freeze to read within its bound")
+
+// maxWindowRetries is how many points in a row are given up for a large window before
+// one reads it whatever it costs (it may then pass its bound: level none).
+const maxWindowRetries = 5
+
+// windowLimit is how many dirty blocks a freeze window may read: what half the bound
+// reads at the recent points' rate (0: no limit).
+func (s *session) windowLimit(bound time.Duration) int {
+	if !s.src.Continuous() || s.windowRetries >= maxWindowRetries {
+		return 0
+	}
+	per := s.readPerBlock
+	if per <= 0 {
+		per = 200 * time.Microsecond
+	}
+	return max(64, int(bound/2/per))
+}
+
 // collect gathers every block changed before the point (under freeze when there is
-// one): the tracker delivers the marks of every completed write first. It returns the
-// time each part took, for the log.
-func (s *session) collect(ctx context.Context, bound time.Duration) (got []block, tSync, tRead time.Duration, err error) {
+// one): the tracker delivers the marks of every completed write first. With a limit,
+// more dirty blocks than that give errWindowTooLarge, before any is read. It returns
+// the time each part took, for the log.
+func (s *session) collect(ctx context.Context, bound time.Duration, limit int) (got []block, tSync, tRead time.Duration, err error) {
 	t := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, max(bound, time.Second))
 	err = s.src.Sync(sctx)
 	cancel()
 	tSync = time.Since(t)
+	if err == nil && limit > 0 && s.dirtyBytes() > int64(limit)*int64(s.bs) {
+		return nil, tSync, 0, errWindowTooLarge
+	}
 	t = time.Now()
 	for vol := 0; vol < len(s.tables) && err == nil; vol++ {
 		held := func(n, hash uint64) bool { return s.held(vol, n, hash) }

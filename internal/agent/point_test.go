@@ -227,3 +227,40 @@ func TestMemberOnAnOldReplicatorReportsFailed(t *testing.T) {
 		t.Fatalf("reports %s, want failed", got)
 	}
 }
+
+// A point that finds more dirty at its freeze than it can read within the bound gives
+// up at once (the freeze lasts a tracker sync, not the bound), tries again soon, and
+// the next point is filesystem-consistent with every block written before it.
+func TestLargeFreezeWindowIsRetriedSoon(t *testing.T) {
+	src := newFakeSource(true, 1024)
+	src.mounts = []string{t.TempDir()}
+	link, rep := pipeLink(t, 1)
+	s := testSession(src, link, sessionOptions{})
+	// Just before the first freeze, 600 blocks become dirty (as a flush of the page
+	// cache would make them): more than 64 blocks can be read in half of a 20 ms bound.
+	src.beforeFreeze = func() {
+		src.beforeFreeze = nil
+		for b := uint64(0); b < 600; b++ {
+			src.vols[0][b*testBS] = 1
+			src.Mark(0, b)
+		}
+	}
+	cfg := testConfig()
+	cfg.Settings.FreezeTimeoutMs = 20
+	cfg.Settings.ConsistencyPointIntervalSeconds = 60
+	start := time.Now()
+	if err := runFor(t, s, cfg, false, func() bool { return len(rep.levels()) >= 1 }); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 30*time.Second || src.freezes.Load() < 2 {
+		t.Fatalf("%d freezes in %s: the point was not given up and tried again soon", src.freezes.Load(), took)
+	}
+	for _, l := range rep.levels() {
+		if l != consistency.Filesystem {
+			t.Fatalf("levels %v, want filesystem", rep.levels())
+		}
+	}
+	if rep.block(0, 599) == nil {
+		t.Fatal("a block dirty at the first freeze is not on the replica")
+	}
+}

@@ -197,7 +197,8 @@ func (s *session) pointIfDue(ctx context.Context, l *loopState) error {
 	// A point of the scan tracker reads every volume: not more than a third of the time.
 	every := max(s.widened(l), 3*l.passTook)
 	grouped := ctl.Group != nil && time.Since(l.lastGroupPoint) < groupQuiet(ctl.Group)
-	if !requested && (grouped || time.Since(l.lastPoint) < every) {
+	retry := s.windowRetries > 0 && time.Since(l.lastPoint) >= pointRetryAfter
+	if !requested && !retry && (grouped || time.Since(l.lastPoint) < every) {
 		return nil
 	}
 	t0 := time.Now()
@@ -217,6 +218,9 @@ func (s *session) pointIfDue(ctx context.Context, l *loopState) error {
 	}
 	return nil
 }
+
+// pointRetryAfter is how soon a point given up for a large window is tried again.
+const pointRetryAfter = 100 * time.Millisecond
 
 // pointCost is what the recent points cost, smoothed: how long each froze the
 // filesystems, and how long it took in all.
