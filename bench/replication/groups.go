@@ -92,14 +92,10 @@ func cmdGroups(ctx context.Context, args []string) error {
 	defer sink.close()
 	u := &undo{}
 	defer u.run()
-	work := filepath.Join(f.out, "work")
-	if err := os.RemoveAll(work); err != nil {
+	work, err := freshWork(f.out, u)
+	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		return err
-	}
-	u.push(func() { _ = os.RemoveAll(work) })
 	r := &grpRun{f: f, sink: sink, u: u, work: work}
 	if err := r.setup(ctx); err != nil {
 		return err

@@ -3,15 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -170,20 +167,5 @@ func perfTrace(ctx context.Context, out string) (func(), error) {
 	for _, e := range freezeTraceEvents[1:] {
 		args = append(args, "-e", e)
 	}
-	cmd := exec.CommandContext(ctx, "perf", args...)
-	cmd.Stdout, cmd.Stderr = nil, nil
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("perf record: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	return func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}, nil
+	return startPerf(ctx, args...)
 }

@@ -86,14 +86,10 @@ func cmdRun(ctx context.Context, args []string) error {
 	defer sink.close()
 	u := &undo{}
 	defer u.run()
-	work := filepath.Join(f.out, "work")
-	if err := os.RemoveAll(work); err != nil {
+	work, err := freshWork(f.out, u)
+	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		return err
-	}
-	u.push(func() { _ = os.RemoveAll(work) })
 	resticEnv = append(resticEnv, "RESTIC_CACHE_DIR="+filepath.Join(work, "restic-cache"))
 	b := &bench{f: f, sink: sink, u: u, work: work}
 	if err := b.small(ctx, want); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -334,7 +335,13 @@ func perfRecord(ctx context.Context, out string, pids ...int) (func(), error) {
 	for i, p := range pids {
 		ps[i] = strconv.Itoa(p)
 	}
-	cmd := exec.CommandContext(ctx, "perf", "record", "-F", "499", "-g", "-o", out, "-p", strings.Join(ps, ","))
+	return startPerf(ctx, "record", "-F", "499", "-g", "-o", out, "-p", strings.Join(ps, ","))
+}
+
+// startPerf runs perf with args until the returned function is called (SIGINT, then
+// SIGKILL after 30 s).
+func startPerf(ctx context.Context, args ...string) (func(), error) {
+	cmd := exec.CommandContext(ctx, "perf", args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("perf record: %w", err)
@@ -350,4 +357,17 @@ func perfRecord(ctx context.Context, out string, pids ...int) (func(), error) {
 			<-done
 		}
 	}, nil
+}
+
+// freshWork empties (and makes) out/work, removed again when u runs.
+func freshWork(out string, u *undo) (string, error) {
+	work := filepath.Join(out, "work")
+	if err := os.RemoveAll(work); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", err
+	}
+	u.push(func() { _ = os.RemoveAll(work) })
+	return work, nil
 }
