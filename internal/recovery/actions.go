@@ -1,21 +1,17 @@
 package recovery
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/healthcheck"
 	"github.com/lifeboat-dr/lifeboat/internal/launch"
 )
 
@@ -40,86 +36,45 @@ func actionEnv(job db.Job, st *launchState, l launch.Launched) map[string]string
 	return env
 }
 
-// expand replaces ${NAME} with the action environment's values.
-func expand(s string, env map[string]string) string {
-	return os.Expand(s, func(k string) string { return env[k] })
+// actionCheck is the health check that runs a post-launch action: a script runs once
+// within its timeout; a tcp-check or http-check is tried every half second until it
+// passes or its timeout passes.
+func actionCheck(a api.PostLaunchAction, env map[string]string) (healthcheck.Check, error) {
+	timeout := time.Duration(a.TimeoutSeconds) * time.Second
+	c := healthcheck.Check{Name: a.Name, Interval: 500 * time.Millisecond, Attempts: -1, Deadline: timeout}
+	switch a.Type {
+	case "script":
+		vars := make([]string, 0, len(env))
+		for k, v := range env {
+			vars = append(vars, k+"="+v)
+		}
+		c.Command = &healthcheck.Command{Run: a.Command, Env: vars}
+		c.Timeout, c.Attempts, c.Deadline = timeout, 1, 0
+	case "tcp-check":
+		c.TCP = &healthcheck.TCP{Address: healthcheck.Expand(a.Address, env)}
+		c.Timeout = 3 * time.Second
+	case "http-check":
+		c.HTTP = &healthcheck.HTTP{URL: healthcheck.Expand(a.URL, env)}
+		c.Timeout = 5 * time.Second
+	default:
+		return c, fmt.Errorf("unknown action type %q", a.Type)
+	}
+	return c, nil
 }
-
-// maxActionOutput bounds what a script's output adds to the job's log.
-const maxActionOutput = 4096
 
 // runAction runs one post-launch action within its timeout and returns its output
 // (scripts) or what answered (checks).
 func runAction(ctx context.Context, a api.PostLaunchAction, env map[string]string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(a.TimeoutSeconds)*time.Second)
-	defer cancel()
-	switch a.Type {
-	case "script":
-		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", a.Command)
-		cmd.Env = os.Environ()
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
-		}
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		cmd.WaitDelay = 5 * time.Second
-		err := cmd.Run()
-		text := strings.TrimSpace(out.String())
-		if len(text) > maxActionOutput {
-			text = "…" + text[len(text)-maxActionOutput:]
-		}
-		if ctx.Err() != nil {
-			return text, fmt.Errorf("the script did not finish within %d s", a.TimeoutSeconds)
-		}
-		return text, err
-	case "tcp-check":
-		addr := expand(a.Address, env)
-		return retry(ctx, a.TimeoutSeconds, func() (string, error) {
-			c, err := (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, "tcp", addr)
-			if err != nil {
-				return "", err
-			}
-			c.Close()
-			return addr + " accepts connections", nil
-		})
-	case "http-check":
-		u := expand(a.URL, env)
-		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-			// A recovered server's certificate names the source, not where it runs now.
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}} //nolint:gosec // health check only
-		return retry(ctx, a.TimeoutSeconds, func() (string, error) {
-			req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
-			if err != nil {
-				return "", err
-			}
-			resp, err := client.Do(req)
-			if err != nil {
-				return "", err
-			}
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
-			if resp.StatusCode >= 400 {
-				return "", fmt.Errorf("%s answered %s", u, resp.Status)
-			}
-			return fmt.Sprintf("%s answered %s", u, resp.Status), nil
-		})
+	c, err := actionCheck(a, env)
+	if err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("unknown action type %q", a.Type)
-}
-
-// retry calls check until it succeeds or ctx ends, and says the last failure.
-func retry(ctx context.Context, timeout int, check func() (string, error)) (string, error) {
-	var last error
-	for {
-		out, err := check()
-		if err == nil {
-			return out, nil
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("no success within %d s; last: %w", timeout, last)
-		case <-time.After(500 * time.Millisecond):
-		}
+	res := healthcheck.Run(ctx, c, nil)
+	switch {
+	case !res.Passed:
+		return res.Output, errors.New(res.Message)
+	case c.Command != nil:
+		return res.Output, nil
 	}
+	return res.Message, nil
 }
