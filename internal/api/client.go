@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -372,6 +374,9 @@ func (f SourceServerFilter) query() url.Values {
 	if f.ReadyForRecovery != nil {
 		q.Set("ready", strconv.FormatBool(*f.ReadyForRecovery))
 	}
+	for _, k := range slices.Sorted(maps.Keys(f.Tags)) {
+		q.Add("tag", k+"="+f.Tags[k])
+	}
 	if f.Full {
 		q.Set("view", "full")
 	}
@@ -403,6 +408,12 @@ func (c *Client) AllSourceServers(ctx context.Context, f SourceServerFilter) ([]
 func (c *Client) SourceServer(ctx context.Context, id string) (SourceServer, error) {
 	var out SourceServer
 	return out, c.do(ctx, "GET", "/api/v1/source-servers/"+esc(id), nil, nil, &out)
+}
+
+// UpdateSourceServerTags sets and removes a source server's tags.
+func (c *Client) UpdateSourceServerTags(ctx context.Context, id string, req UpdateSourceServerTagsRequest) (SourceServer, error) {
+	var out SourceServer
+	return out, c.do(ctx, "POST", "/api/v1/source-servers/"+esc(id)+"/tags", nil, req, &out)
 }
 
 // DeleteSourceServer deletes a source server's record; force deletes it even with

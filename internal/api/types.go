@@ -6,6 +6,7 @@
 package api
 
 import (
+	"strings"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/consistency"
@@ -225,9 +226,12 @@ type SourceServer struct {
 	CertificateExpiresAt time.Time        `json:"certificateExpiresAt"`
 	// Reversed is set on a reversed source server: a recovery instance replicating
 	// back to its origin (lifeboat recovery-instances reverse-replication).
-	Reversed  *ReversedLink `json:"reversed,omitempty"`
-	CreatedAt time.Time     `json:"createdAt"`
-	UpdatedAt time.Time     `json:"updatedAt"`
+	Reversed *ReversedLink `json:"reversed,omitempty"`
+	// Tags are the operator's KEY=VALUE labels of the server (lifeboat source-servers
+	// tag); recovery plans select servers by them.
+	Tags      map[string]string `json:"tags,omitempty"`
+	CreatedAt time.Time         `json:"createdAt"`
+	UpdatedAt time.Time         `json:"updatedAt"`
 }
 
 // SourceServerList is a page of source servers, ready-for-recovery first, then by id.
@@ -246,13 +250,42 @@ const (
 
 // SourceServerFilter selects source servers in a list (query parameters).
 type SourceServerFilter struct {
-	States           []string // data replication states, any of
-	Hostname         string   // substring, case-insensitive
-	ReplicatorID     string   // assigned replicator
-	ReadyForRecovery *bool    // only ready (true) or not ready (false)
-	Full             bool     // view=full: whole items instead of summaries
-	Limit            int      // page size, 1..MaxPageSize
-	PageToken        string   // from the previous page's NextPageToken
+	States           []string          // data replication states, any of
+	Hostname         string            // substring, case-insensitive
+	ReplicatorID     string            // assigned replicator
+	ReadyForRecovery *bool             // only ready (true) or not ready (false)
+	Tags             map[string]string // only servers carrying all of these tags (tag=KEY=VALUE, repeatable)
+	Full             bool              // view=full: whole items instead of summaries
+	Limit            int               // page size, 1..MaxPageSize
+	PageToken        string            // from the previous page's NextPageToken
+}
+
+// UpdateSourceServerTagsRequest sets and removes tags of a source server.
+type UpdateSourceServerTagsRequest struct {
+	Set    map[string]string `json:"set,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
+}
+
+// Validate checks a tag change: the rules are an instance's.
+func (r UpdateSourceServerTagsRequest) Validate() error {
+	return UpdateInstanceTagsRequest(r).Validate()
+}
+
+// ParseTagFilter reads KEY=VALUE tags a list asks for (tag query parameters, --tag
+// flags): a server is listed when it carries all of them.
+func ParseTagFilter(kvs []string) (map[string]string, error) {
+	tags := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, Invalid("tag %q must be KEY=VALUE", kv)
+		}
+		if old, dup := tags[k]; dup && old != v {
+			return nil, Invalid("tag %s is asked for with two values (%q and %q): a server has one value per key", k, old, v)
+		}
+		tags[k] = v
+	}
+	return tags, validateTags(tags, "tag")
 }
 
 // RegisterSourceServerRequest is sent by `lifeboat agent install` with an install token.
