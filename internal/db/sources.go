@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,7 +28,7 @@ type SourceServer struct {
 const sourceCols = `id, account_id, machine_id, hostname, os, arch, agent_version, cpus, memory_bytes,
 	volumes, settings_overrides, site_id, dedicated_replicator, replicator_id, replication,
 	cert_serial, prev_cert_serial, cert_not_after, last_seen_at, created_at, updated_at,
-	reversed_from, origin_source_server_id, seed_snapshot_id, rebase_snapshot_id`
+	reversed_from, origin_source_server_id, seed_snapshot_id, rebase_snapshot_id, tags`
 
 func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
 	return scanSourceView(row, true)
@@ -36,7 +38,7 @@ func scanSource(row interface{ Scan(...any) error }) (SourceServer, error) {
 // settings overrides, and the replication state's initiation steps.
 func scanSourceView(row interface{ Scan(...any) error }, full bool) (SourceServer, error) {
 	var s SourceServer
-	var volumes, overrides, replication string
+	var volumes, overrides, replication, tags string
 	var replicator sql.NullString
 	var certNotAfter, created, updated int64
 	var lastSeen sql.NullInt64
@@ -44,9 +46,15 @@ func scanSourceView(row interface{ Scan(...any) error }, full bool) (SourceServe
 	err := row.Scan(&s.ID, &s.AccountID, &s.MachineID, &s.Hostname, &s.OS, &s.Arch, &s.AgentVersion, &s.CPUs,
 		&s.MemoryBytes, &volumes, &overrides, &s.SiteID, &s.DedicatedReplicator, &replicator, &replication,
 		&s.CertSerial, &s.PrevCertSerial, &certNotAfter, &lastSeen, &created, &updated,
-		&rev.RecoveryInstanceID, &rev.OriginSourceServerID, &rev.SeedSnapshotID, &s.RebaseSnapshotID)
+		&rev.RecoveryInstanceID, &rev.OriginSourceServerID, &rev.SeedSnapshotID, &s.RebaseSnapshotID, &tags)
 	if err != nil {
 		return s, classify(err)
+	}
+	if err := json.Unmarshal([]byte(tags), &s.Tags); err != nil {
+		return s, fmt.Errorf("source server %s: unreadable tags: %w", s.ID, err)
+	}
+	if len(s.Tags) == 0 {
+		s.Tags = nil // as in the summaries, which leave tags out then
 	}
 	if rev.RecoveryInstanceID != "" {
 		s.Reversed = &rev
@@ -106,12 +114,16 @@ func (t *Tx) CreateSourceServer(s SourceServer) error {
 	if err != nil {
 		return err
 	}
+	tags, err := tagsText(s.Tags)
+	if err != nil {
+		return err
+	}
 	_, err = t.exec(`INSERT INTO source_servers (`+sourceCols+`, data_replication_state, ready_for_recovery, list_key)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		s.ID, s.AccountID, s.MachineID, s.Hostname, s.OS, s.Arch, s.AgentVersion, s.CPUs, s.MemoryBytes,
 		volumes, overrides, s.SiteID, s.DedicatedReplicator, nullString(s.ReplicatorID), replication,
 		s.CertSerial, s.PrevCertSerial, ms(s.CertificateExpiresAt), nullMS(s.LastSeenAt), ms(s.CreatedAt), ms(s.UpdatedAt),
-		rev.RecoveryInstanceID, rev.OriginSourceServerID, rev.SeedSnapshotID, s.RebaseSnapshotID,
+		rev.RecoveryInstanceID, rev.OriginSourceServerID, rev.SeedSnapshotID, s.RebaseSnapshotID, tags,
 		s.Replication.DataReplicationState, boolInt(s.Replication.ReadyForRecovery), listKey(s.Replication.ReadyForRecovery, s.ID))
 	if err != nil {
 		return err
@@ -211,6 +223,86 @@ func (t *Tx) SetVolumes(id string, vs []api.Volume, now time.Time) error {
 	return t.updateSource(id, `UPDATE source_servers SET volumes = ?, updated_at = ? WHERE id = ?`, b, ms(now), id)
 }
 
+// SetSourceServerTags replaces a source server's tags.
+func (t *Tx) SetSourceServerTags(id string, tags map[string]string, now time.Time) error {
+	doc, err := tagsText(tags)
+	if err != nil {
+		return err
+	}
+	return t.updateSource(id, `UPDATE source_servers SET tags = ?, updated_at = ? WHERE id = ?`, doc, ms(now), id)
+}
+
+// SourceServersWithTags returns every source server of an account that carries all of
+// tags (every server of the account when tags is empty), by id. An account has at
+// most its quota of servers.
+func (t *Tx) SourceServersWithTags(accountID string, tags map[string]string) ([]SourceServer, error) {
+	where, args, err := t.tagsWhere(tags)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := t.query(`SELECT `+sourceCols+` FROM source_servers WHERE account_id = ?`+where+` ORDER BY id`,
+		append([]any{accountID}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []SourceServer{}
+	for rows.Next() {
+		s, err := scanSource(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, classify(rows.Err())
+}
+
+// tagsText is the tags column of tags: encoding/json's text, which sorts the keys and
+// writes no spaces (tagPattern depends on it).
+func tagsText(tags map[string]string) (string, error) {
+	if tags == nil {
+		tags = map[string]string{}
+	}
+	return jsonText(tags)
+}
+
+// tagPattern is the text a tags column holds when it has the tag key=value: "key":"value"
+// as encoding/json writes them. Only the key's opening quote can start it, since tag
+// keys have no quote or backslash (api.UpdateSourceServerTagsRequest checks), and
+// its closing quote ends the value.
+func tagPattern(key, value string) (string, error) {
+	k, err := json.Marshal(key)
+	if err != nil {
+		return "", err
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return "", err
+	}
+	return string(k) + ":" + string(v), nil
+}
+
+// tagsWhere is the condition (" AND …", or "" for no tags) and arguments that keep the
+// rows carrying every one of tags: a case-sensitive substring test of the tags column
+// (instr in SQLite, strpos in PostgreSQL; LIKE ignores case in SQLite).
+func (t *Tx) tagsWhere(tags map[string]string) (string, []any, error) {
+	fn := "instr"
+	if t.kind == Postgres {
+		fn = "strpos"
+	}
+	var where strings.Builder
+	args := make([]any, 0, len(tags))
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
+		p, err := tagPattern(k, tags[k])
+		if err != nil {
+			return "", nil, err
+		}
+		where.WriteString(` AND ` + fn + `(tags, ?) > 0`)
+		args = append(args, p)
+	}
+	return where.String(), args, nil
+}
+
 // TouchSourceServer records that its agent called at now.
 func (t *Tx) TouchSourceServer(id string, now time.Time) error {
 	return t.updateSource(id, `UPDATE source_servers SET last_seen_at = ? WHERE id = ?`, ms(now), id)
@@ -269,7 +361,7 @@ func (t *Tx) SetEffectiveSite(id, siteID, dedicated string, now time.Time) error
 }
 
 // sourceListQuery builds the WHERE clause, arguments and page size of a list.
-func sourceListQuery(accountID string, f api.SourceServerFilter) (string, []any, int, error) {
+func (t *Tx) sourceListQuery(accountID string, f api.SourceServerFilter) (string, []any, int, error) {
 	var where strings.Builder
 	args := []any{accountID}
 	where.WriteString(`account_id = ?`)
@@ -291,6 +383,12 @@ func sourceListQuery(accountID string, f api.SourceServerFilter) (string, []any,
 		where.WriteString(` AND ready_for_recovery = ?`)
 		args = append(args, boolInt(*f.ReadyForRecovery))
 	}
+	tagsWhere, tagArgs, err := t.tagsWhere(f.Tags)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	where.WriteString(tagsWhere)
+	args = append(args, tagArgs...)
 	if f.PageToken != "" {
 		key, err := decodeSourceCursor(f.PageToken)
 		if err != nil {
@@ -311,7 +409,7 @@ func sourceListQuery(accountID string, f api.SourceServerFilter) (string, []any,
 // rows), ready for recovery first, then by id, and the token of the next page ("" at
 // the end).
 func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]SourceServer, string, error) {
-	where, args, limit, err := sourceListQuery(accountID, f)
+	where, args, limit, err := t.sourceListQuery(accountID, f)
 	if err != nil {
 		return nil, "", err
 	}
@@ -345,7 +443,7 @@ func (t *Tx) ListSourceServers(accountID string, f api.SourceServerFilter) ([]So
 // stored JSON summary (an api.SourceServer without volumes and initiation steps), ready
 // to be sent as is.
 func (t *Tx) ListSourceServerSummaries(accountID string, f api.SourceServerFilter) ([]string, string, error) {
-	where, args, limit, err := sourceListQuery(accountID, f)
+	where, args, limit, err := t.sourceListQuery(accountID, f)
 	if err != nil {
 		return nil, "", err
 	}
