@@ -30,6 +30,7 @@ var wantAccess = map[string]string{
 	"GET /api/v1/source-servers":                                  "v o a",
 	"GET /api/v1/source-servers/{id}":                             "v o a ag rp",
 	"DELETE /api/v1/source-servers/{id}":                          "a",
+	"POST /api/v1/source-servers/{id}/tags":                       "o a",
 	"POST /api/v1/source-servers/{id}/certificate":                "ag",
 	"PUT /api/v1/source-servers/{id}/volumes":                     "ag",
 	"POST /api/v1/source-servers/{id}/group-points/{point}":       "ag",

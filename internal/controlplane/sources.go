@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/x509"
 	"errors"
+	"maps"
 	"strconv"
 	"time"
 
@@ -181,6 +182,9 @@ func (c *call) listSourceServers() (any, error) {
 	default:
 		return nil, api.Invalid("ready must be true or false, not %q", r)
 	}
+	if f.Tags, err = api.ParseTagFilter(q["tag"]); err != nil {
+		return nil, err
+	}
 	if !f.Full {
 		// The summaries are stored as JSON: the page is written without decoding them.
 		var items []string
@@ -237,6 +241,36 @@ func (c *call) getSourceServer() (api.SourceServer, error) {
 		s, err := c.loadServer(tx, c.pathID())
 		out = s.SourceServer
 		return err
+	})
+	return out, err
+}
+
+// updateSourceServerTags sets and removes a source server's tags. Audited.
+func (c *call) updateSourceServerTags(req *api.UpdateSourceServerTagsRequest) (api.SourceServer, error) {
+	var out api.SourceServer
+	now := c.cp.cfg.Now()
+	err := c.update(func(tx *db.Tx) error {
+		s, err := c.loadServer(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		tags := maps.Clone(s.Tags)
+		if tags == nil {
+			tags = map[string]string{}
+		}
+		maps.Copy(tags, req.Set)
+		for _, k := range req.Remove {
+			delete(tags, k)
+		}
+		if len(tags) > 50 {
+			return api.Invalid("source server %s would have %d tags: at most 50 are allowed", s.ID, len(tags))
+		}
+		if err := tx.SetSourceServerTags(s.ID, tags, now); err != nil {
+			return err
+		}
+		s.Tags, s.UpdatedAt = tags, now
+		out = s.SourceServer
+		return c.record(tx, s.AccountID, "source-server.tag", "source-server", s.ID, map[string]any{"set": req.Set, "remove": req.Remove}, out)
 	})
 	return out, err
 }
