@@ -16,7 +16,7 @@ func newSourceServersCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "source-servers", Aliases: []string{"source-server", "ss"},
 		Short: "List, describe and delete source servers (machines protected by an agent)"}
 	cmd.AddCommand(newSourceServersListCmd(g), newSourceServersDescribeCmd(g), newSourceServersDeleteCmd(g),
-		newSourceServersDisconnectCmd(g))
+		newSourceServersDisconnectCmd(g), newSourceServersTagCmd(g))
 	return cmd
 }
 
@@ -57,6 +57,7 @@ the way back. --force disconnects anyway.`,
 type sourceServersListFlags struct {
 	filter          api.SourceServerFilter
 	ready, notReady bool
+	tags            []string
 }
 
 func newSourceServersListCmd(g *globals) *cobra.Command {
@@ -73,6 +74,7 @@ func newSourceServersListCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.filter.ReplicatorID, "replicator", "", "only servers assigned to this replicator id")
 	fl.BoolVar(&f.ready, "ready", false, "only servers ready for recovery")
 	fl.BoolVar(&f.notReady, "not-ready", false, "only servers not ready for recovery")
+	fl.StringArrayVar(&f.tags, "tag", nil, "only servers carrying this KEY=VALUE tag (repeatable: all of them)")
 	fl.IntVar(&f.filter.Limit, "page-size", 1000, "servers fetched per API call")
 	return cmd
 }
@@ -93,6 +95,11 @@ func runSourceServersList(ctx context.Context, g *globals, f sourceServersListFl
 	if f.filter.Limit < 1 || f.filter.Limit > api.MaxPageSize {
 		return usagef("--page-size must be 1 to %d", api.MaxPageSize)
 	}
+	tags, err := api.ParseTagFilter(f.tags)
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	f.filter.Tags = tags
 	c, err := g.client()
 	if err != nil {
 		return err
@@ -102,11 +109,11 @@ func runSourceServersList(ctx context.Context, g *globals, f sourceServersListFl
 		return err
 	}
 	return g.show(api.SourceServerList{Items: all}, func(w *tabwriter.Writer) {
-		row(w, "ID", "HOSTNAME", "READY", "STATE", "LAG", "BACKLOG", "LAST POINT", "REPLICATOR", "ERROR")
+		row(w, "ID", "HOSTNAME", "READY", "STATE", "LAG", "BACKLOG", "LAST POINT", "REPLICATOR", "TAGS", "ERROR")
 		for _, s := range all {
 			r := s.Replication
 			row(w, s.ID, s.Hostname, yesNo(r.ReadyForRecovery), stateText(r), lagText(r.LagSeconds),
-				bytesText(r.BacklogBytes), pointText(r.LastConsistencyPoint), orDash(s.ReplicatorID), errText(r.Error))
+				bytesText(r.BacklogBytes), pointText(r.LastConsistencyPoint), orDash(s.ReplicatorID), tagsText(s.Tags), errText(r.Error))
 		}
 	})
 }
@@ -133,6 +140,46 @@ func runSourceServersDescribe(ctx context.Context, g *globals, id string) error 
 		return err
 	}
 	return g.show(s, func(w *tabwriter.Writer) { describeServer(w, s) })
+}
+
+func newSourceServersTagCmd(g *globals) *cobra.Command {
+	var remove []string
+	cmd := &cobra.Command{
+		Use:   "tag ID K=V... [--remove K]...",
+		Short: "Set (and remove) a source server's tags, by which recovery plans select servers",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 {
+				return usagef("tag takes a source server id and KEY=VALUE tags")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runSourceServersTag(cmd.Context(), g, args[0], args[1:], remove)
+		},
+	}
+	cmd.Flags().StringArrayVar(&remove, "remove", nil, "a tag key to remove (repeatable)")
+	return cmd
+}
+
+func runSourceServersTag(ctx context.Context, g *globals, id string, kvs, remove []string) error {
+	set, err := parseTags(kvs)
+	if err != nil {
+		return err
+	}
+	r := api.UpdateSourceServerTagsRequest{Set: set, Remove: remove}
+	if err := r.Validate(); err != nil {
+		return &UsageError{Err: err}
+	}
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := c.UpdateSourceServerTags(ctx, id, r)
+	if err != nil {
+		return err
+	}
+	return g.show(s, func(w *tabwriter.Writer) { row(w, s.ID, tagsText(s.Tags)) })
 }
 
 // sourceServersDeleteFlags are the flags of source-servers delete.
@@ -195,6 +242,7 @@ func describeServer(w *tabwriter.Writer, s api.SourceServer) {
 	row(w, "Account:", s.AccountID)
 	row(w, "Target site:", s.SiteID)
 	row(w, "Replicator:", orDash(s.ReplicatorID))
+	row(w, "Tags:", tagsText(s.Tags))
 	row(w, "Agent:", strings.TrimSpace(fmt.Sprintf("%s %s/%s", s.AgentVersion, s.OS, s.Arch)))
 	if s.LastSeenAt != nil {
 		row(w, "Agent last seen:", s.LastSeenAt.Local().Format(time.RFC3339))
