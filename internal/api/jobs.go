@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strconv"
@@ -173,6 +174,68 @@ type JobLog struct {
 type RecoveryServer struct {
 	SourceServerID     string `json:"sourceServerId"`
 	RecoverySnapshotID string `json:"recoverySnapshotId,omitempty"`
+	// Overrides change the server's launch settings for this job only (recovery plans).
+	Overrides *LaunchOverrides `json:"overrides,omitempty"`
+}
+
+// LaunchOverrides change launch settings for one job; zero fields change nothing.
+type LaunchOverrides struct {
+	CPUs      int               `json:"cpus,omitempty"`
+	MemoryMiB int               `json:"memoryMiB,omitempty"`
+	Hostname  string            `json:"hostname,omitempty"`
+	IP        string            `json:"ip,omitempty"`
+	Tags      map[string]string `json:"tags,omitempty"` // added to the settings' tags
+}
+
+// Validate checks overrides (nil: none).
+func (o *LaunchOverrides) Validate() error {
+	if o == nil {
+		return nil
+	}
+	if o.CPUs < 0 || o.CPUs > 256 {
+		return Invalid("cpus must be 1 to 256, not %d", o.CPUs)
+	}
+	if o.MemoryMiB != 0 && (o.MemoryMiB < 128 || o.MemoryMiB > 4<<20) {
+		return Invalid("memoryMiB must be 128 to %d, not %d", 4<<20, o.MemoryMiB)
+	}
+	if o.Hostname != "" && !hostnameRE.MatchString(o.Hostname) {
+		return Invalid("hostname %q is not a host name", o.Hostname)
+	}
+	if o.IP != "" {
+		if _, _, err := net.ParseCIDR(o.IP); err != nil {
+			return Invalid("ip %q is not an address in CIDR form (10.0.0.5/24)", o.IP)
+		}
+	}
+	return validateTags(o.Tags, "tags")
+}
+
+// Apply changes settings as the overrides say.
+func (o *LaunchOverrides) Apply(s *LaunchSettings) {
+	if o == nil {
+		return
+	}
+	if o.CPUs > 0 {
+		s.CPUs = o.CPUs
+	}
+	if o.MemoryMiB > 0 {
+		s.MemoryMiB = o.MemoryMiB
+	}
+	if o.Hostname != "" {
+		s.Hostname = o.Hostname
+	}
+	if o.IP != "" {
+		s.IP = o.IP
+	}
+	if len(o.Tags) > 0 {
+		tags := make(map[string]string, len(s.Tags)+len(o.Tags))
+		for k, v := range s.Tags {
+			tags[k] = v
+		}
+		for k, v := range o.Tags {
+			tags[k] = v
+		}
+		s.Tags = tags
+	}
 }
 
 // StartRecoveryRequest starts a drill or a recovery. A server without a PIT gets the
@@ -334,6 +397,9 @@ func (r StartRecoveryRequest) Validate() error {
 		}
 		if s.RecoverySnapshotID != "" && r.At != nil {
 			return Invalid("give a PIT or a time (at), not both")
+		}
+		if err := s.Overrides.Validate(); err != nil {
+			return Invalid("the launch overrides of %s: %v", s.SourceServerID, err)
 		}
 	}
 	return r.validateFlags()

@@ -3,6 +3,7 @@ package db
 import (
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -30,6 +31,8 @@ type JobParams struct {
 	NetworkAccess bool       `json:"networkAccess,omitempty"`
 	// Failback, for a FAILBACK job: what to write where.
 	Failback *FailbackParams `json:"failback,omitempty"`
+	// Overrides change launch settings for this job, by source server (recovery plans).
+	Overrides map[string]*api.LaunchOverrides `json:"overrides,omitempty"`
 }
 
 // FailbackParams are a FAILBACK job's: the recovery instance brought home (the job's
@@ -82,9 +85,9 @@ func (t *Tx) CreateJob(j Job) error {
 	if err != nil {
 		return err
 	}
-	_, err = t.exec(`INSERT INTO jobs (`+jobCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = t.exec(`INSERT INTO jobs (`+jobCols+`, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		j.ID, j.AccountID, j.Type, j.Status, j.InitiatedBy, boolInt(j.IsDrill), params, j.RunnerID, nullMS(j.LeaseUntil),
-		ms(j.CreatedAt), ms(j.CreatedAt), nullMS(j.EndedAt))
+		ms(j.CreatedAt), ms(j.CreatedAt), nullMS(j.EndedAt), j.CreatedBy)
 	if err != nil {
 		return err
 	}
@@ -94,6 +97,18 @@ func (t *Tx) CreateJob(j Job) error {
 		}
 	}
 	return nil
+}
+
+// JobCreatedBy is the newest job of the account that createdBy started ("" when none):
+// a plan run finds again the job a step started before a restart.
+func (t *Tx) JobCreatedBy(accountID, createdBy string) (string, error) {
+	var id string
+	err := t.queryRow(`SELECT id FROM jobs WHERE account_id = ? AND created_by = ? ORDER BY created_at DESC, id LIMIT 1`,
+		accountID, createdBy).Scan(&id)
+	if err = classify(err); errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	return id, err
 }
 
 // PutJobServer inserts or replaces a job's row for one recovery instance.

@@ -303,6 +303,7 @@ func (j *jobCtx) failbackLaunch(ctx context.Context, st *launchState, p *db.Fail
 	}
 	j.event(ctx, st.row.SourceServerID, api.EventLaunchStart, fmt.Sprintf("instance %s now holds %s as of PIT %s", p.Into, origin.ID, st.pit.ID), nil)
 	state := api.InstanceStopped
+	var l launch.Launched
 	if !p.NoStart {
 		ex, ok := st.provider.(interface {
 			Start(context.Context, api.Instance, *api.LaunchSettings, bool) (launch.Launched, error)
@@ -311,11 +312,13 @@ func (j *jobCtx) failbackLaunch(ctx context.Context, st *launchState, p *db.Fail
 			return failAt(api.StepLaunch, errors.New("the existing-instance provider cannot start instances here"))
 		}
 		s := st.settings
-		if _, err := ex.Start(ctx, st.target.Instance, &s, false); err != nil {
+		var err error
+		if l, err = ex.Start(ctx, st.target.Instance, &s, false); err != nil {
 			return failAt(api.StepLaunch, fmt.Errorf("start instance %s: %w", p.Into, err))
 		}
 		state = api.InstanceRunning
 	}
+	st.launched = &l
 	return j.failbackDone(ctx, st, p, origin, fmt.Sprintf("instance %s (%s)", p.Into, strings.ToLower(state)), func(tx *db.Tx, now time.Time) error {
 		if err := tx.ReleaseInstance(st.target.ID, st.row.RecoveryInstanceID, now); err != nil {
 			return err
@@ -348,7 +351,16 @@ func (j *jobCtx) failbackDone(ctx context.Context, st *launchState, p *db.Failba
 		return failAt(api.StepLaunch, err)
 	}
 	j.event(ctx, st.row.SourceServerID, api.EventLaunchEnd, fmt.Sprintf("failed back into %s; source server %s resumes replication from PIT %s when its agent starts",
-		into, origin.ID, st.pit.ID), map[string]any{"into": p.Into, "originSourceServerId": origin.ID})
+		into, origin.ID, st.pit.ID), launchedDetail(st.launched, map[string]any{"into": p.Into, "originSourceServerId": origin.ID}))
 	st.row.LaunchStatus, st.row.Step, st.row.Progress = api.LaunchLaunched, "", nil
 	return j.setServer(ctx, st.row)
+}
+
+// launchedDetail adds where a machine started by a failback is reached (recovery plans
+// health-check it) to a LAUNCH_END event's detail.
+func launchedDetail(l *launch.Launched, d map[string]any) map[string]any {
+	if l != nil {
+		d["address"], d["portForwards"] = l.Address, l.Ports
+	}
+	return d
 }

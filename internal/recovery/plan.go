@@ -225,6 +225,14 @@ func (p *LaunchPlan) Job(now time.Time, accountID, createdBy string) db.Job {
 	if req.IsDrill {
 		job.InitiatedBy = api.InitiatedStartDrill
 	}
+	for _, rs := range req.SourceServers {
+		if rs.Overrides != nil {
+			if job.Params.Overrides == nil {
+				job.Params.Overrides = map[string]*api.LaunchOverrides{}
+			}
+			job.Params.Overrides[rs.SourceServerID] = rs.Overrides
+		}
+	}
 	for _, s := range p.Servers {
 		pitTime, rpo := s.PIT.Time, s.RPO().Seconds()
 		job.Servers = append(job.Servers, api.JobServer{SourceServerID: s.Server.ID, RecoveryInstanceID: api.NewID(api.PrefixRecoveryInstance),

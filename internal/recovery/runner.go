@@ -298,6 +298,7 @@ type launchState struct {
 	row      api.JobServer
 	server   db.SourceServer
 	settings api.LaunchSettings
+	launched *launch.Launched // a failback's machine, once started
 	snapshot db.Snapshot
 	pit      store.PIT
 	repo     *store.Repo
@@ -396,7 +397,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	if err := j.setStep(ctx, st, api.StepPrepare); err != nil {
 		return err
 	}
-	if err := j.prepare(ctx, st, nil); err != nil {
+	if err := j.prepare(ctx, st, j.job.Params.Overrides[st.row.SourceServerID].Apply); err != nil {
 		return failAt(api.StepPrepare, err)
 	}
 	if resumed {
