@@ -100,6 +100,7 @@ type ControlPlane struct {
 	rec      *recoveryState // jobs, launch providers, staging stores (jobs.go)
 	keys     *keyring       // the master key; account keys and stores (storekeys.go)
 	groups   *groupCoordinator
+	plans    *planRuns // plan runs and scheduled drills (planrun.go)
 }
 
 // Open opens (creating on first start) the data directory, database, CA and server
@@ -154,6 +155,7 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(cfg.Limits.MaxEventStreamsPerAccount), guard: newGuard(cfg.Limits),
 		stopping: make(chan struct{})}
 	cp.groups = newGroupCoordinator(cp)
+	cp.plans = newPlanRuns(cp)
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
 	if cp.ca, err = pki.LoadOrCreateAuthorities(pkiDir); err != nil {
@@ -312,6 +314,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	wg.Go(func() { cp.assignLoop(bgCtx) })
 	wg.Go(func() { cp.agentWatchLoop(bgCtx) })
 	wg.Go(func() { cp.groups.loop(bgCtx) })
+	wg.Go(func() { cp.plans.loop(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 
 	errc := make(chan error, 1)
