@@ -23,6 +23,7 @@ func commandList() []func(*globals) *cobra.Command {
 		newInstancesCmd,
 		newFailbackCmd,
 		newFailbackClientCmd,
+		newPlanCmd,
 		newTokensCmd,
 		newReplicatorsCmd,
 		newSitesCmd,

@@ -93,12 +93,21 @@ func readFileMax(path string, max int) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, int64(max)+1))
+	b, err := readAllMax(f, max)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
+// readAllMax reads all of r, refusing more than max bytes.
+func readAllMax(r io.Reader, max int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(max)+1))
+	if err != nil {
+		return nil, err
 	}
 	if len(b) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes: it is not a token file", path, max)
+		return nil, fmt.Errorf("larger than %d bytes, more than this takes", max)
 	}
 	return b, nil
 }
