@@ -266,10 +266,12 @@ func serverOf(row map[string]string) (Server, error) {
 	if err1 != nil || err2 != nil {
 		return Server{}, fmt.Errorf("HAProxy's server %s/%s has states %q and %q, not numbers", s.Backend, s.Name, row["srv_admin_state"], row["srv_op_state"])
 	}
-	// srv_admin_state is a mask: forced, inherited, configured or resolution
-	// maintenance (0x01, 0x02, 0x04, 0x20); forced or inherited drain (0x08, 0x10).
+	// srv_admin_state is a mask: forced, inherited or resolution maintenance (0x01,
+	// 0x02, 0x20); forced or inherited drain (0x08, 0x10). 0x04 only remembers that
+	// the configuration said "disabled": a server of such a line that was set ready
+	// since keeps it, and takes traffic (HAProxy 2.6 shows admin state 4, op state 2).
 	switch {
-	case admin&0x27 != 0:
+	case admin&0x23 != 0:
 		s.Admin = "maint"
 	case admin&0x18 != 0:
 		s.Admin = "drain"

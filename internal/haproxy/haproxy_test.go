@@ -51,6 +51,8 @@ backend web
   balance roundrobin
   server web1 127.0.0.1:%d
   server web2 127.0.0.1:%d
+backend spare
+  server dr1 127.0.0.1:1 disabled
 `, l.admin.Address, l.tcp.Address, l.operator.Address, testutil.FreePort(t), l.web1, l.web2)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -137,6 +139,17 @@ func TestServerAndSetAddr(t *testing.T) {
 
 func TestSetState(t *testing.T) {
 	l := startHAProxy(t)
+	// A server the configuration says "disabled" is in maintenance; set ready, it takes
+	// traffic, though HAProxy keeps a flag of the configuration's word (admin state 4).
+	if got := server(t, l.admin, "spare", "dr1"); got.Admin != "maint" {
+		t.Fatalf("a disabled server reads %+v, want maint", got)
+	}
+	if err := l.admin.SetState(t.Context(), "spare", "dr1", "ready"); err != nil {
+		t.Fatal(err)
+	}
+	if got := server(t, l.admin, "spare", "dr1"); got.Admin != "ready" {
+		t.Fatalf("a disabled server set ready reads %+v, want ready", got)
+	}
 	for _, state := range []string{"maint", "drain", "ready", "maint", "ready"} {
 		if err := l.admin.SetState(t.Context(), "web", "web2", state); err != nil {
 			t.Fatalf("SetState %s: %v", state, err)
