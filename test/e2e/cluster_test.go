@@ -84,6 +84,20 @@ type cluster struct {
 	repNS   string // the replicator's network namespace, if any
 	// advertise is the address agents reach the replicator at, when not repAddr's host.
 	advertise string
+	// serverArgs and serverAddr start the control plane again (restartServer).
+	serverArgs []string
+	serverAddr string
+	restarts   int
+}
+
+// restartServer kills the control plane (SIGKILL: nothing is flushed) and starts it
+// again on the same data.
+func (c *cluster) restartServer() {
+	c.t.Helper()
+	c.server.kill()
+	c.restarts++
+	c.server = c.start(fmt.Sprintf("server-%d", c.restarts), c.serverArgs...)
+	testutil.WaitTCP(c.t, c.serverAddr, 30*time.Second)
 }
 
 func (c *cluster) start(name string, args ...string) *proc {
@@ -159,7 +173,8 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 		args = append(args, "--url", fmt.Sprintf("https://%s:%d", o.advertise, port), "--hostname", o.advertise)
 	}
 	c.server = c.start("server", args...)
-	testutil.WaitTCP(t, fmt.Sprintf("%s:%d", o.cpHost, port), 30*time.Second)
+	c.serverArgs, c.serverAddr = args, fmt.Sprintf("%s:%d", o.cpHost, port)
+	testutil.WaitTCP(t, c.serverAddr, 30*time.Second)
 	var token string
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if b, err := os.ReadFile(filepath.Join(data, "admin-token")); err == nil && len(b) > 0 {
