@@ -88,16 +88,7 @@ func runPlanApply(ctx context.Context, g *globals, file string, dry bool) error 
 func newPlanListCmd(g *globals) *cobra.Command {
 	return &cobra.Command{Use: "list", Short: "List recovery plans", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			l, err := c.ListPlans(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return g.show(l, func(w *tabwriter.Writer) {
+			return query(g, func(c *api.Client) (api.PlanList, error) { return c.ListPlans(cmd.Context()) }, func(w *tabwriter.Writer, l api.PlanList) {
 				row(w, "NAME", "VERSION", "WAVES", "SERVERS", "SCHEDULE", "LAST RUN")
 				for _, p := range l.Items {
 					last := "-"
@@ -114,16 +105,7 @@ func newPlanDescribeCmd(g *globals) *cobra.Command {
 	return &cobra.Command{Use: "describe NAME", Short: "Show a plan: its newest version's file, schedule and last run",
 		Args: exactArgs(1, "a plan name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			p, err := c.GetPlan(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return g.show(p, func(w *tabwriter.Writer) {
+			return query(g, func(c *api.Client) (api.Plan, error) { return c.GetPlan(cmd.Context(), args[0]) }, func(w *tabwriter.Writer, p api.Plan) {
 				fmt.Fprintf(w, "Plan %s, version %d (applied %s by %s): %d servers in %d waves\n", p.Name, p.Version,
 					p.UpdatedAt.Local().Format(time.DateTime), p.CreatedBy, p.Servers, p.Waves)
 				if p.NextDrillAt != nil {
@@ -142,16 +124,7 @@ func newPlanDiffCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "diff NAME [--from N] [--to M]", Short: "Compare two versions of a plan (default: the newest and the one before)",
 		Args: exactArgs(1, "a plan name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			d, err := c.DiffPlan(cmd.Context(), args[0], from, to)
-			if err != nil {
-				return err
-			}
-			return g.show(d, func(w *tabwriter.Writer) {
+			return query(g, func(c *api.Client) (api.PlanDiff, error) { return c.DiffPlan(cmd.Context(), args[0], from, to) }, func(w *tabwriter.Writer, d api.PlanDiff) {
 				if d.Diff == "" {
 					fmt.Fprintf(w, "versions %d and %d of plan %s are the same\n", d.From, d.To, args[0])
 					return
@@ -167,12 +140,7 @@ func newPlanDiffCmd(g *globals) *cobra.Command {
 func newPlanDeleteCmd(g *globals) *cobra.Command {
 	return &cobra.Command{Use: "delete NAME", Short: "Delete a plan, its versions and its reports", Args: exactArgs(1, "a plan name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return c.DeletePlan(cmd.Context(), args[0])
+			return query(g, func(c *api.Client) (struct{}, error) { return struct{}{}, c.DeletePlan(cmd.Context(), args[0]) }, func(*tabwriter.Writer, struct{}) {})
 		}}
 }
 
@@ -296,16 +264,7 @@ func newPlanReportsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "reports NAME", Short: "List a plan's runs and their outcome, RTO and RPO, newest first",
 		Args: exactArgs(1, "a plan name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			l, err := c.PlanRuns(cmd.Context(), args[0], limit, "")
-			if err != nil {
-				return err
-			}
-			return g.show(l, func(w *tabwriter.Writer) {
+			return query(g, func(c *api.Client) (api.PlanRunList, error) { return c.PlanRuns(cmd.Context(), args[0], limit, "") }, func(w *tabwriter.Writer, l api.PlanRunList) {
 				row(w, "RUN", "MODE", "STATE", "STARTED", "TOOK", "RTO", "RPO")
 				for _, r := range l.Items {
 					took := "-"
@@ -374,30 +333,13 @@ func newPlanSecretsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			s, err := c.SetPlanSecret(cmd.Context(), args[0], v)
-			if err != nil {
-				return err
-			}
-			return g.show(s, func(w *tabwriter.Writer) { fmt.Fprintf(w, "plan secret %s stored\n", s.Name) })
+			return query(g, func(c *api.Client) (api.PlanSecret, error) { return c.SetPlanSecret(cmd.Context(), args[0], v) },
+				func(w *tabwriter.Writer, s api.PlanSecret) { fmt.Fprintf(w, "plan secret %s stored\n", s.Name) })
 		}}
 	set.Flags().StringVar(&file, "from-file", "", "the file holding the secret; - reads stdin")
 	list := &cobra.Command{Use: "list", Short: "List plan secrets (names only)", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			l, err := c.ListPlanSecrets(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return g.show(l, func(w *tabwriter.Writer) {
+			return query(g, func(c *api.Client) (api.PlanSecretList, error) { return c.ListPlanSecrets(cmd.Context()) }, func(w *tabwriter.Writer, l api.PlanSecretList) {
 				row(w, "NAME", "UPDATED")
 				for _, s := range l.Items {
 					row(w, s.Name, s.UpdatedAt.Local().Format(time.DateTime))
@@ -406,12 +348,7 @@ func newPlanSecretsCmd(g *globals) *cobra.Command {
 		}}
 	del := &cobra.Command{Use: "delete NAME", Short: "Delete a plan secret", Args: exactArgs(1, "a secret name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			return c.DeletePlanSecret(cmd.Context(), args[0])
+			return query(g, func(c *api.Client) (struct{}, error) { return struct{}{}, c.DeletePlanSecret(cmd.Context(), args[0]) }, func(*tabwriter.Writer, struct{}) {})
 		}}
 	cmd.AddCommand(set, list, del)
 	return cmd
@@ -452,4 +389,19 @@ func newPlanSchemaCmd(g *globals) *cobra.Command {
 			_, err := g.stdout.Write(plan.Schema())
 			return err
 		}}
+}
+
+// query makes one API call with a client and shows its answer: the API's JSON with -o
+// json, else the table.
+func query[T any](g *globals, call func(*api.Client) (T, error), table func(*tabwriter.Writer, T)) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	v, err := call(c)
+	if err != nil {
+		return err
+	}
+	return g.show(v, func(w *tabwriter.Writer) { table(w, v) })
 }
