@@ -55,7 +55,7 @@ type Runner struct {
 	Plan *Plan
 	Run  *api.PlanRun
 	Log  *slog.Logger
-	// Poll is how often jobs and failback states are looked at (default 2s).
+	// Poll is how often jobs and failback states are looked at (default 1s: a job that ended is seen within a second, which the RTO counts).
 	Poll time.Duration
 }
 
@@ -68,7 +68,7 @@ func (e errSkip) Error() string { return e.why }
 // how) or ctx ended (the run stays RUNNING, to be resumed).
 func (r *Runner) Execute(ctx context.Context) error {
 	if r.Poll <= 0 {
-		r.Poll = 2 * time.Second
+		r.Poll = time.Second
 	}
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
