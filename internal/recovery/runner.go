@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -598,6 +599,7 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*ap
 		if override != nil {
 			override(&st.settings)
 		}
+		copySourceTags(&st.settings, s.Tags)
 		st.snapshot, err = tx.Snapshot(st.row.SnapshotID)
 		if errors.Is(err, db.ErrNotFound) {
 			return fmt.Errorf("recovery snapshot %s was deleted (expired by retention?): start the job again with another PIT", st.row.SnapshotID)
@@ -891,4 +893,15 @@ func sizeText(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// copySourceTags gives a recovery instance the source server's tags when its launch
+// settings say copyTags, as DRS does (the settings' own tags win).
+func copySourceTags(ls *api.LaunchSettings, source map[string]string) {
+	if !ls.CopyTags || len(source) == 0 {
+		return
+	}
+	tags := maps.Clone(source)
+	maps.Copy(tags, ls.Tags)
+	ls.Tags = tags
 }
