@@ -566,3 +566,34 @@ func TestDNSRefusalFailsTheRunAtItsStep(t *testing.T) {
 		t.Fatalf("the load balancer was switched after the DNS step failed: %+v", got)
 	}
 }
+
+func TestOnePointInTimeAndGroupPoints(t *testing.T) {
+	e := labEnv(1)
+	e.servers["group:db"] = []Server{{ID: "s-db1"}, {ID: "s-db2"}}
+	p := &Plan{Name: "g", Waves: []Wave{{Name: "db", Servers: []Selector{{Group: "db"}}}, {Name: "web", Servers: []Selector{{ID: "s-web1"}}}}}
+	at := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	run, err := NewRun(p, 1, api.PlanFailover, &at, false, "prun-2", "test", e.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Runner{Env: e, Plan: p, Run: run, Poll: time.Millisecond}
+	if err := r.Execute(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := e.lastSaved()
+	if got.State != api.PlanRunSucceeded || len(got.Servers) != 3 {
+		t.Fatalf("run %s (%s), servers %+v", got.State, got.Reason, got.Servers)
+	}
+	for _, s := range got.Servers {
+		switch s.SourceServerID {
+		case "s-db1", "s-db2":
+			if s.GroupPointID != "gpit-1" || s.SnapshotID != "gpit-member-"+s.SourceServerID || !s.SnapshotTime.Equal(at.Add(-time.Second)) {
+				t.Fatalf("group member %+v: want the group point's PIT at or before --at", s)
+			}
+		default:
+			if s.GroupPointID != "" || !s.SnapshotTime.Equal(at.Add(-3*time.Second)) {
+				t.Fatalf("server %+v: want its own PIT at or before --at", s)
+			}
+		}
+	}
+}
