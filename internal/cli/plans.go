@@ -221,7 +221,7 @@ func followPlanRun(ctx context.Context, g *globals, c *api.Client, run api.PlanR
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("stopped following plan run %s, which goes on: see lifeboat plan report %s", run.ID, run.ID)
-		case <-time.After(time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
 		var err error
 		if run, err = c.PlanRun(ctx, run.ID); err != nil {

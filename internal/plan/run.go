@@ -55,7 +55,8 @@ type Runner struct {
 	Plan *Plan
 	Run  *api.PlanRun
 	Log  *slog.Logger
-	// Poll is how often jobs and failback states are looked at (default 1s: a job that ended is seen within a second, which the RTO counts).
+	// Poll is how often jobs and failback states are looked at (default 250 ms: the RTO
+	// counts the time until a run sees that a job ended).
 	Poll time.Duration
 }
 
@@ -68,7 +69,7 @@ func (e errSkip) Error() string { return e.why }
 // how) or ctx ended (the run stays RUNNING, to be resumed).
 func (r *Runner) Execute(ctx context.Context) error {
 	if r.Poll <= 0 {
-		r.Poll = time.Second
+		r.Poll = 250 * time.Millisecond
 	}
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)

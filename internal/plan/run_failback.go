@@ -79,7 +79,7 @@ func (r *Runner) reverse(ctx context.Context, i int) (string, error) {
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-time.After(r.Poll):
+		case <-time.After(max(r.Poll, waitPoll)):
 		}
 	}
 }
@@ -162,7 +162,7 @@ func (r *Runner) complete(ctx context.Context, i int) (string, error) {
 			select { // the origin does not replicate again yet
 			case <-ctx.Done():
 				return "", ctx.Err()
-			case <-time.After(r.Poll):
+			case <-time.After(max(r.Poll, waitPoll)):
 			}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 // Bounds of the steps that wait on replication.
 const (
+	waitPoll        = time.Second      // how often replication back, or an origin, is looked at
 	reverseTimeout  = 2 * time.Hour    // a wave's instances replicating back until ready
 	completeTimeout = 30 * time.Minute // an origin replicating again before failback complete
 )

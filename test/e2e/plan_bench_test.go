@@ -26,8 +26,8 @@ waves:
     healthChecks:
       - name: page
         http: {url: "http://${LIFEBOAT_PORT_TCP_80}/", status: 200, body: " v1"}
-        interval: 1s
-        retries: 300
+        interval: 500ms
+        retries: 600
     steps:
       - name: load-balancer
         haproxy:
