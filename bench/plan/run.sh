@@ -7,7 +7,8 @@
 # by RFC 2136), rounds alternating on the same two QEMU (TCG) web servers.
 # Needs root, qemu-system-x86, haproxy, bind9 (scripts/test installs them).
 # Usage: bench/plan/run.sh [rounds]   (default 3; about 3 minutes of set-up, then ~3
-#   minutes a round). OUT=dir works there instead of bench/out/plan.
+#   minutes a round). Writes bench/plan/RESULTS.md (the section of BENCHMARKS.md); OUT=dir
+#   works there instead of bench/out/plan.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -25,3 +26,4 @@ LIFEBOAT_BENCH_PLAN_OUT="$PWD/$out/table.md" LIFEBOAT_BENCH_ROUNDS="${1:-3}" \
   cat "$out/table.md"
 } >"$out/RESULTS.md"
 cat "$out/RESULTS.md"
+[ -n "${OUT:-}" ] || cp "$out/RESULTS.md" bench/plan/RESULTS.md
