@@ -285,7 +285,7 @@ func (a *Agent) replicate(ctx context.Context) {
 			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue
 		case cfg.Replicator == nil:
-			a.st.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepFailed,
+			a.st.setInitiating(api.InitiationConnectAgent, api.StepFailed,
 				&api.ReplicationError{Code: api.ErrReplicatorNotAssigned, Message: "no replication server serves this server's site: start one (lifeboat replicator) or check the target site"})
 			a.waitConfigChange(ctx, a.cfg.Poll)
 			continue

@@ -134,6 +134,31 @@ func (c *fakeControlPlane) last() (api.ReplicationStateUpdate, bool) {
 	return c.find(func(api.ReplicationStateUpdate) bool { return true })
 }
 
+// merged is the state the control plane shows after every update so far, merged into
+// a newly registered server's state as the control plane merges them.
+func (c *fakeControlPlane) merged() api.ReplicationState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := api.NewReplicationState(time.Now())
+	for _, u := range c.updates {
+		st = st.Apply(u, time.Now())
+	}
+	return st
+}
+
+// stepsPassed reports whether steps are the three initiation steps, each SUCCEEDED.
+func stepsPassed(steps []api.InitiationStep) bool {
+	if len(steps) != 3 {
+		return false
+	}
+	for _, s := range steps {
+		if s.Status != api.StepSucceeded {
+			return false
+		}
+	}
+	return true
+}
+
 func (c *fakeControlPlane) reportedVolumes() [][]api.Volume {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -504,6 +529,10 @@ func TestAgentReplicatesImageFilesAndReports(t *testing.T) {
 		t.Fatalf("states reported %v, want INITIAL_SYNC then CONTINUOUS", states)
 	}
 	u, _ := cp.last()
+	if !stepsPassed(u.InitiationSteps) || !stepsPassed(cp.merged().InitiationSteps) {
+		t.Fatalf("CONTINUOUS with initiation steps %+v reported, %+v shown: want each SUCCEEDED",
+			u.InitiationSteps, cp.merged().InitiationSteps)
+	}
 	if u.Tracker == nil || *u.Tracker != tracker.NameScan {
 		t.Fatalf("tracker reported %v, want %q", u.Tracker, tracker.NameScan)
 	}
@@ -630,6 +659,11 @@ func TestAgentRestartResendsOnlyWhatChanged(t *testing.T) {
 	}
 	if !slices.Contains(cp.states(), api.StateRescan) {
 		t.Fatalf("states %v: the restart did not rescan", cp.states())
+	}
+	// The restarted agent went through INITIATING again, and past it.
+	eventually(t, "CONTINUOUS after the restart", cp.inState(api.StateContinuous, ""))
+	if st := cp.merged(); !stepsPassed(st.InitiationSteps) {
+		t.Fatalf("after the restart, %s with initiation steps %+v: want each SUCCEEDED", st.DataReplicationState, st.InitiationSteps)
 	}
 	if err := a2.stop(t); err != nil {
 		t.Fatal(err)
@@ -897,6 +931,42 @@ func TestSameReplicatorAndCAs(t *testing.T) {
 	}
 }
 
+// TestStatusStepsAcrossALife follows the initiation steps an agent reports through a
+// server's life: a new agent, a connection, data flowing, an error, a pause and a
+// failed reconnection. Every report carries them.
+func TestStatusStepsAcrossALife(t *testing.T) {
+	statuses := func(st *status) []string {
+		_, steps := st.snapshot(time.Now(), 0)
+		out := make([]string, len(steps))
+		for i, s := range steps {
+			out[i] = s.Status
+		}
+		return out
+	}
+	const ns, ip, ok, failed = api.StepNotStarted, api.StepInProgress, api.StepSucceeded, api.StepFailed
+	st := &status{ServerID: "s-1", State: api.StateInitiating}
+	for _, c := range []struct {
+		what string
+		do   func()
+		want []string
+	}{
+		{"a new agent", func() {}, []string{ok, ns, ns}},
+		{"connecting", func() { st.setInitiating(api.InitiationConnectAgent, ip, nil) }, []string{ok, ip, ns}},
+		{"connected", func() { st.setInitiating(api.InitiationStartDataTransfer, ip, nil) }, []string{ok, ok, ip}},
+		{"CONTINUOUS", func() { st.set(api.StateContinuous, nil) }, []string{ok, ok, ok}},
+		{"STALLED", func() { st.set(api.StateStalled, &api.ReplicationError{Code: api.ErrNotConverging}) }, []string{ok, ok, ok}},
+		{"PAUSED", func() { st.set(api.StatePaused, nil) }, []string{ok, ok, ok}},
+		{"reconnecting", func() { st.setInitiating(api.InitiationConnectAgent, ip, nil) }, []string{ok, ip, ns}},
+		{"refused", func() { st.set(st.current(), &api.ReplicationError{Code: api.ErrUnstableNetwork}) }, []string{ok, failed, ns}},
+		{"RESCAN", func() { st.set(api.StateRescan, nil) }, []string{ok, ok, ok}},
+	} {
+		c.do()
+		if got := statuses(st); !slices.Equal(got, c.want) {
+			t.Fatalf("%s: initiation steps %v, want %v", c.what, got, c.want)
+		}
+	}
+}
+
 func TestStatusInitiatingAndSnapshot(t *testing.T) {
 	st := &status{ServerID: "s-1", State: api.StateInitiating}
 	st.setInitiating("START_DATA_TRANSFER", api.StepInProgress, nil)
@@ -916,8 +986,8 @@ func TestStatusInitiatingAndSnapshot(t *testing.T) {
 		t.Fatal("due does not follow changes")
 	}
 	st.set(api.StateInitialSync, nil)
-	if _, steps := st.snapshot(time.Now(), 0); steps != nil {
-		t.Fatalf("steps %+v after INITIATING", steps)
+	if _, steps := st.snapshot(time.Now(), 0); !stepsPassed(steps) {
+		t.Fatalf("steps %+v once data flows, want each SUCCEEDED", steps)
 	}
 	st.due(false)
 	st.set(api.StateInitialSync, nil)

@@ -65,14 +65,18 @@ func (a *Agent) connect(ctx context.Context, cfg api.ReplicationConfig) (*wire.C
 
 // session runs one replication session with the replicator the config names.
 func (a *Agent) session(ctx context.Context, cfg api.ReplicationConfig) error {
-	if a.st.current() == api.StateInitiating {
-		a.st.setInitiating("CONNECT_AGENT_TO_REPLICATION_SERVER", api.StepInProgress, nil)
+	initiating := a.st.current() == api.StateInitiating
+	if initiating {
+		a.st.setInitiating(api.InitiationConnectAgent, api.StepInProgress, nil)
 	}
 	conn, welcome, err := a.connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if initiating {
+		a.st.setInitiating(api.InitiationStartDataTransfer, api.StepInProgress, nil)
+	}
 	if int(welcome.BlockSize) != a.vols.blockSize {
 		a.restartTracker(ctx, int(welcome.BlockSize))
 	}

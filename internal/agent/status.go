@@ -89,9 +89,23 @@ func (st *status) set(state string, e *api.ReplicationError) {
 		st.changed = true
 	}
 	st.State, st.Error = state, e
-	if state != api.StateInitiating {
-		st.Steps = nil
+	switch {
+	case api.Transferring(state):
+		st.Steps = api.InitiationPassed(st.Steps)
+	case e != nil:
+		st.Steps = failInProgress(st.Steps)
 	}
+}
+
+// failInProgress returns steps with the one IN_PROGRESS FAILED: it ended with an error.
+func failInProgress(steps []api.InitiationStep) []api.InitiationStep {
+	out := append([]api.InitiationStep(nil), steps...)
+	for i := range out {
+		if out[i].Status == api.StepInProgress {
+			out[i].Status = api.StepFailed
+		}
+	}
+	return out
 }
 
 // setError keeps the state and sets its error.
@@ -114,13 +128,10 @@ func (st *status) current() string {
 	return st.State
 }
 
-// setInitiating reports the INITIATING step reached.
+// setInitiating reports the INITIATING step reached: the steps before it SUCCEEDED,
+// those after it NOT_STARTED.
 func (st *status) setInitiating(step, stepStatus string, e *api.ReplicationError) {
-	steps := []api.InitiationStep{
-		{Name: "REGISTER_AGENT", Status: api.StepSucceeded},
-		{Name: "CONNECT_AGENT_TO_REPLICATION_SERVER", Status: api.StepNotStarted},
-		{Name: "START_DATA_TRANSFER", Status: api.StepNotStarted},
-	}
+	steps := api.NewInitiationSteps()
 	for i := range steps {
 		if steps[i].Name == step {
 			steps[i].Status = stepStatus
@@ -265,7 +276,8 @@ func (st *status) due(late bool) bool {
 	return d
 }
 
-// snapshot computes the status now, and the initiation steps.
+// snapshot computes the status now, and the initiation steps: every report carries
+// them, so that the control plane never keeps steps the agent has moved past.
 func (st *status) snapshot(now time.Time, rate int64) (Status, []api.InitiationStep) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -289,7 +301,11 @@ func (st *status) snapshot(now time.Time, rate int64) (Status, []api.InitiationS
 		lag, at := now.Sub(st.lastMatched).Seconds(), st.lastMatched.UTC()
 		s.LagSeconds, s.LastDataAt = &lag, &at
 	}
-	return s, st.Steps
+	steps := st.Steps
+	if steps == nil {
+		steps = api.NewInitiationSteps()
+	}
+	return s, steps
 }
 
 // generation is the tracker generation.

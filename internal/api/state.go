@@ -63,6 +63,49 @@ const (
 	StepSkipped    = "SKIPPED"
 )
 
+// The initiation steps an agent goes through while INITIATING, in order (DRS's names).
+const (
+	InitiationRegisterAgent     = "REGISTER_AGENT"
+	InitiationConnectAgent      = "CONNECT_AGENT_TO_REPLICATION_SERVER"
+	InitiationStartDataTransfer = "START_DATA_TRANSFER"
+)
+
+// NewInitiationSteps are the initiation steps of an agent that registered and has yet
+// to connect to its replication server.
+func NewInitiationSteps() []InitiationStep {
+	return []InitiationStep{
+		{Name: InitiationRegisterAgent, Status: StepSucceeded},
+		{Name: InitiationConnectAgent, Status: StepNotStarted},
+		{Name: InitiationStartDataTransfer, Status: StepNotStarted},
+	}
+}
+
+// InitiationPassed returns steps with each one SUCCEEDED but those SKIPPED: what a
+// server whose data flows has been through. steps itself is left unchanged.
+func InitiationPassed(steps []InitiationStep) []InitiationStep {
+	if len(steps) == 0 {
+		steps = NewInitiationSteps()
+	}
+	out := make([]InitiationStep, len(steps))
+	for i, s := range steps {
+		if s.Status != StepSkipped {
+			s.Status = StepSucceeded
+		}
+		out[i] = s
+	}
+	return out
+}
+
+// Transferring reports whether data flows from the agent to its replication server in
+// state: the server is past its initiation.
+func Transferring(state string) bool {
+	switch state {
+	case StateInitialSync, StateBacklog, StateCreatingSnapshot, StateContinuous, StateRescan:
+		return true
+	}
+	return false
+}
+
 // ReplicationState is a source server's replication as its agent and replicator report
 // it (docs/architecture.md §5). ReadyForRecovery is derived by the control plane, never reported.
 type ReplicationState struct {
@@ -201,12 +244,11 @@ func (u ReplicationStateUpdate) Validate() error {
 
 // Apply returns s with the update applied and ReadyForRecovery derived again.
 func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) ReplicationState {
+	was := s.DataReplicationState
 	if u.DataReplicationState != nil {
 		s.DataReplicationState = *u.DataReplicationState
 	}
-	if u.InitiationSteps != nil {
-		s.InitiationSteps = u.InitiationSteps
-	}
+	s.InitiationSteps = s.stepsAfter(u, was)
 	if u.InitialSyncPercent != nil {
 		s.InitialSyncPercent = u.InitialSyncPercent
 	}
@@ -261,6 +303,24 @@ func (s ReplicationState) Apply(u ReplicationStateUpdate, now time.Time) Replica
 	return s
 }
 
+// stepsAfter is the initiation steps once u is applied to a state that was was: those
+// u reports, else what u's state says of them.
+func (s ReplicationState) stepsAfter(u ReplicationStateUpdate, was string) []InitiationStep {
+	switch {
+	case u.InitiationSteps != nil:
+		return u.InitiationSteps
+	case u.DataReplicationState == nil:
+	case Transferring(*u.DataReplicationState):
+		// Agents that report the steps only while INITIATING would leave them as they
+		// were (NOT_STARTED, or IN_PROGRESS) once data flows.
+		return InitiationPassed(s.InitiationSteps)
+	case *u.DataReplicationState == StateInitiating && was != StateInitiating:
+		// Started or resumed by an operator: the steps are to come again.
+		return NewInitiationSteps()
+	}
+	return s.InitiationSteps
+}
+
 // Ready derives ReadyForRecovery: a filesystem- or crash-consistent point exists (a
 // newer point of level none does not take it away) and the server is past its initial sync.
 func (s ReplicationState) Ready() bool {
@@ -305,12 +365,8 @@ func (s ReplicationState) DataThrough() time.Time {
 func NewReplicationState(now time.Time) ReplicationState {
 	return ReplicationState{
 		DataReplicationState: StateInitiating,
-		InitiationSteps: []InitiationStep{
-			{Name: "REGISTER_AGENT", Status: StepSucceeded},
-			{Name: "CONNECT_AGENT_TO_REPLICATION_SERVER", Status: StepNotStarted},
-			{Name: "START_DATA_TRANSFER", Status: StepNotStarted},
-		},
-		UpdatedAt: now,
+		InitiationSteps:      NewInitiationSteps(),
+		UpdatedAt:            now,
 	}
 }
 

@@ -43,6 +43,17 @@ func replicateAndExport(t *testing.T, scan bool) {
 		c.startAgent()
 	}
 	c.waitState(2*time.Minute, api.StateContinuous)
+	c.checkInitiationPassed("once CONTINUOUS")
+	if !scan {
+		// They stay right after a restart of the control plane, and of the agent.
+		c.restartServer()
+		c.checkInitiationPassed("after the control plane restarted")
+		c.agent.stop()
+		restarted := time.Now()
+		c.startAgent()
+		c.waitReported(2*time.Minute, restarted, api.StateContinuous)
+		c.checkInitiationPassed("after the agent restarted")
+	}
 	want := treeHashes(t, mnt)
 	pit := c.snapshot()
 	if pit.Level != consistency.Filesystem {
@@ -70,6 +81,31 @@ func replicateAndExport(t *testing.T, scan bool) {
 		t.Fatalf("after two PITs the server is not ready for recovery: %+v", s.Replication)
 	}
 	t.Logf("tracker %s, lag %v s, %d files", s.Replication.Tracker, deref(s.Replication.LagSeconds), len(want2))
+}
+
+// checkInitiationPassed checks that source-servers describe shows each initiation step
+// SUCCEEDED (they stayed NOT_STARTED while the server was CONTINUOUS: issue 17).
+func (c *cluster) checkInitiationPassed(when string) {
+	c.t.Helper()
+	out := c.cli("source-servers", "describe", c.agentID)
+	for _, step := range []string{api.InitiationRegisterAgent, api.InitiationConnectAgent, api.InitiationStartDataTransfer} {
+		if !strings.Contains(out, step+" "+api.StepSucceeded) {
+			c.t.Fatalf("%s, source-servers describe does not show %s %s:\n%s", when, step, api.StepSucceeded, out)
+		}
+	}
+}
+
+// waitReported waits until the agent reported one of states after since.
+func (c *cluster) waitReported(timeout time.Duration, since time.Time, states ...string) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := c.waitState(time.Until(deadline), states...)
+		if s.Replication.UpdatedAt.After(since) {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func volumeNameOf(dev string) string {
