@@ -13,10 +13,8 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
-
-// agentUnit is the systemd unit `agent install` writes.
-const agentUnit = "lifeboat-agent.service"
 
 func newAgentCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The replication agent of a source server"}
@@ -143,26 +141,15 @@ func installService(g *globals, f *installFlags) error {
 	if err != nil {
 		return err
 	}
-	unit := fmt.Sprintf(`[Unit]
-Description=Lifeboat replication agent
-Documentation=https://github.com/lifeboat-dr/lifeboat
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-ExecStart=%s agent run --config %s
-Restart=always
-RestartSec=5
-LimitMEMLOCK=infinity
-
-[Install]
-WantedBy=multi-user.target
-`, exe, cfgPath)
-	path := filepath.Join(f.unitDir, agentUnit)
+	unit, err := units.Render(units.Agent, units.Params{Binary: exe, AgentConfig: cfgPath})
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(f.unitDir, units.Agent)
 	if err := os.MkdirAll(f.unitDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", f.unitDir, err)
 	}
-	if err := atomicfile.WriteFile(path, []byte(unit), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, unit, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(g.stderr, "systemd unit written to %s\n", path)
@@ -170,11 +157,11 @@ WantedBy=multi-user.target
 		fmt.Fprintf(g.stderr, "systemd is not running here: start the agent with %s agent run --config %s\n", exe, cfgPath)
 		return nil
 	}
-	for _, args := range [][]string{{"daemon-reload"}, {"enable", "--now", agentUnit}} {
+	for _, args := range [][]string{{"daemon-reload"}, {"enable", "--now", units.Agent}} {
 		if out, err := exec.Command("systemctl", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("systemctl %s failed: %v: %s (the agent is registered; start it by hand)", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
-	fmt.Fprintf(g.stderr, "the agent service %s is enabled and started\n", agentUnit)
+	fmt.Fprintf(g.stderr, "the agent service %s is enabled and started\n", units.Agent)
 	return nil
 }
