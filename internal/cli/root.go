@@ -73,6 +73,7 @@ func newRootCmd(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "lifeboat",
 		Short:         "Self-hosted elastic disaster recovery for Linux servers",
+		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {

@@ -10,9 +10,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 )
 
-// version is what the control plane reports; release builds set it with -ldflags.
-const version = "0.1.0-dev"
-
 // serverFlags are the flags `lifeboat server` and `lifeboat up` share.
 type serverFlags struct {
 	data, db, listen, tlsCert, tlsKey string
