@@ -45,6 +45,11 @@ type ClientConfig struct {
 	// FailbackClient, when set, is a failback client's "ID SECRET", sent in
 	// FailbackClientHeader.
 	FailbackClient string
+
+	// Transport, when set, carries the requests instead of TLS connections to Server
+	// (whose URL then only names the paths): the console calls the control plane's
+	// own handler in-process with it. Trust and client certificates are then unused.
+	Transport http.RoundTripper
 }
 
 // Client calls the control plane's API. It is safe for concurrent use.
@@ -108,8 +113,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if ua == "" {
 		ua = "lifeboat"
 	}
-	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: transport, Timeout: timeout},
-		stream: &http.Client{Transport: transport}, userAgent: ua, failbackClient: cfg.FailbackClient}, nil
+	var rt http.RoundTripper = transport
+	if cfg.Transport != nil {
+		rt = cfg.Transport
+	}
+	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: rt, Timeout: timeout},
+		stream: &http.Client{Transport: rt}, userAgent: ua, failbackClient: cfg.FailbackClient}, nil
 }
 
 // Server returns the control plane URL.
