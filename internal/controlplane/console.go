@@ -1,21 +1,28 @@
 package controlplane
 
 import (
-	_ "embed"
+	"fmt"
 	"net/http"
+
+	"github.com/lifeboat-dr/lifeboat/internal/console"
 )
 
-// consoleHTML is a minimal read-only console: one page that lists the source servers
-// and their replication states through the API, with the token the user pastes. The
-// real console comes later.
-//
-//go:embed console.html
-var consoleHTML []byte
-
-func (cp *ControlPlane) console(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'")
-	h.Set("Cache-Control", "no-store")
-	_, _ = w.Write(consoleHTML)
+// mountConsole serves the web console (internal/console) under /console/, and sends
+// the root there. The console calls this control plane's own handler in-process with
+// the signed-in user's token, so it has exactly the API's authorization.
+func (cp *ControlPlane) mountConsole(mux *http.ServeMux) error {
+	con, err := console.New(console.Config{
+		API:     http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { cp.handler.ServeHTTP(w, r) }),
+		Logger:  cp.log.With("part", "console"),
+		Now:     cp.cfg.Now,
+		Version: cp.cfg.Version,
+	})
+	if err != nil {
+		return fmt.Errorf("build the console: %w", err)
+	}
+	mux.Handle(console.Prefix, con)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, console.Prefix, http.StatusSeeOther)
+	})
+	return nil
 }

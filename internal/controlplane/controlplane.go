@@ -1,7 +1,8 @@
 // Package controlplane is `lifeboat server`: the HTTP API over the state database, with
 // its own CA, authentication (API tokens, install tokens, client certificates),
 // authorization from one route table, the audit log, the event stream, the assignment
-// of source servers to replicators, and a minimal read-only console page.
+// of source servers to replicators, and the web console (internal/console) mounted
+// under /console/.
 package controlplane
 
 import (
@@ -194,7 +195,10 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	cp.routes = cp.routeTable()
-	cp.handler = cp.buildHandler()
+	if cp.handler, err = cp.buildHandler(); err != nil {
+		cp.Close()
+		return nil, err
+	}
 	return cp, nil
 }
 

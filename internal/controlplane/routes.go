@@ -286,14 +286,16 @@ func auditRoutes() []*route {
 	}
 }
 
-// buildHandler builds the mux from the route table, plus the console page, and answers
-// unknown paths and methods with the API's error shape.
-func (cp *ControlPlane) buildHandler() http.Handler {
+// buildHandler builds the mux from the route table, plus the console (console.go), and
+// answers unknown paths and methods with the API's error shape.
+func (cp *ControlPlane) buildHandler() (http.Handler, error) {
 	mux := http.NewServeMux()
 	for _, rt := range cp.routes {
 		mux.Handle(rt.method+" "+rt.path, cp.serveRoute(rt))
 	}
-	mux.HandleFunc("GET /{$}", cp.console)
+	if err := cp.mountConsole(mux); err != nil {
+		return nil, err
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		if _, pattern := mux.Handler(r); pattern == "" {
@@ -310,7 +312,7 @@ func (cp *ControlPlane) buildHandler() http.Handler {
 			return
 		}
 		mux.ServeHTTP(w, r)
-	})
+	}), nil
 }
 
 // statusRecorder captures what the mux would answer for an unmatched request.
