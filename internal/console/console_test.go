@@ -246,7 +246,7 @@ func TestViewerSeesNoActionsAndTheAPIRefusesThem(t *testing.T) {
 	admin := e.browser()
 	admin.signIn(e.token(api.RoleAdmin))
 	a := admin.get(page)
-	for _, want := range []string{`id="snapshot-now"`, "Pause replication", `id="launch"`, "Disconnect", "Save launch settings"} {
+	for _, want := range []string{`id="snapshot-now"`, "Pause replication", `id="start-launch"`, "Disconnect", "Save launch settings"} {
 		if !strings.Contains(a.body, want) {
 			t.Fatalf("the admin's server page lacks %s", want)
 		}
@@ -412,5 +412,36 @@ func TestEventsReachThePageAsMessages(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event reached the console's stream within 10 s")
+	}
+}
+
+func TestTokensAreShownOnceAndRevokedFromTheConsole(t *testing.T) {
+	e := startCP(t)
+	admin := e.browser()
+	admin.signIn(e.token(api.RoleAdmin))
+	admin.get("/console/tokens")
+	a := admin.post("/console/tokens", url.Values{"role": {"operator"}, "description": {"night shift <b>"}})
+	m := regexp.MustCompile(`id="new-secret" readonly value="(lbt_[^"]+)"`).FindStringSubmatch(a.body)
+	if a.status != http.StatusOK || m == nil || !strings.Contains(a.body, "night shift &lt;b&gt;") {
+		t.Fatalf("creating a token: %d, secret shown: %v\n%.600s", a.status, m != nil, a.body)
+	}
+	if again := admin.get("/console/tokens"); strings.Contains(again.body, m[1]) {
+		t.Fatal("the token's secret is shown again on the tokens page")
+	}
+	op := e.browser()
+	op.signIn(m[1])
+	if a := op.post("/console/tokens", url.Values{"role": {"admin"}}); a.status != http.StatusForbidden {
+		t.Fatalf("an operator creating an admin token through the console: %d, want 403", a.status)
+	}
+	who, err := e.apiClient(m[1]).Whoami(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin.get("/console/tokens")
+	if a := admin.post("/console/tokens/"+who.ID+"/revoke", nil); a.status != http.StatusSeeOther {
+		t.Fatalf("revoking: %d %.300s", a.status, a.body)
+	}
+	if a := op.get("/console/servers"); a.status != http.StatusUnauthorized {
+		t.Fatalf("the revoked token's session still shows pages: %d", a.status)
 	}
 }

@@ -29,6 +29,7 @@ type pageData struct {
 	Flash   string
 	Watch   string // ids whose events refresh the page's live parts
 	CSS, JS string
+	Icon    string
 	Version string
 	Data    any
 }
@@ -73,6 +74,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, s *session, sta
 		return
 	}
 	d := pageData{Title: title, Nav: navOf(name), CSS: c.staticURL("console.css"), JS: c.staticURL("console.js"),
+		Icon:    c.staticURL("favicon.svg"),
 		Version: c.cfg.Version, Data: data}
 	if s != nil {
 		d.User = &userView{TokenID: s.who.ID, Role: string(s.who.Role), AccountID: s.who.AccountID}

@@ -308,5 +308,5 @@ func (c *Console) saveLaunchSettings(w http.ResponseWriter, r *http.Request, s *
 		c.apiFailed(w, r, s, err)
 		return
 	}
-	done(w, r, s, serverURL(id)+"#launch", "Launch settings saved.")
+	done(w, r, s, serverURL(id)+"#launch-settings", "Launch settings saved.")
 }
