@@ -58,7 +58,9 @@ func TestRender(t *testing.T) {
 	}
 	for _, want := range []string{
 		"ExecStart=/usr/bin/lifeboat server --data /var/lib/lifeboat $LIFEBOAT_OPTS\n",
-		"User=lifeboat\n", "KillMode=process\n", "EnvironmentFile=-/etc/lifeboat/server.env\n",
+		"User=lifeboat\n", "KillMode=process\n",
+		// The settings file may set LIFEBOAT_OPTS, or not: then it is empty, without a notice.
+		"Environment=LIFEBOAT_OPTS=\nEnvironmentFile=-/etc/lifeboat/server.env\n",
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("server unit lacks %q", want)
