@@ -65,8 +65,10 @@ func runExport(ctx context.Context, g *globals, server string, f exportFlags) er
 		return err
 	}
 	defer root.Close()
+	p := newProgress(g.stderr)
+	defer p.Close()
 	for _, v := range snap.Volumes {
-		if err := exportOverAPI(ctx, g, c, root, snap.ID, v.Name); err != nil {
+		if err := exportOverAPI(ctx, g, c, root, snap.ID, v.Name, p); err != nil {
 			return err
 		}
 	}
@@ -132,19 +134,9 @@ func closeImage(root *os.Root, name string, f *os.File, err error) error {
 	return err
 }
 
-// progressEvery reports an export's progress at most every 2 seconds.
-func progressEvery(g *globals, volume string) func(done, total int64) {
-	last := time.Now()
-	return func(done, total int64) {
-		if time.Since(last) >= 2*time.Second && total > 0 {
-			last = time.Now()
-			fmt.Fprintf(g.stderr, "export %s: %.0f%% (%s of %s)\n", volume, 100*float64(done)/float64(total), bytesIEC(done), bytesIEC(total))
-		}
-	}
-}
-
-// exportOverAPI writes one volume of a PIT, streamed by the control plane, into root.
-func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root, pit, volume string) error {
+// exportOverAPI writes one volume of a PIT, streamed by the control plane, into root,
+// showing its progress on p.
+func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root, pit, volume string, p Progress) error {
 	if _, err := api.ExportFileName(volume); err != nil {
 		return err
 	}
@@ -158,10 +150,13 @@ func exportOverAPI(ctx context.Context, g *globals, c *api.Client, root *os.Root
 		return err
 	}
 	start := time.Now()
-	size, written, err := writeExtents(body, f, progressEvery(g, volume))
+	p.Start("export "+volume, unitBytes, 0)
+	size, written, err := writeExtents(body, f, p.Set)
 	if err := closeImage(root, name, f, err); err != nil {
+		p.Close()
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit, err)
 	}
+	p.Finish()
 	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written) in %s\n", filepath.Join(root.Name(), name), bytesIEC(size), volume,
 		bytesIEC(written), time.Since(start).Round(time.Millisecond))
 	return nil
@@ -195,8 +190,9 @@ func writeExtents(r io.Reader, f *os.File, progress func(done, total int64)) (si
 	}
 }
 
-// exportVolume writes one volume of a PIT, read from the store directly, into root.
-func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.PIT, volume string, root *os.Root) error {
+// exportVolume writes one volume of a PIT, read from the store directly, into root,
+// showing its progress on p.
+func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.PIT, volume string, root *os.Root, p Progress) error {
 	v, err := repo.OpenVolume(ctx, pit, volume)
 	if err != nil {
 		return err
@@ -206,10 +202,13 @@ func exportVolume(ctx context.Context, g *globals, repo *store.Repo, pit store.P
 		return err
 	}
 	start := time.Now()
-	st, err := v.Export(ctx, f, store.ExportOptions{Progress: progressEvery(g, volume)})
+	p.Start("export "+volume, unitBytes, 0)
+	st, err := v.Export(ctx, f, store.ExportOptions{Progress: p.Set})
 	if err := closeImage(root, name, f, err); err != nil {
+		p.Close()
 		return fmt.Errorf("export volume %s of %s: %w", volume, pit.ID, err)
 	}
+	p.Finish()
 	fmt.Fprintf(g.stdout, "%s\t%s of %s (%s written, %d zero blocks as holes) in %s\n", filepath.Join(root.Name(), name),
 		strings.TrimSpace(bytesIEC(st.Bytes)), volume, bytesIEC(st.WrittenBytes), st.ZeroBlocks, time.Since(start).Round(time.Millisecond))
 	return nil

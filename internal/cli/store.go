@@ -126,8 +126,10 @@ func runStoreExport(ctx context.Context, g *globals, server, pitID string, f sto
 		return err
 	}
 	defer root.Close()
+	p := newProgress(g.stderr)
+	defer p.Close()
 	for _, v := range pit.Volumes {
-		if err := exportVolume(ctx, g, r, pit, v.Name, root); err != nil {
+		if err := exportVolume(ctx, g, r, pit, v.Name, root, p); err != nil {
 			return err
 		}
 	}
@@ -188,16 +190,16 @@ func runStoreVerify(ctx context.Context, g *globals, f storeFlags, readData bool
 		return err
 	}
 	defer r.Close()
-	last := time.Now()
-	rep, err := r.Verify(ctx, store.VerifyOptions{ReadData: readData, Progress: func(stage string, done, total int) {
-		if time.Since(last) > 2*time.Second {
-			last = time.Now()
-			fmt.Fprintf(g.stderr, "verify: %s %d/%d\n", stage, done, total)
-		}
+	p := newProgress(g.stderr)
+	defer p.Close()
+	report := stepReporter(p, "verify ", verifyUnit)
+	rep, err := r.Verify(ctx, store.VerifyOptions{ReadData: readData, Progress: func(step string, done, total int) {
+		report(step, int64(done), int64(total))
 	}})
 	if err != nil {
 		return err
 	}
+	p.Finish()
 	if err := g.show(rep, func(w *tabwriter.Writer) { verifyTable(w, rep, readData) }); err != nil {
 		return err
 	}
@@ -205,6 +207,34 @@ func runStoreVerify(ctx context.Context, g *globals, f storeFlags, readData bool
 		return fmt.Errorf("verify found %d errors in %s: recovery snapshots that use the objects named above may not restore", len(rep.Errors), r.Location())
 	}
 	return nil
+}
+
+// verifyUnit is what each step of store verify counts.
+func verifyUnit(step string) unit {
+	switch step {
+	case "index":
+		return "index objects"
+	case "packs":
+		return "packs"
+	case "references":
+		return "tree nodes"
+	}
+	return ""
+}
+
+// gcUnit is what each step of store gc counts.
+func gcUnit(step string) unit {
+	switch step {
+	case store.GCStepMark, store.GCStepMarkAgain:
+		return "tree nodes"
+	case store.GCStepGrace:
+		return unitSeconds
+	case store.GCStepRepack:
+		return "packs"
+	case store.GCStepRemove:
+		return "objects"
+	}
+	return ""
 }
 
 // verifyTable prints a verify report: what was checked, then warnings and errors.
@@ -251,11 +281,15 @@ func runStoreGC(ctx context.Context, g *globals, f storeFlags, opts store.GCOpti
 		return err
 	}
 	defer r.Close()
-	opts.Progress = func(stage string) { fmt.Fprintf(g.stderr, "gc: %s\n", stage) }
+	p := newProgress(g.stderr)
+	defer p.Close()
+	report := stepReporter(p, "gc ", gcUnit)
+	opts.Progress = func(step string, done, total int) { report(step, int64(done), int64(total)) }
 	st, err := r.GC(ctx, opts)
 	if err != nil {
 		return err
 	}
+	p.Finish()
 	return g.show(st, func(w *tabwriter.Writer) {
 		row(w, "chunks", st.Chunks)
 		row(w, "live", st.LiveChunks)

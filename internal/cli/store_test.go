@@ -82,3 +82,18 @@ func TestStoreCommands(t *testing.T) {
 		t.Fatalf("verify with another key: %d %s", code, errs)
 	}
 }
+
+// The steps of store verify and gc count what they say they do.
+func TestStoreProgressUnits(t *testing.T) {
+	for step, want := range map[string]unit{"index": "index objects", "packs": "packs", "references": "tree nodes", "rollbacks": ""} {
+		if got := verifyUnit(step); got != want {
+			t.Errorf("verify %s counts %q, want %q", step, got, want)
+		}
+	}
+	for step, want := range map[string]unit{store.GCStepMark: "tree nodes", store.GCStepGrace: unitSeconds,
+		store.GCStepRepack: "packs", store.GCStepRemove: "objects", store.GCStepIndex: ""} {
+		if got := gcUnit(step); got != want {
+			t.Errorf("gc %s counts %q, want %q", step, got, want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -38,8 +39,23 @@ type GCOptions struct {
 	RepackThreshold float64       // repack packs with at least this fraction dead (default 0.3)
 	SmallPack       int           // packs smaller than this are merged (default PackSize/4)
 	DryRun          bool          // plan only: report, change nothing
-	Progress        func(stage string)
+	// Progress, when set, is told of each step (one of the GCStep names) as it starts,
+	// with done and total 0, and then how far it is: done of total in the step's unit
+	// (total 0: not known).
+	Progress func(step string, done, total int)
 }
+
+// The steps of a garbage collection, as GCOptions.Progress names them, with what their
+// done and total count.
+const (
+	GCStepRead      = "reading the index"
+	GCStepMark      = "marking reachable chunks" // tree nodes walked; the total is not known
+	GCStepGrace     = "waiting for writers"      // seconds of the grace period
+	GCStepMarkAgain = "marking again"            // tree nodes walked
+	GCStepRepack    = "repacking"                // packs
+	GCStepIndex     = "writing the new index"
+	GCStepRemove    = "removing what the new index replaces" // index objects and packs
+)
 
 // GCStats reports what a garbage collection found and did.
 type GCStats struct {
@@ -79,8 +95,8 @@ func (r *Repo) GC(ctx context.Context, opts GCOptions) (GCStats, error) {
 		defer release()
 		c.stillHeld = held
 	}
-	c.stage("reading the index")
-	s, err := r.surveyGC(ctx, c.start, c.stage)
+	c.stage(GCStepRead)
+	s, err := r.surveyGC(ctx, c.start, c.progress)
 	if err != nil {
 		return c.st, err
 	}
@@ -120,10 +136,16 @@ type collection struct {
 	stillHeld func() error // an error once another collection took the lock: change nothing more
 }
 
-func (c *collection) stage(s string) {
-	c.r.log.Debug("gc: "+s, "store", c.r.be.Location())
+// stage reports a step started.
+func (c *collection) stage(step string) { c.progress(step, 0, 0) }
+
+// progress reports how far a step is.
+func (c *collection) progress(step string, done, total int) {
+	if done == 0 {
+		c.r.log.Debug("gc: "+step, "store", c.r.be.Location(), "total", total)
+	}
 	if c.opts.Progress != nil {
-		c.opts.Progress(s)
+		c.opts.Progress(step, done, total)
 	}
 }
 
@@ -145,12 +167,11 @@ func (c *collection) execute(ctx context.Context) error {
 	if err := c.stillHeld(); err != nil {
 		return err
 	}
-	c.stage("repacking")
 	newPacks, newBytes, err := c.repack(ctx)
 	if err != nil {
 		return err
 	}
-	c.stage("writing the new index")
+	c.stage(GCStepIndex)
 	wrote, err := c.writeIndex(ctx, newPacks)
 	if err != nil {
 		return err
@@ -164,11 +185,11 @@ func (c *collection) execute(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.stage("removing replaced index objects and packs")
 	if err := c.remove(ctx, wrote, foreign, newBytes); err != nil {
 		return err
 	}
-	c.stage(fmt.Sprintf("done: %d dead chunks, %d packs deleted, %d repacked into %d", c.st.DeadChunks, c.st.DeletedPacks, c.st.RepackedPacks, c.st.NewPacks))
+	c.r.log.Debug("gc: done", "store", c.r.be.Location(), "dead_chunks", c.st.DeadChunks, "deleted_packs", c.st.DeletedPacks,
+		"repacked_packs", c.st.RepackedPacks, "new_packs", c.st.NewPacks)
 	return nil
 }
 
@@ -206,14 +227,13 @@ func (c *collection) uncondemn(ctx context.Context, name string) {
 // settle waits the grace period, so that every writer learns of the condemned chunks,
 // then marks again and settles the plan: the chunks used again meanwhile live.
 func (c *collection) settle(ctx context.Context) error {
-	c.stage(fmt.Sprintf("condemned %d chunks; waiting %s for writers to learn of it", len(c.plan.condemned), c.opts.Grace))
-	select {
-	case <-time.After(c.opts.Grace):
-	case <-ctx.Done():
-		return ctx.Err()
+	c.r.log.Debug("gc: condemned chunks; waiting for writers to learn of it", "store", c.r.be.Location(),
+		"chunks", len(c.plan.condemned), "grace", c.opts.Grace)
+	if err := c.waitGrace(ctx); err != nil {
+		return err
 	}
-	c.stage("marking again")
-	live, err := c.r.mark(ctx)
+	c.stage(GCStepMarkAgain)
+	live, err := c.r.mark(ctx, func(nodes int) { c.progress(GCStepMarkAgain, nodes, 0) })
 	if err != nil {
 		return fmt.Errorf("gc: %w (nothing was deleted)", err)
 	}
@@ -223,11 +243,42 @@ func (c *collection) settle(ctx context.Context) error {
 	return nil
 }
 
+// waitGrace waits the grace period, reporting the seconds passed every second.
+func (c *collection) waitGrace(ctx context.Context) error {
+	total := max(1, int(math.Ceil(c.opts.Grace.Seconds())))
+	start := time.Now()
+	end := time.NewTimer(c.opts.Grace)
+	defer end.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	c.stage(GCStepGrace)
+	c.progress(GCStepGrace, 0, total)
+	for {
+		select {
+		case <-end.C:
+			c.progress(GCStepGrace, total, total)
+			return nil
+		case <-tick.C:
+			c.progress(GCStepGrace, min(total, int(time.Since(start).Seconds())), total)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // repack copies the live chunks of the packs to repack, still sealed, into new packs.
 // It returns the new packs' entries and their size.
 func (c *collection) repack(ctx context.Context) ([]packEntries, int64, error) {
 	r := c.r
 	w := &repackWriter{r: r, ctx: ctx}
+	total := 0
+	for _, pp := range c.plan.packs {
+		if pp.action == gcRepack {
+			total++
+		}
+	}
+	c.stage(GCStepRepack)
+	c.progress(GCStepRepack, 0, total)
 	for _, pp := range c.plan.packs {
 		if pp.action != gcRepack {
 			continue
@@ -248,6 +299,7 @@ func (c *collection) repack(ctx context.Context) ([]packEntries, int64, error) {
 			}
 		}
 		c.st.RepackedPacks++
+		c.progress(GCStepRepack, c.st.RepackedPacks, total)
 	}
 	if err := w.finish(); err != nil {
 		return nil, 0, err
@@ -304,6 +356,13 @@ func (c *collection) writeIndex(ctx context.Context, newPacks []packEntries) (ma
 // the orphan packs. A pack under backend retention stays (counted as locked).
 func (c *collection) remove(ctx context.Context, wrote map[string]bool, foreign map[ID]bool, newBytes int64) error {
 	r := c.r
+	done, total := 0, c.removals(wrote, foreign)
+	c.stage(GCStepRemove)
+	c.progress(GCStepRemove, 0, total)
+	removed := func() {
+		done++
+		c.progress(GCStepRemove, done, total)
+	}
 	for _, name := range c.plan.survey.indexNames {
 		if wrote[name] {
 			continue
@@ -311,10 +370,12 @@ func (c *collection) remove(ctx context.Context, wrote map[string]bool, foreign 
 		if err := r.be.Delete(ctx, name); err != nil {
 			return fmt.Errorf("gc: remove old index object: %w", err)
 		}
+		removed()
 	}
 	var freed int64
 	del := func(name string, size int64) error {
 		err := r.be.Delete(ctx, name)
+		defer removed()
 		switch {
 		case errors.Is(err, backend.ErrLocked):
 			c.st.LockedPacks++
@@ -346,6 +407,22 @@ func (c *collection) remove(ctx context.Context, wrote map[string]bool, foreign 
 	c.st.OrphanPacks = len(c.plan.orphans)
 	c.st.FreedBytes = freed - newBytes
 	return nil
+}
+
+// removals counts the objects remove deletes.
+func (c *collection) removals(wrote map[string]bool, foreign map[ID]bool) int {
+	n := len(c.plan.orphans)
+	for _, name := range c.plan.survey.indexNames {
+		if !wrote[name] {
+			n++
+		}
+	}
+	for _, pp := range c.plan.packs {
+		if !foreign[pp.pack.Pack] && pp.action != gcKeep {
+			n++
+		}
+	}
+	return n
 }
 
 // packKnown reports whether this process knows a pack (it may have just written it).
@@ -505,8 +582,11 @@ func appendUniqueEntries(dst, src []entry) []entry {
 // mark returns every chunk reachable from the roots: PIT manifests, head checkpoints
 // and journals. Any root or node that cannot be read fails the mark: collecting with
 // an incomplete mark would delete live data.
-func (r *Repo) mark(ctx context.Context) (map[ID]blobType, error) {
+//
+// walked, when set, is told the number of tree nodes walked every 64 nodes.
+func (r *Repo) mark(ctx context.Context, walked func(nodes int)) (map[ID]blobType, error) {
 	live := map[ID]blobType{}
+	nodes := 0
 	var walk func(id ID, level uint8) error
 	walk = func(id ID, level uint8) error {
 		if id.IsZero() {
@@ -516,6 +596,9 @@ func (r *Repo) mark(ctx context.Context) (map[ID]blobType, error) {
 			return nil
 		}
 		live[id] = blobTree
+		if nodes++; walked != nil && nodes%64 == 0 {
+			walked(nodes)
+		}
 		children, err := r.loadNode(ctx, id, level)
 		if err != nil {
 			return err

@@ -204,7 +204,8 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 	if dirSize(t, be) != before {
 		t.Fatal("a dry run changed the repository")
 	}
-	st, err := r.GC(ctx, GCOptions{})
+	gcSteps := &stepLog{}
+	st, err := r.GC(ctx, GCOptions{Progress: gcSteps.report})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,10 +214,87 @@ func TestGCFreesSpaceAndRepacks(t *testing.T) {
 		t.Fatalf("gc %+v freed %d bytes of %d", st, before-after, before)
 	}
 	checkPIT(t, r, p2, "vda", 64*testBS, m)
-	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true})
+	verifySteps := &stepLog{}
+	rep, err := r.Verify(ctx, VerifyOptions{ReadData: true, Progress: verifySteps.report})
 	if err != nil || !rep.OK() || len(rep.Warnings) != 0 {
 		t.Fatalf("verify: %v %v %v", err, rep.Errors, rep.Warnings)
 	}
+
+	// Each reported its steps in order, and how far each went.
+	gcSteps.expect(t, GCStepRead, GCStepMark, GCStepGrace, GCStepMarkAgain, GCStepRepack, GCStepIndex, GCStepRemove)
+	if d, n := gcSteps.last(GCStepGrace); d != 1 || n != 1 {
+		t.Fatalf("the grace period of 400 ms ended at %d of %d seconds, want 1 of 1", d, n)
+	}
+	if d, n := gcSteps.last(GCStepRepack); d != st.RepackedPacks || n != st.RepackedPacks {
+		t.Fatalf("repacking ended at %d of %d packs, want %d of %d", d, n, st.RepackedPacks, st.RepackedPacks)
+	}
+	if d, n := gcSteps.last(GCStepRemove); d == 0 || d != n || d < st.DeletedPacks+st.RepackedPacks {
+		t.Fatalf("removing ended at %d of %d objects, want all of at least %d packs", d, n, st.DeletedPacks+st.RepackedPacks)
+	}
+	verifySteps.expect(t, "index", "packs", "references", "rollbacks")
+	if d, n := verifySteps.most("packs"); d != rep.Packs || n != rep.Packs {
+		t.Fatalf("verify checked %d of %d packs, want %d", d, n, rep.Packs)
+	}
+	if d, _ := verifySteps.most("references"); d < 1 {
+		t.Fatalf("verify reported %d tree nodes walked", d)
+	}
+}
+
+// stepLog records what an operation reports of its steps; safe for concurrent use.
+type stepLog struct {
+	mu      sync.Mutex
+	reports []stepReport
+}
+
+type stepReport struct {
+	step        string
+	done, total int
+}
+
+func (l *stepLog) report(step string, done, total int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reports = append(l.reports, stepReport{step, done, total})
+}
+
+// expect checks the steps reported, in order, repeats left out.
+func (l *stepLog) expect(t *testing.T, steps ...string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var got []string
+	for _, r := range l.reports {
+		if len(got) == 0 || got[len(got)-1] != r.step {
+			got = append(got, r.step)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(steps) {
+		t.Fatalf("steps reported %q, want %q", got, steps)
+	}
+}
+
+// last is the last report of step.
+func (l *stepLog) last(step string) (done, total int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.reports {
+		if r.step == step {
+			done, total = r.done, r.total
+		}
+	}
+	return done, total
+}
+
+// most is the report of step that went furthest.
+func (l *stepLog) most(step string) (done, total int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.reports {
+		if r.step == step && r.done >= done {
+			done, total = r.done, r.total
+		}
+	}
+	return done, total
 }
 
 // TestGCTwiceChangesNothing: a collection with nothing to do writes the same

@@ -29,7 +29,7 @@ type gcSurvey struct {
 // the packs, then marks every chunk reachable from the roots. The packs are listed
 // before the mark: a pack stored after the listing is not in the survey, so none of its
 // chunks can be condemned.
-func (r *Repo) surveyGC(ctx context.Context, now time.Time, stage func(string)) (*gcSurvey, error) {
+func (r *Repo) surveyGC(ctx context.Context, now time.Time, progress func(step string, done, total int)) (*gcSurvey, error) {
 	s := &gcSurvey{now: now, stored: map[ID]time.Time{}}
 	if err := r.refreshView(ctx, true); err != nil {
 		return nil, err
@@ -55,8 +55,8 @@ func (r *Repo) surveyGC(ctx context.Context, now time.Time, stage func(string)) 
 	}); err != nil {
 		return nil, fmt.Errorf("gc: list packs: %w", err)
 	}
-	stage("marking reachable chunks")
-	if s.live, err = r.mark(ctx); err != nil {
+	progress(GCStepMark, 0, 0)
+	if s.live, err = r.mark(ctx, func(nodes int) { progress(GCStepMark, nodes, 0) }); err != nil {
 		return nil, fmt.Errorf("gc: %w (nothing was deleted)", err)
 	}
 	return s, nil

@@ -13,7 +13,7 @@ import (
 // survey surveys r as a collection starting at now would, without taking the lock.
 func survey(t *testing.T, r *Repo, now time.Time) *gcSurvey {
 	t.Helper()
-	s, err := r.surveyGC(context.Background(), now, func(string) {})
+	s, err := r.surveyGC(context.Background(), now, func(string, int, int) {})
 	if err != nil {
 		t.Fatal(err)
 	}

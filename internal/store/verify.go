@@ -20,8 +20,11 @@ type VerifyOptions struct {
 	// ReadData reads every pack in full: its hash must match its name, and every chunk
 	// must decrypt, decompress and hash to its id.
 	ReadData    bool
-	Parallelism int                                 // default 2×GOMAXPROCS
-	Progress    func(stage string, done, total int) // optional
+	Parallelism int // default 2×GOMAXPROCS
+	// Progress, when set, is told how far each step is: "index" (index objects read),
+	// "packs" (packs checked; concurrently, from several goroutines), "references" (tree
+	// nodes walked; total 0: not known) and "rollbacks" (0 of 0).
+	Progress func(stage string, done, total int)
 }
 
 // VerifyReport is what Verify checked and every problem it found, each naming the
@@ -74,7 +77,7 @@ func (r *Repo) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, er
 		return v.rep, err
 	}
 	// What the store recorded of its own history.
-	v.progress("rollbacks", 0, 1)
+	v.progress("rollbacks", 0, 0)
 	if err := r.verifyRecords(ctx, v.fail); err != nil {
 		return v.rep, err
 	}
@@ -341,7 +344,7 @@ func (v *verifier) confirmMissing(ctx context.Context, gone map[ID]bool) error {
 // a head or journal read now may name chunks indexed after the index was listed.
 // Findings of missing chunks are reported only if their root is still there (reportRefs).
 func (v *verifier) references(ctx context.Context) error {
-	v.progress("references", 0, 1)
+	v.progress("references", 0, 0)
 	v.seenNode = map[ID]bool{}
 	v.lostUnder = map[ID]loss{}
 	v.data = map[ID]bool{}
@@ -367,6 +370,7 @@ func (v *verifier) references(ctx context.Context) error {
 		at.root = rt.id
 		l, err := v.walk(ctx, at, rt.id, rt.level)
 		v.lose(at, l)
+		v.progress("references", len(v.seenNode), 0)
 		return err
 	})
 	if err != nil {
@@ -401,7 +405,7 @@ func (v *verifier) suspect(at ref, format string, args ...any) {
 // with the index objects stored since, then checks those references again, this time
 // final.
 func (v *verifier) lateRefs(ctx context.Context) error {
-	if err := v.refresh(ctx, "references"); err != nil {
+	if err := v.refresh(ctx, "index"); err != nil {
 		return err
 	}
 	v.final = true
