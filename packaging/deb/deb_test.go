@@ -46,6 +46,10 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("deb %q: exit %d, %q; want exit 2 and %q", tc.args, code, stderr.String(), tc.want)
 		}
 	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "usage: go run ./packaging/deb -version") {
+		t.Errorf("deb -h: exit %d, %q", code, stderr.String())
+	}
 	// A dynamically linked binary is refused, and one for another machine.
 	if runtime.GOARCH == "amd64" {
 		if err := checkBinary("/bin/sh", "amd64"); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {

@@ -110,7 +110,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fl.StringVar(&o.out, "out", "dist", "directory to write the .deb to")
 	fl.StringVar(&o.binary, "binary", "", "package this static lifeboat binary instead of building one (its version is not checked)")
 	fl.StringVar(&o.maintainer, "maintainer", "Lifeboat maintainers <lifeboat-dr@users.noreply.github.com>", "the package's Maintainer field")
-	if err := fl.Parse(args); err != nil {
+	if err := fl.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return 0
+	} else if err != nil {
 		return 2
 	}
 	o.version = strings.TrimPrefix(o.version, "v")
