@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -53,13 +55,16 @@ func runJobsList(ctx context.Context, g *globals, limit int) error {
 }
 
 func newJobsDescribeCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var wait bool
+	cmd := &cobra.Command{
 		Use: "describe JOB", Short: "Show a job: its status, each server's launch status and measured RTO", Args: exactArgs(1, "a job id"),
-		RunE: func(cmd *cobra.Command, args []string) error { return runJobsDescribe(cmd.Context(), g, args[0]) },
+		RunE: func(cmd *cobra.Command, args []string) error { return runJobsDescribe(cmd.Context(), g, args[0], wait) },
 	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the job to its end as drill --wait does (log, progress), then show it; exit 1 if a server failed")
+	return cmd
 }
 
-func runJobsDescribe(ctx context.Context, g *globals, id string) error {
+func runJobsDescribe(ctx context.Context, g *globals, id string, wait bool) error {
 	c, err := g.client()
 	if err != nil {
 		return err
@@ -68,6 +73,9 @@ func runJobsDescribe(ctx context.Context, g *globals, id string) error {
 	j, err := c.Job(ctx, id)
 	if err != nil {
 		return err
+	}
+	if wait {
+		return followJob(ctx, g, c, j, false)
 	}
 	return g.show(j, func(w *tabwriter.Writer) {
 		row(w, "ID:", j.ID)
@@ -149,22 +157,25 @@ func runJobsLog(ctx context.Context, g *globals, id string, f jobsLogFlags) erro
 	return nil
 }
 
-// followJob prints a job's log as it runs (progress lines on stderr with -o json), then
-// its result; it fails when a server failed.
+// followJob prints a job's log as it runs, with the progress of its servers' steps
+// (on stderr with -o json), then its result; it fails when a server failed.
 func followJob(ctx context.Context, g *globals, c *api.Client, job api.Job, console bool) error {
 	out := g.stdout
 	if g.output == "json" {
 		out = g.stderr
 	}
-	fmt.Fprintln(out, job.ID)
+	p := newProgress(out)
+	defer p.Close()
+	log := p.Above(out)
+	fmt.Fprintln(log, job.ID)
 	printLog := func(e api.JobLogEvent) (bool, error) {
 		if e.Type != api.EventConsole || console {
-			printEvent(out, e)
+			printEvent(log, e)
 		}
 		return false, nil
 	}
 	token := ""
-	lastProgress := map[string]string{}
+	jp := &jobProgress{p: p}
 	for {
 		j, err := c.Job(ctx, job.ID)
 		if err != nil {
@@ -173,8 +184,9 @@ func followJob(ctx context.Context, g *globals, c *api.Client, job api.Job, cons
 		if token, err = api.EachPage(ctx, token, c.JobLogPages(job.ID), printLog); err != nil {
 			return err
 		}
-		printProgress(out, j, lastProgress)
+		jp.update(j)
 		if j.Status == api.JobCompleted {
+			p.Close()
 			return showJobResult(g, j)
 		}
 		select {
@@ -185,20 +197,62 @@ func followJob(ctx context.Context, g *globals, c *api.Client, job api.Job, cons
 	}
 }
 
-// printProgress prints the progress of each server of j that is launching, when it
-// changed since the last line (last, by recovery instance).
-func printProgress(out io.Writer, j api.Job, last map[string]string) {
+// jobProgress shows, on one Progress, the steps of a job's servers that report how
+// far they are (the PIT's volumes materialized, replication back, a failback written):
+// those under way at once are summed, from when the first starts until the last ends.
+type jobProgress struct {
+	p     Progress
+	parts map[string]api.JobProgress // by recovery instance and step, since the first started
+}
+
+// update shows how far the job's steps are.
+func (jp *jobProgress) update(j api.Job) {
+	now := map[string]api.JobProgress{}
+	var servers, steps []string
 	for _, s := range j.Servers {
 		if s.Progress == nil || s.Progress.TotalBytes == 0 || s.LaunchStatus != api.LaunchInProgress {
 			continue
 		}
-		line := fmt.Sprintf("%s %s %d%% (%s of %s)", s.SourceServerID, s.Step, s.Progress.DoneBytes*100/s.Progress.TotalBytes,
-			bytesText(s.Progress.DoneBytes), bytesText(s.Progress.TotalBytes))
-		if last[s.RecoveryInstanceID] != line {
-			last[s.RecoveryInstanceID] = line
-			fmt.Fprintf(out, "%s %s\n", time.Now().Format("15:04:05"), line)
+		now[s.RecoveryInstanceID+" "+s.Step] = *s.Progress
+		servers = append(servers, s.SourceServerID)
+		if !slices.Contains(steps, s.Step) {
+			steps = append(steps, s.Step)
 		}
 	}
+	if len(now) == 0 {
+		if jp.parts != nil {
+			jp.p.Finish()
+			jp.parts = nil
+		}
+		return
+	}
+	if jp.parts == nil {
+		jp.parts = map[string]api.JobProgress{}
+		jp.p.Start(jobProgressLabel(servers, steps), unitBytes, 0)
+	}
+	var done, total int64
+	for k, v := range jp.parts {
+		if _, ok := now[k]; !ok {
+			v.DoneBytes = v.TotalBytes // that step ended
+			jp.parts[k] = v
+		}
+	}
+	maps.Copy(jp.parts, now)
+	for _, v := range jp.parts {
+		done += min(v.DoneBytes, v.TotalBytes)
+		total += v.TotalBytes
+	}
+	jp.p.Set(done, total)
+}
+
+// jobProgressLabel names what a job's progress is of: "s-… SNAPSHOT", "3 servers
+// SNAPSHOT".
+func jobProgressLabel(servers, steps []string) string {
+	who := servers[0]
+	if len(servers) > 1 {
+		who = fmt.Sprintf("%d servers", len(servers))
+	}
+	return who + " " + strings.Join(steps, "+")
 }
 
 // showJobResult shows a completed job's servers; it fails when a server failed.

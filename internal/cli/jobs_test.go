@@ -64,15 +64,46 @@ func TestDrillLogAndTerminate(t *testing.T) {
 }
 
 // logTypes returns the event types of the job log lines in out ("15:04:05 SERVER TYPE
-// message"), without console and progress lines ("15:04:05 SERVER STEP 50% …").
+// message"), without console and progress lines ("15:04:05 SERVER STEP: 50% …").
 func logTypes(out string) []string {
 	var types []string
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) < 3 || len(f[0]) != 8 || f[0][2] != ':' || f[2] == "console" || (len(f) > 3 && strings.HasSuffix(f[3], "%")) {
+		if len(f) < 3 || len(f[0]) != 8 || f[0][2] != ':' || f[2] == "console" || strings.HasSuffix(f[2], ":") {
 			continue
 		}
 		types = append(types, f[2])
 	}
 	return types
+}
+
+// A job's servers that report progress at once are summed on one step; a server whose
+// step ended counts whole; the step ends when none reports any.
+func TestJobProgress(t *testing.T) {
+	r := &recorder{}
+	jp := &jobProgress{p: r}
+	server := func(id, status, step string, done, total int64) api.JobServer {
+		s := api.JobServer{SourceServerID: id, RecoveryInstanceID: "i-" + id, LaunchStatus: status, Step: step}
+		if total > 0 {
+			s.Progress = &api.JobProgress{DoneBytes: done, TotalBytes: total}
+		}
+		return s
+	}
+	const ip, ok = api.LaunchInProgress, api.LaunchLaunched
+	for _, servers := range [][]api.JobServer{
+		{server("s-1", ip, api.StepPrepare, 0, 0), server("s-2", ip, api.StepPrepare, 0, 0)},
+		{server("s-1", ip, api.StepSnapshot, 10, 100), server("s-2", ip, api.StepPrepare, 0, 0)},
+		{server("s-1", ip, api.StepSnapshot, 60, 100), server("s-2", ip, api.StepSnapshot, 50, 200)},
+		{server("s-1", ip, api.StepLaunch, 0, 0), server("s-2", ip, api.StepSnapshot, 150, 200)},
+		{server("s-1", ok, "", 0, 0), server("s-2", ip, api.StepLaunch, 0, 0)},
+	} {
+		jp.update(api.Job{Servers: servers})
+	}
+	want := []string{"start s-1 SNAPSHOT bytes 0", "set 10 100", "set 110 300", "set 250 300", "finish"}
+	if !slices.Equal(r.calls, want) {
+		t.Fatalf("calls %q, want %q", r.calls, want)
+	}
+	if got := jobProgressLabel([]string{"s-1", "s-2"}, []string{api.StepSnapshot, api.StepReverse}); got != "2 servers SNAPSHOT+REVERSE" {
+		t.Fatalf("label %q", got)
+	}
 }

@@ -184,10 +184,14 @@ func runSnapshotsCreate(ctx context.Context, g *globals, server string, f snapsh
 		fmt.Fprintf(g.stdout, "snapshot requested (%s): the agent takes a consistency point at its next check\n", req.ID)
 		return nil
 	}
-	p, err := waitForPIT(ctx, c, server, req.RequestedAt, f.timeout)
+	prog := newProgress(g.stderr)
+	defer prog.Close()
+	prog.Start("waiting for a PIT of "+server, unitSeconds, 0)
+	p, err := waitForPIT(ctx, c, server, req.RequestedAt, f.timeout, prog)
 	if err != nil {
 		return err
 	}
+	prog.Close()
 	return g.show(p, func(w *tabwriter.Writer) {
 		row(w, "recovery snapshot", p.ID)
 		row(w, "time", p.Time.Format(time.RFC3339Nano))
@@ -242,10 +246,12 @@ func parseUntil(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, usagef("--until %q is neither an RFC 3339 time (2027-01-31T00:00:00Z) nor a duration (720h)", s)
 }
 
-// waitForPIT waits for a PIT of server at or after since.
-func waitForPIT(ctx context.Context, c *api.Client, server string, since time.Time, timeout time.Duration) (api.RecoverySnapshot, error) {
-	deadline := time.Now().Add(timeout)
+// waitForPIT waits for a PIT of server at or after since, telling p the seconds waited.
+func waitForPIT(ctx context.Context, c *api.Client, server string, since time.Time, timeout time.Duration, p Progress) (api.RecoverySnapshot, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
 	for {
+		p.Set(int64(time.Since(start).Seconds()), 0)
 		page, err := c.RecoverySnapshots(ctx, server, 1, "")
 		if err != nil {
 			return api.RecoverySnapshot{}, err
