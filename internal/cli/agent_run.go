@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -111,23 +109,27 @@ func runAgent(ctx context.Context, g *globals, f agentRunFlags) error {
 
 func newAgentStatusCmd(g *globals) *cobra.Command {
 	var state string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show what the agent on this machine is doing",
 		Args:  noArgs,
-		RunE:  func(cmd *cobra.Command, _ []string) error { return runAgentStatus(g, state) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if watch {
+				return runAgentStatusWatch(cmd.Context(), g, state, time.Second)
+			}
+			return runAgentStatus(g, state)
+		},
 	}
 	cmd.Flags().StringVar(&state, "state-dir", defaultAgentState(), "the agent's state directory")
+	cmd.Flags().BoolVar(&watch, "watch", false, "follow the initial sync or rescan with a progress bar until it ends, then show the status")
 	return cmd
 }
 
 func runAgentStatus(g *globals, stateDir string) error {
-	s, err := agent.ReadStatus(stateDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("no agent status in %s: is lifeboat agent run running (systemctl status lifeboat-agent)?", stateDir)
-	}
+	s, err := readAgentStatus(stateDir)
 	if err != nil {
-		return fmt.Errorf("read the agent status: %w", err)
+		return err
 	}
 	return g.show(s, func(w *tabwriter.Writer) { agentStatusTable(w, s) })
 }
@@ -140,6 +142,7 @@ func agentStatusTable(w *tabwriter.Writer, s agent.Status) {
 		state += fmt.Sprintf(" %.1f%%", *s.Percent)
 	}
 	row(w, "state", state)
+	scanRow(w, s)
 	if s.Error != nil {
 		row(w, "error", s.Error.Code+": "+s.Error.Message)
 	}
