@@ -291,8 +291,8 @@ func newTermProgress(w io.Writer) *termProgress {
 	return &termProgress{w: &lockedWriter{w: w}, now: time.Now}
 }
 
-// newBar makes the bar of a step.
-func (t *termProgress) newBar(label string, u unit, total int64) *progressbar.ProgressBar {
+// newBar makes the bar of a step; blank draws it at once, at 0.
+func (t *termProgress) newBar(label string, u unit, total int64, blank bool) *progressbar.ProgressBar {
 	limit := total
 	if limit <= 0 {
 		limit = -1 // a spinner
@@ -308,7 +308,7 @@ func (t *termProgress) newBar(label string, u unit, total int64) *progressbar.Pr
 		progressbar.OptionSetPredictTime(total > 0),
 		progressbar.OptionSetElapsedTime(true),
 		progressbar.OptionShowTotalBytes(total > 0),
-		progressbar.OptionSetRenderBlankState(true),
+		progressbar.OptionSetRenderBlankState(blank),
 	}
 	switch u {
 	case unitBytes:
@@ -325,7 +325,7 @@ func (t *termProgress) Start(label string, u unit, total int64) {
 	defer t.mu.Unlock()
 	t.end()
 	t.step = newMeter(label, u, total, t.now())
-	t.bar = t.newBar(label, u, total)
+	t.bar = t.newBar(label, u, total, true)
 }
 
 func (t *termProgress) Set(done, total int64) {
@@ -336,10 +336,11 @@ func (t *termProgress) Set(done, total int64) {
 	}
 	known := t.step.total > 0
 	t.step.set(done, total, t.now())
-	if !known && t.step.total > 0 {
-		// The total came to be known: a bar in place of the spinner.
+	if !known && t.step.total > 0 || t.bar.IsFinished() && t.step.done < t.step.total {
+		// The total came to be known (a bar in place of the spinner), or grew once the
+		// bar was full (a job's next server): progressbar draws nothing more once full.
 		_ = t.bar.Finish()
-		t.bar = t.newBar(t.step.label, t.step.u, t.step.total)
+		t.bar = t.newBar(t.step.label, t.step.u, t.step.total, false) // drawn by the Set below
 	}
 	if t.step.total > 0 && t.bar.GetMax64() != t.step.total {
 		t.bar.ChangeMax64(t.step.total)

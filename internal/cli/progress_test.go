@@ -180,6 +180,13 @@ func TestTerminalProgressRenders(t *testing.T) {
 	}
 	time.Sleep(time.Until(start.Add(1100 * time.Millisecond))) // a summary is for steps of a second or more
 	p.Set(10*mib, 0)
+	// Full, then more to do (a job's next server): the bar is drawn again.
+	full := len(output())
+	p.Set(10*mib, 20*mib)
+	if again := output()[full:]; !strings.Contains(again, "50%") || !strings.Contains(again, "10/20 MiB") {
+		t.Fatalf("a full bar given more to do drew %q", again)
+	}
+	p.Set(20*mib, 0)
 	p.Finish()
 	end := output()
 	if !strings.Contains(end, "\r\033[K") || !strings.HasSuffix(end, "\n") {
@@ -187,7 +194,7 @@ func TestTerminalProgressRenders(t *testing.T) {
 	}
 	summary := end[strings.LastIndex(strings.TrimSuffix(end, "\n"), "\n")+1:]
 	summary = summary[strings.LastIndex(summary, "\033[K")+3:]
-	if !strings.HasPrefix(summary, "export vda: done, 10.0 MiB in 1") || !strings.Contains(summary, "MiB/s)") {
+	if !strings.HasPrefix(summary, "export vda: done, 20.0 MiB in 1") || !strings.Contains(summary, "MiB/s)") {
 		t.Fatalf("summary %q", summary)
 	}
 	p.Close() // nothing running: nothing written
