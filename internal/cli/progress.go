@@ -287,6 +287,17 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	return l.w.Write(b)
 }
 
+// above clears the bar's line, then writes b to w (the bar's writer or another one on
+// the same terminal), with no redraw of the bar in between.
+func (l *lockedWriter) above(w io.Writer, b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write([]byte("\r\033[K")); err != nil {
+		return 0, err
+	}
+	return w.Write(b)
+}
+
 func newTermProgress(w io.Writer) *termProgress {
 	return &termProgress{w: &lockedWriter{w: w}, now: time.Now}
 }
@@ -313,7 +324,7 @@ func (t *termProgress) newBar(label string, u unit, total int64, blank bool) *pr
 	switch u {
 	case unitBytes:
 		opts = append(opts, progressbar.OptionShowBytes(true), progressbar.OptionShowCount())
-	case unitSeconds:
+	case unitSeconds, "": // the time it has run says it all
 	default:
 		opts = append(opts, progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString(string(u)))
 	}
@@ -364,10 +375,10 @@ type aboveBar struct {
 func (a aboveBar) Write(b []byte) (int, error) {
 	a.t.mu.Lock()
 	defer a.t.mu.Unlock()
-	if a.t.bar != nil {
-		_, _ = a.t.w.Write([]byte("\r\033[K"))
+	if a.t.bar == nil {
+		return a.w.Write(b)
 	}
-	return a.w.Write(b)
+	return a.t.w.above(a.w, b)
 }
 
 func (t *termProgress) Finish() {
