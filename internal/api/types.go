@@ -388,6 +388,10 @@ type ReplicatorMetrics struct {
 	CPUPercent    float64 `json:"cpuPercent"`
 	RSSBytes      int64   `json:"rssBytes"`
 	VolumesServed int     `json:"volumesServed"`
+	// Sessions is how many agents' sessions are open; IngestBytesPerSecond how fast
+	// their blocks were written into the staging store since the last heartbeat.
+	Sessions             int   `json:"sessions"`
+	IngestBytesPerSecond int64 `json:"ingestBytesPerSecond"`
 }
 
 // ReplicatorList lists replicators.

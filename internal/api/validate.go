@@ -92,7 +92,7 @@ func (r RegisterReplicatorRequest) Validate() error {
 // Validate checks heartbeat metrics.
 func (r HeartbeatRequest) Validate() error {
 	m := r.Metrics
-	if !(m.CPUPercent >= 0 && m.CPUPercent < 1e6) || m.RSSBytes < 0 || m.VolumesServed < 0 {
+	if !(m.CPUPercent >= 0 && m.CPUPercent < 1e6) || m.RSSBytes < 0 || m.VolumesServed < 0 || m.Sessions < 0 || m.IngestBytesPerSecond < 0 {
 		return Invalid("metrics must be 0 or more")
 	}
 	if len(r.Version) > 128 || !printableRE.MatchString(r.Version) {

@@ -15,8 +15,8 @@ type Replicator struct {
 }
 
 const replicatorCols = `r.id, r.account_id, r.name, r.site_id, r.address, r.version, r.cert_serial, r.prev_cert_serial,
-	r.cert_not_after, r.cpu_percent, r.rss_bytes, r.volumes_served, r.last_heartbeat_at, r.created_at,
-	(SELECT COUNT(*) FROM source_servers s WHERE s.replicator_id = r.id)`
+	r.cert_not_after, r.cpu_percent, r.rss_bytes, r.volumes_served, r.sessions, r.ingest_bytes_per_second,
+	r.last_heartbeat_at, r.created_at, (SELECT COUNT(*) FROM source_servers s WHERE s.replicator_id = r.id)`
 
 // scanReplicator reads a row; its State is live when it beat at or after liveSince.
 func scanReplicator(row interface{ Scan(...any) error }, liveSince time.Time) (Replicator, error) {
@@ -24,7 +24,8 @@ func scanReplicator(row interface{ Scan(...any) error }, liveSince time.Time) (R
 	var notAfter, created int64
 	var hb sql.NullInt64
 	err := row.Scan(&r.ID, &r.AccountID, &r.Name, &r.SiteID, &r.Address, &r.Version, &r.CertSerial, &r.PrevCertSerial,
-		&notAfter, &r.Metrics.CPUPercent, &r.Metrics.RSSBytes, &r.Metrics.VolumesServed, &hb, &created,
+		&notAfter, &r.Metrics.CPUPercent, &r.Metrics.RSSBytes, &r.Metrics.VolumesServed, &r.Metrics.Sessions,
+		&r.Metrics.IngestBytesPerSecond, &hb, &created,
 		&r.AssignedSourceServers)
 	if err != nil {
 		return r, classify(err)
@@ -89,9 +90,9 @@ func (t *Tx) ReregisterReplicator(r Replicator, now time.Time) error {
 
 // Heartbeat records a replicator's heartbeat and metrics.
 func (t *Tx) Heartbeat(id string, m api.ReplicatorMetrics, version string, now time.Time) error {
-	return t.execOne(`UPDATE replicators SET cpu_percent = ?, rss_bytes = ?, volumes_served = ?, version = ?,
-		last_heartbeat_at = ?, updated_at = ? WHERE id = ?`,
-		m.CPUPercent, m.RSSBytes, m.VolumesServed, version, ms(now), ms(now), id)
+	return t.execOne(`UPDATE replicators SET cpu_percent = ?, rss_bytes = ?, volumes_served = ?, sessions = ?,
+		ingest_bytes_per_second = ?, version = ?, last_heartbeat_at = ?, updated_at = ? WHERE id = ?`,
+		m.CPUPercent, m.RSSBytes, m.VolumesServed, m.Sessions, m.IngestBytesPerSecond, version, ms(now), ms(now), id)
 }
 
 // SetReplicatorCertificate records a renewed certificate.
