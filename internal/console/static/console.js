@@ -77,8 +77,11 @@
     return;
   }
   const es = new EventSource("/console/events");
+  // Events between the page's rendering and the stream's opening are not replayed:
+  // look again once it is open (and after each reconnection).
   es.onopen = function () {
     status.textContent = "live";
+    schedule();
   };
   es.onmessage = function (m) {
     let ev = null;
