@@ -17,6 +17,7 @@ type serverFlags struct {
 	hosts                             []string
 	replicatorListen                  string // up only
 	storeKey                          string // server only: the master key file (default DATA/staging.key)
+	metricsListen                     string // the metrics listener (docs/metrics.md)
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
@@ -31,6 +32,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of one from Lifeboat's CA")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", "also serve every account's Prometheus metrics on this address, over plain HTTP without authentication (e.g. 127.0.0.1:9450; default off: GET /metrics on the API needs a viewer token)")
 }
 
 func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
@@ -38,7 +40,7 @@ func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
 	self, _ := os.Executable()
 	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, PublicURL: f.publicURL, Hosts: f.hosts,
 		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger,
-		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}}
+		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}, MetricsListen: f.metricsListen}
 }
 
 func newServerCmd(g *globals) *cobra.Command {

@@ -103,6 +103,7 @@ var wantAccess = map[string]string{
 	"DELETE /api/v1/plan-secrets/{id}":                            "a",
 	"GET /api/v1/audit":                                           "a",
 	"GET /api/v1/events":                                          "v o a",
+	"GET /metrics":                                                "v o a",
 }
 
 // A reversed agent proves itself with its recovery instance's reverse key, in the body.

@@ -20,8 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
+	"github.com/lifeboat-dr/lifeboat/internal/metrics"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/secfile"
 )
@@ -71,6 +74,10 @@ type Config struct {
 	Recovery RecoveryConfig
 	// Limits sets the API's timeouts and caps (limits.go); zero fields take defaults.
 	Limits Limits
+	// MetricsListen, when set, is a plain-HTTP address serving every account's
+	// Prometheus metrics without authentication (metrics.go); GET /metrics on the API
+	// serves the caller's account's with a viewer token either way.
+	MetricsListen string
 }
 
 // DefaultListen is the API address of `lifeboat server` and `lifeboat up`.
@@ -102,6 +109,9 @@ type ControlPlane struct {
 	keys     *keyring       // the master key; account keys and stores (storekeys.go)
 	groups   *groupCoordinator
 	plans    *planRuns // plan runs and scheduled drills (planrun.go)
+
+	metricsReg *prometheus.Registry // every account's series (metrics.go)
+	metricsSrv *metrics.Server      // the metrics listener, when configured
 }
 
 // Open opens (creating on first start) the data directory, database, CA and server
@@ -199,6 +209,7 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.Close()
 		return nil, err
 	}
+	cp.metricsReg = cp.metricsRegistry()
 	return cp, nil
 }
 
@@ -291,6 +302,11 @@ func (cp *ControlPlane) Listen() error {
 		return fmt.Errorf("listen on %s: %w (is another lifeboat running? choose another address with --listen)", cp.cfg.Listen, err)
 	}
 	cp.listener = l
+	if err := cp.listenMetrics(); err != nil {
+		l.Close()
+		cp.listener = nil
+		return err
+	}
 	return nil
 }
 
@@ -320,6 +336,13 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	wg.Go(func() { cp.groups.loop(bgCtx) })
 	wg.Go(func() { cp.plans.loop(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
+	if cp.metricsSrv != nil {
+		wg.Go(func() {
+			if err := cp.metricsSrv.Serve(bgCtx); err != nil {
+				cp.log.Error("the metrics listener stopped", "err", err)
+			}
+		})
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- cp.server.Serve(tls.NewListener(capListener{cp.listener, cp}, cp.server.TLSConfig)) }()
@@ -348,6 +371,9 @@ func (cp *ControlPlane) Close() error {
 	cp.stopOnce.Do(func() { close(cp.stopping) })
 	if cp.listener != nil {
 		cp.listener.Close()
+	}
+	if cp.metricsSrv != nil {
+		cp.metricsSrv.Close()
 	}
 	cp.rec.stores.Close()
 	return cp.db.Close()

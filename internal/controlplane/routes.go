@@ -42,7 +42,7 @@ var (
 
 // routeTable is every route of the API, by resource.
 func (cp *ControlPlane) routeTable() []*route {
-	return slices.Concat(cp.publicRoutes(), accountRoutes(), sourceServerRoutes(), replicatorRoutes(), recoveryRoutes(), groupRoutes(), planRoutes(), auditRoutes())
+	return slices.Concat(cp.publicRoutes(), accountRoutes(), sourceServerRoutes(), replicatorRoutes(), recoveryRoutes(), groupRoutes(), planRoutes(), auditRoutes(), metricsRoutes())
 }
 
 // publicRoutes are the routes anyone may call, and whoami.
