@@ -18,6 +18,7 @@ import (
 
 type replicatorFlags struct {
 	data, store, storeKey, listen, site, name, address string
+	metricsListen                                      string
 	memoryLimitMiB                                     int
 	replace                                            bool
 }
@@ -61,6 +62,7 @@ some), which it keeps in memory only.`,
 	fl.StringVar(&f.name, "name", hostname, "name of this replicator (at registration)")
 	fl.IntVar(&f.memoryLimitMiB, "memory-limit", 224, "soft limit of the process's memory in MiB, kept by collecting garbage more often (0: none; GOMEMLIMIT overrides it)")
 	fl.StringVar(&f.address, "address", "", "host:port agents use to reach it (at registration; default: this host and the --listen port)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", metricsFlagHelp)
 	fl.BoolVar(&f.replace, "replace", false, "register again a replicator --name that is registered already, keeping its id and servers (needs an admin API token or an install token made with --allow-replace)")
 	return cmd
 }
@@ -112,6 +114,11 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 	if err := rep.Listen(); err != nil {
 		return err
 	}
+	stopMetrics, err := serveMetrics(ctx, g.logger, f.metricsListen, rep.Registry())
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	g.logger.Info("replicator started", "id", creds.ID, "name", creds.Name, "agents", rep.Addr(), "control_plane", creds.Server)
 	if err := rep.Run(ctx); err != nil {
 		return fmt.Errorf("replicator: %w", err)

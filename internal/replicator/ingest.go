@@ -39,6 +39,7 @@ type ingest struct {
 	rec    recorder        // the control plane, which lists the PITs
 	out    chan<- wire.Msg // Acks and Sealeds, in order
 	log    *slog.Logger
+	stats  *ingestStats // the replicator's counters (nil: none)
 
 	flushBytes    int64         // flush at least every this many bytes (Config.FlushBytes)
 	flushInterval time.Duration // and at least this often while data arrives
@@ -172,6 +173,7 @@ func (w *writer) blocks(ctx context.Context, b work) *wire.Error {
 		return storeError(err)
 	}
 	w.in.mem.free(b.slab, b.cost) // the store keeps no reference to the data
+	w.in.stats.wrote(b.bytes)
 	w.touched[b.volume] = true
 	if w.pending == 0 {
 		w.since = time.Now()

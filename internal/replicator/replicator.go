@@ -33,6 +33,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend/backendurl"
@@ -140,6 +142,8 @@ type Replicator struct {
 	listener net.Listener
 
 	volumes atomic.Int64 // volumes of live sessions, for the heartbeat
+	stats   ingestStats  // what the sessions ingested (metrics.go)
+	reg     *prometheus.Registry
 
 	batchMem *batchMemory // BatchMemory, taken by the batches being decoded or written
 	caps     *caps        // what agents' connections hold at once
@@ -152,9 +156,11 @@ func New(cfg Config) (*Replicator, error) {
 		return nil, errors.New("a replicator needs its id, a control plane client and a TLS configuration")
 	}
 	log := cfg.Logger.With("replicator", cfg.ID)
-	return &Replicator{cfg: cfg, log: log, assigned: map[string]api.AssignedSourceServer{},
+	r := &Replicator{cfg: cfg, log: log, assigned: map[string]api.AssignedSourceServer{},
 		repos: map[string]*store.Repo{}, sessions: map[string]*session{},
-		batchMem: newBatchMemory(cfg.BatchMemory), caps: newCaps(cfg, log)}, nil
+		batchMem: newBatchMemory(cfg.BatchMemory), caps: newCaps(cfg, log)}
+	r.reg = r.newRegistry()
+	return r, nil
 }
 
 // Listen binds the agents' address.
@@ -336,6 +342,7 @@ func (r *Replicator) heartbeatLoop(ctx context.Context) {
 	interval := 10 * time.Second
 	lastCPU := processCPU()
 	lastAt := time.Now()
+	var ingest ingestRate
 	for {
 		cpu := processCPU()
 		now := time.Now()
@@ -345,7 +352,8 @@ func (r *Replicator) heartbeatLoop(ctx context.Context) {
 		}
 		lastCPU, lastAt = cpu, now
 		resp, err := r.cfg.ControlPlane.Heartbeat(ctx, r.cfg.ID, api.HeartbeatRequest{Version: "lifeboat", Metrics: api.ReplicatorMetrics{
-			CPUPercent: pct, RSSBytes: rssBytes(), VolumesServed: int(r.volumes.Load())}})
+			CPUPercent: pct, RSSBytes: rssBytes(), VolumesServed: int(r.volumes.Load()), Sessions: r.openSessions(),
+			IngestBytesPerSecond: ingest.next(r.stats.bytes.Load(), now)}})
 		if err != nil {
 			if ctx.Err() != nil {
 				return

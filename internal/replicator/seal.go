@@ -41,13 +41,16 @@ func (in *ingest) sealPIT(ctx context.Context, m *wire.Marker) *wire.Sealed {
 		Time: time.Unix(0, m.TimeUnixNano).UTC(), Level: m.Level, Heads: in.heads, Labels: labels})
 	if err != nil {
 		in.log.Warn("sealing a PIT failed", "err", err)
+		in.stats.failed(false)
 		return &wire.Sealed{MarkerID: m.ID, Code: wire.CodeSnapshots, Message: "sealing the PIT failed: " + err.Error()}
 	}
 	if err := in.record(ctx, snapshotRequest(pit, in.repo.ID())); err != nil {
 		in.log.Warn("recording a PIT with the control plane failed; it is in the store but not listed", "pit", pit.ID, "err", err)
+		in.stats.failed(true)
 		return &wire.Sealed{MarkerID: m.ID, Code: wire.CodeSnapshots, Message: "the PIT was sealed but the control plane could not record it: " + err.Error()}
 	}
 	in.log.Debug("PIT sealed", "pit", pit.ID, "level", pit.Level, "added", pit.AddedBytes)
+	in.stats.sealedPIT(pit.Level)
 	return &wire.Sealed{MarkerID: m.ID, PITID: pit.ID}
 }
 

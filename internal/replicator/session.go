@@ -131,6 +131,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	}
 	s.conn.SetMaxPayload(int(s.r.cfg.MaxBatchBytes))
 	s.r.volumes.Add(int64(len(s.heads)))
+	s.r.stats.sessionsOpened.Add(1)
 	s.served = true
 	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration)
 	return nil
@@ -327,7 +328,7 @@ func (s *session) run(ctx context.Context) {
 	})
 	cfg := &s.r.cfg
 	in := &ingest{server: s.server, repo: s.repo, heads: s.heads, ws: s.ws, mem: memHold{m: s.r.batchMem},
-		rec: cfg.ControlPlane, out: s.out, log: s.log,
+		rec: cfg.ControlPlane, out: s.out, log: s.log, stats: &s.r.stats,
 		flushBytes: cfg.FlushBytes, flushInterval: cfg.FlushInterval, recordRetry: recordRetry}
 	werr, rerr := in.run(ctx, s)
 	stopWatch()

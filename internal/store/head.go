@@ -648,6 +648,7 @@ func (h *Head) WriteBlocks(ctx context.Context, blocks []Block) error {
 			h.setBroken(err)
 			return err
 		}
+		r.counters.count(p)
 		h.set(b.Index, p.id)
 		h.win.pending = append(h.win.pending, journalEntry{Block: b.Index, ID: p.id})
 	}

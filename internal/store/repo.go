@@ -133,6 +133,7 @@ type Repo struct {
 
 	mu          sync.RWMutex
 	idx         map[ID]loc
+	idxData     indexSize     // the data chunks of idx (counters.go)
 	packIDs     []ID          // pack number → pack id
 	packNum     map[ID]uint32 // pack id → number
 	indexLoaded map[string]bool
@@ -144,7 +145,8 @@ type Repo struct {
 	packer *packer
 	nodes  *nodeCache
 
-	dirtyBytes atomic.Int64 // memory of every open head's changed tables
+	dirtyBytes atomic.Int64  // memory of every open head's changed tables
+	counters   writeCounters // what heads were given (counters.go)
 
 	chainsMu sync.Mutex
 	chains   map[string]*pitChain // servers with open heads → what their PITs recorded
@@ -393,6 +395,7 @@ func (r *Repo) addPackLocked(pack ID, entries []entry) {
 			continue
 		}
 		r.idx[e.ID] = loc{pack: n, offset: e.Offset, length: e.Length, rawLen: e.RawLen, typ: e.Type}
+		r.idxData.add(e)
 	}
 }
 
@@ -471,6 +474,7 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	defer r.mu.Unlock()
 	if full {
 		r.idx = make(map[ID]loc, len(r.idx))
+		r.idxData = indexSize{}
 		r.packIDs = nil
 		r.packNum = map[ID]uint32{}
 		r.indexLoaded = map[string]bool{}
