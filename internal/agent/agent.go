@@ -27,6 +27,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/freeze"
@@ -117,6 +119,8 @@ type Agent struct {
 	trCancel context.CancelFunc // stops the eBPF tracker's goroutine …
 	trDone   chan struct{}      // … closed when it returned
 
+	reg *prometheus.Registry // the agent's metrics (metrics.go)
+
 	cfgMu      sync.Mutex
 	latest     *api.ReplicationConfig // the replication config as last read
 	cfgChanged chan struct{}          // closed when latest changes (then replaced)
@@ -206,7 +210,8 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("server", cfg.ServerID), rescan: true, cfgChanged: make(chan struct{}),
-		st: &status{ServerID: cfg.ServerID, State: api.StateInitiating}, verify: verifyPass{last: time.Now()}}
+		st: &status{ServerID: cfg.ServerID, State: api.StateInitiating, metrics: newPointMetrics()}, verify: verifyPass{last: time.Now()}}
+	a.reg = a.newRegistry()
 	a.vols = &volumeSet{blockSize: a.loadBlockSize()}
 	a.useVolumes(vols)
 	// Every start is a new tracker generation: writes made while no agent ran are unknown.

@@ -86,7 +86,7 @@ func (s *session) groupPoint(ctx context.Context, gp *api.GroupPointOrder, bound
 	got, _, _, readErr := s.collect(ctx, bound, 0)
 	a := <-answered
 	dec, err = a.dec, a.err
-	freezeMs, thawErr := thaw(fr)
+	freezeMs, thawErr := s.thaw(fr)
 	if readErr != nil {
 		s.putBack(got)
 		failed("reading the volumes while frozen failed: " + readErr.Error())

@@ -66,7 +66,7 @@ func (s *session) point(ctx context.Context, bound time.Duration) error {
 		sleep(ctx, s.opt.FreezeHold)
 	}
 	got, tSync, tRead, readErr := s.collect(ctx, bound, s.windowLimit(bound))
-	freezeMs, thawErr := thaw(fr)
+	freezeMs, thawErr := s.thaw(fr)
 	if errors.Is(readErr, errWindowTooLarge) {
 		s.windowRetries++
 		s.log.Debug("consistency point given up: too much to read under the freeze; tried again soon",

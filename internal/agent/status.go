@@ -59,8 +59,9 @@ type status struct {
 	lastMatched time.Time
 	lastPoint   *api.ConsistencyPointInfo
 	lastFreeze  *float64
-	changed     bool         // the state or error changed: report now
-	backlog     func() int64 // set by a live session
+	changed     bool          // the state or error changed: report now
+	backlog     func() int64  // set by a live session
+	metrics     *pointMetrics // points and freezes, for the agent's metrics (nil: none)
 
 	scanDone, scanTotal atomic.Int64
 	sentBytes           atomic.Int64
@@ -184,6 +185,7 @@ func (st *status) sealed(p api.ConsistencyPointInfo, freezeMs float64) {
 	st.mu.Lock()
 	st.lastPoint, st.lastFreeze, st.changed = &p, &freezeMs, true
 	st.mu.Unlock()
+	st.metrics.sealed(p.Level)
 }
 
 // lastSealed is the last PIT sealed (nil: none yet).

@@ -31,6 +31,9 @@ type AgentConfig struct {
 	Certificate    string `yaml:"certificate"`    // PEM client certificate
 	Key            string `yaml:"key"`            // PEM private key
 	CACertificates string `yaml:"caCertificates"` // PEM CA that signs replicators' certificates
+	// MetricsListen, when set, is where `lifeboat agent run` serves its Prometheus
+	// metrics (host:port, plain HTTP; --metrics-listen overrides it).
+	MetricsListen string `yaml:"metricsListen,omitempty"`
 }
 
 // ReadAgentConfigFile reads an agent configuration file that may have no identity yet

@@ -22,6 +22,7 @@ func defaultAgentState() string { return filepath.Join(defaultDataDir(), "agent"
 // agentRunFlags are the flags of agent run.
 type agentRunFlags struct {
 	config, state, recoveryInfo, seedDir       string
+	metricsListen                              string
 	reverseInterval                            time.Duration
 	scan, normalRCU                            bool
 	scanPause, verify, freezeHold, hookTimeout time.Duration
@@ -58,6 +59,7 @@ server, then replicates the instance back to its origin's site.`,
 	cmd.Flags().DurationVar(&f.freezeHold, "freeze-hold", 0, "hold each freeze this long (tests of the freeze watchdog)")
 	_ = cmd.Flags().MarkHidden("ebpf-ring-bytes")
 	_ = cmd.Flags().MarkHidden("freeze-hold")
+	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "", metricsFlagHelp+"; the configuration's metricsListen otherwise")
 	cmd.Flags().DurationVar(&f.verify, "verify-every", time.Hour, "how often a background pass checks the eBPF tracker's marks against every block's hash (0 or less: never)")
 	return cmd
 }
@@ -103,6 +105,14 @@ func runAgent(ctx context.Context, g *globals, f agentRunFlags) error {
 		return err
 	}
 	defer a.Close()
+	if f.metricsListen == "" {
+		f.metricsListen = conf.MetricsListen
+	}
+	stopMetrics, err := serveMetrics(ctx, g.logger, f.metricsListen, a.Registry())
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	g.logger.Info("agent started", "server", conf.SourceServerID, "control_plane", conf.Server)
 	return a.Run(ctx)
 }
