@@ -255,7 +255,7 @@ func (c *conn) readErr(what string, err error) error {
 	case c.isStopped():
 		return errServerStopping
 	case errors.Is(err, io.EOF):
-		return fmt.Errorf("the client closed the connection during %s", what)
+		return fmt.Errorf("the client closed the connection while the server waited for %s", what)
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("the client closed the connection in the middle of %s", what)
 	case errors.Is(err, os.ErrDeadlineExceeded):
