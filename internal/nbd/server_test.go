@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -358,4 +359,46 @@ func TestMalformedClientAffectsNoOther(t *testing.T) {
 	bad.expectClosed()
 	checkBytes(t, "a read after the bad clients", good.read(9, 0, 4096), want[:4096])
 	good.disconnect()
+}
+
+// TestShutdownEndsIdleConnections stops the server with one client in negotiation and
+// one attached but quiet: both are closed and Serve returns at once.
+func TestShutdownEndsIdleConnections(t *testing.T) {
+	srv, _ := newServer(t)
+	srv.IdleTimeout = -1 // no idle limit: only the shutdown may end them
+	ts := startServer(t, "tcp", srv)
+	negotiating := ts.dial(t)
+	negotiating.handshake(clientFixedNewstyle)
+	attached := ts.dial(t)
+	attached.attach("disk", false)
+	start := time.Now()
+	ts.stop(t)
+	negotiating.expectClosed()
+	attached.expectClosed()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("stopping the server took %v", d)
+	}
+}
+
+func TestServeErrors(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := (&Server{}).Serve(context.Background(), l); err == nil {
+		t.Fatal("a server without Exports served")
+	}
+	srv, _ := newServer(t)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), l) }()
+	l.Close() // before or during Accept: the same error either way
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "closed") {
+			t.Fatalf("Serve on a listener closed under it: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return when its listener was closed")
+	}
 }
