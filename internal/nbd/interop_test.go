@@ -3,13 +3,17 @@ package nbd
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
@@ -180,5 +184,109 @@ func TestQcow2OverlayHydrates(t *testing.T) {
 	testutil.Run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", overlay, raw)
 	if info := testutil.Run(t, "qemu-img", "info", overlay); strings.Contains(info, "backing file") {
 		t.Fatalf("the hydrated overlay still has a backing file:\n%s", info)
+	}
+}
+
+// TestBlockStreamHydrates is the hydration instant launch will run, minus the guest:
+// qemu-storage-daemon opens a qcow2 overlay whose backing is the export, and QMP
+// block-stream copies every block into the overlay and drops the backing; afterwards
+// the overlay equals the export with the server gone.
+func TestBlockStreamHydrates(t *testing.T) {
+	testutil.RequireCommand(t, "qemu-storage-daemon", "qemu-utils")
+	ts, want := interopServer(t, "unix", nil)
+	dir := t.TempDir()
+	overlay, qmp := filepath.Join(dir, "overlay.qcow2"), filepath.Join(dir, "qmp.sock")
+	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+		"-b", "nbd+unix:///disk?socket="+ts.addr, overlay)
+	testutil.StartProcess(t, exec.Command("qemu-storage-daemon",
+		"--blockdev", "driver=nbd,node-name=base,server.type=unix,server.path="+ts.addr+",export=disk,read-only=on",
+		"--blockdev", "driver=file,node-name=file0,filename="+overlay,
+		"--blockdev", "driver=qcow2,node-name=overlay,file=file0,backing=base",
+		"--chardev", "socket,id=qmp0,path="+qmp+",server=on,wait=off",
+		"--monitor", "chardev=qmp0"))
+	m := dialQMP(t, qmp)
+	m.command(`{"execute":"qmp_capabilities"}`)
+	m.command(`{"execute":"block-stream","arguments":{"job-id":"hydrate","device":"overlay"}}`)
+	ev := m.event("BLOCK_JOB_COMPLETED")
+	if ev.Data["error"] != nil || ev.Data["offset"] != ev.Data["len"] {
+		t.Fatalf("block-stream ended with %v", ev.Data)
+	}
+	m.command(`{"execute":"quit"}`)
+	ts.stop(t)
+	raw := filepath.Join(dir, "expected.raw")
+	if err := os.WriteFile(raw, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", overlay, raw)
+}
+
+// qmpConn is a QMP monitor connection: one JSON message per line.
+type qmpConn struct {
+	t   *testing.T
+	dec *json.Decoder
+	nc  net.Conn
+}
+
+type qmpMessage struct {
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Desc string `json:"desc"`
+	} `json:"error"`
+	Event string         `json:"event"`
+	Data  map[string]any `json:"data"`
+}
+
+// dialQMP connects to the monitor socket once it exists and reads the greeting.
+func dialQMP(t *testing.T, path string) *qmpConn {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nc, err := net.Dial("unix", path)
+		if err == nil {
+			_ = nc.SetDeadline(time.Now().Add(60 * time.Second))
+			t.Cleanup(func() { nc.Close() })
+			m := &qmpConn{t: t, dec: json.NewDecoder(nc), nc: nc}
+			m.next() // the greeting
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the QMP socket %s did not open: %v", path, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (m *qmpConn) next() qmpMessage {
+	m.t.Helper()
+	var msg qmpMessage
+	if err := m.dec.Decode(&msg); err != nil {
+		m.t.Fatalf("read from QMP: %v", err)
+	}
+	return msg
+}
+
+// command sends a command and waits for its return, skipping events.
+func (m *qmpConn) command(cmd string) {
+	m.t.Helper()
+	if _, err := io.WriteString(m.nc, cmd+"\n"); err != nil {
+		m.t.Fatalf("QMP %s: %v", cmd, err)
+	}
+	for {
+		msg := m.next()
+		if msg.Error != nil {
+			m.t.Fatalf("QMP %s: %s", cmd, msg.Error.Desc)
+		}
+		if msg.Return != nil {
+			return
+		}
+	}
+}
+
+// event waits for an event.
+func (m *qmpConn) event(name string) qmpMessage {
+	m.t.Helper()
+	for {
+		if msg := m.next(); msg.Event == name {
+			return msg
+		}
 	}
 }
