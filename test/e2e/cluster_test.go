@@ -88,6 +88,7 @@ type cluster struct {
 	serverArgs []string
 	serverAddr string
 	restarts   int
+	repExtra   []string // more arguments of the replicator (clusterOptions.repExtra)
 }
 
 // restartServer kills the control plane (SIGKILL: nothing is flushed) and starts it
@@ -143,6 +144,8 @@ type clusterOptions struct {
 	// networking); they still listen on cpHost and repHost.
 	advertise string
 	dir       string // the cluster's directory (default: a test temporary directory)
+	// serverExtra and repExtra are more arguments of lifeboat server and replicator.
+	serverExtra, repExtra []string
 }
 
 // newCluster starts a control plane and a replicator writing to a local staging store.
@@ -161,7 +164,7 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	c := &cluster{t: t, dir: dir, repNS: o.repNS, advertise: o.advertise}
+	c := &cluster{t: t, dir: dir, repNS: o.repNS, advertise: o.advertise, repExtra: o.repExtra}
 	port, rport := testutil.FreePort(t), testutil.FreePort(t)
 	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
 	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
@@ -172,6 +175,7 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	if o.advertise != "" {
 		args = append(args, "--url", fmt.Sprintf("https://%s:%d", o.advertise, port), "--hostname", o.advertise)
 	}
+	args = append(args, o.serverExtra...)
 	c.server = c.start("server", args...)
 	c.serverArgs, c.serverAddr = args, fmt.Sprintf("%s:%d", o.cpHost, port)
 	testutil.WaitTCP(t, c.serverAddr, 30*time.Second)
@@ -220,6 +224,7 @@ func (c *cluster) startReplicator() {
 		addr = net.JoinHostPort(c.advertise, port)
 	}
 	args := []string{"replicator", "--data", filepath.Join(c.dir, "rep"), "--listen", c.repAddr, "--address", addr, "--name", "rep1", "--log-level", "debug"}
+	args = append(args, c.repExtra...)
 	if _, err := os.Stat(filepath.Join(c.dir, "rep", "replicator.yaml")); err != nil {
 		tok, err := c.admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeReplicator, Uses: 1})
 		if err != nil {
