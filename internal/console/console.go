@@ -149,6 +149,7 @@ func (c *Console) routes() *http.ServeMux {
 	m.HandleFunc("POST /console/servers/{id}/snapshot", c.signedIn(c.snapshotNow))
 	m.HandleFunc("POST /console/servers/{id}/launch", c.signedIn(c.launch))
 	m.HandleFunc("POST /console/servers/{id}/disconnect", c.signedIn(c.disconnect))
+	m.HandleFunc("POST /console/servers/{id}/lock", c.signedIn(c.lockPIT))
 	m.HandleFunc("POST /console/servers/{id}/replication-settings", c.signedIn(c.saveReplicationSettings))
 	m.HandleFunc("POST /console/servers/{id}/launch-settings", c.signedIn(c.saveLaunchSettings))
 

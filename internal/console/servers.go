@@ -242,6 +242,23 @@ func (c *Console) disconnect(w http.ResponseWriter, r *http.Request, s *session)
 	done(w, r, s, serverURL(id), "Source server "+id+" was disconnected; its recovery snapshots are kept.")
 }
 
+// lockPIT locks one of the server's PITs against deletion for a number of days.
+func (c *Console) lockPIT(w http.ResponseWriter, r *http.Request, s *session) {
+	pit := r.PostForm.Get("pit")
+	days, err := formInt(r, "days")
+	if err != nil || days == nil || *days < 1 || *days > 3650 {
+		c.fail(w, r, s, http.StatusBadRequest, "lock a point for 1 to 3650 days")
+		return
+	}
+	until := c.cfg.Now().UTC().Add(time.Duration(*days) * 24 * time.Hour).Truncate(time.Second)
+	snap, err := s.client.ProtectRecoverySnapshot(withRemote(r), pit, until)
+	if err != nil {
+		c.apiFailed(w, r, s, err)
+		return
+	}
+	done(w, r, s, serverURL(snap.SourceServerID)+"#pits", "Point "+pit+" is locked until "+fmtTime(until)+".")
+}
+
 // formInt reads an optional whole number; "" is nil (the template's value is kept).
 func formInt(r *http.Request, name string) (*int, error) {
 	v := strings.TrimSpace(r.PostForm.Get(name))

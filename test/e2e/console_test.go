@@ -242,7 +242,7 @@ func (c *cluster) auditCount(action string) int {
 
 // TestConsoleInABrowser drives the console with a real headless Chromium: sign in,
 // watch a replicating server become ready, set its launch settings, take a snapshot
-// and see it appear, start a drill and watch its log complete, terminate it; a viewer
+// and see it appear, lock it, start a drill and watch its log complete, terminate it; a viewer
 // sees no action and a forged POST with its session is refused, as is a POST without
 // the CSRF token; no page logs a JavaScript error. Each page's screenshot is written
 // to the test's artifact directory (go test -artifacts), or $LIFEBOAT_TEST_SCREENSHOTS.
@@ -305,6 +305,14 @@ func consoleSnapshotAndDrill(t *testing.T, c *cluster, b *browser) {
 		return err == nil && !at.Before(asked)
 	})
 	b.shot("03-server-snapshot")
+
+	// Lock that point for a week from the timeline's form.
+	pit := evalIn[string](b, `document.querySelector('#lk-pit').value`)
+	b.do(30*time.Second, chromedp.SetValue(chromedp.CSS("#lk-days"), "7"), chromedp.Click(chromedp.CSS("#lock-pit")))
+	b.waitText(".flash", 30*time.Second, func(s string) bool { return strings.Contains(s, pit+" is locked until") })
+	if snap, err := c.admin.RecoverySnapshot(context.Background(), pit); err != nil || snap.LockUntil == nil || time.Until(*snap.LockUntil) < 6*24*time.Hour {
+		t.Fatalf("PIT %s after the lock form: %+v (%v)", pit, snap.LockUntil, err)
+	}
 
 	// A drill from the page; its job page follows the log until the job completes.
 	b.do(30*time.Second, chromedp.Click(chromedp.CSS("#start-launch")), chromedp.WaitVisible(chromedp.CSS("#job-state")))
