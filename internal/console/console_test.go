@@ -315,6 +315,9 @@ func TestEveryPageRendersForAnAdmin(t *testing.T) {
 	if a := b.get("/console/servers/s-doesnotexist0000"); a.status != http.StatusNotFound {
 		t.Errorf("an unknown server: %d, want 404", a.status)
 	}
+	if a := b.get("/console/plan-runs/prun-nothing/report"); a.status != http.StatusNotFound || !strings.Contains(a.body, "prun-nothing") {
+		t.Errorf("the report of an unknown plan run: %d, want the API's 404\n%.300s", a.status, a.body)
+	}
 	if a := b.get("/console/nothing"); a.status != http.StatusNotFound {
 		t.Errorf("an unknown page: %d, want 404", a.status)
 	}

@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -156,8 +157,12 @@ func (c *Console) planRunReport(w http.ResponseWriter, r *http.Request, s *sessi
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		c.fail(w, r, s, resp.StatusCode, "the API did not give the report: "+strings.TrimSpace(string(body)))
+		var e api.ErrorBody
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(body, &e) != nil || e.Error.Message == "" {
+			e.Error.Message = "the API answered " + resp.Status
+		}
+		c.apiFailed(w, r, s, &api.Error{Status: resp.StatusCode, Code: e.Error.Code, Message: e.Error.Message})
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
