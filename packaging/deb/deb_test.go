@@ -65,18 +65,33 @@ func TestCommandLine(t *testing.T) {
 // machine (in CI, or with LIFEBOAT_TEST_DEB=1).
 func TestDeb(t *testing.T) {
 	dpkgDeb := testutil.RequireCommand(t, "dpkg-deb", "dpkg")
+	deb := buildDeb(t)
+	if want := "lifeboat_" + testDebVersion + "_" + runtime.GOARCH + ".deb"; filepath.Base(deb) != want {
+		t.Errorf("the package is %s, want %s", deb, want)
+	}
+	t.Run("contents", func(t *testing.T) { checkContents(t, dpkgDeb, deb) })
+	t.Run("install", func(t *testing.T) { checkInstall(t, deb) })
+}
+
+// buildDeb builds the package of testVersion into a temporary directory.
+func buildDeb(t *testing.T) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	if code := run(ctx, []string{"-version", testVersion, "-out", t.TempDir()}, &stdout, &stderr); code != 0 {
 		t.Fatalf("building the .deb: exit %d\n%s", code, stderr.String())
 	}
-	deb := strings.TrimSpace(stdout.String())
-	if want := "lifeboat_" + testDebVersion + "_" + runtime.GOARCH + ".deb"; filepath.Base(deb) != want {
-		t.Errorf("the package is %s, want %s", deb, want)
+	return strings.TrimSpace(stdout.String())
+}
+
+// needMachineChange skips, outside CI, tests that change this machine or fetch and boot
+// a Debian system, unless LIFEBOAT_TEST_DEB=1 asks for them.
+func needMachineChange(t *testing.T, what string) {
+	t.Helper()
+	if !testutil.InCI() && os.Getenv("LIFEBOAT_TEST_DEB") != "1" {
+		t.Skipf("skipped: %s; set LIFEBOAT_TEST_DEB=1 to run it on a machine you can spare (CI does)", what)
 	}
-	t.Run("contents", func(t *testing.T) { checkContents(t, dpkgDeb, deb) })
-	t.Run("install", func(t *testing.T) { checkInstall(t, deb) })
 }
 
 // checkContents checks the package's control fields, maintainer scripts, files with
@@ -168,10 +183,7 @@ func checkContents(t *testing.T, dpkgDeb, deb string) {
 // purges it. Whatever happens, the package is purged and the user and directories it
 // made are removed at the end.
 func checkInstall(t *testing.T, deb string) {
-	if !testutil.InCI() && os.Getenv("LIFEBOAT_TEST_DEB") != "1" {
-		t.Skip("skipped: installing the .deb changes this machine (a user lifeboat, /var/lib/lifeboat, /etc/lifeboat); " +
-			"set LIFEBOAT_TEST_DEB=1 to run it on a machine you can spare (CI does)")
-	}
+	needMachineChange(t, "installing the .deb changes this machine (a user lifeboat, /var/lib/lifeboat, /etc/lifeboat)")
 	testutil.RequireRoot(t)
 	dpkg := testutil.RequireCommand(t, "dpkg", "dpkg")
 	analyze := testutil.RequireCommand(t, "systemd-analyze", "systemd")
