@@ -266,6 +266,12 @@ func (c *Client) Sites(ctx context.Context) (SiteList, error) {
 	return out, c.do(ctx, "GET", "/api/v1/sites", nil, nil, &out)
 }
 
+// Site describes one site of the account (whether it has credentials, never them).
+func (c *Client) Site(ctx context.Context, id string) (Site, error) {
+	var out Site
+	return out, c.do(ctx, "GET", "/api/v1/sites/"+esc(id), nil, nil, &out)
+}
+
 // CreateSite creates a site.
 func (c *Client) CreateSite(ctx context.Context, req CreateSiteRequest) (Site, error) {
 	var out Site

@@ -135,9 +135,18 @@ const DefaultStagingStore = "default"
 
 // Site is a location with staging storage, replicators and a launch provider.
 type Site struct {
-	ID          string    `json:"id"`
-	Description string    `json:"description"`
-	CreatedAt   time.Time `json:"createdAt"`
+	ID          string `json:"id"`
+	Description string `json:"description"`
+	// Provider launches the site's recovery instances: qemu (QEMU on the control plane's
+	// own host), libvirt (the libvirt at URI) or image (disk images only).
+	Provider string `json:"provider"`
+	// URI is a libvirt site's libvirt URI (qemu:///system, qemu+tls://HOST/system, …).
+	URI string `json:"uri,omitempty"`
+	// Pool is a libvirt site's storage pool, where recovered disks are uploaded.
+	Pool string `json:"pool,omitempty"`
+	// HasCredentials says the site has credentials for its URI; they are never shown.
+	HasCredentials bool      `json:"hasCredentials"`
+	CreatedAt      time.Time `json:"createdAt"`
 }
 
 // DefaultSite is the site created with every account.
@@ -152,6 +161,15 @@ type SiteList struct {
 type CreateSiteRequest struct {
 	ID          string `json:"id"`
 	Description string `json:"description,omitempty"`
+	// Provider is qemu (when empty), libvirt or image; URI and Pool are for libvirt only
+	// (Pool defaults to DefaultSitePool).
+	Provider string `json:"provider,omitempty"`
+	URI      string `json:"uri,omitempty"`
+	Pool     string `json:"pool,omitempty"`
+	// Credentials let the control plane reach a libvirt URI: PEM client certificate,
+	// key and CA for qemu+tls, or an SSH private key for qemu+ssh; at most
+	// MaxSiteCredentialsBytes. Stored sealed, never shown again.
+	Credentials []byte `json:"credentials,omitempty"`
 }
 
 // Token describes an API or install token. The secret is never shown again after creation.

@@ -194,17 +194,6 @@ func validateStoreCredentials(haveURL bool, c *S3Credentials) error {
 	return c.Validate()
 }
 
-// Validate checks a site request.
-func (r CreateSiteRequest) Validate() error {
-	if !ValidName(r.ID) {
-		return Invalid("site id %q must be 1-63 lowercase letters, digits or '-'", r.ID)
-	}
-	if len(r.Description) > 256 || !printableRE.MatchString(r.Description) {
-		return Invalid("description must be at most 256 printable characters")
-	}
-	return nil
-}
-
 // Validate checks the overrides on their own; the effective settings are checked too.
 func (o ReplicationSettingsOverrides) Validate() error {
 	if o.PITPolicy != nil {
