@@ -113,7 +113,8 @@ func (c *call) createAccount(req *api.CreateAccountRequest) (api.CreateAccountRe
 			}
 			return err
 		}
-		if err := tx.CreateSite(a.ID, api.Site{ID: api.DefaultSite, Description: "created with the account", CreatedAt: now}); err != nil {
+		if err := tx.CreateSite(a.ID, api.Site{ID: api.DefaultSite, Description: "created with the account",
+			Provider: api.ProviderQEMU, CreatedAt: now}); err != nil {
 			return err
 		}
 		if err := tx.CreateToken(row); err != nil {
@@ -209,42 +210,6 @@ func (c *call) setAccountStore(tx *db.Tx, a *db.Account, raw string, creds *api.
 		return err
 	}
 	return c.recordBoth(tx, a.ID, "account.set-staging-store", "account", a.ID, map[string]any{"stagingStore": u, "previous": previous})
-}
-
-func (c *call) listSites() (api.SiteList, error) {
-	var out api.SiteList
-	err := c.view(func(tx *db.Tx) (err error) { out.Items, err = tx.Sites(c.p.AccountID); return err })
-	return out, err
-}
-
-func (c *call) createSite(req *api.CreateSiteRequest) (api.Site, error) {
-	s := api.Site{ID: req.ID, Description: req.Description, CreatedAt: c.cp.cfg.Now()}
-	err := c.update(func(tx *db.Tx) error {
-		if err := tx.CreateSite(c.p.AccountID, s); err != nil {
-			if errors.Is(err, db.ErrConflict) {
-				return api.Conflict("site %q exists already", s.ID)
-			}
-			return err
-		}
-		return c.record(tx, c.p.AccountID, "site.create", "site", s.ID, map[string]any{"description": s.Description}, s)
-	})
-	return s, err
-}
-
-func (c *call) deleteSite() (noBody, error) {
-	id := c.pathID()
-	return noBody{}, c.update(func(tx *db.Tx) error {
-		err := tx.DeleteSite(c.p.AccountID, id)
-		switch {
-		case errors.Is(err, db.ErrNotFound):
-			return api.NotFound("site %s was not found: see lifeboat sites list", id)
-		case errors.Is(err, db.ErrReferenced):
-			return api.Conflict("site %s is used by source servers, replicators or instances: move them to another site first", id)
-		case err != nil:
-			return err
-		}
-		return c.record(tx, c.p.AccountID, "site.delete", "site", id, nil, nil)
-	})
 }
 
 // newToken makes a token and its row (not stored yet) from a validated request.

@@ -21,6 +21,7 @@ var wantAccess = map[string]string{
 	"POST /api/v1/accounts":                                       "sys",
 	"PATCH /api/v1/accounts/{id}":                                 "sys",
 	"GET /api/v1/sites":                                           "v o a",
+	"GET /api/v1/sites/{id}":                                      "v o a",
 	"POST /api/v1/sites":                                          "a",
 	"DELETE /api/v1/sites/{id}":                                   "a",
 	"GET /api/v1/tokens":                                          "a",

@@ -50,6 +50,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		api.StagingStoreKeyRequest{StagingStoreURL: "s3://bucket/p?endpoint=127.0.0.1:9000&tls=false"},
 		api.CreateAccountRequest{Name: "t", StagingStoreURL: "s3://b/p", StagingStoreCredentials: &api.S3Credentials{AccessKey: "a", SecretKey: "s"}},
 		api.UpdateAccountRequest{StagingStoreURL: new(string), StagingStoreCredentials: &api.S3Credentials{AccessKey: "a", SecretKey: "s"}},
+		api.CreateSiteRequest{ID: "kvm", Provider: "libvirt", URI: "qemu+ssh://lifeboat@kvm1/system", Pool: "default",
+			Credentials: []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nAA==\n-----END OPENSSH PRIVATE KEY-----\n")},
 		api.LaunchSettings{Provider: "image", CPUs: 1, MemoryMiB: 512, Network: api.LaunchNetwork{Mode: "isolated"}, BootMode: "kernel",
 			KernelArgs: "root=/dev/vda", DiskFormat: "qcow2", ImageTarget: &api.ImageTarget{Dir: "/srv/images"}},
 	}

@@ -74,6 +74,8 @@ func accountRoutes() []*route {
 
 		{method: "GET", path: "/api/v1/sites", summary: "List sites", access: viewer,
 			endpoint: noBodyEndpoint((*call).listSites)},
+		{method: "GET", path: "/api/v1/sites/{id}", summary: "Describe a site (whether it has credentials, never them)", access: viewer,
+			endpoint: noBodyEndpoint((*call).describeSite)},
 		{method: "POST", path: "/api/v1/sites", summary: "Create a site", access: admin, status: 201,
 			endpoint: withBody((*call).createSite)},
 		{method: "DELETE", path: "/api/v1/sites/{id}", summary: "Delete an unused site", access: admin, status: 204,
