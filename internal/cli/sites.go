@@ -13,7 +13,7 @@ import (
 
 func newSitesCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "sites", Short: "Sites: locations with staging storage, replicators and a launch provider"}
-	cmd.AddCommand(newSitesListCmd(g), newSitesCreateCmd(g), newSitesDeleteCmd(g))
+	cmd.AddCommand(newSitesListCmd(g), newSitesShowCmd(g), newSitesCreateCmd(g), newSitesDeleteCmd(g))
 	return cmd
 }
 
@@ -34,22 +34,67 @@ func runSitesList(ctx context.Context, g *globals) error {
 		return err
 	}
 	return g.show(ss, func(w *tabwriter.Writer) {
-		row(w, "ID", "DESCRIPTION", "CREATED")
+		row(w, "ID", "DESCRIPTION", "CREATED", "PROVIDER", "URI")
 		for _, s := range ss.Items {
-			row(w, s.ID, orDash(s.Description), s.CreatedAt.Local().Format(time.RFC3339))
+			row(w, s.ID, orDash(s.Description), s.CreatedAt.Local().Format(time.RFC3339), s.Provider, orDash(s.URI))
 		}
 	})
 }
 
-func newSitesCreateCmd(g *globals) *cobra.Command {
-	var desc string
-	cmd := &cobra.Command{
-		Use: "create ID", Short: "Create a site", Args: exactArgs(1, "a site id (a name you choose)"),
+func newSitesShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "show ID", Short: "Show a site: its provider, URI, pool and whether it has credentials", Args: exactArgs(1, "a site id"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSitesCreate(cmd.Context(), g, api.CreateSiteRequest{ID: args[0], Description: desc})
+			return query(g, func(c *api.Client) (api.Site, error) { return c.Site(cmd.Context(), args[0]) },
+				func(w *tabwriter.Writer, s api.Site) {
+					creds := "none"
+					if s.HasCredentials {
+						creds = "set (never shown)"
+					}
+					row(w, "ID", s.ID)
+					row(w, "DESCRIPTION", orDash(s.Description))
+					row(w, "PROVIDER", s.Provider)
+					row(w, "URI", orDash(s.URI))
+					row(w, "POOL", orDash(s.Pool))
+					row(w, "CREDENTIALS", creds)
+					row(w, "CREATED", s.CreatedAt.Local().Format(time.RFC3339))
+				})
 		},
 	}
-	cmd.Flags().StringVar(&desc, "description", "", "what and where the site is")
+}
+
+func newSitesCreateCmd(g *globals) *cobra.Command {
+	var req api.CreateSiteRequest
+	var credsFile string
+	cmd := &cobra.Command{
+		Use:   "create ID",
+		Short: "Create a site",
+		Long: "Create a site. Its provider launches recovery instances: qemu (the default) on the control plane's own host, " +
+			"libvirt on the libvirt at --uri (qemu:///system, qemu+tls://HOST/system, qemu+ssh://USER@HOST/system or " +
+			"qemu+tcp://HOST/system), uploading disks into --pool (default \"default\"), or image (disk images only). " +
+			"--credentials-file gives a qemu+tls site its client certificate, key and CA (PEM, one file) or a qemu+ssh site its " +
+			"SSH private key; the control plane keeps them sealed and never shows them again.",
+		Args: exactArgs(1, "a site id (a name you choose)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.ID = args[0]
+			if credsFile != "" {
+				b, err := readFileMax(credsFile, api.MaxSiteCredentialsBytes)
+				if err != nil {
+					return fmt.Errorf("read the site's credentials: %w", err)
+				}
+				if len(b) == 0 {
+					return usagef("%s is empty: give the file with the site's credentials", credsFile)
+				}
+				req.Credentials = b
+			}
+			return runSitesCreate(cmd.Context(), g, req)
+		},
+	}
+	cmd.Flags().StringVar(&req.Description, "description", "", "what and where the site is")
+	cmd.Flags().StringVar(&req.Provider, "provider", api.ProviderQEMU, "what launches the site's recovery instances: qemu, libvirt or image")
+	cmd.Flags().StringVar(&req.URI, "uri", "", "libvirt: the libvirt URI (qemu:///system, qemu+tls://HOST/system, qemu+ssh://USER@HOST/system, qemu+tcp://HOST/system)")
+	cmd.Flags().StringVar(&req.Pool, "pool", "", "libvirt: the storage pool recovered disks are uploaded into (default \"default\")")
+	cmd.Flags().StringVar(&credsFile, "credentials-file", "", "libvirt: a file with the PEM client certificate, key and CA (qemu+tls) or an SSH private key (qemu+ssh); at most 64 KiB")
 	return cmd
 }
 
