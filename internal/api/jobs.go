@@ -72,6 +72,9 @@ const (
 	EventLaunchStart           = "LAUNCH_START"
 	EventLaunchEnd             = "LAUNCH_END"
 	EventLaunchFailed          = "LAUNCH_FAILED"
+	EventBoot                  = "BOOT"              // the instance runs (RTO to boot)
+	EventHydrated              = "HYDRATED"          // an instant launch's disks are all local now
+	EventHydrationStalled      = "HYDRATION_STALLED" // an instant launch's copy waits on the staging store
 	EventPostLaunchStart       = "POST_LAUNCH_ACTION_START"
 	EventPostLaunchEnd         = "POST_LAUNCH_ACTION_END"
 	EventPostLaunchFailed      = "POST_LAUNCH_ACTION_FAILED"
@@ -272,6 +275,9 @@ type ProviderHandle struct {
 	PID        int      `json:"pid,omitempty"`        // qemu: the QEMU process
 	ConsoleLog string   `json:"consoleLog,omitempty"` // qemu: the serial console
 	InstanceID string   `json:"instanceId,omitempty"` // existing-instance: the instance launched into
+	// NBDSocket is where an instant launch's disks are served from the staging store
+	// until they are hydrated (qemu with instant).
+	NBDSocket string `json:"nbdSocket,omitempty"`
 }
 
 // RecoveryInstance is a machine launched from a PIT, for a drill or a recovery.

@@ -218,17 +218,21 @@ func (p PITPolicy) Validate() error {
 
 // LaunchSettings say how a recovery instance of a source server is launched.
 type LaunchSettings struct {
-	Provider          string             `json:"provider"` // qemu, image or existing-instance
-	CPUs              int                `json:"cpus"`
-	MemoryMiB         int                `json:"memoryMiB"`
-	Network           LaunchNetwork      `json:"network"`
-	IP                string             `json:"ip,omitempty"`          // static address in CIDR form; empty: DHCP
-	Hostname          string             `json:"hostname,omitempty"`    // empty: the source's
-	BootMode          string             `json:"bootMode"`              // bios or uefi (firmware boots the disk), or kernel (direct kernel boot)
-	KernelArgs        string             `json:"kernelArgs,omitempty"`  // bootMode kernel: the kernel command line (default: root=/dev/vda ro console=ttyS0)
-	DiskFormat        string             `json:"diskFormat,omitempty"`  // raw (default, sparse) or qcow2
-	ImageTarget       *ImageTarget       `json:"imageTarget,omitempty"` // provider image: where the disks go (default: the recovery directory)
-	StartAfterLaunch  bool               `json:"startAfterLaunch"`
+	Provider         string        `json:"provider"` // qemu, image or existing-instance
+	CPUs             int           `json:"cpus"`
+	MemoryMiB        int           `json:"memoryMiB"`
+	Network          LaunchNetwork `json:"network"`
+	IP               string        `json:"ip,omitempty"`          // static address in CIDR form; empty: DHCP
+	Hostname         string        `json:"hostname,omitempty"`    // empty: the source's
+	BootMode         string        `json:"bootMode"`              // bios or uefi (firmware boots the disk), or kernel (direct kernel boot)
+	KernelArgs       string        `json:"kernelArgs,omitempty"`  // bootMode kernel: the kernel command line (default: root=/dev/vda ro console=ttyS0)
+	DiskFormat       string        `json:"diskFormat,omitempty"`  // raw (default, sparse) or qcow2
+	ImageTarget      *ImageTarget  `json:"imageTarget,omitempty"` // provider image: where the disks go (default: the recovery directory)
+	StartAfterLaunch bool          `json:"startAfterLaunch"`
+	// Instant boots the instance while its disks are still in the staging store (served
+	// over NBD under a local copy-on-write overlay) and copies them to local storage in
+	// the background (qemu provider): boot time does not grow with disk size.
+	Instant           bool               `json:"instant,omitempty"`
 	CopyTags          bool               `json:"copyTags"`
 	Tags              map[string]string  `json:"tags,omitempty"`
 	TargetInstanceID  string             `json:"targetInstanceId,omitempty"` // for existing-instance
@@ -343,6 +347,9 @@ func (l LaunchSettings) Validate() error {
 	}
 	if l.KernelArgs != "" && (l.BootMode != BootKernel || len(l.KernelArgs) > 4096 || !printableRE.MatchString(l.KernelArgs)) {
 		return Invalid("kernelArgs is used only with bootMode kernel and is at most 4096 printable characters")
+	}
+	if l.Instant && l.Provider != ProviderQEMU {
+		return Invalid("instant launch boots a VM from the staging store: it needs provider qemu, not %s", l.Provider)
 	}
 	if l.DiskFormat != "" && l.DiskFormat != DiskRaw && l.DiskFormat != DiskQcow2 {
 		return Invalid("diskFormat must be raw or qcow2, not %q", l.DiskFormat)

@@ -317,7 +317,7 @@ type launchFlags struct {
 	kernelArgs, diskFormat, imageDir                      string
 	imageDevices                                          []string
 	cpus, memory                                          int
-	start, copyTags                                       bool
+	start, copyTags, instant                              bool
 	forwards, tags, actions, clear                        []string
 }
 
@@ -346,6 +346,7 @@ func newLaunchSetCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.imageDir, "image-dir", "", "with --provider image: write the disks into this directory on the control plane's host")
 	fl.StringSliceVar(&f.imageDevices, "image-device", nil, "with --provider image: write the volumes onto these block devices, in order (repeatable)")
 	fl.BoolVar(&f.start, "start-after-launch", true, "start the instance once launched")
+	fl.BoolVar(&f.instant, "instant", false, "boot from the staging store at once and copy the disks in the background (qemu provider)")
 	fl.BoolVar(&f.copyTags, "copy-tags", true, "copy the source server's tags to the instance")
 	fl.StringSliceVar(&f.tags, "tag", nil, "KEY=VALUE (repeatable; replaces the tags)")
 	fl.StringVar(&f.target, "target-instance", "", "instance to launch into, with --provider existing-instance")
@@ -411,6 +412,9 @@ func (f *launchFlags) apply(fl *pflag.FlagSet, l *api.LaunchSettings) error {
 	}
 	if fl.Changed("copy-tags") {
 		l.CopyTags = f.copyTags
+	}
+	if fl.Changed("instant") {
+		l.Instant = f.instant
 	}
 	for _, c := range f.clear {
 		switch c {
@@ -531,6 +535,7 @@ func launchTable(w *tabwriter.Writer, l api.LaunchSettings) {
 		row(w, "Image target:", strings.TrimSpace(t.Dir+" "+strings.Join(t.Devices, " ")))
 	}
 	row(w, "Start after launch:", yesNo(l.StartAfterLaunch))
+	row(w, "Instant launch:", yesNo(l.Instant))
 	row(w, "Copy tags:", yesNo(l.CopyTags))
 	for k, v := range l.Tags {
 		row(w, "Tag:", k+"="+v)

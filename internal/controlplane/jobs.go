@@ -42,6 +42,9 @@ type RecoveryConfig struct {
 	MaxActiveJobs, MaxServersPerJob, MaxServersInActiveJobs int
 	// ConsoleCapture is how long a VM's console is copied into its job's log (default 2 min).
 	ConsoleCapture time.Duration
+	// HydrationBytesPerSecond caps how fast an instant launch copies its disks from the
+	// staging store (0: as fast as they come).
+	HydrationBytesPerSecond int64
 	// JobLease is how long a job's claim holds without renewal (default 30 s).
 	JobLease time.Duration
 	// MaxExports bounds the volumes exported through the API at once (default 4).
@@ -95,7 +98,7 @@ func (cp *ControlPlane) openRecovery() error {
 	}
 	log := cp.log.With("component", "recovery")
 	providers := launch.Providers(launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
-		Host: runnerID, Logger: log})
+		Host: runnerID, HydrationBytesPerSecond: rc.HydrationBytesPerSecond, Logger: log})
 	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.storeAccess, log),
 		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{},
 		exports: make(chan struct{}, rc.MaxExports)}

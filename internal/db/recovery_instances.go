@@ -183,11 +183,23 @@ func (t *Tx) ListRecoveryInstances(accountID string, f api.RecoveryInstanceFilte
 	return out, next, nil
 }
 
+// RunnerRecoveryInstances returns the recovery instances a control plane host launched
+// that are not terminated, oldest first.
+func (t *Tx) RunnerRecoveryInstances(runnerID string) ([]RecoveryInstance, error) {
+	return t.recoveryInstances(`SELECT `+recoveryInstanceCols+` FROM recovery_instances
+		WHERE runner_id = ? AND terminated_at IS NULL ORDER BY created_at, id`, runnerID)
+}
+
 // ActiveRecoveryInstances returns a source server's recovery instances that are not
 // terminated, oldest first.
 func (t *Tx) ActiveRecoveryInstances(sourceServerID string) ([]RecoveryInstance, error) {
-	rows, err := t.query(`SELECT `+recoveryInstanceCols+` FROM recovery_instances
+	return t.recoveryInstances(`SELECT `+recoveryInstanceCols+` FROM recovery_instances
 		WHERE source_server_id = ? AND terminated_at IS NULL ORDER BY created_at, id`, sourceServerID)
+}
+
+// recoveryInstances runs a query of recovery instance rows.
+func (t *Tx) recoveryInstances(q string, args ...any) ([]RecoveryInstance, error) {
+	rows, err := t.query(q, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -39,6 +39,9 @@ const (
 	// WriteDiffering reads the disk first and writes only the blocks that differ from
 	// the PIT (launch into an existing instance).
 	WriteDiffering
+	// WriteOverlay writes nothing: the disk is a qcow2 overlay over the PIT's volume
+	// served from the staging store (instant launch), filled by Hydrate after boot.
+	WriteOverlay
 )
 
 func (m WriteMode) String() string {
@@ -49,6 +52,8 @@ func (m WriteMode) String() string {
 		return "every block"
 	case WriteDiffering:
 		return "only differing blocks"
+	case WriteOverlay:
+		return "overlay over the staging store (instant)"
 	}
 	return fmt.Sprintf("WriteMode(%d)", int(m))
 }
@@ -162,8 +167,10 @@ type Options struct {
 	// InstanceDir holds the state of existing instances' VMs (InstanceDir/<id>/).
 	InstanceDir string
 	// Host names this control plane host in provider handles.
-	Host   string
-	Logger *slog.Logger
+	Host string
+	// HydrationBytesPerSecond caps each disk's copy of an instant launch (0: none).
+	HydrationBytesPerSecond int64
+	Logger                  *slog.Logger
 }
 
 // Providers returns the providers by name.
@@ -216,7 +223,7 @@ func finishDisks(ctx context.Context, disks []Disk) ([]string, error) {
 	out := make([]string, len(disks))
 	for i, d := range disks {
 		out[i] = d.Path
-		if d.Format != api.DiskQcow2 {
+		if d.Format != api.DiskQcow2 || d.Mode == WriteOverlay {
 			continue
 		}
 		qcow := strings.TrimSuffix(d.Path, filepath.Ext(d.Path)) + ".qcow2"

@@ -72,8 +72,12 @@ func (q *QEMU) Plan(_ context.Context, req Request) (Plan, error) {
 	}
 	p := Plan{Convert: true, Network: netw}
 	for i, v := range req.Volumes {
-		p.Disks = append(p.Disks, Disk{Volume: v.Name, SizeBytes: v.SizeBytes, Mode: WriteFresh,
-			Path: filepath.Join(req.Dir, fmt.Sprintf("disk%d.raw", i)), Format: req.Settings.DiskFormat})
+		d := Disk{Volume: v.Name, SizeBytes: v.SizeBytes, Mode: WriteFresh,
+			Path: filepath.Join(req.Dir, fmt.Sprintf("disk%d.raw", i)), Format: req.Settings.DiskFormat}
+		if req.Settings.Instant {
+			d.Mode, d.Format, d.Path = WriteOverlay, api.DiskQcow2, filepath.Join(req.Dir, fmt.Sprintf("disk%d.qcow2", i))
+		}
+		p.Disks = append(p.Disks, d)
 	}
 	return p, nil
 }
@@ -101,7 +105,7 @@ func (q *QEMU) startVM(ctx context.Context, s vmSpec) (*qemu.VM, []string, error
 	case api.BootUEFI:
 		boot.Firmware = qemu.FirmwareUEFI
 	case api.BootKernel:
-		b, err := qemu.ExtractBoot(ctx, s.disks[0].Path, filepath.Join(s.dir, "boot"))
+		b, err := extractBoot(ctx, s.disks[0], filepath.Join(s.dir, "boot"))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -134,6 +138,23 @@ func (q *QEMU) startVM(ctx context.Context, s vmSpec) (*qemu.VM, []string, error
 		return nil, nil, err
 	}
 	return vm, paths, nil
+}
+
+// extractBoot extracts the kernel from a boot disk, through a raw view when the disk
+// is an instant launch's overlay.
+func extractBoot(ctx context.Context, d Disk, dir string) (qemu.Boot, error) {
+	if d.Mode != WriteOverlay {
+		return qemu.ExtractBoot(ctx, d.Path, dir)
+	}
+	v, err := OpenRawView(ctx, filepath.Dir(d.Path), []string{d.Path}, []int64{d.SizeBytes})
+	if err != nil {
+		return qemu.Boot{}, err
+	}
+	b, err := qemu.ExtractBoot(ctx, v.Paths[0], dir)
+	if cerr := v.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close the raw view of %s: %w", d.Path, cerr)
+	}
+	return b, err
 }
 
 // launched describes a running VM.

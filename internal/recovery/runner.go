@@ -73,6 +73,7 @@ type Runner struct {
 	mu       sync.Mutex
 	running  map[string]bool               // jobs with a goroutine in this process
 	consoles map[string]context.CancelFunc // console captures, by recovery instance
+	instant  *instantExports
 	wg       sync.WaitGroup
 }
 
@@ -103,7 +104,8 @@ func NewRunner(cfg Config) *Runner {
 		cfg.ControlPlane = func() (string, string) { return "", "" }
 	}
 	return &Runner{cfg: cfg, log: cfg.Logger.With("component", "jobs"), wake: make(chan struct{}, 1),
-		running: map[string]bool{}, consoles: map[string]context.CancelFunc{}}
+		running: map[string]bool{}, consoles: map[string]context.CancelFunc{},
+		instant: &instantExports{log: cfg.Logger.With("component", "nbd"), served: map[string]*servedExports{}, loops: map[string]bool{}}}
 }
 
 // Wake makes the runner look for new jobs now.
@@ -117,6 +119,7 @@ func (r *Runner) Wake() {
 // Run claims and runs jobs until ctx ends, then waits for the jobs' goroutines, which
 // stop where they are: their state stays in the database for the next start.
 func (r *Runner) Run(ctx context.Context) {
+	r.resumeHydrations(ctx)
 	t := time.NewTicker(r.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -325,6 +328,7 @@ func (j *jobCtx) launch(ctx context.Context, row api.JobServer, resumed bool) {
 	msg := fmt.Sprintf("launch failed at %s: %s", step, err)
 	detail := map[string]any{"step": step, "error": err.Error()}
 	if st.plan.Disks != nil && step != api.StepPrepare {
+		defer j.r.instant.stop(row.RecoveryInstanceID)
 		if cleaned := j.cleanup(context.WithoutCancel(ctx), st); cleaned != "" {
 			detail["cleanup"] = cleaned
 			msg += " (" + cleaned + ")"
@@ -410,9 +414,13 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 		l, err := st.provider.Adopt(ctx, st.req, plan)
 		if err == nil {
 			st.plan = plan
+			if isInstant(plan) {
+				l.Handle.NBDSocket = nbdSocket(st.req.Dir)
+			}
 			if err := j.launched(ctx, st, l, "adopted the instance the interrupted launch started"); err != nil {
 				return failAt(api.StepLaunch, err)
 			}
+			j.booted(ctx, st, l)
 			return j.postLaunch(ctx, st, l)
 		}
 		if !errors.Is(err, launch.ErrNotRunning) {
@@ -423,8 +431,14 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 		return failAt(api.StepPrepare, err)
 	}
 
-	// SNAPSHOT: the PIT's volumes into the target's disks.
-	stats, err := j.snapshotStep(ctx, st, st.plan.Convert && !j.job.IsDrill && r.cfg.ReverseKey != nil)
+	// SNAPSHOT: the PIT's volumes into the target's disks (or, for an instant launch,
+	// overlays over them).
+	var stats []VolumeStats
+	if isInstant(st.plan) {
+		err = j.instantStep(ctx, st)
+	} else {
+		stats, err = j.snapshotStep(ctx, st, st.plan.Convert && !j.job.IsDrill && r.cfg.ReverseKey != nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -449,9 +463,13 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 	if err != nil {
 		return failAt(api.StepLaunch, err)
 	}
+	if isInstant(st.plan) {
+		l.Handle.NBDSocket = nbdSocket(st.req.Dir)
+	}
 	if err := j.launched(ctx, st, l, ""); err != nil {
 		return failAt(api.StepLaunch, err)
 	}
+	j.booted(ctx, st, l)
 	return j.postLaunch(ctx, st, l)
 }
 
@@ -485,10 +503,17 @@ func (j *jobCtx) convert(ctx context.Context, st *launchState, stats []VolumeSta
 			seeds = append(seeds, b)
 		}
 	}
-	res, err := Convert(ctx, ConvertSpec{Disks: st.plan.Disks, Network: st.plan.Network, Hostname: st.settings.Hostname,
+	disks, closeDisks, err := rawDisks(ctx, st)
+	if err != nil {
+		return extras, err
+	}
+	res, err := Convert(ctx, ConvertSpec{Disks: disks, Network: st.plan.Network, Hostname: st.settings.Hostname,
 		Info: info, GuestVolumes: guestVolumes(st.plan.Disks), SeedTables: seeds,
 		AgentBinary: r.cfg.AgentBinary, Hook: r.cfg.ConversionHook, Settings: st.settings, Provider: st.provider.Name(),
 		SeedDir: filepath.Join(st.req.Dir, "seed")})
+	if cerr := closeDisks(); err == nil && cerr != nil {
+		err = fmt.Errorf("close the raw view of the overlays: %w", cerr)
+	}
 	if err != nil {
 		return extras, err
 	}
@@ -861,6 +886,7 @@ func (j *jobCtx) terminate(ctx context.Context, row api.JobServer) {
 			fail(err)
 			return
 		}
+		r.instant.stop(ri.ID)
 		now := r.cfg.Now()
 		err := r.cfg.DB.Update(ctx, func(tx *db.Tx) error {
 			if err := tx.SetRecoveryInstanceState(ri.ID, api.InstanceTerminated, true, now); err != nil {
