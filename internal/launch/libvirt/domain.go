@@ -185,16 +185,29 @@ func (c *Client) lookupDomain(ctx context.Context, name string) (golibvirt.Domai
 	return d, err
 }
 
-// StartDomain starts a defined domain.
-func (c *Client) StartDomain(ctx context.Context, name string) error {
+// StartDomain starts a defined domain, its CPUs paused when paused is set.
+func (c *Client) StartDomain(ctx context.Context, name string, paused bool) error {
 	d, err := c.lookupDomain(ctx, name)
 	if err != nil {
 		return err
 	}
+	var flags uint32
+	if paused {
+		flags = uint32(golibvirt.DomainStartPaused)
+	}
 	return c.do(ctx, "start domain "+name, func() error {
-		_, err := c.lv.DomainCreateWithFlags(d, 0)
+		_, err := c.lv.DomainCreateWithFlags(d, flags)
 		return err
 	})
+}
+
+// ResumeDomain runs a paused domain's CPUs.
+func (c *Client) ResumeDomain(ctx context.Context, name string) error {
+	d, err := c.lookupDomain(ctx, name)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, "resume domain "+name, func() error { return c.lv.DomainResume(d) })
 }
 
 // State is a domain's state (StateRunning, …); an error wrapping ErrNotFound when

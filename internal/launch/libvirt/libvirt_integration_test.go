@@ -273,7 +273,7 @@ func TestDomainLifecycle(t *testing.T) {
 	if err := c.DefineDomain(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.StartDomain(ctx, "lbtest-dom"); err != nil {
+	if err := c.StartDomain(ctx, "lbtest-dom", false); err != nil {
 		t.Fatalf("%v\n%s", err, d.Output())
 	}
 	if st, err := c.State(ctx, "lbtest-dom"); err != nil || st != libvirt.StateRunning {

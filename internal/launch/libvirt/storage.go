@@ -186,10 +186,14 @@ func (c *Client) Volume(ctx context.Context, pool, name string) (VolumeInfo, err
 	if err != nil {
 		return VolumeInfo{}, err
 	}
-	info := VolumeInfo{Pool: pool, Name: name, Path: v.Key}
+	info := VolumeInfo{Pool: pool, Name: name}
 	err = c.do(ctx, "describe volume "+pool+"/"+name, func() error {
 		_, capa, alloc, err := c.lv.StorageVolGetInfo(v)
+		if err != nil {
+			return err
+		}
 		info.CapacityBytes, info.AllocationBytes = capa, alloc
+		info.Path, err = c.lv.StorageVolGetPath(v)
 		return err
 	})
 	return info, err
