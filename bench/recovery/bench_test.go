@@ -2,7 +2,8 @@
 // materializing a PIT from a local staging store into a sparse raw image, against
 // restic restore and qemu-img convert of the same image (run.sh times those anchors in
 // the same run), and the time from a recovery's start to the recovered VM answering
-// HTTP for a 1 GiB and a 4 GiB bootable disk. It runs only as benchmarks
+// HTTP for 1, 4 and 16 GiB bootable disks, materialized and instant (booted from the
+// staging store over NBD, copied afterwards). It runs only as benchmarks
 // (bench/recovery/run.sh); each appends JSON lines to $LIFEBOAT_BENCH_RESULTS.
 package recoverybench
 
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -169,24 +171,36 @@ func BenchmarkMaterialize(b *testing.B) {
 	}
 }
 
-// BenchmarkRecoverToHTTP: a bootable Linux disk of 1 GiB and 4 GiB, 60% filled with
-// system files, is a PIT; the time from asking for the recovery to the recovered QEMU VM
-// (TCG) answering HTTP on its forwarded port, with the job's own breakdown.
+// BenchmarkRecoverToHTTP: a bootable Linux disk of 1, 4 and 16 GiB, filled with system
+// files (60%, at most the filler's size), is a PIT; the time from asking for the
+// recovery to the recovered QEMU VM (TCG) answering HTTP on its forwarded port, with the
+// job's own breakdown: materialized first, and instant (booted from the staging store,
+// copied afterwards). LIFEBOAT_BENCH_RECOVER lists the cases (default
+// "1,4,16,1i,16i": GiB, i for instant).
 func BenchmarkRecoverToHTTP(b *testing.B) {
 	filler := os.Getenv("LIFEBOAT_BENCH_IMAGE")
 	if filler == "" {
 		b.Skip("LIFEBOAT_BENCH_IMAGE names no filler data (run bench/recovery/run.sh)")
 	}
-	for _, gib := range []int{1, 4} {
-		b.Run(fmt.Sprintf("%dGiB", gib), func(b *testing.B) {
+	cases := os.Getenv("LIFEBOAT_BENCH_RECOVER")
+	if cases == "" {
+		cases = "1,4,16,1i,16i"
+	}
+	for _, c := range strings.Split(cases, ",") {
+		num, instant := strings.CutSuffix(strings.TrimSpace(c), "i")
+		gib, err := strconv.Atoi(num)
+		if err != nil || gib < 1 {
+			b.Fatalf("LIFEBOAT_BENCH_RECOVER: %q is not GiB with an optional i", c)
+		}
+		b.Run(c, func(b *testing.B) {
 			for range b.N {
-				recoverToHTTP(b, gib, filler)
+				recoverToHTTP(b, gib, instant, filler)
 			}
 		})
 	}
 }
 
-func recoverToHTTP(b *testing.B, gib int, filler string) {
+func recoverToHTTP(b *testing.B, gib int, instant bool, filler string) {
 	ctx := context.Background()
 	img := testutil.BuildBootImage(b, testutil.BootImageOptions{SizeMiB: gib << 10, Hostname: "bench", Page: "recovered\n"})
 	// Fill 60% of the disk with real files' bytes (from the system data set).
@@ -200,7 +214,7 @@ func recoverToHTTP(b *testing.B, gib int, filler string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := io.Copy(dst, io.LimitReader(src, n)); err != nil {
+	if n, err = io.Copy(dst, io.LimitReader(src, n)); err != nil {
 		b.Fatal(err)
 	}
 	src.Close()
@@ -242,6 +256,7 @@ func recoverToHTTP(b *testing.B, gib int, filler string) {
 	ls.BootMode = api.BootKernel
 	ls.Network = api.LaunchNetwork{Mode: api.NetworkUser, PortForwards: []api.PortForward{{Protocol: "tcp", GuestPort: 80}}}
 	ls.PostLaunchActions = []api.PostLaunchAction{{Name: "page", Type: "http-check", URL: "http://${LIFEBOAT_PORT_TCP_80}/", TimeoutSeconds: 900}}
+	ls.Instant = instant
 	if _, err := c.SetLaunchSettings(ctx, server.ID, ls); err != nil {
 		b.Fatal(err)
 	}
@@ -284,25 +299,50 @@ func recoverToHTTP(b *testing.B, gib int, filler string) {
 		b.Fatal("the recovered VM never answered HTTP")
 	}
 	j := recoverytest.WaitJob(b, c, job.ID, 20*time.Minute)
-	log, err := c.JobLog(ctx, job.ID, 0, "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	at := map[string]time.Time{}
-	for _, e := range log.Items {
-		if _, ok := at[e.Type]; !ok {
-			at[e.Type] = e.Time
-		}
-	}
+	at := jobEvents(b, c, job.ID, instant)
 	span := func(from, to string) float64 { return at[to].Sub(at[from]).Seconds() }
 	rto := 0.0
 	if j.Servers[0].RTOSeconds != nil {
 		rto = *j.Servers[0].RTOSeconds
 	}
-	emit(b, result{Name: "recover to HTTP", Data: fmt.Sprintf("%d GiB bootable disk, %.1f GiB of files", gib, float64(n)/(1<<30)),
-		Seconds: answered.Seconds(), Bytes: fi.Size(),
-		Extra: fmt.Sprintf("job RTO %.1f s (ms-resolution log): materialize %.1f s, conversion %.1f s, QEMU start %.1f s, boot to HTTP %.1f s",
-			rto, span(api.EventSnapshotStart, api.EventSnapshotEnd), span(api.EventConversionStart, api.EventConversionEnd),
-			span(api.EventLaunchStart, api.EventLaunchEnd), span(api.EventPostLaunchStart, api.EventPostLaunchEnd))})
+	data, first := fmt.Sprintf("%d GiB bootable disk, %.1f GiB of files", gib, float64(n)/(1<<30)), "materialize"
+	extra := ""
+	if instant {
+		data, first = data+", instant", "overlays"
+		extra = fmt.Sprintf("; disks copied %.1f s after boot", span(api.EventBoot, api.EventHydrated))
+	}
+	emit(b, result{Name: "recover to HTTP", Data: data, Seconds: answered.Seconds(), Bytes: fi.Size(),
+		Extra: fmt.Sprintf("job RTO %.1f s (ms-resolution log): %s %.1f s, conversion %.1f s, QEMU start %.1f s, boot to HTTP %.1f s%s",
+			rto, first, span(api.EventSnapshotStart, api.EventSnapshotEnd), span(api.EventConversionStart, api.EventConversionEnd),
+			span(api.EventLaunchStart, api.EventLaunchEnd), span(api.EventPostLaunchStart, api.EventPostLaunchEnd), extra)})
 	b.ReportMetric(answered.Seconds(), "s/recover-to-http")
+}
+
+// jobEvents returns when each type of event first appears in a job's log; for an
+// instant launch it waits (20 minutes at most) for HYDRATED.
+func jobEvents(b *testing.B, c *api.Client, job string, instant bool) map[string]time.Time {
+	for deadline := time.Now().Add(20 * time.Minute); ; time.Sleep(time.Second) {
+		at := map[string]time.Time{}
+		tok := ""
+		for {
+			l, err := c.JobLog(context.Background(), job, 0, tok)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, e := range l.Items {
+				if _, ok := at[e.Type]; !ok {
+					at[e.Type] = e.Time
+				}
+			}
+			if tok = l.NextPageToken; tok == "" || len(l.Items) == 0 {
+				break
+			}
+		}
+		if _, ok := at[api.EventHydrated]; ok || !instant {
+			return at
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the instant launch's disks were not copied within 20 minutes")
+		}
+	}
 }

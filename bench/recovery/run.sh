@@ -5,7 +5,10 @@
 #     store into a sparse raw image, against `restic restore` of the same image from a
 #     local restic repository and `qemu-img convert` of the image to a raw file;
 #   - the time from asking for a recovery to the recovered QEMU VM (TCG) answering HTTP
-#     through its forwarded port, for a 1 GiB and a 4 GiB bootable disk 60% full.
+#     through its forwarded port, for 1, 4 and 16 GiB bootable disks filled with the
+#     system data (60%, at most its 4 GiB), materialized and instant (issue 18: booted
+#     from the staging store over NBD, copied afterwards); LIFEBOAT_BENCH_RECOVER picks
+#     the cases (default 1,4,16,1i,16i).
 # The page cache is dropped before every timed step; every step includes getting its
 # output on disk (Lifeboat fsyncs; the anchors are followed by sync inside the timing).
 # Needs root. Writes bench/recovery/RESULTS.md. Usage: bench/recovery/run.sh
@@ -67,6 +70,8 @@ echo "load after: $(load)" >>"$out/load.txt"
   echo "repository of the same image (restic restore writes every byte, zeros too); qemu-img convert"
   echo "copies the plain image (no store, no decryption): it is the disk's own speed. The job's RTO runs"
   echo "from the job's creation to the end of its http-check, which polls every 0.5 s, so it can exceed"
-  echo "the time measured from outside by that much."
+  echo "the time measured from outside by that much. An instant launch makes qcow2 overlays over the PIT"
+  echo "served from the staging store over NBD instead of materializing, boots from them, and copies the"
+  echo "disks afterwards (QMP block-stream): the breakdown says how long after boot they were all local."
 } >bench/recovery/RESULTS.md
 cat bench/recovery/RESULTS.md

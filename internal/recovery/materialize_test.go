@@ -25,8 +25,16 @@ const bs = 64 << 10
 // pitOf writes volumes (name → content) into a new store as one PIT.
 func pitOf(t *testing.T, vols map[string][]byte) (*store.Repo, store.PIT) {
 	t.Helper()
+	r, pit, _ := pitOfAt(t, vols)
+	return r, pit
+}
+
+// pitOfAt is pitOf, and says the store's directory.
+func pitOfAt(t *testing.T, vols map[string][]byte) (*store.Repo, store.PIT, string) {
+	t.Helper()
 	ctx := context.Background()
-	be, err := file.Open(t.TempDir())
+	dir := t.TempDir()
+	be, err := file.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +66,7 @@ func pitOf(t *testing.T, vols map[string][]byte) (*store.Repo, store.PIT) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r, pit
+	return r, pit, dir
 }
 
 func content(size int, seed uint64) []byte {
