@@ -321,9 +321,9 @@ var (
 // Validate checks every launch setting and returns a 400 error naming the first bad one.
 func (l LaunchSettings) Validate() error {
 	switch l.Provider {
-	case ProviderQEMU, ProviderImage, ProviderExistingInstance:
+	case ProviderQEMU, ProviderImage, ProviderExistingInstance, ProviderLibvirt:
 	default:
-		return Invalid("provider must be qemu, image or existing-instance, not %q", l.Provider)
+		return Invalid("provider must be qemu (a VM: on a libvirt site, a libvirt domain), libvirt, image or existing-instance, not %q", l.Provider)
 	}
 	if l.CPUs < 1 || l.CPUs > 256 {
 		return Invalid("cpus must be 1 to 256, not %d", l.CPUs)

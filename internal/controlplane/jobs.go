@@ -97,12 +97,14 @@ func (cp *ControlPlane) openRecovery() error {
 		return err
 	}
 	log := cp.log.With("component", "recovery")
-	providers := launch.Providers(launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
-		Host: runnerID, HydrationBytesPerSecond: rc.HydrationBytesPerSecond, Logger: log})
+	popts := launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
+		Host: runnerID, HydrationBytesPerSecond: rc.HydrationBytesPerSecond, Logger: log}
+	providers := launch.Providers(popts)
 	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.storeAccess, log),
 		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{},
 		exports: make(chan struct{}, rc.MaxExports)}
-	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers, Dir: rc.Dir,
+	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers,
+		Sites: cp.SiteLaunchTarget, ProviderOptions: popts, Dir: rc.Dir,
 		RunnerID: runnerID, Lease: rc.JobLease, IDs: r.ids, Publish: cp.events.publish,
 		ControlPlane: func() (string, string) { return cp.URL(), cp.pin },
 		AgentBinary:  rc.AgentBinary, ReverseKey: cp.reverseKey, ConversionHook: rc.ConversionHook, ConsoleCapture: rc.ConsoleCapture,

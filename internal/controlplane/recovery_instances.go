@@ -30,8 +30,8 @@ func (c *call) refreshState(ris []db.RecoveryInstance) {
 			(ri.State != api.InstanceRunning && ri.State != api.InstanceStopped) {
 			continue
 		}
-		p := c.cp.rec.providers[ri.Provider]
-		if p == nil {
+		p, err := c.cp.rec.runner.Provider(ctx, *ri)
+		if err != nil {
 			continue
 		}
 		st, err := p.State(ctx, ri.ProviderHandle)
@@ -131,7 +131,11 @@ func (c *call) startRecoveryInstance() (api.RecoveryInstance, error) {
 	if ri.RunnerID != c.cp.rec.runnerID {
 		return api.RecoveryInstance{}, api.Conflict("recovery instance %s runs on control plane host %s: start it there", ri.ID, ri.RunnerID)
 	}
-	r, ok := c.cp.rec.providers[ri.Provider].(launch.Resumer)
+	p, err := c.cp.rec.runner.Provider(c.ctx, ri)
+	if err != nil {
+		return api.RecoveryInstance{}, err
+	}
+	r, ok := p.(launch.Resumer)
 	if !ok {
 		return api.RecoveryInstance{}, api.Conflict("recovery instance %s is disks only (provider %s): nothing runs to start", ri.ID, ri.Provider)
 	}
@@ -143,7 +147,7 @@ func (c *call) startRecoveryInstance() (api.RecoveryInstance, error) {
 		return api.RecoveryInstance{}, err
 	}
 	now := c.cp.cfg.Now()
-	err := c.update(func(tx *db.Tx) error {
+	err = c.update(func(tx *db.Tx) error {
 		if err := tx.SetRecoveryInstanceState(ri.ID, api.InstanceRunning, false, now); err != nil {
 			return err
 		}

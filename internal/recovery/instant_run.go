@@ -232,9 +232,9 @@ func (r *Runner) resumeHydration(ctx context.Context, ri db.RecoveryInstance) er
 	if err != nil {
 		return err
 	}
-	p := r.cfg.Providers[ri.Provider]
-	if p == nil {
-		return fmt.Errorf("launch provider %q is not available on this control plane", ri.Provider)
+	p, err := r.Provider(ctx, ri)
+	if err != nil {
+		return err
 	}
 	j := &jobCtx{r: r, job: job}
 	j.event(ctx, ri.SourceServerID, api.EventJobResume, fmt.Sprintf("the control plane restarted while %s's disks were copied: serving them again and resuming the copy", ri.ID),

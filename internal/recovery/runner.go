@@ -33,6 +33,10 @@ type Config struct {
 	DB        *db.DB
 	Stores    *Stores
 	Providers map[string]launch.Provider
+	// Sites returns a site's provider, URI, pool and credentials (nil: every launch
+	// uses Providers); ProviderOptions configure the providers made for sites.
+	Sites           func(ctx context.Context, accountID, siteID string) (db.SiteTarget, error)
+	ProviderOptions launch.Options
 	// Dir holds each recovery instance's files (Dir/<recovery instance id>/).
 	Dir string
 	// RunnerID names this control plane in job claims; stable across restarts.
@@ -73,8 +77,9 @@ type Runner struct {
 	mu       sync.Mutex
 	running  map[string]bool               // jobs with a goroutine in this process
 	consoles map[string]context.CancelFunc // console captures, by recovery instance
-	instant  *instantExports
-	wg       sync.WaitGroup
+	instant   *instantExports
+	providers *siteProviders
+	wg        sync.WaitGroup
 }
 
 // NewRunner returns a runner; Run runs it.
@@ -105,7 +110,8 @@ func NewRunner(cfg Config) *Runner {
 	}
 	return &Runner{cfg: cfg, log: cfg.Logger.With("component", "jobs"), wake: make(chan struct{}, 1),
 		running: map[string]bool{}, consoles: map[string]context.CancelFunc{},
-		instant: &instantExports{log: cfg.Logger.With("component", "nbd"), served: map[string]*servedExports{}, loops: map[string]bool{}}}
+		instant: &instantExports{log: cfg.Logger.With("component", "nbd"), served: map[string]*servedExports{}, loops: map[string]bool{}},
+		providers: &siteProviders{local: cfg.Providers, site: cfg.Sites, opts: cfg.ProviderOptions, libvirt: map[string]*cachedLibvirt{}}}
 }
 
 // Wake makes the runner look for new jobs now.
@@ -663,8 +669,8 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*ap
 				st.target.ID, st.target.RecoveryInstanceID)}
 		}
 	}
-	if st.provider = r.cfg.Providers[st.settings.Provider]; st.provider == nil {
-		return &launch.Refusal{Reason: fmt.Sprintf("launch provider %q is not available on this control plane", st.settings.Provider)}
+	if st.provider, err = r.providers.provider(ctx, st.server.AccountID, st.server.SiteID, st.settings.Provider); err != nil {
+		return err
 	}
 	if st.repo, err = r.cfg.Stores.Open(ctx, st.server.AccountID, storeURL); err != nil {
 		return err
@@ -873,9 +879,9 @@ func (j *jobCtx) terminate(ctx context.Context, row api.JobServer) {
 	if ri.State != api.InstanceTerminated {
 		j.event(ctx, row.SourceServerID, api.EventTerminateStart, fmt.Sprintf("terminating recovery instance %s (%s)", ri.ID, ri.Provider),
 			map[string]any{"recoveryInstanceId": ri.ID})
-		p := r.cfg.Providers[ri.Provider]
-		if p == nil {
-			fail(fmt.Errorf("launch provider %q is not available on this control plane", ri.Provider))
+		p, err := r.Provider(ctx, ri)
+		if err != nil {
+			fail(err)
 			return
 		}
 		r.stopConsole(ri.ID)
@@ -888,7 +894,7 @@ func (j *jobCtx) terminate(ctx context.Context, row api.JobServer) {
 		}
 		r.instant.stop(ri.ID)
 		now := r.cfg.Now()
-		err := r.cfg.DB.Update(ctx, func(tx *db.Tx) error {
+		err = r.cfg.DB.Update(ctx, func(tx *db.Tx) error {
 			if err := tx.SetRecoveryInstanceState(ri.ID, api.InstanceTerminated, true, now); err != nil {
 				return err
 			}
