@@ -289,3 +289,23 @@ func TestLibvirtLaunchIntoExistingDomain(t *testing.T) {
 		t.Fatalf("terminate deleted the existing domain's volume: %v", err)
 	}
 }
+
+func TestLibvirtPlanRefusesRefusedCredentials(t *testing.T) {
+	d := testutil.StartLibvirtdWith(t, testutil.LibvirtdOptions{TLS: true})
+	ctx := ctxFor(t)
+	p := launch.NewLibvirt(launch.LibvirtSite{Name: "tls", URI: d.TLSURI, Credentials: d.UntrustedTLSCredentials, Pool: lbPool}, launch.Options{})
+	req := drillRequest(t, "lbtest-creds", 1<<20)
+	_, err := p.Plan(ctx, req)
+	wantRefusal(t, err, "libvirt at "+d.TLSURI+" refuses the connection")
+	c, err := libvirt.Dial(ctx, libvirt.Config{URI: d.TLSURI, Credentials: d.TLSCredentials})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if doms, err := c.Domains(ctx); err != nil || len(doms) != 0 {
+		t.Fatalf("domains after a refused plan: %v (%v)", doms, err)
+	}
+	if ents, _ := os.ReadDir(req.Dir); len(ents) != 0 {
+		t.Fatalf("a refused plan made %v", ents)
+	}
+}

@@ -28,14 +28,34 @@ type Libvirtd struct {
 	TCPURI  string // qemu+tcp://127.0.0.1:Port/system
 	UnixURI string // qemu:///system?socket=…
 	Socket  string // the read-write Unix socket
+	// With LibvirtdOptions.TLS: the TLS listener, a client credentials bundle it
+	// accepts (client certificate, key, CA) and one it refuses (a certificate of
+	// another CA).
+	TLSPort                 int
+	TLSURI                  string // qemu+tls://127.0.0.1:TLSPort/system
+	TLSCredentials          []byte
+	UntrustedTLSCredentials []byte
 
 	t      testing.TB
 	cmd    *exec.Cmd
 	exited chan struct{}
 }
 
+// LibvirtdOptions configure StartLibvirtdWith.
+type LibvirtdOptions struct {
+	// TLS makes libvirtd listen for TLS too, with a fresh CA (auth_tls none: the
+	// client certificate is the credential).
+	TLS bool
+}
+
 // StartLibvirtd starts a private libvirtd and waits until it answers on TCP.
 func StartLibvirtd(t testing.TB) *Libvirtd {
+	t.Helper()
+	return StartLibvirtdWith(t, LibvirtdOptions{})
+}
+
+// StartLibvirtdWith starts a private libvirtd as StartLibvirtd does, with options.
+func StartLibvirtdWith(t testing.TB, o LibvirtdOptions) *Libvirtd {
 	t.Helper()
 	RequireRoot(t)
 	bin := RequireCommand(t, "libvirtd", "libvirt-daemon-system")
@@ -51,6 +71,11 @@ func StartLibvirtd(t testing.TB) *Libvirtd {
 	l.UnixURI = "qemu:///system?socket=" + l.Socket
 	t.Cleanup(l.cleanup)
 	l.writeConfig(t)
+	if o.TLS {
+		l.TLSPort = FreePort(t)
+		l.TLSURI = fmt.Sprintf("qemu+tls://127.0.0.1:%d/system", l.TLSPort)
+		l.writeTLS(t)
+	}
 	l.start(t, bin)
 	return l
 }
@@ -132,8 +157,12 @@ exec %[2]s --listen -f %[1]s/libvirtd.conf -p %[1]s/libvirtd.pid
 		close(l.exited)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
+	port := l.Port
+	if l.TLSPort != 0 {
+		port = l.TLSPort // listened on after TCP
+	}
 	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", l.Port), time.Second)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
 		if err == nil {
 			c.Close()
 			break
@@ -144,7 +173,7 @@ exec %[2]s --listen -f %[1]s/libvirtd.conf -p %[1]s/libvirtd.pid
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd did not listen on 127.0.0.1:%d within 30s:\n%s", l.Port, l.Output())
+			t.Fatalf("libvirtd did not listen on 127.0.0.1:%d within 30s:\n%s", port, l.Output())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -107,19 +108,70 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	conn, err := dialTransport(dctx, addr, creds)
+	raw, err := dialTransport(dctx, addr, creds)
 	if err != nil {
-		return nil, &UnreachableError{URI: addr.String(), Err: err}
+		var ce *credError
+		return nil, &UnreachableError{URI: addr.String(), Err: err, Refused: errors.As(err, &ce)}
 	}
+	conn := &errConn{Conn: raw}
 	c := &Client{cfg: cfg, addr: addr, conn: conn, log: cfg.Logger.With("libvirt", addr.String())}
 	c.lv = golibvirt.NewWithDialer(dialers.NewAlreadyConnected(conn))
 	err = c.do(dctx, "open the connection", func() error { return c.lv.ConnectToURI(golibvirt.ConnectURI(addr.Remote)) })
 	if err != nil {
 		c.Close()
-		return nil, &UnreachableError{URI: addr.String(), Err: err, Refused: isAuthError(err)}
+		refused := isAuthError(err)
+		if rerr := conn.firstErr(); rerr != nil {
+			// go-libvirt drops the connection's error; TLS 1.3 says only now that the
+			// host refused the client certificate.
+			err = fmt.Errorf("%w: %v", err, rerr)
+			refused = refused || strings.Contains(rerr.Error(), "remote error: tls")
+		}
+		return nil, &UnreachableError{URI: addr.String(), Err: err, Refused: refused}
 	}
 	return c, nil
 }
+
+// errConn remembers the first error reading or writing the connection.
+type errConn struct {
+	net.Conn
+	mu  sync.Mutex
+	err error
+}
+
+func (e *errConn) note(err error) {
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		e.mu.Lock()
+		if e.err == nil {
+			e.err = err
+		}
+		e.mu.Unlock()
+	}
+}
+
+func (e *errConn) Read(b []byte) (int, error) {
+	n, err := e.Conn.Read(b)
+	e.note(err)
+	return n, err
+}
+
+func (e *errConn) Write(b []byte) (int, error) {
+	n, err := e.Conn.Write(b)
+	e.note(err)
+	return n, err
+}
+
+func (e *errConn) firstErr() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// credError is a transport that refused the credentials (TLS handshake alert, ssh
+// authentication or host key).
+type credError struct{ err error }
+
+func (c *credError) Error() string { return c.err.Error() }
+func (c *credError) Unwrap() error { return c.err }
 
 // URI is the host's URI as it may be shown (never with a password).
 func (c *Client) URI() string { return c.addr.String() }

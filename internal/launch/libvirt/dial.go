@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strings"
@@ -243,7 +244,39 @@ func dialTLS(ctx context.Context, a *Address, c Credentials) (net.Conn, error) {
 	host, _, _ := net.SplitHostPort(a.Host)
 	d := tls.Dialer{Config: &tls.Config{Certificates: []tls.Certificate{*c.TLS}, RootCAs: c.CAs,
 		ServerName: host, MinVersion: tls.VersionTLS12}}
-	return d.DialContext(ctx, "tcp", a.Host)
+	conn, err := d.DialContext(ctx, "tcp", a.Host)
+	if err != nil {
+		return nil, tlsError(err)
+	}
+	// libvirtd then writes one byte: 1 when it accepted the client's certificate.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(dl)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(conn, b); err != nil {
+		conn.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			// gnutls closes without an alert when it rejects a TLS 1.3 client certificate.
+			return nil, &credError{errors.New("the host closed the connection after the TLS handshake: it refused the client certificate (or this client's address)")}
+		}
+		return nil, tlsError(err)
+	}
+	if b[0] != 1 {
+		conn.Close()
+		return nil, &credError{errors.New("the host refused the client certificate")}
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	return conn, nil
+}
+
+// tlsError marks a TLS error that is about certificates as a refusal of credentials.
+func tlsError(err error) error {
+	var alert tls.AlertError
+	var verr *tls.CertificateVerificationError
+	if errors.As(err, &alert) || errors.As(err, &verr) || strings.Contains(err.Error(), "remote error: tls") {
+		return &credError{err}
+	}
+	return err
 }
 
 // dialSSH connects over ssh and opens a channel to the remote libvirt socket
@@ -271,6 +304,9 @@ func dialSSH(ctx context.Context, a *Address, c Credentials) (net.Conn, error) {
 		Auth: []ssh.AuthMethod{ssh.PublicKeys(c.SSHKey)}, HostKeyCallback: hostKeys})
 	if err != nil {
 		tcp.Close()
+		if strings.Contains(err.Error(), "unable to authenticate") || strings.Contains(err.Error(), "host key") {
+			return nil, &credError{fmt.Errorf("ssh: %w", err)}
+		}
 		return nil, fmt.Errorf("ssh: %w", err)
 	}
 	_ = tcp.SetDeadline(time.Time{})

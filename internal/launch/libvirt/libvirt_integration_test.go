@@ -3,16 +3,22 @@ package libvirt_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/lifeboat-dr/lifeboat/internal/launch/libvirt"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
@@ -355,5 +361,159 @@ func assertNothingLeft(t *testing.T, c *libvirt.Client, pool string) {
 	vols, err := c.Volumes(ctx, pool)
 	if err != nil || len(vols) != 0 {
 		t.Errorf("volumes left in %s: %v (%v)", pool, vols, err)
+	}
+}
+
+func TestConnectTLSAndRefusedCertificate(t *testing.T) {
+	d := testutil.StartLibvirtdWith(t, testutil.LibvirtdOptions{TLS: true})
+	ctx := testCtx(t)
+	c, err := libvirt.Dial(ctx, libvirt.Config{URI: d.TLSURI, Credentials: d.TLSCredentials})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, d.Output())
+	}
+	if _, err := c.Domains(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	_, err = libvirt.Dial(ctx, libvirt.Config{URI: d.TLSURI, Credentials: d.UntrustedTLSCredentials})
+	var u *libvirt.UnreachableError
+	if !errors.As(err, &u) || !u.Refused || !strings.Contains(err.Error(), "refuses the connection") {
+		t.Fatalf("a client certificate of another CA: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	_, err = libvirt.Dial(ctx, libvirt.Config{URI: d.TLSURI})
+	if err == nil || !strings.Contains(err.Error(), "needs a client certificate") {
+		t.Fatalf("no credentials: %v", err)
+	}
+}
+
+// TestDialTimesOut dials a host that accepts the connection and never answers.
+func TestDialTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, silent
+		}
+	}()
+	uri := "qemu+tcp://" + ln.Addr().String() + "/system"
+	start := time.Now()
+	_, err = libvirt.Dial(context.Background(), libvirt.Config{URI: uri, DialTimeout: time.Second})
+	if !libvirt.IsUnreachable(err) || !strings.Contains(err.Error(), "does not answer") {
+		t.Fatalf("a silent host: %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("a silent host took %v to give up on with a 1s timeout", took)
+	}
+	t.Logf("after %v: %v", time.Since(start), err)
+}
+
+// sshForwarder is an ssh server (x/crypto/ssh, in the test) that lets one client key
+// open direct-streamlocal channels to the private libvirtd's socket, as sshd does.
+func sshForwarder(t *testing.T, socket string) (addr string, hostKey ssh.PublicKey, clientKeyPEM []byte) {
+	t.Helper()
+	_, hostPriv, _ := ed25519.GenerateKey(rand.Reader)
+	hostSigner, _ := ssh.NewSignerFromKey(hostPriv)
+	clientPub, clientPriv, _ := ed25519.GenerateKey(rand.Reader)
+	sshClientPub, _ := ssh.NewPublicKey(clientPub)
+	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
+		if bytes.Equal(k.Marshal(), sshClientPub.Marshal()) {
+			return nil, nil
+		}
+		return nil, errors.New("unknown key")
+	}}
+	cfg.AddHostKey(hostSigner)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serveSSH(c, cfg, socket)
+		}
+	}()
+	blk, err := ssh.MarshalPrivateKey(clientPriv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln.Addr().String(), hostSigner.PublicKey(), pem.EncodeToMemory(blk)
+}
+
+func serveSSH(c net.Conn, cfg *ssh.ServerConfig, socket string) {
+	defer c.Close()
+	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
+	if err != nil {
+		return
+	}
+	go ssh.DiscardRequests(reqs)
+	for nc := range chans {
+		var p struct {
+			Path      string
+			Reserved0 string
+			Reserved1 uint32
+		}
+		if nc.ChannelType() != "direct-streamlocal@openssh.com" || ssh.Unmarshal(nc.ExtraData(), &p) != nil || p.Path != socket {
+			_ = nc.Reject(ssh.Prohibited, "only the libvirt socket")
+			continue
+		}
+		u, err := net.Dial("unix", p.Path)
+		if err != nil {
+			_ = nc.Reject(ssh.ConnectionFailed, err.Error())
+			continue
+		}
+		ch, creqs, err := nc.Accept()
+		if err != nil {
+			u.Close()
+			continue
+		}
+		go ssh.DiscardRequests(creqs)
+		go func() {
+			_, _ = io.Copy(ch, u)
+			ch.Close()
+		}()
+		go func() {
+			_, _ = io.Copy(u, ch)
+			u.Close()
+		}()
+	}
+}
+
+func TestConnectSSH(t *testing.T) {
+	d := testutil.StartLibvirtd(t)
+	ctx := testCtx(t)
+	addr, hostKey, key := sshForwarder(t, d.Socket)
+	uri := "qemu+ssh://root@" + addr + "/system?socket=" + d.Socket
+	known := addr + " " + string(ssh.MarshalAuthorizedKey(hostKey))
+	c, err := libvirt.Dial(ctx, libvirt.Config{URI: uri, Credentials: append(append([]byte{}, key...), known...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Domains(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	otherHost, _, _ := ed25519.GenerateKey(rand.Reader)
+	otherKey, _ := ssh.NewPublicKey(otherHost)
+	wrong := addr + " " + string(ssh.MarshalAuthorizedKey(otherKey))
+	_, err = libvirt.Dial(ctx, libvirt.Config{URI: uri, Credentials: append(append([]byte{}, key...), wrong...)})
+	var u *libvirt.UnreachableError
+	if !errors.As(err, &u) || !u.Refused || !strings.Contains(err.Error(), "none of the credentials' known_hosts keys") {
+		t.Fatalf("a host key that is not the known one: %v", err)
+	}
+	_, err = libvirt.Dial(ctx, libvirt.Config{URI: uri, Credentials: key})
+	if err == nil || !strings.Contains(err.Error(), "known_hosts line") {
+		t.Fatalf("no known_hosts line: %v", err)
 	}
 }
