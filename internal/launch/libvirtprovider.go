@@ -473,12 +473,37 @@ func (l *Libvirt) launchExisting(ctx context.Context, c *libvirt.Client, req Req
 			return Launched{}, err
 		}
 	}
-	if err := c.StartDomain(ctx, name, !req.Settings.StartAfterLaunch); err != nil {
+	if err := l.startExisting(ctx, c, req, name); err != nil {
 		return Launched{}, err
 	}
 	h := api.ProviderHandle{Host: c.URI(), Dir: req.Dir, InstanceID: name, ConsoleLog: filepath.Join(req.Dir, "serial.log")}
 	l.captureConsole(c, name, h.ConsoleLog)
 	return l.launched(ctx, c, req, h)
+}
+
+// startExisting starts the domain launched into. Isolated (a drill), it starts paused,
+// its interfaces' links are set down on the running domain only (its definition stays
+// its owner's), and then its CPUs run: it never reaches the network it is defined on.
+func (l *Libvirt) startExisting(ctx context.Context, c *libvirt.Client, req Request, name string) error {
+	iso := isolated(req)
+	if err := c.StartDomain(ctx, name, iso || !req.Settings.StartAfterLaunch); err != nil {
+		return err
+	}
+	if !iso {
+		return nil
+	}
+	n, err := c.IsolateLive(ctx, name)
+	if err != nil {
+		if derr := c.DestroyDomain(ctx, name); derr != nil {
+			l.log.Warn("stopping a domain that could not be isolated", "domain", name, "err", derr)
+		}
+		return fmt.Errorf("isolate libvirt domain %s: %w", name, err)
+	}
+	l.log.Info("isolated the domain launched into: its links are down", "domain", name, "interfaces", n)
+	if req.Settings.StartAfterLaunch {
+		return c.ResumeDomain(ctx, name)
+	}
+	return nil
 }
 
 func (l *Libvirt) writeDiffering(ctx context.Context, c *libvirt.Client, path string, d libvirt.DiskRef) error {
@@ -638,12 +663,26 @@ func (l *Libvirt) Resume(ctx context.Context, h api.ProviderHandle) error {
 	case st == libvirt.StatePaused:
 		err = c.ResumeDomain(ctx, h.InstanceID)
 	case st == libvirt.StateShutoff:
-		err = c.StartDomain(ctx, h.InstanceID, false)
+		err = l.restart(ctx, c, h.InstanceID)
 	}
 	if err == nil && st != libvirt.StateRunning {
 		l.captureConsole(c, h.InstanceID, h.ConsoleLog)
 	}
 	return err
+}
+
+// restart starts a shut-off domain Lifeboat made (its definition holds the launch's
+// network); a domain launched into may have been isolated only while it ran, so it is
+// refused.
+func (l *Libvirt) restart(ctx context.Context, c *libvirt.Client, name string) error {
+	info, err := c.Domain(ctx, name)
+	if err != nil {
+		return err
+	}
+	if info.RecoveryInstance == "" {
+		return refuse("libvirt domain %s was launched into and is shut off now: launch into it again", name)
+	}
+	return c.StartDomain(ctx, name, false)
 }
 
 // Terminate powers the domain off; a domain Lifeboat made is undefined (with its UEFI

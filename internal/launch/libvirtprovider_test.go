@@ -210,6 +210,7 @@ func existingDomainXML(name, vol string, allow bool) string {
 	return `<domain type="qemu"><name>` + name + `</name>` + meta + `<memory unit="MiB">128</memory><vcpu>1</vcpu>
 <os><type arch="x86_64">hvm</type></os><devices>
 <disk type="volume" device="disk"><driver name="qemu" type="raw"/><source pool="` + lbPool + `" volume="` + vol + `"/><target dev="vda" bus="virtio"/></disk>
+<interface type="network"><source network="lbtest-prod"/><model type="virtio"/></interface>
 <serial type="pty"/><console type="pty"/></devices></domain>`
 }
 
@@ -242,6 +243,9 @@ func TestLibvirtLaunchIntoExistingDomain(t *testing.T) {
 	const size = 16 << 20
 	old := make([]byte, size)
 	_, _ = rand.Read(old)
+	if err := c.CreateIsolatedNetwork(ctx, "lbtest-prod"); err != nil { // the domains' own network
+		t.Fatal(err)
+	}
 	defineExisting(t, d, c, "lbtest-existing", true, old)
 	defineExisting(t, d, c, "lbtest-untagged", false, old)
 	var logs logBuffer
@@ -273,6 +277,9 @@ func TestLibvirtLaunchIntoExistingDomain(t *testing.T) {
 	if l.State != api.InstanceRunning || l.Handle.InstanceID != "lbtest-existing" || len(l.Handle.Disks) != 0 {
 		t.Fatalf("launched %+v", l)
 	}
+	if live, err := d.Virsh("dumpxml", "lbtest-existing"); err != nil || !strings.Contains(live, "<link state='down'/>") {
+		t.Fatalf("the drill's domain is not cut off its network (%v):\n%s", err, live)
+	}
 	var got bytes.Buffer
 	if err := c.DownloadVolume(ctx, lbPool, "lbtest-existing.raw", &got, 0, size); err != nil || !bytes.Equal(got.Bytes(), pit) {
 		t.Fatalf("the domain's volume is not the PIT (%v)", err)
@@ -287,6 +294,12 @@ func TestLibvirtLaunchIntoExistingDomain(t *testing.T) {
 	}
 	if _, err := c.Volume(ctx, lbPool, "lbtest-existing.raw"); err != nil {
 		t.Fatalf("terminate deleted the existing domain's volume: %v", err)
+	}
+	if def, err := d.Virsh("dumpxml", "--inactive", "lbtest-existing"); err != nil || strings.Contains(def, "<link") || !strings.Contains(def, "lbtest-prod") {
+		t.Fatalf("the domain's definition changed (%v):\n%s", err, def)
+	}
+	if err := p.Resume(ctx, l.Handle); err == nil || !strings.Contains(err.Error(), "launch into it again") {
+		t.Fatalf("resuming a shut-off domain launched into: %v", err)
 	}
 }
 

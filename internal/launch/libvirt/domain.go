@@ -404,3 +404,44 @@ func parseMetadata(inner string) (allow bool, recovery string) {
 		}
 	}
 }
+
+// IsolateLive sets the link of each network interface of a started domain down, on
+// the running domain only (its definition stays as its owner made it): a domain
+// started paused and isolated before its CPUs run reaches nothing. It returns the
+// number of interfaces cut.
+func (c *Client) IsolateLive(ctx context.Context, name string) (int, error) {
+	d, err := c.lookupDomain(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	var x string
+	err = c.do(ctx, "read domain "+name, func() (err error) {
+		x, err = c.lv.DomainGetXMLDesc(d, 0)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	var dx libvirtxml.Domain
+	if err := dx.Unmarshal(x); err != nil {
+		return 0, fmt.Errorf("domain %s: its XML: %w", name, err)
+	}
+	if dx.Devices == nil {
+		return 0, nil
+	}
+	for i := range dx.Devices.Interfaces {
+		iface := dx.Devices.Interfaces[i]
+		iface.Link = &libvirtxml.DomainInterfaceLink{State: "down"}
+		ix, err := iface.Marshal()
+		if err != nil {
+			return i, err
+		}
+		err = c.do(ctx, "cut the network of domain "+name, func() error {
+			return c.lv.DomainUpdateDeviceFlags(d, ix, golibvirt.DomainDeviceModifyLive)
+		})
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(dx.Devices.Interfaces), nil
+}
