@@ -56,7 +56,8 @@ type LibvirtSite struct {
 // A launch into an existing instance (req.Target) names a libvirt domain that is shut
 // off and carries <lifeboat:allow-launch>true</lifeboat:allow-launch> in its metadata;
 // only the blocks that differ are written into its volumes, and terminate stops it but
-// keeps it and its volumes.
+// keeps it and its volumes. Volumes are raw (sparse in directory pools): the settings'
+// diskFormat qcow2 is not applied.
 type Libvirt struct {
 	site LibvirtSite
 	opts Options

@@ -86,19 +86,24 @@ func (c *Client) deleteAfterFailure(pool, name string) error {
 	return cl.DeleteVolume(ctx, pool, name)
 }
 
+// mergeGap is the longest run of zeros an upload sends rather than start another range.
+const mergeGap = 4 * BlockSize
+
 // span is a byte range.
 type span struct{ off, len int64 }
 
 // dataRanges lists the ranges of src to send: all of it, or, when skipZero, its
-// non-zero 1 MiB blocks (holes of a file are skipped without reading them), merged.
+// non-zero 1 MiB blocks (holes of a file are skipped without reading them), merged
+// across gaps of up to mergeGap.
 func dataRanges(ctx context.Context, src io.ReaderAt, size int64, skipZero bool) ([]span, error) {
 	if !skipZero {
 		return []span{{0, size}}, nil
 	}
 	var out []span
 	add := func(off, n int64) {
-		if k := len(out) - 1; k >= 0 && out[k].off+out[k].len == off {
-			out[k].len += n
+		// Zeros in a short gap cost less to send than another stream's round trip.
+		if k := len(out) - 1; k >= 0 && off-(out[k].off+out[k].len) <= mergeGap {
+			out[k].len = off + n - out[k].off
 			return
 		}
 		out = append(out, span{off, n})

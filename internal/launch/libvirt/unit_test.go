@@ -195,7 +195,7 @@ func TestDataRangesSkipsHolesAndZeros(t *testing.T) {
 	}
 	data := make([]byte, BlockSize)
 	data[0] = 1
-	for _, off := range []int64{0, 1 << 20, 40 << 20} { // blocks 0 and 1 (one range) and 40
+	for _, off := range []int64{0, 1 << 20, 6 << 20, 40 << 20} { // blocks 0, 1 and 6 (one range: a short gap) and 40
 		if _, err := f.WriteAt(data, off); err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +207,7 @@ func TestDataRangesSkipsHolesAndZeros(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []span{{0, 2 << 20}, {40 << 20, 1 << 20}}
+	want := []span{{0, 7 << 20}, {40 << 20, 1 << 20}}
 	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("ranges %v, want %v", got, want)
 	}
