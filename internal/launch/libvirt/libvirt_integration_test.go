@@ -517,3 +517,46 @@ func TestConnectSSH(t *testing.T) {
 		t.Fatalf("no known_hosts line: %v", err)
 	}
 }
+
+// TestUEFIDomainUndefinesWithItsVariables starts a UEFI domain (libvirt picks the OVMF
+// firmware and makes its variable store) and undefines it with the store.
+func TestUEFIDomainUndefinesWithItsVariables(t *testing.T) {
+	if m, _ := filepath.Glob("/usr/share/qemu/firmware/*edk2-x86_64*.json"); len(m) == 0 {
+		t.Skip("skipped: no OVMF firmware (apt-get install ovmf; scripts/test does not install it)")
+	}
+	d := testutil.StartLibvirtd(t)
+	c := dial(t, d)
+	ctx := testCtx(t)
+	pool(t, d, c, "lbtest-pool")
+	if _, err := c.CreateVolume(ctx, "lbtest-pool", "lbtest-efi", 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	spec := libvirt.DomainSpec{Name: "lbtest-efi", CPUs: 1, MemoryMiB: 256, Boot: libvirt.BootUEFI,
+		Disks: []libvirt.DiskRef{{Pool: "lbtest-pool", Volume: "lbtest-efi"}}, RecoveryInstance: "ri-efi"}
+	if err := c.DefineDomain(ctx, spec); err != nil {
+		t.Fatalf("%v\n%s", err, d.Output())
+	}
+	if err := c.StartDomain(ctx, "lbtest-efi", false); err != nil {
+		t.Fatalf("%v\n%s", err, d.Output())
+	}
+	if info, err := c.Domain(ctx, "lbtest-efi"); err != nil || info.Boot != libvirt.BootUEFI {
+		t.Fatalf("domain %+v (%v)", info, err)
+	}
+	nvram, _ := filepath.Glob(filepath.Join(d.Dir, "lib", "qemu", "nvram", "lbtest-efi_VARS*"))
+	if len(nvram) != 1 {
+		t.Fatalf("variable store: %v", nvram)
+	}
+	if err := c.DestroyDomain(ctx, "lbtest-efi"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UndefineDomain(ctx, "lbtest-efi"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(nvram[0]); !os.IsNotExist(err) {
+		t.Fatalf("the variable store outlived its domain (%v)", err)
+	}
+	if err := c.DeleteVolume(ctx, "lbtest-pool", "lbtest-efi"); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, c, "lbtest-pool")
+}
