@@ -120,6 +120,9 @@ type Launched struct {
 	State   string // api.Instance* state
 	Address string // where to reach it ("" when nothing can)
 	Ports   []api.PortForward
+	// Note says what the launch did that the log should show (blocks written into an
+	// existing instance's disks, say).
+	Note string
 }
 
 // Provider is a launch provider.

@@ -17,9 +17,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/launch/qemu"
 )
 
-// libvirtProvider is the libvirt provider's name (api.ProviderLibvirt, once sites have it).
-const libvirtProvider = "libvirt"
-
 // Bounds of the libvirt provider.
 const (
 	// libvirtPlanTimeout bounds Plan's checks of the host: a host that does not answer
@@ -76,11 +73,11 @@ func NewLibvirt(site LibvirtSite, o Options) *Libvirt {
 		site.Pool = "default"
 	}
 	return &Libvirt{site: site, opts: o, consoles: map[string]context.CancelFunc{},
-		log: o.Logger.With("provider", libvirtProvider, "site", site.Name)}
+		log: o.Logger.With("provider", api.ProviderLibvirt, "site", site.Name)}
 }
 
 // Name is "libvirt".
-func (l *Libvirt) Name() string { return libvirtProvider }
+func (l *Libvirt) Name() string { return api.ProviderLibvirt }
 
 // dial connects to the site's host.
 func (l *Libvirt) dial(ctx context.Context) (*libvirt.Client, error) {
@@ -116,6 +113,9 @@ func isolated(req Request) bool {
 // that does not answer or refuses the credentials is a refusal. It plans one sparse raw
 // image per volume in the recovery's directory, uploaded by Launch.
 func (l *Libvirt) Plan(ctx context.Context, req Request) (Plan, error) {
+	if req.Settings.Instant {
+		return Plan{}, refuse("libvirt site %s: instant launch is not available on libvirt sites (the host would need to reach the control plane's NBD export): turn it off (settings launch set --instant=false) or recover into a qemu site", l.site.Name)
+	}
 	ctx, cancel := context.WithTimeout(ctx, libvirtPlanTimeout)
 	defer cancel()
 	c, err := l.dial(ctx)
@@ -469,17 +469,22 @@ func (l *Libvirt) launchExisting(ctx context.Context, c *libvirt.Client, req Req
 	if err != nil {
 		return Launched{}, err
 	}
+	var notes []string
 	for i, d := range plan.Disks {
-		if err := l.writeDiffering(ctx, c, d.Path, info.Disks[i]); err != nil {
+		note, err := l.writeDiffering(ctx, c, d.Path, info.Disks[i])
+		if err != nil {
 			return Launched{}, err
 		}
+		notes = append(notes, note)
 	}
 	if err := l.startExisting(ctx, c, req, name); err != nil {
 		return Launched{}, err
 	}
 	h := api.ProviderHandle{Host: c.URI(), Dir: req.Dir, InstanceID: name, ConsoleLog: filepath.Join(req.Dir, "serial.log")}
 	l.captureConsole(c, name, h.ConsoleLog)
-	return l.launched(ctx, c, req, h)
+	out, err := l.launched(ctx, c, req, h)
+	out.Note = strings.Join(notes, "; ")
+	return out, err
 }
 
 // startExisting starts the domain launched into. Isolated (a drill), it starts paused,
@@ -507,23 +512,25 @@ func (l *Libvirt) startExisting(ctx context.Context, c *libvirt.Client, req Requ
 	return nil
 }
 
-func (l *Libvirt) writeDiffering(ctx context.Context, c *libvirt.Client, path string, d libvirt.DiskRef) error {
+// writeDiffering writes into a domain's volume the blocks of a disk image that differ,
+// and says how many it wrote.
+func (l *Libvirt) writeDiffering(ctx context.Context, c *libvirt.Client, path string, d libvirt.DiskRef) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return "", err
 	}
 	st, err := c.WriteDiffering(ctx, d.Pool, d.Volume, f, fi.Size(), nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	l.log.Info("wrote the differing blocks into an existing domain's disk", "volume", d.Pool+"/"+d.Volume,
 		"blocks", st.Blocks, "differing", st.Differing, "bytes", st.BytesWritten)
-	return nil
+	return fmt.Sprintf("wrote %d of %d blocks (the ones that differ) into %s/%s", st.Differing, st.Blocks, d.Pool, d.Volume), nil
 }
 
 // launched describes the domain.

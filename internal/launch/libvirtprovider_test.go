@@ -107,6 +107,10 @@ func TestLibvirtPlanRefusesWhatTheSiteCannotDo(t *testing.T) {
 	fwd.Settings.Network.PortForwards = []api.PortForward{{Protocol: "tcp", GuestPort: 80}}
 	_, err = p.Plan(ctx, fwd)
 	wantRefusal(t, err, "no port forwards")
+	instant := req
+	instant.Settings.Instant = true
+	_, err = p.Plan(ctx, instant)
+	wantRefusal(t, err, "instant launch is not available on libvirt sites")
 	assertLibvirtEmpty(t, c)
 	_ = d
 }

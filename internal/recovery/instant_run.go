@@ -73,27 +73,40 @@ func rawDisks(ctx context.Context, st *launchState) (disks []launch.Disk, close 
 	return disks, v.Close, nil
 }
 
-// booted logs BOOT when a launched instance runs and, for an instant launch, starts
-// copying its disks.
+// booted logs BOOT when a launched instance runs.
 func (j *jobCtx) booted(ctx context.Context, st *launchState, l launch.Launched) {
-	if l.State == api.InstanceRunning {
-		msg := fmt.Sprintf("recovery instance %s is running", st.row.RecoveryInstanceID)
-		if l.Handle.NBDSocket != "" {
-			msg += " (instant launch: it reads from the staging store until its disks are copied)"
-		}
-		j.event(ctx, st.row.SourceServerID, api.EventBoot, msg, map[string]any{"recoveryInstanceId": st.row.RecoveryInstanceID,
-			"instant": l.Handle.NBDSocket != ""})
+	if l.State != api.InstanceRunning {
+		return
 	}
-	if l.Handle.NBDSocket != "" { // copied even while the VM waits to be started
-		j.r.startHydration(ctx, j, st.row.SourceServerID, st.row.RecoveryInstanceID, st.repo, st.pit, st.provider, l.Handle)
+	msg := fmt.Sprintf("recovery instance %s is running", st.row.RecoveryInstanceID)
+	if l.Handle.NBDSocket != "" {
+		msg += " (instant launch: it reads from the staging store until its disks are copied)"
 	}
+	j.event(ctx, st.row.SourceServerID, api.EventBoot, msg, map[string]any{"recoveryInstanceId": st.row.RecoveryInstanceID,
+		"instant": l.Handle.NBDSocket != ""})
+}
+
+// hydrateAfter starts copying an instant launch's disks once its post-launch actions
+// ended (err is theirs, returned as it is): the copy would slow the boot and the checks
+// that measure the RTO. Without actions it waits HydrationDelay after boot. The copy
+// runs even while the VM waits to be started.
+func (j *jobCtx) hydrateAfter(ctx context.Context, st *launchState, l launch.Launched, err error) error {
+	if l.Handle.NBDSocket == "" || ctx.Err() != nil {
+		return err
+	}
+	var delay time.Duration
+	if len(st.settings.PostLaunchActions) == 0 && l.State == api.InstanceRunning {
+		delay = j.r.cfg.HydrationDelay
+	}
+	j.r.startHydration(ctx, j, st.row.SourceServerID, st.row.RecoveryInstanceID, st.repo, st.pit, st.provider, l.Handle, delay)
+	return err
 }
 
 // startHydration runs the copy of an instant launch's disks in the background: it ends
 // with HYDRATED, when the instance is terminated, or at shutdown (the next start goes
 // on: resumeHydrations).
 func (r *Runner) startHydration(ctx context.Context, j *jobCtx, server, riID string, repo *store.Repo, pit store.PIT,
-	p launch.Provider, h api.ProviderHandle) {
+	p launch.Provider, h api.ProviderHandle, delay time.Duration) {
 	hy, ok := p.(hydrater)
 	if !ok {
 		r.log.Error("the provider cannot hydrate an instant launch", "provider", p.Name(), "recoveryInstance", riID)
@@ -109,6 +122,11 @@ func (r *Runner) startHydration(ctx context.Context, j *jobCtx, server, riID str
 	}
 	r.wg.Go(func() {
 		defer r.instant.endLoop(riID)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
 		r.hydrate(ctx, j, server, riID, repo, pit, hy, h)
 	})
 }
@@ -239,6 +257,6 @@ func (r *Runner) resumeHydration(ctx context.Context, ri db.RecoveryInstance) er
 	j := &jobCtx{r: r, job: job}
 	j.event(ctx, ri.SourceServerID, api.EventJobResume, fmt.Sprintf("the control plane restarted while %s's disks were copied: serving them again and resuming the copy", ri.ID),
 		map[string]any{"recoveryInstanceId": ri.ID})
-	r.startHydration(ctx, j, ri.SourceServerID, ri.ID, repo, pit, p, ri.ProviderHandle)
+	r.startHydration(ctx, j, ri.SourceServerID, ri.ID, repo, pit, p, ri.ProviderHandle, 0)
 	return nil
 }

@@ -64,6 +64,10 @@ type Config struct {
 	// ConsoleCapture is how long a VM's serial console is copied into the job's log
 	// after its launch (default 2 minutes).
 	ConsoleCapture time.Duration
+	// HydrationDelay is how long after boot an instant launch without post-launch
+	// checks starts copying its disks (default 30 s); with checks, the copy starts once
+	// they end. The copy would otherwise slow the boot it competes with.
+	HydrationDelay time.Duration
 	Now            func() time.Time
 	Logger         *slog.Logger
 }
@@ -74,9 +78,9 @@ type Runner struct {
 	log  *slog.Logger
 	wake chan struct{}
 
-	mu       sync.Mutex
-	running  map[string]bool               // jobs with a goroutine in this process
-	consoles map[string]context.CancelFunc // console captures, by recovery instance
+	mu        sync.Mutex
+	running   map[string]bool               // jobs with a goroutine in this process
+	consoles  map[string]context.CancelFunc // console captures, by recovery instance
 	instant   *instantExports
 	providers *siteProviders
 	wg        sync.WaitGroup
@@ -92,6 +96,9 @@ func NewRunner(cfg Config) *Runner {
 	}
 	if cfg.ConsoleCapture <= 0 {
 		cfg.ConsoleCapture = 2 * time.Minute
+	}
+	if cfg.HydrationDelay <= 0 {
+		cfg.HydrationDelay = 30 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = func() time.Time { return time.Now().UTC() }
@@ -110,7 +117,7 @@ func NewRunner(cfg Config) *Runner {
 	}
 	return &Runner{cfg: cfg, log: cfg.Logger.With("component", "jobs"), wake: make(chan struct{}, 1),
 		running: map[string]bool{}, consoles: map[string]context.CancelFunc{},
-		instant: &instantExports{log: cfg.Logger.With("component", "nbd"), served: map[string]*servedExports{}, loops: map[string]bool{}},
+		instant:   &instantExports{log: cfg.Logger.With("component", "nbd"), served: map[string]*servedExports{}, loops: map[string]bool{}},
 		providers: &siteProviders{local: cfg.Providers, site: cfg.Sites, opts: cfg.ProviderOptions, libvirt: map[string]*cachedLibvirt{}}}
 }
 
@@ -427,7 +434,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 				return failAt(api.StepLaunch, err)
 			}
 			j.booted(ctx, st, l)
-			return j.postLaunch(ctx, st, l)
+			return j.hydrateAfter(ctx, st, l, j.postLaunch(ctx, st, l))
 		}
 		if !errors.Is(err, launch.ErrNotRunning) {
 			return failAt(api.StepLaunch, fmt.Errorf("the control plane restarted during %s and the instance's state is unknown: %w", resumedStep, err))
@@ -476,7 +483,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 		return failAt(api.StepLaunch, err)
 	}
 	j.booted(ctx, st, l)
-	return j.postLaunch(ctx, st, l)
+	return j.hydrateAfter(ctx, st, l, j.postLaunch(ctx, st, l))
 }
 
 // convert runs the CONVERSION step when the plan asks for it: what the target needs to
@@ -669,7 +676,11 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*ap
 				st.target.ID, st.target.RecoveryInstanceID)}
 		}
 	}
-	if st.provider, err = r.providers.provider(ctx, st.server.AccountID, st.server.SiteID, st.settings.Provider); err != nil {
+	site, name := st.server.SiteID, st.settings.Provider
+	if st.target != nil && st.target.Provider == api.ProviderLibvirt {
+		site, name = st.target.SiteID, api.ProviderLibvirt // a domain of the instance's libvirt site
+	}
+	if st.provider, err = r.providers.provider(ctx, st.server.AccountID, site, name); err != nil {
 		return err
 	}
 	if st.repo, err = r.cfg.Stores.Open(ctx, st.server.AccountID, storeURL); err != nil {
@@ -803,6 +814,9 @@ func (j *jobCtx) launched(ctx context.Context, st *launchState, l launch.Launche
 	}
 	if note != "" {
 		msg += " (" + note + ")"
+	}
+	if l.Note != "" {
+		msg += "; " + l.Note
 	}
 	j.event(ctx, st.row.SourceServerID, api.EventLaunchEnd, msg, map[string]any{"recoveryInstanceId": st.row.RecoveryInstanceID,
 		"state": l.State, "address": l.Address, "portForwards": l.Ports, "pid": l.Handle.PID})
