@@ -362,7 +362,7 @@ type InstanceList struct {
 type CreateInstanceRequest struct {
 	Name     string            `json:"name,omitempty"` // default: the id
 	Site     string            `json:"site"`
-	Disks    []string          `json:"disks"` // absolute paths on the control plane's host, boot disk first
+	Disks    []string          `json:"disks"` // absolute paths on the control plane's host, boot disk first; none on a libvirt site (Name is the domain)
 	Tags     map[string]string `json:"tags,omitempty"`
 	BootMode string            `json:"bootMode,omitempty"` // bios (default), uefi or kernel
 }
@@ -486,8 +486,11 @@ func (r CreateInstanceRequest) Validate() error {
 	if !ValidName(r.Site) {
 		return Invalid("site %q is not a site name (see lifeboat sites list)", r.Site)
 	}
-	if len(r.Disks) == 0 || len(r.Disks) > 32 {
+	if len(r.Disks) > 32 {
 		return Invalid("disks must list 1 to 32 disk paths, boot disk first, not %d", len(r.Disks))
+	}
+	if len(r.Disks) == 0 && r.Name == "" {
+		return Invalid("an instance is disks on the control plane's host (--disk), or a libvirt site's domain named by --name")
 	}
 	seen := map[string]bool{}
 	for _, d := range r.Disks {

@@ -52,12 +52,12 @@ func newInstancesAddCmd(g *globals) *cobra.Command {
 	var req api.CreateInstanceRequest
 	var tags []string
 	cmd := &cobra.Command{
-		Use: "add --site S --disk PATH... [--tag K=V]...", Short: "Register an instance by its disks on the control plane's host (boot disk first)", Args: noArgs,
+		Use: "add --site S (--disk PATH... | --name DOMAIN) [--tag K=V]...", Short: "Register an instance: its disks on the control plane's host (boot disk first), or a libvirt site's domain by name", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runInstancesAdd(cmd.Context(), g, req, tags) },
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&req.Site, "site", api.DefaultSite, "the site the instance is in")
-	fl.StringVar(&req.Name, "name", "", "a name (default: its id)")
+	fl.StringVar(&req.Name, "name", "", "a name (default: its id); on a libvirt site, the domain's name")
 	fl.StringArrayVar(&req.Disks, "disk", nil, "a disk: a raw image file or a block device (repeatable, boot disk first)")
 	fl.StringArrayVar(&tags, "tag", nil, "KEY=VALUE (repeatable), e.g. AWSDRS=AllowLaunchingIntoThisInstance")
 	fl.StringVar(&req.BootMode, "boot-mode", api.BootBIOS, "bios, uefi or kernel (direct kernel boot from the disk)")

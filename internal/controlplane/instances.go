@@ -122,10 +122,19 @@ func (c *call) createInstance(req *api.CreateInstanceRequest) (api.Instance, err
 		in.Disks = append(in.Disks, api.InstanceDisk{Path: d, SizeBytes: size})
 	}
 	err := c.update(func(tx *db.Tx) error {
-		if _, err := tx.Site(c.p.AccountID, req.Site); errors.Is(err, db.ErrNotFound) {
+		site, err := tx.Site(c.p.AccountID, req.Site)
+		if errors.Is(err, db.ErrNotFound) {
 			return api.Invalid("site %q does not exist: see lifeboat sites list", req.Site)
 		} else if err != nil {
 			return err
+		}
+		switch {
+		case site.Provider == api.ProviderLibvirt && len(req.Disks) > 0:
+			return api.Invalid("site %s is a libvirt site: its instances are libvirt domains, named by --name, with their own volumes (no --disk)", req.Site)
+		case site.Provider == api.ProviderLibvirt:
+			in.Provider = api.ProviderLibvirt
+		case len(req.Disks) == 0:
+			return api.Invalid("disks must list 1 to 32 disk paths, boot disk first, not 0")
 		}
 		if err := tx.CreateInstance(in); errors.Is(err, db.ErrConflict) {
 			return api.Conflict("an instance named %s exists already: choose another --name", in.Name)
