@@ -446,12 +446,7 @@ func (j *jobCtx) runLaunch(ctx context.Context, st *launchState, resumed bool) e
 
 	// SNAPSHOT: the PIT's volumes into the target's disks (or, for an instant launch,
 	// overlays over them).
-	var stats []VolumeStats
-	if isInstant(st.plan) {
-		err = j.instantStep(ctx, st)
-	} else {
-		stats, err = j.snapshotStep(ctx, st, st.plan.Convert && !j.job.IsDrill && r.cfg.ReverseKey != nil)
-	}
+	stats, err := j.disksStep(ctx, st)
 	if err != nil {
 		return err
 	}
@@ -565,6 +560,15 @@ func guestVolumes(disks []launch.Disk) []string {
 	return out
 }
 
+// disksStep runs the SNAPSHOT step of a launch: materialized disks, or an instant
+// launch's overlays (which have no stats).
+func (j *jobCtx) disksStep(ctx context.Context, st *launchState) ([]VolumeStats, error) {
+	if isInstant(st.plan) {
+		return nil, j.instantStep(ctx, st)
+	}
+	return j.snapshotStep(ctx, st, st.plan.Convert && !j.job.IsDrill && j.r.cfg.ReverseKey != nil)
+}
+
 // snapshotStep runs the SNAPSHOT step: the PIT's volumes materialized onto the plan's
 // disks (with the PIT's hash tables when asked for), logged with what it wrote.
 func (j *jobCtx) snapshotStep(ctx context.Context, st *launchState, hashes bool) ([]VolumeStats, error) {
@@ -676,11 +680,7 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*ap
 				st.target.ID, st.target.RecoveryInstanceID)}
 		}
 	}
-	site, name := st.server.SiteID, st.settings.Provider
-	if st.target != nil && st.target.Provider == api.ProviderLibvirt {
-		site, name = st.target.SiteID, api.ProviderLibvirt // a domain of the instance's libvirt site
-	}
-	if st.provider, err = r.providers.provider(ctx, st.server.AccountID, site, name); err != nil {
+	if st.provider, err = r.launchProvider(ctx, st); err != nil {
 		return err
 	}
 	if st.repo, err = r.cfg.Stores.Open(ctx, st.server.AccountID, storeURL); err != nil {
@@ -701,6 +701,16 @@ func (j *jobCtx) prepare(ctx context.Context, st *launchState, override func(*ap
 		st.req.Target = &in
 	}
 	return nil
+}
+
+// launchProvider is the provider of a launch: the site's, or for a launch into a
+// domain of a libvirt site, that site's.
+func (r *Runner) launchProvider(ctx context.Context, st *launchState) (launch.Provider, error) {
+	site, name := st.server.SiteID, st.settings.Provider
+	if st.target != nil && st.target.Provider == api.ProviderLibvirt {
+		site, name = st.target.SiteID, api.ProviderLibvirt
+	}
+	return r.providers.provider(ctx, st.server.AccountID, site, name)
 }
 
 // orderVolumes lists a PIT's volumes in the source server's order (its boot disk
