@@ -569,6 +569,14 @@ func (c *Client) DeleteReplicator(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", "/api/v1/replicators/"+esc(id), nil, nil, nil)
 }
 
+// DrainReplicator drains a replicator (its servers move to the site's other live
+// replicators; it takes no new ones), or with drain false puts it back in service.
+func (c *Client) DrainReplicator(ctx context.Context, id string, drain bool) (Replicator, error) {
+	var out Replicator
+	err := c.do(ctx, "POST", "/api/v1/replicators/"+esc(id)+"/drain", nil, DrainReplicatorRequest{Drain: drain}, &out)
+	return out, err
+}
+
 // Heartbeat sends a replicator's heartbeat.
 func (c *Client) Heartbeat(ctx context.Context, id string, req HeartbeatRequest) (HeartbeatResponse, error) {
 	var out HeartbeatResponse

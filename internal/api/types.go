@@ -381,19 +381,30 @@ type ServerReplicationSettings struct {
 
 // Replicator is a replication server.
 type Replicator struct {
-	ID                    string            `json:"id"`
-	AccountID             string            `json:"accountId"`
-	Name                  string            `json:"name"`
-	SiteID                string            `json:"siteId"`
-	Address               string            `json:"address"`
-	Version               string            `json:"version,omitempty"`
-	State                 string            `json:"state"` // live or lost (no heartbeat within the timeout)
+	ID        string `json:"id"`
+	AccountID string `json:"accountId"`
+	Name      string `json:"name"`
+	SiteID    string `json:"siteId"`
+	Address   string `json:"address"`
+	Version   string `json:"version,omitempty"`
+	State     string `json:"state"` // live or lost (no heartbeat within the timeout)
+	// Draining: it takes no servers and its servers move to the site's other live
+	// replicators (lifeboat replicators drain), for maintenance.
+	Draining              bool              `json:"draining,omitempty"`
 	LastHeartbeatAt       *time.Time        `json:"lastHeartbeatAt,omitempty"`
 	Metrics               ReplicatorMetrics `json:"metrics"`
 	AssignedSourceServers int               `json:"assignedSourceServers"`
 	CertificateExpiresAt  time.Time         `json:"certificateExpiresAt"`
 	CreatedAt             time.Time         `json:"createdAt"`
 }
+
+// DrainReplicatorRequest drains a replicator, or puts it back in service.
+type DrainReplicatorRequest struct {
+	Drain bool `json:"drain"`
+}
+
+// Validate accepts every request.
+func (DrainReplicatorRequest) Validate() error { return nil }
 
 // Replicator states.
 const (

@@ -56,6 +56,7 @@ var wantAccess = map[string]string{
 	"GET /api/v1/replicators":                                     "v o a",
 	"GET /api/v1/replicators/{id}":                                "v o a rp",
 	"DELETE /api/v1/replicators/{id}":                             "a",
+	"POST /api/v1/replicators/{id}/drain":                         "a",
 	"POST /api/v1/replicators/{id}/heartbeat":                     "rp",
 	"GET /api/v1/replicators/{id}/source-servers":                 "v o a rp",
 	"POST /api/v1/replicators/{id}/certificate":                   "rp",

@@ -143,6 +143,36 @@ func (c *call) deleteReplicator() (noBody, error) {
 	})
 }
 
+// drainReplicator drains a replicator or puts it back in service, and moves servers
+// at once: off it (to the least-loaded other live replicator of its site; a server with
+// none stays), or, back in service, nothing moves until servers need a replicator.
+func (c *call) drainReplicator(req *api.DrainReplicatorRequest) (api.Replicator, error) {
+	var out api.Replicator
+	err := c.update(func(tx *db.Tx) error {
+		r, err := c.loadReplicator(tx, c.pathID())
+		if err != nil {
+			return err
+		}
+		if err := tx.SetReplicatorDraining(r.ID, req.Drain, c.cp.cfg.Now()); err != nil {
+			return err
+		}
+		action := "replicator.undrain"
+		if req.Drain {
+			action = "replicator.drain"
+		}
+		if err := c.record(tx, r.AccountID, action, "replicator", r.ID, map[string]any{"name": r.Name}, nil); err != nil {
+			return err
+		}
+		if err := c.assignAccount(tx, r.AccountID); err != nil {
+			return err
+		}
+		got, err := tx.Replicator(r.ID, c.cp.liveSince())
+		out = got.Replicator
+		return err
+	})
+	return out, err
+}
+
 func (c *call) heartbeat(req *api.HeartbeatRequest) (api.HeartbeatResponse, error) {
 	var out api.HeartbeatResponse
 	now := c.cp.cfg.Now()
@@ -307,8 +337,9 @@ func (c *call) renewReplicatorCertificate(req *api.RenewCertificateRequest) (api
 
 // assignAccount gives every source server of the account that needs one a replicator:
 // its dedicated replicator when its settings name one, else the least-loaded live
-// replicator of its target site. Servers of a lost replicator move; servers with no live
-// replicator in their site stay unassigned until one beats.
+// replicator of its target site that is not draining. Servers of a lost or draining
+// replicator move; servers with no live replicator in their site stay unassigned until
+// one beats (or stay where they are, on a lost or draining one).
 func (c *call) assignAccount(tx *db.Tx, accountID string) error {
 	liveSince := c.cp.liveSince()
 	need, err := tx.NeedingAssignment(accountID, liveSince)
@@ -324,7 +355,7 @@ func (c *call) assignAccount(tx *db.Tx, accountID string) error {
 	for i := range reps {
 		r := &reps[i]
 		byName[r.Name] = r
-		if r.State == api.ReplicatorLive {
+		if r.State == api.ReplicatorLive && !r.Draining {
 			bySite[r.SiteID] = append(bySite[r.SiteID], r)
 		}
 	}

@@ -190,6 +190,8 @@ func replicatorRoutes() []*route {
 			access: access{role: api.RoleViewer, replicator: true, target: targetReplicator}, endpoint: noBodyEndpoint((*call).getReplicator)},
 		{method: "DELETE", path: "/api/v1/replicators/{id}", summary: "Delete a replicator; its servers are reassigned",
 			access: access{role: api.RoleAdmin, target: targetReplicator}, status: 204, endpoint: noBodyEndpoint((*call).deleteReplicator)},
+		{method: "POST", path: "/api/v1/replicators/{id}/drain", summary: "Drain a replicator for maintenance (its servers move to the site's other live replicators), or put it back in service",
+			access: access{role: api.RoleAdmin, target: targetReplicator}, endpoint: withBody((*call).drainReplicator)},
 		{method: "POST", path: "/api/v1/replicators/{id}/heartbeat", summary: "Replicator heartbeat with metrics",
 			access: access{replicator: true, target: targetReplicator}, endpoint: withBody((*call).heartbeat)},
 		{method: "GET", path: "/api/v1/replicators/{id}/source-servers", summary: "Source servers assigned to a replicator, with their effective settings",

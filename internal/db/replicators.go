@@ -16,20 +16,22 @@ type Replicator struct {
 
 const replicatorCols = `r.id, r.account_id, r.name, r.site_id, r.address, r.version, r.cert_serial, r.prev_cert_serial,
 	r.cert_not_after, r.cpu_percent, r.rss_bytes, r.volumes_served, r.sessions, r.ingest_bytes_per_second,
-	r.last_heartbeat_at, r.created_at, (SELECT COUNT(*) FROM source_servers s WHERE s.replicator_id = r.id)`
+	r.last_heartbeat_at, r.created_at, r.draining, (SELECT COUNT(*) FROM source_servers s WHERE s.replicator_id = r.id)`
 
 // scanReplicator reads a row; its State is live when it beat at or after liveSince.
 func scanReplicator(row interface{ Scan(...any) error }, liveSince time.Time) (Replicator, error) {
 	var r Replicator
 	var notAfter, created int64
 	var hb sql.NullInt64
+	var draining int64
 	err := row.Scan(&r.ID, &r.AccountID, &r.Name, &r.SiteID, &r.Address, &r.Version, &r.CertSerial, &r.PrevCertSerial,
 		&notAfter, &r.Metrics.CPUPercent, &r.Metrics.RSSBytes, &r.Metrics.VolumesServed, &r.Metrics.Sessions,
-		&r.Metrics.IngestBytesPerSecond, &hb, &created,
+		&r.Metrics.IngestBytesPerSecond, &hb, &created, &draining,
 		&r.AssignedSourceServers)
 	if err != nil {
 		return r, classify(err)
 	}
+	r.Draining = draining != 0
 	r.CertificateExpiresAt = fromMS(notAfter)
 	r.CreatedAt = fromMS(created)
 	r.LastHeartbeatAt = optTime(hb)
@@ -49,6 +51,12 @@ func (t *Tx) CreateReplicator(r Replicator) error {
 		r.ID, r.AccountID, r.Name, r.SiteID, r.Address, r.Version, r.CertSerial, r.PrevCertSerial,
 		ms(r.CertificateExpiresAt), nullMS(r.LastHeartbeatAt), ms(r.CreatedAt), ms(r.CreatedAt))
 	return err
+}
+
+// SetReplicatorDraining drains a replicator (it takes no servers, and its servers are
+// to move) or puts it back in service.
+func (t *Tx) SetReplicatorDraining(id string, on bool, now time.Time) error {
+	return t.execOne(`UPDATE replicators SET draining = ?, updated_at = ? WHERE id = ?`, boolInt(on), ms(now), id)
 }
 
 // Replicator returns a replicator by id.
@@ -140,13 +148,15 @@ type Unassigned struct {
 }
 
 // NeedingAssignment lists an account's source servers that have no replicator, or one
-// that is lost (no heartbeat since liveSince), in another site, or not the dedicated one.
+// that is lost (no heartbeat since liveSince), draining, in another site, or not the
+// dedicated one.
 func (t *Tx) NeedingAssignment(accountID string, liveSince time.Time) ([]Unassigned, error) {
 	rows, err := t.query(`SELECT s.id, s.site_id, s.dedicated_replicator, COALESCE(s.replicator_id, '')
 		FROM source_servers s LEFT JOIN replicators r ON r.id = s.replicator_id
 		WHERE s.account_id = ? AND (
 			s.replicator_id IS NULL
-			OR (s.dedicated_replicator = '' AND (r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < ? OR r.site_id <> s.site_id))
+			OR (s.dedicated_replicator = '' AND (r.last_heartbeat_at IS NULL OR r.last_heartbeat_at < ? OR r.site_id <> s.site_id
+				OR r.draining <> 0))
 			OR (s.dedicated_replicator <> '' AND r.name <> s.dedicated_replicator))
 		ORDER BY s.id`, accountID, ms(liveSince))
 	if err != nil {
