@@ -98,6 +98,12 @@ func Open(dir string, opts Options) (*Index, error) {
 		x.closeFiles()
 		return nil, err
 	}
+	if n := len(x.segs); n > opts.MaxSegments { // opened before with a larger MaxSegments
+		if err := x.mergeTail(n - opts.MaxSegments + 1); err != nil {
+			x.closeFiles()
+			return nil, err
+		}
+	}
 	return x, nil
 }
 

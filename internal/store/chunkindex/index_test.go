@@ -1,6 +1,7 @@
 package chunkindex
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -363,4 +364,63 @@ func TestMemoryPerEntry(t *testing.T) {
 	if x.Len() != n || per > 16 || heap > 16 {
 		t.Fatalf("%d entries, %.2f B/entry reported, %.2f B/entry of heap; want at most 16", x.Len(), per, heap)
 	}
+}
+
+// TestConcurrentGets: Gets answer while Puts flush and merge (run with -race).
+func TestConcurrentGets(t *testing.T) {
+	x := open(t, t.TempDir(), Options{MemtableEntries: 500, MaxSegments: 3})
+	defer x.Close()
+	want := fill(t, x, 30, 2000)
+	done := make(chan struct{})
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				for id, l := range want {
+					if got, ok, err := x.Get(id); err != nil || !ok || got != l {
+						errs <- fmt.Errorf("Get during writes: %+v, %v, %v", got, ok, err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	fill(t, x, 31, 10_000)
+	close(done)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFewerMaxSegments: an index opened with a smaller MaxSegments merges at Open.
+func TestFewerMaxSegments(t *testing.T) {
+	dir := t.TempDir()
+	x := open(t, dir, Options{MemtableEntries: 1 << 20, MaxSegments: 8})
+	want := map[ID]Loc{}
+	for seed := range uint64(4) {
+		for id, l := range fill(t, x, 40+seed, 1000>>seed) { // sizes fall: no merge
+			want[id] = l
+		}
+		if err := x.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := x.Segments(); n != 4 {
+		t.Fatalf("%d segments, want 4", n)
+	}
+	x.Close()
+	x = open(t, dir, Options{MaxSegments: 2})
+	defer x.Close()
+	if n := x.Segments(); n != 2 {
+		t.Fatalf("%d segments, want 2", n)
+	}
+	checkAll(t, x, want)
 }
