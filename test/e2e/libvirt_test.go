@@ -107,6 +107,36 @@ func TestRecoverOnALibvirtSite(t *testing.T) {
 		t.Fatal("terminate left domains, volumes or networks on the libvirt host")
 	}
 	launchIntoDomain(t, ctx, s, d, lv, server.ID, img)
+	recoverIntoADownHost(t, ctx, s, img)
+}
+
+// recoverIntoADownHost: a site whose libvirt does not answer fails the launch at
+// PREPARE with the reason, and nothing is made for it.
+func recoverIntoADownHost(t *testing.T, ctx context.Context, s *site, img string) {
+	down := fmt.Sprintf("qemu+tcp://127.0.0.1:%d/system", testutil.FreePort(t))
+	s.must("sites", "create", "down", "--provider", "libvirt", "--uri", down)
+	tmpl, err := s.admin.ReplicationTemplate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.TargetSite = "down"
+	if _, err := s.admin.SetReplicationTemplate(ctx, tmpl); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(img)
+	server := recoverytest.Server(t, s.cp, "web-down", map[string]int64{"vda": fi.Size()})
+	recoverytest.PIT(t, s.cp, s.repo, server, consistency.Filesystem, time.Now().Add(-time.Minute), recoverytest.Volume{Name: "vda", Image: img})
+	job, err := s.admin.StartRecovery(ctx, api.StartRecoveryRequest{SourceServers: []api.RecoveryServer{{SourceServerID: server.ID}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := recoverytest.WaitJob(t, s.admin, job.ID, 3*time.Minute).Servers[0]
+	if js.LaunchStatus != api.LaunchFailed || js.Step != api.StepPrepare || !strings.Contains(js.Error, "does not answer") {
+		t.Fatalf("a recovery into a libvirt host that is down: %+v", js)
+	}
+	if _, err := os.Stat(filepath.Join(s.cp.DataDir(), "recovery", js.RecoveryInstanceID)); !os.IsNotExist(err) {
+		t.Errorf("the failed launch left its directory: %v", err)
+	}
 }
 
 // launchIntoDomain: a shut-off domain tagged in its metadata, with an old copy of the
