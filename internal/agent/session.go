@@ -347,13 +347,21 @@ func (s *session) drain(ctx context.Context) (bool, error) {
 			empty = false
 		}
 		var sendErr error
+		offered := make(map[uint64]bool, len(buf))
 		err := s.src.Read(ctx, vol, buf, func(b uint64, data []byte) error {
-			sendErr = s.offer(ctx, vol, b, data, wire.Hash(data))
+			if sendErr = s.offer(ctx, vol, b, data, wire.Hash(data)); sendErr == nil {
+				offered[b] = true
+			}
 			return sendErr
 		})
 		if err != nil {
-			for _, b := range buf { // taken but maybe not sent: dirty again (a duplicate costs little)
-				s.src.Mark(vol, b)
+			// Taken but not offered: dirty again. What was offered is on the replica, or
+			// in flight and put back by requeue when the session ends if it is not
+			// acknowledged by then (marking it here would send acknowledged blocks again).
+			for _, b := range buf {
+				if !offered[b] {
+					s.src.Mark(vol, b)
+				}
 			}
 			if sendErr != nil || ctx.Err() != nil {
 				return sent, err
