@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -331,6 +332,33 @@ func (b *BIND) Pause() {
 	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		b.t.Fatalf("pause named: %v", err)
 	}
+	// The stop reaches each thread when it next leaves the kernel: until every one is
+	// stopped, a thread already past its receive can still answer.
+	pid := b.cmd.Process.Pid
+	for end := time.Now().Add(10 * time.Second); !threadsStopped(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			b.t.Fatalf("pause named: pid %d's threads did not all stop within 10 s", pid)
+		}
+	}
+}
+
+// threadsStopped reports whether every thread of a process is stopped (state T).
+func threadsStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // Resume lets a paused named go on (SIGCONT).
