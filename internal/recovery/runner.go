@@ -132,7 +132,7 @@ func (r *Runner) Wake() {
 // Run claims and runs jobs until ctx ends, then waits for the jobs' goroutines, which
 // stop where they are: their state stays in the database for the next start.
 func (r *Runner) Run(ctx context.Context) {
-	r.resumeHydrations(ctx)
+	r.wg.Go(func() { r.resumeHydrations(ctx) }) // a slow staging store must not hold up the jobs
 	t := time.NewTicker(r.cfg.Poll)
 	defer t.Stop()
 	for {
