@@ -239,7 +239,7 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 		r.cfg.BlockSize > 4<<20 || r.cfg.Fanout < 16 || r.cfg.Fanout > maxFanout {
 		return nil, corrupt("config", fmt.Errorf("unsupported or invalid config %+v (%v)", r.cfg, err))
 	}
-	r.codecs, err = newCodecs(r.cfg.BlockSize)
+	r.codecs, err = newCodecs(maxPlain(r.cfg.BlockSize, r.cfg.Fanout))
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +272,7 @@ func newRepo(be backend.Backend, secret []byte, opts Options) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := newCodecs(opts.BlockSize)
+	c, err := newCodecs(maxPlain(opts.BlockSize, opts.Fanout))
 	if err != nil {
 		return nil, err
 	}
@@ -282,6 +282,10 @@ func newRepo(be backend.Backend, secret []byte, opts Options) (*Repo, error) {
 	r.nodes = newNodeCache(256) // 8 MiB of tables at the default fanout
 	return r, nil
 }
+
+// maxPlain is the largest chunk plaintext: a block, or a tree node (its level byte and
+// fanout ids), which is the larger when blocks are small.
+func maxPlain(blockSize, fanout int) int { return max(blockSize, 1+32*fanout) }
 
 func (r *Repo) start() { r.packer = newPacker(r) }
 
