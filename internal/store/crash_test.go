@@ -104,7 +104,7 @@ func TestCrashAtEveryWrite(t *testing.T) {
 			}
 			h, err := r2.OpenHead(ctx, "s-k", "vda", size, HeadOptions{})
 			if err != nil {
-				t.Fatalf("crash at write %d: reopen head: %v", crashAt, err)
+				t.Fatalf("crash at write %d (landed %v): reopen head: %v", crashAt, landed, err)
 			}
 			p, err := r2.SealPIT(ctx, SealRequest{ID: "pit-after", Server: "s-k", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
 			if err != nil {

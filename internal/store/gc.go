@@ -635,6 +635,43 @@ type root struct {
 	level  uint8
 }
 
+// forEachHeadRoot calls fn for the tree of every epoch's head object under prefix
+// (fence.go): an older writer's may be read by nobody, but marking it costs little. A
+// head object that is gone when read was replaced by a newer epoch's, which may have
+// been stored after the listing: the heads are listed again until none is missed.
+func (r *Repo) forEachHeadRoot(ctx context.Context, prefix string, fn func(root) error) error {
+	done := map[string]bool{}
+	for again := true; again; {
+		again = false
+		heads, err := r.headObjects(ctx, prefix)
+		if err != nil {
+			return err
+		}
+		for _, name := range heads {
+			if done[name] {
+				continue
+			}
+			done[name] = true
+			plain, err := r.getSealed(ctx, name)
+			if errors.Is(err, backend.ErrNotFound) {
+				again = true
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			hs, err := decodeHeadState(plain)
+			if err != nil {
+				return corrupt(name, err)
+			}
+			if err := fn(root{object: name, volume: hs.Volume, tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // forEachRoot calls fn for every tree root of every head and PIT, and every chunk named
 // by a head journal. A reference moves from a journal to its head's checkpoint to a PIT
 // manifest, each written before the one before it is removed or replaced; so roots are
@@ -683,18 +720,7 @@ func (r *Repo) forEachRoot(ctx context.Context, fn func(root) error) error {
 				}
 			}
 		}
-		plain, err := r.getSealed(ctx, prefix+"head")
-		if errors.Is(err, backend.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		hs, err := decodeHeadState(plain)
-		if err != nil {
-			return corrupt(prefix+"head", err)
-		}
-		if err := fn(root{object: prefix + "head", volume: hs.Volume, tree: true, id: hs.Root, level: hs.RootLevel}); err != nil {
+		if err := r.forEachHeadRoot(ctx, prefix, fn); err != nil {
 			return err
 		}
 	}

@@ -39,6 +39,7 @@ type Head struct {
 	leaves  *idTable // leaf ids of the checkpoint, with dirty leaves applied at checkpoint
 	dirty   map[uint64]*dirtyLeaf
 	version uint64    // of the head object last read or written; 0: none yet
+	claim   claim     // this writer's epoch (fence.go)
 	chain   *pitChain // what the server's PITs recorded; held while the head is open
 	closed  bool
 
@@ -252,14 +253,23 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)
 	}
 	h.chain = chain
-	restarted, err := h.recover(ctx, opts)
+	// Claim the head before reading it (fence.go): a journal an older writer stores
+	// after this is never acknowledged, and one it acknowledged is read below.
+	h.claim, err = r.claimHead(ctx, h.prefix)
 	if err == nil {
-		err = h.SetSize(size)
+		err = h.recover(ctx, opts)
 	}
-	if err == nil && (restarted || h.seeded) {
-		// Fold the stale journals away under a head newer than every record; or store
-		// the seeded head at once, so that it holds the seed's chunks from now on.
+	if err == nil {
+		// Checkpoint at once into this epoch's head object, past every journal of older
+		// epochs: those written from now on are never replayed. It also folds stale
+		// journals away under a head newer than every record (a rollback accepted), or
+		// stores a seeded head, which holds the seed's chunks from now on.
+		h.seq = max(h.seq, h.claim.epoch<<seqEpochShift)
 		_, err = h.checkpoint(ctx)
+	}
+	if err == nil {
+		r.dropOlder(ctx, h.prefix, h.claim.epoch)
+		err = h.SetSize(size)
 	}
 	if err != nil {
 		h.Close()
@@ -287,43 +297,50 @@ func resizeEntry(size int64) journalEntry {
 
 // recover loads the head's durable state: its checkpoint, then the journals written
 // after it, in order. It checks the state against what was recorded of it first; with
-// opts.AcceptRollback a head that fails the check starts over empty (restarted).
-func (h *Head) recover(ctx context.Context, opts HeadOptions) (restarted bool, err error) {
+// opts.AcceptRollback a head that fails the check starts over empty.
+func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	r := h.r
-	name := h.prefix + "head"
+	heads, err := r.headObjects(ctx, h.prefix)
+	if err != nil {
+		return err
+	}
+	name := headObject(h.prefix, 0)
+	if len(heads) > 0 {
+		name = heads[len(heads)-1] // the newest epoch's
+	}
 	var st headState
 	exists := true
 	plain, err := r.getSealed(ctx, name)
 	switch {
 	case err == nil:
 		if st, err = decodeHeadState(plain); err != nil {
-			return false, corrupt(name, err)
+			return corrupt(name, err)
 		}
 		if st.Server != h.server || st.Volume != h.volume {
-			return false, corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
+			return corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
 		}
 	case errors.Is(err, backend.ErrNotFound):
 		exists = false
 		h.fresh = true
 	default:
-		return false, err
+		return err
 	}
 	journals, err := h.journals(ctx)
 	if err != nil {
-		return false, err
+		return err
 	}
-	if err := h.checkRollback(st, exists, journals, opts); err != nil {
+	if err := h.checkRollback(name, st, exists, journals, opts); err != nil {
 		if !opts.AcceptRollback {
-			return false, err
+			return err
 		}
 		r.log.Warn("a rolled-back head is accepted: the volume starts empty and its source resends it", "err", err)
 		h.restart(st, journals, opts)
-		return true, nil
+		return nil
 	}
 	if opts.Seed != nil && ((!exists && len(journals) == 0) || (opts.Rebase && st.Base != opts.SeedID)) {
 		seed := opts.Seed
 		if seed.BlockSize != r.cfg.BlockSize || seed.Size < 0 || seed.Size > MaxVolumeBytes {
-			return false, fmt.Errorf("seed volume %s (%d bytes in blocks of %d) does not fit this repository's blocks of %d", seed.Name, seed.Size, seed.BlockSize, r.cfg.BlockSize)
+			return fmt.Errorf("seed volume %s (%d bytes in blocks of %d) does not fit this repository's blocks of %d", seed.Name, seed.Size, seed.BlockSize, r.cfg.BlockSize)
 		}
 		// The journals (of the content replaced) are folded away unread.
 		seq := st.Seq
@@ -342,25 +359,32 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) (restarted bool, e
 		h.leaves = newIDTable(nleaves, r.cfg.Fanout)
 	} else {
 		if st.RootLevel != rootLevel {
-			return false, corrupt(name, fmt.Errorf("root level %d does not fit a volume of %d bytes", st.RootLevel, st.Size))
+			return corrupt(name, fmt.Errorf("root level %d does not fit a volume of %d bytes", st.RootLevel, st.Size))
 		}
 		if h.leaves, err = r.loadLeaves(ctx, st.Root, st.RootLevel, nleaves); err != nil {
-			return false, err
+			return err
 		}
 	}
 	h.seq = st.Seq
-	// Replay journals written after the checkpoint, in order.
+	// Replay journals written after the checkpoint, in order. Another process (the
+	// head's previous writer) may have written them, naming chunks of packs this view
+	// has not indexed yet: bring it up to date first.
+	if len(journals) > 0 && journals[len(journals)-1].seq > st.Seq {
+		if err := r.refreshView(ctx, false); err != nil {
+			return err
+		}
+	}
 	for _, jn := range journals {
 		if jn.seq <= st.Seq {
 			continue // folded into the checkpoint; a crash left it behind
 		}
 		h.fresh = false
 		if err := h.replay(ctx, jn); err != nil {
-			return false, err
+			return err
 		}
 		h.seq = jn.seq
 	}
-	return false, nil
+	return nil
 }
 
 // journalName is a journal object of a head and its sequence number.
@@ -388,8 +412,7 @@ func (h *Head) journals(ctx context.Context) ([]journalName, error) {
 // object) with what was recorded of it: the caller's MinVersion, the newest version a
 // PIT of the server sealed, and the journals, whose sequence numbers follow the
 // checkpoint's without a gap.
-func (h *Head) checkRollback(st headState, exists bool, journals []journalName, opts HeadOptions) error {
-	name := h.prefix + "head"
+func (h *Head) checkRollback(name string, st headState, exists bool, journals []journalName, opts HeadOptions) error {
 	is := fmt.Sprintf("is version %d", st.Version)
 	if !exists {
 		is = "is missing"
@@ -849,6 +872,11 @@ func (f *Flusher) commit(ctx context.Context) error {
 		if err := r.putSealed(ctx, name, encodeJournal(j), backend.PutOptions{}); err != nil {
 			return err
 		}
+		// Acknowledged only if no newer writer claimed the head before the journal was
+		// stored: it has then read it (fence.go).
+		if err := r.checkOwner(ctx, h.prefix, h.claim); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -914,7 +942,10 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 	st := headState{Server: h.server, Volume: h.volume, Size: h.size, Root: root, RootLevel: level,
 		Seq: h.seq, Version: h.version + 1, Base: h.base, Updated: r.opts.Now().UTC()}
 	b, _ := json.Marshal(st)
-	if err := r.putSealed(ctx, h.prefix+"head", b, backend.PutOptions{}); err != nil {
+	if err := r.checkOwner(ctx, h.prefix, h.claim); err != nil {
+		return headState{}, err // a newer writer's head object is the one read now
+	}
+	if err := r.putSealed(ctx, headObject(h.prefix, h.claim.epoch), b, backend.PutOptions{}); err != nil {
 		return headState{}, err
 	}
 	h.version = st.Version

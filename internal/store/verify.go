@@ -359,7 +359,7 @@ func (v *verifier) references(ctx context.Context) error {
 				pits[rt.object] = true
 				v.rep.PITs++
 			}
-		case strings.HasSuffix(rt.object, "/head"):
+		case isHeadObject(rt.object):
 			v.rep.Heads++
 		}
 		at := ref{object: rt.object, volume: rt.volume}
@@ -563,7 +563,7 @@ func (l loss) text(volume string) string {
 // folded into its head, a PIT deleted, a head deleted or moved on to another tree. What
 // was missing under it is then no loss (what replaced it is checked by the next run).
 func (v *verifier) rootGone(ctx context.Context, at ref) (bool, error) {
-	if !strings.HasSuffix(at.object, "/head") {
+	if !isHeadObject(at.object) {
 		_, err := v.r.be.Stat(ctx, at.object)
 		if errors.Is(err, backend.ErrNotFound) {
 			return true, nil

@@ -349,7 +349,7 @@ func TestVerifyReportsExactlyALostPack(t *testing.T) {
 	}
 	want := []string{
 		packName(victim) + ": the index lists this pack but it does not exist (its 4 chunks are lost)",
-		"heads/s-cold/vda/head: volume vda: 4 of its blocks are lost: their chunks were in packs that are missing",
+		"heads/s-cold/vda/head.0000000000000001: volume vda: 4 of its blocks are lost: their chunks were in packs that are missing",
 		"snapshots/s-cold/pit-cold: volume vda: 4 of its blocks are lost: their chunks were in packs that are missing",
 	}
 	deadline := time.Now().Add(60 * time.Second)

@@ -32,9 +32,9 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 		byServer[p.Server] = append(byServer[p.Server], p)
 		manifests[snapshotName(p.Server, p.ID)] = p
 		for _, v := range p.Volumes {
-			name := headPrefix(p.Server, v.Name) + "head"
-			if v.HeadVersion > evidence[name].Version {
-				evidence[name] = headEvidence{Version: v.HeadVersion, PIT: p.ID}
+			prefix := headPrefix(p.Server, v.Name)
+			if v.HeadVersion > evidence[prefix].Version {
+				evidence[prefix] = headEvidence{Version: v.HeadVersion, PIT: p.ID}
 			}
 		}
 	}
@@ -45,18 +45,19 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 		return err
 	}
 
-	// Heads, read after the manifests.
-	var heads []string
+	// Heads, read after the manifests: of each volume, the newest epoch's (fence.go).
+	newest := map[string]string{} // head prefix → its newest head object
 	if err := r.be.List(ctx, "heads/", func(oi backend.ObjectInfo) error {
-		if strings.HasSuffix(oi.Name, "/head") {
-			heads = append(heads, oi.Name)
+		prefix := oi.Name[:strings.LastIndexByte(oi.Name, '/')+1]
+		if _, ok := parseHeadObject(prefix, oi.Name); ok && oi.Name > newest[prefix] {
+			newest[prefix] = oi.Name
 		}
 		return nil
 	}); err != nil {
 		return fmt.Errorf("list heads: %w", err)
 	}
 	const remedy = "restore the newer head object from a backup or the bucket's object versions; until then the replicator refuses the volume (or accept the rollback so that its source resends it whole)"
-	for _, name := range heads {
+	for prefix, name := range newest {
 		plain, err := r.getSealed(ctx, name)
 		if errors.Is(err, backend.ErrNotFound) || (err != nil && !isBackendFailure(err)) {
 			continue
@@ -68,14 +69,14 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 		if err != nil {
 			continue
 		}
-		if ev := evidence[name]; st.Version < ev.Version {
+		if ev := evidence[prefix]; st.Version < ev.Version {
 			fail("%s: the head of %s/%s is version %d, but PIT %s sealed version %d of it: someone put back an old head object: %s",
 				name, st.Server, st.Volume, st.Version, ev.PIT, ev.Version, remedy)
 		}
-		delete(evidence, name)
+		delete(evidence, prefix)
 	}
-	for name, ev := range evidence {
-		fail("%s: the head is missing, but PIT %s sealed version %d of it: someone deleted it: %s", name, ev.PIT, ev.Version, remedy)
+	for prefix, ev := range evidence {
+		fail("%s: the head is missing, but PIT %s sealed version %d of it: someone deleted it: %s", headObject(prefix, 0), ev.PIT, ev.Version, remedy)
 	}
 	return nil
 }
