@@ -75,6 +75,8 @@ func (c chanSource) Next(ctx context.Context) (wire.Msg, error) {
 type ingestEnv struct {
 	t      *testing.T
 	be     *faulty.Backend
+	key    store.MasterKey
+	opts   store.Options
 	repo   *store.Repo
 	rec    *fakeRecorder
 	mem    *batchMemory
@@ -98,6 +100,7 @@ func newIngestEnv(t *testing.T, opts store.Options, blocks ...uint64) *ingestEnv
 	e := &ingestEnv{t: t, be: faulty.Wrap(fb), rec: &fakeRecorder{}, mem: newBatchMemory(32 << 20),
 		server: api.NewID(api.PrefixSourceServer)}
 	opts.BlockSize = testBlockSize
+	e.key, e.opts = key, opts
 	if e.repo, err = store.Init(ctx, e.be, key, opts); err != nil {
 		t.Fatal(err)
 	}

@@ -264,6 +264,9 @@ func storeError(err error) *wire.Error {
 	if errors.Is(err, backend.ErrFull) {
 		return &wire.Error{Code: wire.CodeStagingFull, Message: "the staging storage is full: free space or add capacity; replication resumes by itself (" + err.Error() + ")"}
 	}
+	if errors.Is(err, store.ErrFenced) {
+		return &wire.Error{Code: wire.CodeShuttingDown, Message: "another replicator opened this server's replica since this session did (the server was moved, or two replicators believe they serve it): reconnect, to the replicator the control plane names (" + err.Error() + ")"}
+	}
 	if errors.Is(err, store.ErrRollback) {
 		return &wire.Error{Code: wire.CodeStagingError, Message: "the staging store's replica of this server is older than a recorded PIT (an old object was put back, or the store was restored from a backup): replication stops until an administrator checks it (lifeboat store verify; docs/security.md): " + err.Error()}
 	}
