@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -284,9 +285,8 @@ func TestLibvirtLaunchIntoExistingDomain(t *testing.T) {
 	if live, err := d.Virsh("dumpxml", "lbtest-existing"); err != nil || !strings.Contains(live, "<link state='down'/>") {
 		t.Fatalf("the drill's domain is not cut off its network (%v):\n%s", err, live)
 	}
-	var got bytes.Buffer
-	if err := c.DownloadVolume(ctx, lbPool, "lbtest-existing.raw", &got, 0, size); err != nil || !bytes.Equal(got.Bytes(), pit) {
-		t.Fatalf("the domain's volume is not the PIT (%v)", err)
+	if !testutil.LibvirtVolumeIs(t, ctx, c, lbPool, "lbtest-existing.raw", size, sha256.Sum256(pit)) {
+		t.Fatal("the domain's volume is not the PIT")
 	}
 	_, err = p.Plan(ctx, req)
 	wantRefusal(t, err, "is running, not shut off")

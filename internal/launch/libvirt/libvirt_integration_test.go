@@ -29,7 +29,7 @@ func dial(t *testing.T, d *testutil.Libvirtd) *libvirt.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := libvirt.Dial(ctx, libvirt.Config{URI: d.TCPURI})
+	c, err := libvirt.Dial(ctx, libvirt.Config{URI: d.TCPURI, StallTimeout: 20 * time.Second})
 	if err != nil {
 		t.Fatalf("%v\nlibvirtd:\n%s", err, d.Output())
 	}
@@ -76,15 +76,6 @@ func fileHash(t *testing.T, p string) [32]byte {
 }
 
 // download reads a whole volume back.
-func download(t *testing.T, c *libvirt.Client, pool, vol string, size int64) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	if err := c.DownloadVolume(testCtx(t), pool, vol, &buf, 0, size); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 func TestConnectTCPAndUnix(t *testing.T) {
 	d := testutil.StartLibvirtd(t)
 	ctx := testCtx(t)
@@ -136,8 +127,7 @@ func TestUploadReadBack(t *testing.T) {
 	if last != total || total != size-(6<<20) {
 		t.Fatalf("progress said %d of %d; the disk has %d non-zero bytes", last, total, size-(6<<20))
 	}
-	got := download(t, c, "lbtest-pool", "lbtest-vol", size)
-	if sha256.Sum256(got) != fileHash(t, disk) {
+	if !testutil.LibvirtVolumeIs(t, ctx, c, "lbtest-pool", "lbtest-vol", size, fileHash(t, disk)) {
 		t.Fatal("the volume read back differs from the disk uploaded")
 	}
 	if err := c.DeleteVolume(ctx, "lbtest-pool", "lbtest-vol"); err != nil {
@@ -240,7 +230,7 @@ func TestWriteDifferingWritesOnlyDifferingBlocks(t *testing.T) {
 	if st.Blocks != 16 || st.Differing != 4 || st.BytesWritten != 4<<20 {
 		t.Fatalf("compared %d blocks, %d differing, wrote %d bytes; want 16, 4, 4 MiB", st.Blocks, st.Differing, st.BytesWritten)
 	}
-	if got := download(t, c, "lbtest-pool", "lbtest-vol", size); !bytes.Equal(got, b) {
+	if !testutil.LibvirtVolumeIs(t, ctx, c, "lbtest-pool", "lbtest-vol", size, sha256.Sum256(b)) {
 		t.Fatal("the volume differs from the disk after the differing write")
 	}
 	st, err = c.WriteDiffering(ctx, "lbtest-pool", "lbtest-vol", nf, size, nil)
