@@ -13,12 +13,13 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/replicator"
 	"github.com/lifeboat-dr/lifeboat/internal/secfile"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
 type replicatorFlags struct {
 	data, store, storeKey, listen, site, name, address string
-	metricsListen                                      string
+	metricsListen, indexDir                            string
 	memoryLimitMiB                                     int
 	replace                                            bool
 }
@@ -54,6 +55,7 @@ some), which it keeps in memory only.`,
 	fl := cmd.Flags()
 	hostname, _ := os.Hostname()
 	fl.StringVar(&f.data, "data", filepath.Join(defaultDataDir(), "replicator"), "data directory: credentials")
+	fl.StringVar(&f.indexDir, "index-dir", "", `directory of the staging stores' chunk indexes, kept on disk so that memory does not grow with the store (default: DATA/chunk-index; "memory": keep them in RAM, read whole at start)`)
 	fl.StringVar(&f.store, "store", "", "staging store URL for servers whose settings name none")
 	fl.StringVar(&f.storeKey, "store-key", "", "ignored: the control plane gives the replicator its stores' keys")
 	_ = fl.MarkHidden("store-key")
@@ -106,8 +108,15 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 	if err != nil {
 		return err
 	}
+	indexDir := f.indexDir
+	switch indexDir {
+	case "":
+		indexDir = filepath.Join(f.data, "chunk-index")
+	case "memory":
+		indexDir = ""
+	}
 	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
-		Listen: f.listen, DefaultStoreURL: f.store, Logger: g.logger})
+		Listen: f.listen, DefaultStoreURL: f.store, StoreOptions: store.Options{IndexDir: indexDir}, Logger: g.logger})
 	if err != nil {
 		return err
 	}

@@ -60,5 +60,5 @@ func (s *indexSize) add(e entry) {
 func (r *Repo) IndexSize() (chunks int, rawBytes, storedBytes int64) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.idxData.chunks, r.idxData.raw, r.idxData.stored
+	return r.ix.data.chunks, r.ix.data.raw, r.ix.data.stored
 }

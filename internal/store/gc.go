@@ -429,7 +429,7 @@ func (c *collection) removals(wrote map[string]bool, foreign map[ID]bool) int {
 func (r *Repo) packKnown(id ID) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	_, ok := r.packNum[id]
+	_, ok := r.ix.packNum[id]
 	return ok
 }
 

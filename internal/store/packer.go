@@ -250,7 +250,7 @@ func (p *packer) upload(ctx context.Context, b *packBuf) error {
 	}
 	r.mu.Lock()
 	r.addPackLocked(id, b.entries)
-	r.indexLoaded[name] = true
+	r.ix.loaded[name] = true
 	p.recent = append(p.recent, completedPack{index: name, pack: id, entries: b.entries, at: time.Now()})
 	r.mu.Unlock()
 	p.release(b.buf)
@@ -280,9 +280,9 @@ func (p *packer) reindexLocked(listed map[string]bool, started time.Time) {
 		if c.at.Before(started) {
 			continue // old enough to have been listed; if not listed, a GC removed it
 		}
-		if !listed[c.index] && !p.r.indexLoaded[c.index] {
+		if !listed[c.index] && !p.r.ix.loaded[c.index] {
 			p.r.addPackLocked(c.pack, c.entries)
-			p.r.indexLoaded[c.index] = true
+			p.r.ix.loaded[c.index] = true
 		}
 		keep = append(keep, c)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -75,8 +76,13 @@ type Options struct {
 	// the head being written checkpoints (default 64 MiB).
 	MaxDirtyBytes int64
 	Parallelism   int // workers for hashing/compression and reads (default GOMAXPROCS)
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// IndexDir, when set, keeps the chunk index on disk in IndexDir/<repository id>
+	// (docs/store-format.md §12): RAM that does not grow with the store, and an open
+	// that reads only the index objects stored since the last. One process at a time
+	// may use a directory. Empty: the index is kept in RAM and read whole at open.
+	IndexDir string
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 func (o *Options) fill() {
@@ -131,16 +137,19 @@ type Repo struct {
 	codec  Codec // from opts.Compression
 	log    *slog.Logger
 
-	mu          sync.RWMutex
-	idx         map[ID]loc
-	idxData     indexSize     // the data chunks of idx (counters.go)
-	packIDs     []ID          // pack number → pack id
-	packNum     map[ID]uint32 // pack id → number
-	indexLoaded map[string]bool
-	condemned   map[ID]struct{}
-	pending     map[string][]ID // GC pending objects seen → their ids
-	viewTime    time.Time
-	viewMu      sync.Mutex // serialises view refreshes
+	mu        sync.RWMutex
+	ix        indexState // where chunks are (chunkmap.go)
+	condemned map[ID]struct{}
+	pending   map[string][]ID // GC pending objects seen → their ids (nil: not read yet)
+	viewTime  time.Time
+	viewMu    sync.Mutex // serialises view refreshes
+
+	// disk is the chunk index on disk in diskDir (Options.IndexDir; diskindex.go), nil
+	// when it is in RAM. ixBroken says a lookup in it failed: the next refresh rebuilds it.
+	disk     *diskMap
+	diskDir  string
+	diskLock *os.File // flock of diskDir.lock
+	ixBroken atomic.Bool
 
 	packer *packer
 	nodes  *nodeCache
@@ -195,6 +204,11 @@ func Init(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 	if err := r.putSealed(ctx, "config", cb, backend.PutOptions{}); err != nil {
 		return nil, fmt.Errorf("write the repository config: %w", err)
 	}
+	if opts.IndexDir != "" {
+		if err := r.openDiskIndex(); err != nil {
+			return nil, err
+		}
+	}
 	r.start()
 	r.log.Info("repository created", "store", be.Location(), "blockSize", opts.BlockSize, "masterKey", mk.Fingerprint())
 	return r, nil
@@ -243,7 +257,16 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 	if err != nil {
 		return nil, err
 	}
-	if loadIndex {
+	switch {
+	case loadIndex && opts.IndexDir != "":
+		if err := r.openDiskIndex(); err != nil {
+			return nil, err
+		}
+		if err := r.refreshView(ctx, false); err != nil {
+			r.closeDiskIndex()
+			return nil, err
+		}
+	case loadIndex:
 		if err := r.refreshView(ctx, true); err != nil {
 			return nil, err
 		}
@@ -277,8 +300,7 @@ func newRepo(be backend.Backend, secret []byte, opts Options) (*Repo, error) {
 		return nil, err
 	}
 	r := &Repo{be: be, keys: k, codecs: c, opts: opts, codec: codec, log: opts.Logger,
-		idx: map[ID]loc{}, packNum: map[ID]uint32{}, indexLoaded: map[string]bool{},
-		condemned: map[ID]struct{}{}, pending: map[string][]ID{}}
+		ix: newIndexState(memMap{}), condemned: map[ID]struct{}{}, pending: map[string][]ID{}}
 	r.nodes = newNodeCache(256) // 8 MiB of tables at the default fanout
 	return r, nil
 }
@@ -295,7 +317,7 @@ func (r *Repo) Close() error {
 	if r.packer != nil {
 		r.packer.close()
 	}
-	return nil
+	return r.closeDiskIndex()
 }
 
 // BlockSize is the repository's block size.
@@ -356,27 +378,44 @@ func snapshotPrefix(server string) string {
 }
 func snapshotName(server, pit string) string { return snapshotPrefix(server) + pit }
 
-// lookup returns a chunk's location.
+// lookup returns a chunk's location. A failing local index answers "not here" and is
+// rebuilt by the next refresh, which callers make on a miss.
 func (r *Repo) lookup(id ID) (loc, ID, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	l, ok := r.idx[id]
-	if !ok {
-		return l, ID{}, false
+	l, ok, err := r.ix.chunks.get(id)
+	if err != nil || !ok {
+		r.indexFailed(err)
+		return loc{}, ID{}, false
 	}
-	return l, r.packIDs[l.pack], true
+	pack, err := r.ix.packOf(l.pack)
+	if err != nil {
+		r.indexFailed(err)
+		return loc{}, ID{}, false
+	}
+	return l, pack, true
 }
 
 // dedupable reports whether a chunk is stored and may be referenced again: it is in
-// the index and no garbage collection has condemned it.
+// the index and no garbage collection has condemned it. When the index cannot say,
+// the answer is no: the block is stored again.
 func (r *Repo) dedupable(id ID) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	if _, ok := r.idx[id]; !ok {
+	if _, ok, err := r.ix.chunks.get(id); err != nil || !ok {
+		r.indexFailed(err)
 		return false
 	}
 	_, bad := r.condemned[id]
 	return !bad
+}
+
+// indexFailed notes an error of the local chunk index (nil: none): it is logged once,
+// and the next view refresh rebuilds the index from the store's index objects.
+func (r *Repo) indexFailed(err error) {
+	if err != nil && r.ixBroken.CompareAndSwap(false, true) {
+		r.log.Error("the local chunk index failed; it is rebuilt from the store's index objects", "err", err)
+	}
 }
 
 func (r *Repo) isCondemned(id ID) bool {
@@ -386,21 +425,9 @@ func (r *Repo) isCondemned(id ID) bool {
 	return bad
 }
 
-// addPackLocked records a pack's chunks in the in-memory index.
+// addPackLocked records a pack's chunks in the index.
 func (r *Repo) addPackLocked(pack ID, entries []entry) {
-	n, ok := r.packNum[pack]
-	if !ok {
-		n = uint32(len(r.packIDs))
-		r.packIDs = append(r.packIDs, pack)
-		r.packNum[pack] = n
-	}
-	for _, e := range entries {
-		if _, dup := r.idx[e.ID]; dup {
-			continue
-		}
-		r.idx[e.ID] = loc{pack: n, offset: e.Offset, length: e.Length, rawLen: e.RawLen, typ: e.Type}
-		r.idxData.add(e)
-	}
+	r.indexFailed(r.ix.addPack(pack, entries))
 }
 
 // loadIndexObject reads one index object.
@@ -416,7 +443,7 @@ func (r *Repo) loadIndexObject(ctx context.Context, name string) ([]packEntries,
 	return packs, nil
 }
 
-// refreshView brings the in-memory index and the set of chunks condemned by garbage
+// refreshView brings the index and the set of chunks condemned by garbage
 // collections up to date with the backend. With full, the index is rebuilt from all
 // index objects. It is what makes deduplication safe against a concurrent GC in
 // another process (see gc.go).
@@ -424,85 +451,146 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	r.viewMu.Lock()
 	defer r.viewMu.Unlock()
 	started := r.opts.Now()
-
-	// Which GC pending objects exist now.
-	pendingNow := map[string]bool{}
-	if err := r.be.List(ctx, "gc/pending-", func(oi backend.ObjectInfo) error {
-		pendingNow[oi.Name] = true
-		return nil
-	}); err != nil {
-		return fmt.Errorf("read garbage collection state: %w", err)
-	}
-	var indexNames []string
-	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
-		indexNames = append(indexNames, oi.Name)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list the repository index: %w", err)
-	}
-	r.mu.RLock()
-	for name := range r.pending {
-		if !pendingNow[name] {
-			full = true // a GC finished: chunks it deleted must leave our index
-		}
-	}
-	present := make(map[string]bool, len(indexNames))
-	for _, n := range indexNames {
-		present[n] = true
-	}
-	for name := range r.indexLoaded {
-		if !present[name] {
-			full = true // index objects were consolidated or removed
-		}
-	}
-	var toLoad []string
-	for _, n := range indexNames {
-		if full || !r.indexLoaded[n] {
-			toLoad = append(toLoad, n)
-		}
-	}
-	var newPending []string
-	for n := range pendingNow {
-		if _, ok := r.pending[n]; !ok {
-			newPending = append(newPending, n)
-		}
-	}
-	r.mu.RUnlock()
-
-	loaded, pendIDs, err := r.loadView(ctx, toLoad, newPending)
+	p, err := r.planView(ctx, full || r.ixBroken.Load())
 	if err != nil {
 		return err
+	}
+	_, pendIDs, err := r.loadView(ctx, nil, p.newPending)
+	if err != nil {
+		return err
+	}
+	var fresh *indexState
+	switch {
+	case r.disk != nil && p.full:
+		if fresh, err = r.buildDiskIndex(ctx, p); err != nil {
+			return err
+		}
+	case r.disk != nil:
+		if err := r.streamIndex(ctx, p.toLoad, func(name string, packs []packEntries) error {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			for _, pe := range packs {
+				if err := r.ix.addPack(pe.Pack, pe.Entries); err != nil {
+					return err
+				}
+			}
+			r.ix.loaded[name] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+	default:
+		loaded, _, err := r.loadView(ctx, p.toLoad, nil)
+		if err != nil {
+			return err
+		}
+		fresh = r.memIndex(p, loaded)
 	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if full {
-		r.idx = make(map[ID]loc, len(r.idx))
-		r.idxData = indexSize{}
-		r.packIDs = nil
-		r.packNum = map[ID]uint32{}
-		r.indexLoaded = map[string]bool{}
-	}
-	for i, packs := range loaded {
-		if packs == nil {
-			continue
+	if fresh != nil {
+		if err := r.swapIndexLocked(*fresh, p); err != nil {
+			return err
 		}
-		for _, p := range packs {
-			r.addPackLocked(p.Pack, p.Entries)
-		}
-		r.indexLoaded[toLoad[i]] = true
 	}
 	if r.packer != nil {
-		r.packer.reindexLocked(present, started) // packs this process wrote during the listing
+		r.packer.reindexLocked(p.present, started) // packs this process wrote during the listing
 	}
+	r.setPendingLocked(p.pendingNow, p.newPending, pendIDs)
+	r.viewTime = started
+	return r.maybeCheckpointLocked(started)
+}
+
+// viewPlan is what a view refresh found in the backend and is to read.
+type viewPlan struct {
+	full       bool
+	present    map[string]bool // index objects listed
+	pendingNow map[string]bool // GC pending objects listed
+	toLoad     []string        // index objects to read
+	newPending []string        // GC pending objects to read
+}
+
+// planView lists the index and GC pending objects and decides what to read: all index
+// objects when full, or when a GC finished or index objects were removed since the
+// last refresh (chunks they named may be gone); else the new ones.
+func (r *Repo) planView(ctx context.Context, full bool) (viewPlan, error) {
+	p := viewPlan{full: full, present: map[string]bool{}, pendingNow: map[string]bool{}}
+	if err := r.be.List(ctx, "gc/pending-", func(oi backend.ObjectInfo) error {
+		p.pendingNow[oi.Name] = true
+		return nil
+	}); err != nil {
+		return p, fmt.Errorf("read garbage collection state: %w", err)
+	}
+	var indexNames []string
+	if err := r.be.List(ctx, "index/", func(oi backend.ObjectInfo) error {
+		indexNames = append(indexNames, oi.Name)
+		p.present[oi.Name] = true
+		return nil
+	}); err != nil {
+		return p, fmt.Errorf("list the repository index: %w", err)
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for name := range r.pending {
+		if !p.pendingNow[name] {
+			p.full = true // a GC finished: chunks it deleted must leave our index
+		}
+	}
+	for name := range r.ix.loaded {
+		if !p.present[name] {
+			p.full = true // index objects were consolidated or removed
+		}
+	}
+	for _, n := range indexNames {
+		if p.full || !r.ix.loaded[n] {
+			p.toLoad = append(p.toLoad, n)
+		}
+	}
+	for n := range p.pendingNow {
+		if ids, ok := r.pending[n]; !ok || ids == nil {
+			p.newPending = append(p.newPending, n)
+		}
+	}
+	return p, nil
+}
+
+// memIndex applies index objects read to the index in RAM: into a new one when the
+// refresh is full (returned, to be swapped in), else into the current one.
+func (r *Repo) memIndex(p viewPlan, loaded [][]packEntries) *indexState {
+	add := func(st *indexState) {
+		for i, packs := range loaded {
+			if packs == nil {
+				continue
+			}
+			for _, pe := range packs {
+				_ = st.addPack(pe.Pack, pe.Entries) // a map does not fail
+			}
+			st.loaded[p.toLoad[i]] = true
+		}
+	}
+	if p.full {
+		st := newIndexState(memMap{})
+		add(&st)
+		return &st
+	}
+	r.mu.Lock()
+	add(&r.ix)
+	r.mu.Unlock()
+	return nil
+}
+
+// setPendingLocked records the GC pending objects now present and the chunks they
+// condemn.
+func (r *Repo) setPendingLocked(pendingNow map[string]bool, read []string, ids [][]ID) {
 	for name := range r.pending {
 		if !pendingNow[name] {
 			delete(r.pending, name)
 		}
 	}
-	for i, n := range newPending {
-		if pendIDs[i] != nil {
-			r.pending[n] = pendIDs[i]
+	for i, n := range read {
+		if ids[i] != nil {
+			r.pending[n] = ids[i]
 		}
 	}
 	r.condemned = map[ID]struct{}{}
@@ -511,7 +599,51 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 			r.condemned[id] = struct{}{}
 		}
 	}
-	r.viewTime = started
+}
+
+// streamIndex reads index objects, 8 at a time, and gives each to apply, one at a
+// time: memory holds a few objects, not the index.
+func (r *Repo) streamIndex(ctx context.Context, names []string, apply func(name string, packs []packEntries) error) error {
+	type loaded struct {
+		name  string
+		packs []packEntries
+	}
+	ch := make(chan loaded, 8)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(ch)
+		lg, lctx := errgroup.WithContext(gctx)
+		lg.SetLimit(8)
+		for _, n := range names {
+			lg.Go(func() error {
+				p, err := r.loadIndexObject(lctx, n)
+				if errors.Is(err, backend.ErrNotFound) {
+					return nil // removed by a concurrent GC after we listed it; a later refresh reloads
+				}
+				if err != nil {
+					return err
+				}
+				select {
+				case ch <- loaded{n, p}:
+					return nil
+				case <-lctx.Done():
+					return lctx.Err()
+				}
+			})
+		}
+		return lg.Wait()
+	})
+	g.Go(func() error {
+		for l := range ch {
+			if err := apply(l.name, l.packs); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("load the repository index: %w", err)
+	}
 	return nil
 }
 

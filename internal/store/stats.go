@@ -39,7 +39,7 @@ type Stats struct {
 // Stats computes the repository's statistics by walking every PIT.
 func (r *Repo) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	if err := r.refreshView(ctx, true); err != nil {
+	if err := r.refreshView(ctx, false); err != nil {
 		return st, err
 	}
 	if err := r.be.List(ctx, "data/", func(oi backend.ObjectInfo) error {
@@ -50,11 +50,7 @@ func (r *Repo) Stats(ctx context.Context) (Stats, error) {
 		return st, err
 	}
 	r.mu.RLock()
-	st.Chunks = len(r.idx)
-	for _, l := range r.idx {
-		st.RawBytes += int64(l.rawLen)
-		st.StoredBytes += int64(l.length)
-	}
+	st.Chunks, st.RawBytes, st.StoredBytes = r.ix.all.chunks, r.ix.all.raw, r.ix.all.stored
 	r.mu.RUnlock()
 	servers, err := r.Servers(ctx)
 	if err != nil {

@@ -37,7 +37,7 @@ func newTestRepo(t testing.TB, opts Options) (*Repo, backend.Backend, MasterKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Init(context.Background(), be, mk, opts)
+	r, err := Init(context.Background(), be, mk, withTestIndexDir(t, opts))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,9 +45,20 @@ func newTestRepo(t testing.TB, opts Options) (*Repo, backend.Backend, MasterKey)
 	return r, be, mk
 }
 
+// withTestIndexDir gives opts a chunk index directory of its own when the suite runs
+// with LIFEBOAT_TEST_STORE_INDEX=disk (scripts/test runs it so as well): every test
+// that opens its repositories through newTestRepo and reopen then runs on the disk
+// index.
+func withTestIndexDir(t testing.TB, opts Options) Options {
+	if os.Getenv("LIFEBOAT_TEST_STORE_INDEX") == "disk" && opts.IndexDir == "" {
+		opts.IndexDir = t.TempDir()
+	}
+	return opts
+}
+
 func reopen(t testing.TB, be backend.Backend, mk MasterKey, opts Options) *Repo {
 	t.Helper()
-	r, err := Open(context.Background(), be, mk, opts)
+	r, err := Open(context.Background(), be, mk, withTestIndexDir(t, opts))
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
