@@ -1,6 +1,6 @@
 // Package chunkindex maps chunk ids to their location in the store with a memory
-// footprint that does not grow with the number of chunks (issue 19). It is a building
-// block: the store (internal/store) does not use it yet, and keeps its map[ID]loc.
+// footprint that does not grow with the number of chunks (issue 19). The store keeps
+// its chunk index in one when Options.IndexDir is set (internal/store/diskindex.go).
 //
 // The index lives in one local directory:
 //
@@ -28,10 +28,9 @@
 //     Open, as are temporary files.
 //
 // The index is not a log: entries still in the memtable when the process dies are lost.
-// The store's own index objects stay the source of truth, and the store is to replay
-// those written since the index's last flush (or rebuild the index from them).
+// The store's own index objects stay the source of truth: the store reads again those
+// written since the index's last checkpoint, and rebuilds the index from them after a
+// garbage collection (entries are never deleted one by one).
 //
-// Future work: deleting entries (garbage collection is to rewrite the index from the
-// index objects that survive it, rather than delete entries one by one); merging in
-// the background so that Put never waits for a merge.
+// Future work: merging in the background so that Put never waits for a merge.
 package chunkindex
