@@ -40,6 +40,11 @@ var ErrFenced = errors.New("another writer opened this volume's head since: this
 // numbers: epoch e's journals are e<<seqEpochShift + 1, + 2, ….
 const seqEpochShift = 40
 
+// journalSeq names a journal sequence number for an operator: "epoch 1 journal 2".
+func journalSeq(seq uint64) string {
+	return fmt.Sprintf("epoch %d journal %d", seq>>seqEpochShift, seq&(1<<seqEpochShift-1))
+}
+
 // maxEpoch is the last epoch a head can have (about 16 million opens).
 const maxEpoch = 1<<(64-seqEpochShift) - 1
 

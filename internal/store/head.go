@@ -432,12 +432,12 @@ func (h *Head) checkRollback(name string, st headState, exists bool, journals []
 			continue
 		}
 		if j.seq != next {
-			missing := fmt.Sprintf("journals %d to %d are", next, j.seq-1)
+			missing := fmt.Sprintf("%s to %s are", journalSeq(next), journalSeq(j.seq-1))
 			if j.seq-1 == next {
-				missing = fmt.Sprintf("journal %d is", next)
+				missing = fmt.Sprintf("%s is", journalSeq(next))
 			}
-			return fmt.Errorf("%w: %s holds journals up to sequence %d, but the next journal present is %d: %s missing: the head object was put back to an older version, or journals were deleted: %s",
-				ErrRollback, name, st.Seq, j.seq, missing, remedy)
+			return fmt.Errorf("%w: %s holds journals up to %s, but the next journal present is %s: %s missing: the head object was put back to an older version, or journals were deleted: %s",
+				ErrRollback, name, journalSeq(st.Seq), journalSeq(j.seq), missing, remedy)
 		}
 		next++
 	}

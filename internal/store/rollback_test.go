@@ -149,8 +149,8 @@ func TestOldHeadBeforeLaterJournalsIsARollback(t *testing.T) {
 	h.Close()
 	putObject(t, be, name, old)
 	_, err = r.OpenHead(ctx, "s-2", "vda", 40*testBS, HeadOptions{})
-	missing := itoa(1<<seqEpochShift + 2) // the second journal of epoch 1
-	if !errors.Is(err, ErrRollback) || !strings.Contains(err.Error(), "journal "+missing+" is missing") {
+	missing := "epoch 1 journal 2" // the second journal of the first writer
+	if !errors.Is(err, ErrRollback) || !strings.Contains(err.Error(), missing+" is missing") {
 		t.Fatalf("open of a put-back head followed by later journals: %v, want ErrRollback naming journal %s", err, missing)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -38,8 +40,8 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 			}
 		}
 	}
-	for server, ps := range byServer {
-		verifyChain(server, ps, manifests, fail)
+	for _, server := range slices.Sorted(maps.Keys(byServer)) { // findings in a stable order
+		verifyChain(server, byServer[server], manifests, fail)
 	}
 	if err := r.verifyLocks(ctx, manifests, fail); err != nil {
 		return err
@@ -57,7 +59,8 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 		return fmt.Errorf("list heads: %w", err)
 	}
 	const remedy = "restore the newer head object from a backup or the bucket's object versions; until then the replicator refuses the volume (or accept the rollback so that its source resends it whole)"
-	for prefix, name := range newest {
+	for _, prefix := range slices.Sorted(maps.Keys(newest)) {
+		name := newest[prefix]
 		plain, err := r.getSealed(ctx, name)
 		if errors.Is(err, backend.ErrNotFound) || (err != nil && !isBackendFailure(err)) {
 			continue
@@ -75,7 +78,8 @@ func (r *Repo) verifyRecords(ctx context.Context, fail func(string, ...any)) err
 		}
 		delete(evidence, prefix)
 	}
-	for prefix, ev := range evidence {
+	for _, prefix := range slices.Sorted(maps.Keys(evidence)) {
+		ev := evidence[prefix]
 		fail("%s: the head is missing, but PIT %s sealed version %d of it: someone deleted it: %s", headObject(prefix, 0), ev.PIT, ev.Version, remedy)
 	}
 	return nil
