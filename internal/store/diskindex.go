@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -67,14 +69,29 @@ type sizeJSON struct {
 func toSizeJSON(s indexSize) sizeJSON { return sizeJSON{s.chunks, s.raw, s.stored} }
 func (s sizeJSON) size() indexSize    { return indexSize{chunks: s.Chunks, raw: s.Raw, stored: s.Stored} }
 
-// diskMap is a chunkMap on a chunkindex directory.
+// diskMap is a chunkMap on a chunkindex directory. While it is filled in bulk (at open,
+// in a rebuild) pack ids are synced once before each flush, and flushes run in line.
+// Once it serves (steady), each pack id is synced as it is added, so a flush needs no
+// ordering with puts and runs in the background: an ingest holding the repository's
+// lock never waits for a segment write or merge.
 type diskMap struct {
 	dir       string
 	idx       *chunkindex.Index
 	packs     *os.File
 	npacks    int // records in packs
 	unflushed int // puts since the last flush
+	limit     int // flush at this many (diskMemtable)
 	lastView  time.Time
+
+	steady   bool
+	onError  func(error) // told of a background flush's failure
+	flushing atomic.Bool
+	flushWG  sync.WaitGroup
+}
+
+// serve makes d steady (see diskMap), its background failures told to onError.
+func (d *diskMap) serve(onError func(error)) {
+	d.steady, d.onError = true, onError
 }
 
 func (d *diskMap) get(id ID) (loc, bool, error) {
@@ -90,8 +107,20 @@ func (d *diskMap) put(id ID, l loc) error {
 		return fmt.Errorf("local chunk index %s: %w", d.dir, err)
 	}
 	d.unflushed++
-	if d.unflushed >= diskMemtable {
+	if d.unflushed < d.limit {
+		return nil
+	}
+	if !d.steady {
 		return d.flush()
+	}
+	if d.flushing.CompareAndSwap(false, true) {
+		d.unflushed = 0
+		d.flushWG.Go(func() {
+			defer d.flushing.Store(false)
+			if err := d.idx.Flush(); err != nil {
+				d.onError(fmt.Errorf("local chunk index %s: %w", d.dir, err))
+			}
+		})
 	}
 	return nil
 }
@@ -102,6 +131,11 @@ func (d *diskMap) addPack(id ID) error {
 		return fmt.Errorf("local chunk index %s: record a pack: %w", d.dir, err)
 	}
 	d.npacks++
+	if d.steady {
+		if err := d.packs.Sync(); err != nil {
+			return fmt.Errorf("local chunk index %s: record a pack: %w", d.dir, err)
+		}
+	}
 	return nil
 }
 
@@ -118,6 +152,7 @@ func (d *diskMap) flush() error {
 }
 
 func (d *diskMap) close() error {
+	d.flushWG.Wait()
 	err := d.idx.Close()
 	if cerr := d.packs.Close(); err == nil {
 		err = cerr
@@ -243,7 +278,7 @@ func openDiskMap(dir string, v *diskView) (*diskMap, []ID, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	return &diskMap{dir: dir, idx: idx, packs: f, npacks: len(ids)}, ids, nil
+	return &diskMap{dir: dir, idx: idx, packs: f, npacks: len(ids), limit: diskMemtable}, ids, nil
 }
 
 // readPackList reads the whole records of f.
@@ -372,6 +407,7 @@ func (r *Repo) swapIndexLocked(fresh indexState, p viewPlan) error {
 		r.ixBroken.Store(true)
 		return fmt.Errorf("replace the local chunk index %s: %w", r.diskDir, err)
 	}
+	d.serve(r.indexFailed)
 	r.ix, r.disk = st, d
 	r.ixBroken.Store(false)
 	return nil

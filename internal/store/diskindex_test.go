@@ -227,3 +227,60 @@ func TestDiskIndexDirectoryIsOneProcessAtATime(t *testing.T) {
 		t.Fatalf("second open of one index directory: %v; want refused as in use", err)
 	}
 }
+
+// Flushes run in the background while the repository serves (the ingest never waits
+// for a segment write or merge), and pack numbers stay right across a crash after
+// them: every pack is recorded before a segment can name it.
+func TestDiskIndexFlushesInTheBackgroundAndSurvivesACrash(t *testing.T) {
+	ctx := context.Background()
+	opts := testOptions()
+	opts.PackSize = 16 << 10
+	opts.IndexDir = t.TempDir()
+	r, be, mk := newTestRepo(t, opts)
+	r.mu.Lock()
+	r.disk.limit = 8
+	r.mu.Unlock()
+	h, err := r.OpenHead(ctx, "s-b", "vda", diskSize, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := model{}
+	for round := uint32(1); round <= 4; round++ {
+		blocks := map[uint64]uint32{}
+		for b := uint64(0); b < 120; b += uint64(round) {
+			blocks[b] = round
+		}
+		write(t, h, m, blocks)
+		if err := h.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := r.SealPIT(ctx, SealRequest{ID: "pit-b", Server: "s-b", Time: time.Now(), Level: consistency.Crash, Heads: []*Head{h}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.packer.close()
+	r.mu.Lock()
+	d := r.disk
+	d.flushWG.Wait()
+	segs := d.idx.Segments()
+	if err := d.close(); err != nil { // a crash: no checkpoint
+		t.Fatal(err)
+	}
+	r.disk = nil
+	r.unlockDiskIndex()
+	r.mu.Unlock()
+	if segs == 0 {
+		t.Fatal("no background flush wrote a segment")
+	}
+	r2, err := Open(ctx, be, mk, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	checkPIT(t, r2, p, "vda", diskSize, m)
+	rep, err := r2.Verify(ctx, VerifyOptions{ReadData: true})
+	if err != nil || len(rep.Errors) > 0 {
+		t.Fatalf("verify: %v %v", err, rep.Errors)
+	}
+}

@@ -208,6 +208,7 @@ func Init(ctx context.Context, be backend.Backend, mk MasterKey, opts Options) (
 		if err := r.openDiskIndex(); err != nil {
 			return nil, err
 		}
+		r.disk.serve(r.indexFailed)
 	}
 	r.start()
 	r.log.Info("repository created", "store", be.Location(), "blockSize", opts.BlockSize, "masterKey", mk.Fingerprint())
@@ -266,6 +267,7 @@ func open(ctx context.Context, be backend.Backend, mk MasterKey, opts Options, l
 			r.closeDiskIndex()
 			return nil, err
 		}
+		r.disk.serve(r.indexFailed)
 	case loadIndex:
 		if err := r.refreshView(ctx, true); err != nil {
 			return nil, err
