@@ -23,45 +23,88 @@ var inProcessReplicator bool
 // replicatorEnv is added to the replicator's environment (-replicator-env).
 var replicatorEnv []string
 
-// cluster is a control plane and a replicator, each a lifeboat process, as test/e2e
-// starts them, on 127.0.0.1.
+// cluster is a control plane and one or more replicators of one site, each a lifeboat
+// process, as test/e2e starts them, on 127.0.0.1.
 type cluster struct {
 	bin     string
 	dir     string
 	url     string
-	repAddr string
+	repAddr string // the first replicator's
 	env     []string
 	caPEM   []byte
 	admin   *api.Client
-	cp, rep *proc
+	cp, rep *proc // rep is the first replicator
+	reps    []*proc
+	addrs   []string // of reps
+	opts    clusterOptions
+}
+
+// clusterOptions shape a cluster beyond newCluster's defaults.
+type clusterOptions struct {
+	replicators int      // at least 1
+	storeURL    string   // the staging store; empty: file://DIR/staging
+	storeEnv    []string // given to every process that opens the store (S3 credentials)
+	serverArgs  []string // extra flags of lifeboat server
+	settings    func(*api.ReplicationSettings)
 }
 
 // newCluster starts a control plane and a replicator in dir; settings adjusts the
 // account's replication template (the staging store is dir/staging).
 func newCluster(ctx context.Context, u *undo, bin, dir string, settings func(*api.ReplicationSettings)) (*cluster, error) {
+	return newClusterWith(ctx, u, bin, dir, clusterOptions{replicators: 1, settings: settings})
+}
+
+// newClusterWith starts a control plane and opts.replicators replicators in dir, named
+// rep1, rep2, …, and waits until the control plane sees every one live.
+func newClusterWith(ctx context.Context, u *undo, bin, dir string, opts clusterOptions) (*cluster, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	c := &cluster{bin: bin, dir: dir}
+	c := &cluster{bin: bin, dir: dir, opts: opts}
+	if err := c.startControlPlane(ctx, u); err != nil {
+		return nil, err
+	}
+	storeURL := opts.storeURL
+	if storeURL == "" {
+		storeURL = "file://" + filepath.Join(dir, "staging")
+	}
+	err := c.setTemplate(ctx, func(t *api.ReplicationSettings) {
+		t.StagingStoreURL = storeURL
+		if opts.settings != nil {
+			opts.settings(t)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set the replication template: %w", err)
+	}
+	for i := range max(opts.replicators, 1) {
+		if err := c.addReplicator(ctx, u, fmt.Sprintf("rep%d", i+1)); err != nil {
+			return nil, err
+		}
+	}
+	c.rep, c.repAddr = c.reps[0], c.addrs[0]
+	if len(c.reps) > 1 {
+		return c, c.waitLive(ctx, len(c.reps), time.Minute)
+	}
+	return c, nil
+}
+
+// startControlPlane starts lifeboat server and reads its admin token and CA.
+func (c *cluster) startControlPlane(ctx context.Context, u *undo) error {
 	port, err := freePort()
 	if err != nil {
-		return nil, err
-	}
-	rport, err := freePort()
-	if err != nil {
-		return nil, err
+		return err
 	}
 	c.url = fmt.Sprintf("https://127.0.0.1:%d", port)
-	c.repAddr = fmt.Sprintf("127.0.0.1:%d", rport)
-	data := filepath.Join(dir, "cp")
-	c.cp, err = startProc("control plane", filepath.Join(dir, "server.log"), nil, bin, "server", "--data", data,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	data := filepath.Join(c.dir, "cp")
+	args := append([]string{"server", "--data", data, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, c.opts.serverArgs...)
+	c.cp, err = startProc("control plane", filepath.Join(c.dir, "server.log"), c.opts.storeEnv, c.bin, args...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	u.push(c.cp.stop)
 	if err := waitTCP(ctx, fmt.Sprintf("127.0.0.1:%d", port), 60*time.Second); err != nil {
-		return nil, fmt.Errorf("control plane: %w\n%s", err, c.cp.tail(20))
+		return fmt.Errorf("control plane: %w\n%s", err, c.cp.tail(20))
 	}
 	var token string
 	for deadline := time.Now().Add(30 * time.Second); ; {
@@ -70,49 +113,78 @@ func newCluster(ctx context.Context, u *undo, bin, dir string, settings func(*ap
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the control plane wrote no admin token\n%s", c.cp.tail(20))
+			return fmt.Errorf("the control plane wrote no admin token\n%s", c.cp.tail(20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	caFile := filepath.Join(data, "pki", "ca.crt")
 	if c.caPEM, err = os.ReadFile(caFile); err != nil {
-		return nil, err
+		return err
 	}
 	c.env = []string{"LIFEBOAT_SERVER=" + c.url, "LIFEBOAT_TOKEN=" + token, "LIFEBOAT_CA_CERT=" + caFile}
-	if c.admin, err = api.NewClient(api.ClientConfig{Server: c.url, Token: token, CAPEM: c.caPEM}); err != nil {
-		return nil, err
-	}
-	tmpl, err := c.admin.ReplicationTemplate(ctx)
+	c.admin, err = api.NewClient(api.ClientConfig{Server: c.url, Token: token, CAPEM: c.caPEM})
+	return err
+}
+
+// addReplicator registers and starts a replicator named name on a free port.
+func (c *cluster) addReplicator(ctx context.Context, u *undo, name string) error {
+	rport, err := freePort()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	tmpl.StagingStoreURL = "file://" + filepath.Join(dir, "staging")
-	if settings != nil {
-		settings(&tmpl)
-	}
-	if _, err := c.admin.SetReplicationTemplate(ctx, tmpl); err != nil {
-		return nil, err
-	}
+	addr := fmt.Sprintf("127.0.0.1:%d", rport)
 	tok, err := c.admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall, Scope: api.ScopeReplicator, Uses: 1})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if inProcessReplicator {
-		c.rep, err = startReplicatorHere(ctx, c, filepath.Join(dir, "rep"), tok.Secret)
+	logPath := filepath.Join(c.dir, name+".log")
+	if len(c.reps) == 0 {
+		logPath = filepath.Join(c.dir, "replicator.log") // where the single-replicator benches look
+	}
+	var p *proc
+	if inProcessReplicator && len(c.reps) == 0 {
+		c.repAddr = addr
+		p, err = startReplicatorHere(ctx, c, filepath.Join(c.dir, "rep"), tok.Secret)
 	} else {
 		// The install token in the environment (the last LIFEBOAT_TOKEN wins), not in argv.
-		env := append(append(append([]string{}, c.env...), replicatorEnv...), "LIFEBOAT_TOKEN="+tok.Secret)
-		c.rep, err = startProc("replicator", filepath.Join(dir, "replicator.log"), env, bin, "replicator",
-			"--data", filepath.Join(dir, "rep"), "--listen", c.repAddr, "--address", c.repAddr, "--name", "rep1")
+		env := append(append(append(append([]string{}, c.env...), c.opts.storeEnv...), replicatorEnv...), "LIFEBOAT_TOKEN="+tok.Secret)
+		data := filepath.Join(c.dir, "rep")
+		if len(c.reps) > 0 {
+			data = filepath.Join(c.dir, name)
+		}
+		p, err = startProc("replicator "+name, logPath, env, c.bin, "replicator",
+			"--data", data, "--listen", addr, "--address", addr, "--name", name)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	u.push(c.rep.stop)
-	if err := waitTCP(ctx, c.repAddr, 60*time.Second); err != nil {
-		return nil, fmt.Errorf("replicator: %w\n%s", err, c.rep.tail(20))
+	u.push(p.stop)
+	if err := waitTCP(ctx, addr, 60*time.Second); err != nil {
+		return fmt.Errorf("replicator %s: %w\n%s", name, err, p.tail(20))
 	}
-	return c, nil
+	c.reps, c.addrs = append(c.reps, p), append(c.addrs, addr)
+	return nil
+}
+
+// waitLive waits until the control plane lists n live replicators.
+func (c *cluster) waitLive(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		list, err := c.admin.Replicators(ctx)
+		live := 0
+		for _, r := range list.Items {
+			if r.State == api.ReplicatorLive {
+				live++
+			}
+		}
+		if err == nil && live >= n {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%d of %d replicators live after %s (err %v)", live, n, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // setTemplate changes the account's replication template.

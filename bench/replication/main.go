@@ -6,7 +6,10 @@
 //	replbench run     initial sync, RESCAN, incremental cycles (4 and 16 GiB), lag and
 //	                  freeze under a steady fio load; one JSON line per figure
 //	replbench sim     simulated agents (300 light writers, or 15 streaming volumes)
-//	                  against one replicator: per-block ack latency and replicator RSS
+//	                  against one replicator: per-block ack latency and replicator RSS;
+//	                  or a fleet (issue 19): -replicators N on -store s3, one killed
+//	                  (-kill-after), resume times, full resends, store verify
+//	replbench fleet-report  the fleet runs of a results file as a RESULTS.md section
 //	replbench report  RESULTS.md from the JSON lines
 //	replbench failback  the failback cycle of issue 14 on 1 or 4 GiB disks: reverse
 //	                  replication, planned failback against a full copy, data lost,
@@ -45,6 +48,8 @@ func main() {
 		err = cmdSim(ctx, os.Args[2:])
 	case "report":
 		err = cmdReport(os.Args[2:])
+	case "fleet-report":
+		err = cmdFleetReport(os.Args[2:])
 	case "failback":
 		err = cmdFailback(ctx, os.Args[2:])
 	case "groups":
@@ -62,7 +67,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: replbench run|sim|report|failback [flags] (see bench/replication/run.sh)")
+	fmt.Fprintln(os.Stderr, "usage: replbench run|sim|report|fleet-report|failback [flags] (see bench/replication/run.sh)")
 	os.Exit(2)
 }
 

@@ -16,9 +16,20 @@ func cmdReport(args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("usage: replbench report results.jsonl")
 	}
-	f, err := os.Open(args[0])
+	rs, err := readResults(args[0])
 	if err != nil {
 		return err
+	}
+	rep := &report{rs: rs}
+	rep.write(os.Stdout)
+	return nil
+}
+
+// readResults reads a JSON-lines results file.
+func readResults(path string) ([]result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	var rs []result
@@ -30,16 +41,11 @@ func cmdReport(args []string) error {
 		}
 		var r result
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return fmt.Errorf("%s: %w", args[0], err)
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		rs = append(rs, r)
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	rep := &report{rs: rs}
-	rep.write(os.Stdout)
-	return nil
+	return rs, sc.Err()
 }
 
 type report struct {
@@ -323,6 +329,15 @@ func (r *report) write(w *os.File) {
 			}
 		}
 		p("")
+	}
+
+	for _, x := range r.rs {
+		if x.Phase == "fleet" {
+			p("## Fleet: simulated agents over several replicators, one killed (issue 19)")
+			p("")
+			r.writeFleet(p)
+			break
+		}
 	}
 
 	if len(r.goals) > 0 {

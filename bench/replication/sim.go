@@ -8,25 +8,22 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
-	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
-	"github.com/lifeboat-dr/lifeboat/internal/wire"
 )
 
 // Simulated agents: each registers as a source server through the control plane's API
 // (install token, its own key and CSR, as `lifeboat agent install` does), asks the
 // control plane for its replicator, and opens a wire session to it with its own
-// certificate, as the agent does. Then it writes:
+// certificate, as the agent does (simagent.go: sessions after sessions, as the agent's
+// replicate loop runs them). Then it writes:
 //
 //   - light: one batch of -blocks 64 KiB blocks every -period (random blocks of its
 //     volume, half random bytes and half text, s2-compressed as the agent sends them),
@@ -36,8 +33,11 @@ import (
 //     sync), for the replicator's memory with many volumes at full speed.
 //
 // It measures each batch's ack latency (written → acknowledged as durable), which is
-// what a real agent's lag adds up from once its tracker has seen a write, the replicator's
-// RSS (/proc/PID/status) and CPU, and its own CPU.
+// what a real agent's lag adds up from once its tracker has seen a write, the
+// replicators' RSS (/proc/PID/status) and CPU, and its own CPU. A fleet (fleet.go):
+// -replicators N of one site, -store s3 (versitygw), -kill-after D kills one replicator
+// chosen at random and measures how its agents resume on the others; -verify runs
+// `lifeboat store verify --read-data` on the staging store at the end.
 
 type simFlags struct {
 	bin, out, results, name, mode string
@@ -45,27 +45,49 @@ type simFlags struct {
 	period, marker                time.Duration
 	duration, warmup              time.Duration
 	volumeGiB                     int
+	replicators                   int
+	store, versitygw, serverArgs  string
+	killAfter                     time.Duration
+	verify, keep                  bool
+	heap                          string
 }
 
 type simAgent struct {
-	i        int
-	id       string
-	account  string
-	cert     tls.Certificate
-	pool     *x509.CertPool
-	client   *api.Client
-	repAddr  string
-	assigned wire.Assigned // the replicator it may send to
+	i       int
+	id      string
+	account string
+	cert    tls.Certificate
+	pool    *x509.CertPool
+	client  *api.Client
 
-	// results (own goroutines only until the end)
-	lat     []float64 // ms, in the measurement window
-	sealLat []float64
-	sent    int64
-	errs    atomic.Int64
-	lastErr atomic.Value
+	// The agent's goroutines' own.
+	rng        *rand.ChaCha8
+	pick       *rand.Rand
+	wrote      chan struct{} // a write is pending
+	next       time.Time     // of the writer
+	nextMarker time.Time     // of the sessions
+	markers    uint64
+	opened     atomic.Bool
+	sent       atomic.Int64
+	lastErr    atomic.Value
+
+	mu          sync.Mutex              // guards what follows (sessions, receivers, writer, measurement)
+	rep         *api.ReplicatorEndpoint // the replicator the control plane last named
+	pending     []pendingWrite
+	lat         []float64 // ms, written → acknowledged, in the measurement window
+	latMoved    []float64 // the part of lat acknowledged after the kill, of an agent of the killed replicator
+	sealLat     []float64
+	acks        int64
+	sessions    int // opened
+	ends        int // sessions (or attempts) that ended before the run did
+	unexpected  int // … not because its replicator was killed
+	fullResends int // sessions, after an acknowledged one, whose Welcome asked for every block again
+	movedFrom   string
+	killAt      time.Time
+	resumedAt   time.Time // first Ack from another replicator after the kill
 }
 
-func cmdSim(ctx context.Context, args []string) error {
+func parseSimFlags(args []string) (simFlags, error) {
 	var f simFlags
 	fs := newFlagSet("sim")
 	fs.StringVar(&f.bin, "lifeboat", ".cache/lifeboat-bench", "the lifeboat binary")
@@ -80,21 +102,35 @@ func cmdSim(ctx context.Context, args []string) error {
 	fs.DurationVar(&f.duration, "duration", 120*time.Second, "measurement window")
 	fs.DurationVar(&f.warmup, "warmup", 20*time.Second, "time after every session is open before measuring")
 	fs.IntVar(&f.volumeGiB, "volume-gib", 4, "size of each simulated volume")
+	fs.IntVar(&f.replicators, "replicators", 1, "replicators of the site (lifeboat processes)")
+	fs.StringVar(&f.store, "store", "file", "staging store: file (a directory) or s3 (a bucket on versitygw)")
+	fs.StringVar(&f.versitygw, "versitygw", "", "versitygw binary for -store s3 (default: $LIFEBOAT_TEST_VERSITYGW, PATH, .cache/bin)")
+	fs.DurationVar(&f.killAfter, "kill-after", 0, "kill -9 one replicator, chosen at random, this long into the window (0: none)")
+	fs.StringVar(&f.serverArgs, "server-args", "", "extra flags of lifeboat server, space-separated")
+	fs.BoolVar(&f.verify, "verify", false, "at the end, stop the writers and replicators and run lifeboat store verify --read-data")
 	repEnv := fs.String("replicator-env", "", "extra environment of the replicator, comma-separated (e.g. GODEBUG=gctrace=1)")
-	keep := fs.Bool("keep-logs", false, "copy the replicator's log to the output directory")
-	heap := fs.String("heap-profile", "", "run the replicator in this process and write its heap profile here at the end of the window (diagnosis: RSS then includes the simulator)")
+	fs.BoolVar(&f.keep, "keep-logs", false, "copy the replicators' and control plane's logs to the output directory")
+	fs.StringVar(&f.heap, "heap-profile", "", "run the replicator in this process and write its heap profile here at the end of the window (diagnosis: RSS then includes the simulator)")
 	_ = fs.Parse(args)
-	if *heap != "" {
+	if f.heap != "" {
 		inProcessReplicator = true
 	}
 	if *repEnv != "" {
 		replicatorEnv = strings.Split(*repEnv, ",")
 	}
-	if f.mode != "light" && f.mode != "stream" {
-		return fmt.Errorf("-mode must be light or stream")
-	}
-	if f.agents < 1 || f.agents > 2000 || f.duration > time.Hour {
-		return fmt.Errorf("-agents must be 1 to 2000 and -duration at most an hour")
+	switch {
+	case f.mode != "light" && f.mode != "stream":
+		return f, fmt.Errorf("-mode must be light or stream")
+	case f.agents < 1 || f.agents > 2000 || f.duration > time.Hour:
+		return f, fmt.Errorf("-agents must be 1 to 2000 and -duration at most an hour")
+	case f.replicators < 1 || f.replicators > 16:
+		return f, fmt.Errorf("-replicators must be 1 to 16")
+	case f.store != "file" && f.store != "s3":
+		return f, fmt.Errorf("-store must be file or s3")
+	case f.killAfter < 0 || f.killAfter >= f.duration:
+		return f, fmt.Errorf("-kill-after must be within the window (-duration)")
+	case f.killAfter > 0 && (f.replicators < 2 || f.heap != ""):
+		return f, fmt.Errorf("-kill-after needs -replicators 2 or more (and no -heap-profile)")
 	}
 	if f.name == "" {
 		f.name = fmt.Sprintf("%d agents, %s", f.agents, f.mode)
@@ -102,9 +138,22 @@ func cmdSim(ctx context.Context, args []string) error {
 	for _, p := range []*string{&f.bin, &f.out, &f.results} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
-			return err
+			return f, err
 		}
 		*p = abs
+	}
+	return f, nil
+}
+
+// fleet reports whether the run is a fleet's (phase "fleet" in the results).
+func (f *simFlags) fleet() bool {
+	return f.replicators > 1 || f.store != "file" || f.killAfter > 0 || f.verify
+}
+
+func cmdSim(ctx context.Context, args []string) error {
+	f, err := parseSimFlags(args)
+	if err != nil {
+		return err
 	}
 	sink, err := openSink(f.results)
 	if err != nil {
@@ -113,14 +162,10 @@ func cmdSim(ctx context.Context, args []string) error {
 	defer sink.close()
 	u := &undo{}
 	defer u.run()
-	dir := filepath.Join(f.out, fmt.Sprintf("sim-%d-%s", f.agents, f.mode))
-	_ = os.RemoveAll(dir)
-	u.push(func() { _ = os.RemoveAll(dir) })
-	cl, err := newCluster(ctx, u, f.bin, dir, nil)
+	cl, err := startSimCluster(ctx, u, &f)
 	if err != nil {
 		return err
 	}
-	repPID := cl.rep.pid()
 	logf("registering %d source servers", f.agents)
 	t0 := time.Now()
 	agents, err := registerSims(ctx, cl, f.agents, int64(f.volumeGiB)<<30)
@@ -132,111 +177,45 @@ func cmdSim(ctx context.Context, args []string) error {
 	if err := waitAssigned(ctx, agents, 2*time.Minute); err != nil {
 		return err
 	}
-
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var measuring atomic.Bool
+	st := &simState{}
 	var wg sync.WaitGroup
-	var opened atomic.Int64
 	for _, a := range agents {
-		wg.Go(func() {
-			err := a.session(sctx, &f, &measuring, &opened)
-			if err != nil && sctx.Err() == nil {
-				a.errs.Add(1)
-				a.lastErr.Store(err.Error())
-			}
-		})
+		wg.Go(func() { a.run(sctx, &f, st) })
 		time.Sleep(20 * time.Millisecond) // stagger the handshakes
 	}
-	for deadline := time.Now().Add(2 * time.Minute); opened.Load() < int64(len(agents)); {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			cancel()
-			wg.Wait()
-			return fmt.Errorf("only %d of %d sessions opened: %s\n%s", opened.Load(), len(agents), firstErr(agents), cl.rep.tail(20))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitOpened(ctx, st, agents, cl); err != nil {
+		cancel()
+		wg.Wait()
+		return err
 	}
 	logf("%d sessions open; warming up %s, then measuring %s", len(agents), f.warmup, f.duration)
 	sleepCtx(ctx, f.warmup)
-	load := loadAvg()
-	repCPU0, selfCPU0 := cpuTime(repPID), cpuTime(os.Getpid())
-	measuring.Store(true)
-	mStart := time.Now()
-	var rssMax int64
-	var rss []float64
-	tick := time.NewTicker(time.Second)
-	for time.Since(mStart) < f.duration && ctx.Err() == nil {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-		}
-		r := memKiB(repPID, "VmRSS")
-		if *heap != "" && r > rssMax*6/5 {
-			// The heap at the highest RSS so far (as of the last GC).
-			if hf, err := os.Create(*heap + ".peak"); err == nil {
-				_ = pprof.WriteHeapProfile(hf)
-				hf.Close()
-			}
-		}
-		rssMax = max(rssMax, r)
-		rss = append(rss, float64(r)/1024)
-	}
-	tick.Stop()
-	if *heap != "" {
-		runtime.GC()
-		if hf, err := os.Create(*heap); err == nil {
-			_ = pprof.WriteHeapProfile(hf)
-			hf.Close()
-		}
-	}
-	measuring.Store(false)
-	wall := time.Since(mStart).Seconds()
-	repCPU, selfCPU := cpuTime(repPID)-repCPU0, cpuTime(os.Getpid())-selfCPU0
-	hwm := memKiB(repPID, "VmHWM")
+	w := measure(ctx, cl, agents, &f, st)
 	cancel()
 	wg.Wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if f.verify {
+		w.verify = verifyStore(ctx, cl)
+	}
+	sink.add(simResult(&f, agents, w, regTook))
+	cl.stopAll()
+	if f.keep {
+		keepLogs(cl, f.out)
+	}
+	return nil
+}
 
-	var all, perAgentP99, seals []float64
-	var sent int64
-	failed := 0
-	for _, a := range agents {
-		all = append(all, a.lat...)
-		seals = append(seals, a.sealLat...)
-		if len(a.lat) > 0 {
-			perAgentP99 = append(perAgentP99, pct(a.lat, 99))
+// waitOpened waits (2 minutes at most) until every agent opened a session.
+func waitOpened(ctx context.Context, st *simState, agents []*simAgent, cl *cluster) error {
+	for deadline := time.Now().Add(2 * time.Minute); st.opened.Load() < int64(len(agents)); {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("only %d of %d sessions opened: %s\n%s", st.opened.Load(), len(agents), firstErr(agents), cl.rep.tail(20))
 		}
-		sent += a.sent
-		if a.errs.Load() > 0 {
-			failed++
-		}
-	}
-	ex := map[string]float64{
-		"agents": float64(len(agents)), "failedAgents": float64(failed),
-		"ackP50Ms": pct(all, 50), "ackP99Ms": pct(all, 99), "ackMaxMs": pct(all, 100), "acks": float64(len(all)),
-		"worstAgentP99Ms": pct(perAgentP99, 100),
-		"sealP50Ms":       pct(seals, 50), "sealP99Ms": pct(seals, 99), "seals": float64(len(seals)),
-		"replicatorRSSMaxMiB": float64(rssMax) / 1024, "replicatorRSSP50MiB": pct(rss, 50), "replicatorHWMMiB": float64(hwm) / 1024,
-		"replicatorCPUPercent": 100 * repCPU.Seconds() / wall, "simCPUPercent": 100 * selfCPU.Seconds() / wall,
-		"MBps": float64(sent) / wall / 1e6, "registerSeconds": regTook.Seconds(),
-	}
-	note := fmt.Sprintf("each agent: one %d-block batch (%d KiB) every %s, a Marker every %s", f.blocks, f.blocks*64, f.period, f.marker)
-	if f.mode == "stream" {
-		note = "each agent streams 32-block batches as fast as its window (64 MiB) allows, as in an initial sync"
-	}
-	if failed > 0 {
-		note += "; errors: " + firstErr(agents)
-	}
-	sink.add(result{Phase: "sim", Name: f.name, Data: fmt.Sprintf("%d simulated agents, one %d GiB volume each", len(agents), f.volumeGiB),
-		Seconds: wall, Load: load, Extra: ex, Note: note})
-	cl.rep.stop()
-	cl.cp.stop()
-	if *keep {
-		if b, err := os.ReadFile(cl.rep.log); err == nil {
-			_ = os.WriteFile(filepath.Join(f.out, filepath.Base(dir)+"-replicator.log"), b, 0o644)
-		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	return nil
 }
@@ -331,8 +310,7 @@ func waitAssigned(ctx context.Context, agents []*simAgent, timeout time.Duration
 		for {
 			cfg, err := a.client.ReplicationConfig(ctx, a.id)
 			if err == nil && cfg.Replicator != nil {
-				a.repAddr = cfg.Replicator.Address
-				a.assigned = wire.Assigned{Account: a.account, ID: cfg.Replicator.ID, Serials: cfg.Replicator.CertificateSerials}
+				a.rep = cfg.Replicator
 				break
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
@@ -353,166 +331,4 @@ func simBlock(raw []byte, rng *rand.ChaCha8, agent int, seq uint64) {
 	for off := half; off < len(raw); off += len(line) {
 		copy(raw[off:], line)
 	}
-}
-
-// session runs one agent's session until ctx ends.
-func (a *simAgent) session(ctx context.Context, f *simFlags, measuring *atomic.Bool, opened *atomic.Int64) error {
-	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	conn, err := wire.Dial(dctx, a.repAddr, wire.ClientTLSConfig(a.cert, a.pool, "", a.assigned))
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	size := uint64(f.volumeGiB) << 30
-	hello := &wire.Hello{Version: wire.Version, SourceServerID: a.id, AgentVersion: "replbench", Tracker: "ebpf", TrackerGeneration: 1,
-		Volumes: []wire.Volume{{Name: "vda", SizeBytes: size, BlockSize: 512}}}
-	welcome, _, err := wire.Open(conn, hello, 60*time.Second)
-	if err != nil {
-		return err
-	}
-	opened.Add(1)
-	bs := int(welcome.BlockSize)
-	nblocks := size / uint64(bs)
-	win := wire.NewWindow(welcome.WindowBytes)
-
-	// Sent times by sequence, for the receiver.
-	var mu sync.Mutex
-	sentAt := map[uint64]time.Time{}
-	markerAt := map[uint64]time.Time{}
-	recvErr := make(chan error, 1)
-	recvDone := make(chan struct{})
-	defer func() {
-		conn.Close()
-		<-recvDone
-	}()
-	go func() {
-		defer close(recvDone)
-		for {
-			m, err := conn.ReadMsg()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			now := time.Now()
-			switch m := m.(type) {
-			case *wire.Ack:
-				if err := win.Ack(m.Seq); err != nil {
-					recvErr <- err
-					return
-				}
-				mu.Lock()
-				for seq, t := range sentAt {
-					if seq <= m.Seq {
-						if measuring.Load() {
-							a.lat = append(a.lat, float64(now.Sub(t).Microseconds())/1000)
-						}
-						delete(sentAt, seq)
-					}
-				}
-				mu.Unlock()
-			case *wire.Sealed:
-				mu.Lock()
-				if t, ok := markerAt[m.MarkerID]; ok && measuring.Load() {
-					a.sealLat = append(a.sealLat, float64(now.Sub(t).Microseconds())/1000)
-				}
-				delete(markerAt, m.MarkerID)
-				mu.Unlock()
-				if m.Code != "" {
-					recvErr <- fmt.Errorf("sealing failed: %s %s", m.Code, m.Message)
-					return
-				}
-			case *wire.Error:
-				recvErr <- m
-				return
-			}
-		}
-	}()
-
-	rng := rand.NewChaCha8(seedBytes(uint64(a.i) + 1))
-	pick := rand.New(rand.NewPCG(uint64(a.i), 7))
-	batch := wire.NewBatch(int(welcome.MaxBatchBytes))
-	enc, err := wire.NewEncoder("s2")
-	if err != nil {
-		return err
-	}
-	defer enc.Close()
-	raw := make([]byte, bs)
-	var seq, markerID uint64
-	perBatch := f.blocks
-	if f.mode == "stream" {
-		perBatch = 32
-	}
-	// light: a random phase, then one write per period.
-	next := time.Now().Add(time.Duration(pick.Int64N(int64(f.period))))
-	nextMarker := next.Add(time.Duration(pick.Int64N(int64(max(f.marker, time.Second)))))
-	send := func(msg wire.Msg, n int) error {
-		if err := win.Send(ctx, seq, n); err != nil {
-			return err
-		}
-		if err := conn.WriteMsg(msg); err != nil {
-			return err
-		}
-		return conn.Flush()
-	}
-	for ctx.Err() == nil {
-		if f.mode == "light" {
-			d := time.Until(next)
-			if f.marker > 0 && nextMarker.Before(next) {
-				d = time.Until(nextMarker)
-			}
-			select {
-			case <-ctx.Done():
-				continue
-			case err := <-recvErr:
-				return err
-			case <-time.After(max(d, 0)):
-			}
-			now := time.Now()
-			if f.marker > 0 && !now.Before(nextMarker) {
-				nextMarker = nextMarker.Add(f.marker)
-				seq++
-				markerID++
-				mk := &wire.Marker{Seq: seq, ID: markerID, TimeUnixNano: now.UnixNano(), Level: consistency.Crash, VolumeSizes: []uint64{size}}
-				mu.Lock()
-				markerAt[markerID] = now
-				mu.Unlock()
-				if err := send(mk, mk.PayloadLen()); err != nil {
-					return err
-				}
-				continue
-			}
-			next = next.Add(f.period)
-		} else {
-			select {
-			case err := <-recvErr:
-				return err
-			default:
-			}
-		}
-		seq++
-		batch.Reset(seq, 0)
-		for range perBatch {
-			simBlock(raw, rng, a.i, seq)
-			block := pick.Uint64N(nblocks)
-			if _, err := enc.Encode(batch, block, wire.Hash(raw), raw); err != nil {
-				return err
-			}
-		}
-		mu.Lock()
-		sentAt[seq] = time.Now()
-		mu.Unlock()
-		if err := send(batch, batch.PayloadLen()); err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			return err
-		}
-		if measuring.Load() {
-			a.sent += int64(perBatch * bs)
-		}
-	}
-	_ = conn.WriteMsg(&wire.Goodbye{})
-	_ = conn.Flush()
-	return nil
 }
