@@ -100,7 +100,7 @@ func (cp *ControlPlane) openRecovery() error {
 	popts := launch.Options{QEMUBinary: rc.QEMUBinary, Accel: rc.Accel, InstanceDir: rc.InstanceDir,
 		Host: runnerID, HydrationBytesPerSecond: rc.HydrationBytesPerSecond, Logger: log}
 	providers := launch.Providers(popts)
-	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.storeAccess, log),
+	r := &recoveryState{cfg: rc, runnerID: runnerID, stores: recovery.NewStores(cp.storeAccess, chunkIndexDir(cp.cfg.DataDir, runnerID), log),
 		providers: providers, existing: providers[api.ProviderExistingInstance].(*launch.Existing), ids: &recovery.EventIDs{},
 		exports: make(chan struct{}, rc.MaxExports)}
 	r.runner = recovery.NewRunner(recovery.Config{DB: cp.db, Stores: r.stores, Providers: providers,
@@ -115,6 +115,17 @@ func (cp *ControlPlane) openRecovery() error {
 
 // loadRunnerID reads this control plane's runner id, made at first start: the jobs it
 // claims are resumed by it at once after a restart.
+// chunkIndexDir is where the control plane keeps the chunk indexes of the stores it
+// reads (docs/store-format.md §12): one directory per runner, so that two control
+// planes sharing a data directory do not share one.
+func chunkIndexDir(dataDir, runnerID string) string {
+	dir := filepath.Join(dataDir, "chunk-index")
+	if filepath.IsLocal(runnerID) && !strings.ContainsAny(runnerID, `/\`) {
+		dir = filepath.Join(dir, runnerID)
+	}
+	return dir
+}
+
 func loadRunnerID(path string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		if id := strings.TrimSpace(string(b)); id != "" {

@@ -30,19 +30,21 @@ type AccessFunc func(ctx context.Context, accountID, url string) (StoreAccess, e
 // Stores opens staging stores, each with the key of the account it belongs to, and keeps
 // them open: the control plane reads PITs from the stores its replicators write.
 type Stores struct {
-	access  AccessFunc
-	log     *slog.Logger
+	access   AccessFunc
+	indexDir string // the stores' chunk indexes (store.Options.IndexDir); "": in RAM
+	log      *slog.Logger
 	mu      sync.Mutex
 	open    map[string]*store.Repo // by canonical URL
 	opening map[string]*sync.Mutex
 }
 
-// NewStores returns a cache of stores opened with the keys access gives.
-func NewStores(access AccessFunc, log *slog.Logger) *Stores {
+// NewStores returns a cache of stores opened with the keys access gives, their chunk
+// indexes kept on disk in indexDir (docs/store-format.md §12; "": in RAM).
+func NewStores(access AccessFunc, indexDir string, log *slog.Logger) *Stores {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Stores{access: access, log: log, open: map[string]*store.Repo{}, opening: map[string]*sync.Mutex{}}
+	return &Stores{access: access, indexDir: indexDir, log: log, open: map[string]*store.Repo{}, opening: map[string]*sync.Mutex{}}
 }
 
 // Open returns the repository at url for an account, opening it on first use. Every
@@ -76,7 +78,7 @@ func (s *Stores) Open(ctx context.Context, accountID, url string) (*store.Repo, 
 		return nil, err
 	}
 	start := time.Now()
-	r, err = store.Open(ctx, be, a.Key, store.Options{Logger: s.log})
+	r, err = store.Open(ctx, be, a.Key, store.Options{IndexDir: s.indexDir, Logger: s.log})
 	if err != nil {
 		be.Close()
 		return nil, fmt.Errorf("open the staging store %s: %w", a.URL, err)
