@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +61,10 @@ type Config struct {
 	// AgentTimeout: a replicating server whose agent has not called for this long is
 	// DISCONNECTED with AGENT_NOT_SEEN (default 2 minutes).
 	AgentTimeout time.Duration
+	// CoordinatorLease is how long the coordinator lease holds without renewal (default
+	// 20s): of the control planes sharing a database, the one holding it runs what must
+	// run once (coordinator.go); another takes over at most this long after it died.
+	CoordinatorLease time.Duration
 	// Version is reported by the health endpoint.
 	Version string
 	// Logger receives the control plane's logs; nil: discard.
@@ -100,6 +105,8 @@ type ControlPlane struct {
 	listener net.Listener
 	server   *http.Server
 	stopping chan struct{} // closed when shutdown begins: ends event streams
+
+	coordinating atomic.Bool // it holds the coordinator lease (coordinator.go)
 
 	watchMu  sync.Mutex               // guards watchers and repWatch
 	watchers map[string]chan struct{} // source server id → closed when its config changes
@@ -151,6 +158,9 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	if cfg.AgentTimeout <= 0 {
 		cfg.AgentTimeout = 2 * time.Minute
+	}
+	if cfg.CoordinatorLease <= 0 {
+		cfg.CoordinatorLease = 20 * time.Second
 	}
 	if cfg.Now == nil {
 		// The database keeps milliseconds; so does everything the API says.
@@ -331,10 +341,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	}
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { cp.assignLoop(bgCtx) })
-	wg.Go(func() { cp.agentWatchLoop(bgCtx) })
-	wg.Go(func() { cp.groups.loop(bgCtx) })
-	wg.Go(func() { cp.plans.loop(bgCtx) })
+	wg.Go(func() { cp.coordinate(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 	if cp.metricsSrv != nil {
 		wg.Go(func() {

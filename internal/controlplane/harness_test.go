@@ -43,6 +43,7 @@ type env struct {
 	cp      *controlplane.ControlPlane
 	clock   *clock
 	dataDir string
+	dbURL   string
 	admin   *api.Client // admin of the system account
 	ctx     context.Context
 	// stopCurrent stops the running control plane.
@@ -71,8 +72,8 @@ func startWith(t *testing.T, kind db.Kind, configure func(*controlplane.Config))
 	t.Helper()
 	e := &env{t: t, kind: kind, clock: &clock{now: time.Now().UTC().Truncate(time.Millisecond)}, dataDir: t.TempDir(),
 		ctx: context.Background(), agentTimeout: 10000 * time.Hour, configure: configure}
-	dbURL := dbtest.URL(t, kind)
-	e.open(dbURL)
+	e.dbURL = dbtest.URL(t, kind)
+	e.open(e.dbURL)
 	return e
 }
 
@@ -95,12 +96,17 @@ func (e *env) open(dbURL string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cp.Serve(ctx) }()
+	// stop may be called twice (by the test, then by the cleanup while e.cp is still
+	// this control plane): the second call must not wait for Serve again.
+	var once sync.Once
 	stop := func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		cp.Close()
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			cp.Close()
+		})
 	}
 	t.Cleanup(func() {
 		if e.cp == cp {
