@@ -41,11 +41,12 @@ type cluster struct {
 
 // clusterOptions shape a cluster beyond newCluster's defaults.
 type clusterOptions struct {
-	replicators int      // at least 1
-	storeURL    string   // the staging store; empty: file://DIR/staging
-	storeEnv    []string // given to every process that opens the store (S3 credentials)
-	serverArgs  []string // extra flags of lifeboat server
-	settings    func(*api.ReplicationSettings)
+	replicators    int      // at least 1
+	storeURL       string   // the staging store; empty: file://DIR/staging
+	storeEnv       []string // given to every process that opens the store (S3 credentials)
+	serverArgs     []string // extra flags of lifeboat server
+	replicatorArgs []string // … of lifeboat replicator
+	settings       func(*api.ReplicationSettings)
 }
 
 // newCluster starts a control plane and a replicator in dir; settings adjusts the
@@ -152,8 +153,8 @@ func (c *cluster) addReplicator(ctx context.Context, u *undo, name string) error
 		if len(c.reps) > 0 {
 			data = filepath.Join(c.dir, name)
 		}
-		p, err = startProc("replicator "+name, logPath, env, c.bin, "replicator",
-			"--data", data, "--listen", addr, "--address", addr, "--name", name)
+		args := append([]string{"replicator", "--data", data, "--listen", addr, "--address", addr, "--name", name}, c.opts.replicatorArgs...)
+		p, err = startProc("replicator "+name, logPath, env, c.bin, args...)
 	}
 	if err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
 )
 
 // A fleet run (issue 19): several replicators of one site share one staging store (a
@@ -40,6 +42,7 @@ type window struct {
 	repCPU, selfCPU time.Duration
 	lag, lagSteady  []float64 // ms; steady: not an agent of the killed replicator after the kill
 	kill            *killEvent
+	reassign        []float64 // s, kill → the control plane's assignment of each moved agent elsewhere
 	verify          verifyResult
 }
 
@@ -64,7 +67,7 @@ func startSimCluster(ctx context.Context, u *undo, f *simFlags) (*cluster, error
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	opts := clusterOptions{replicators: f.replicators, serverArgs: strings.Fields(f.serverArgs)}
+	opts := clusterOptions{replicators: f.replicators, serverArgs: strings.Fields(f.serverArgs), replicatorArgs: strings.Fields(f.replicatorArgs)}
 	if f.store == "s3" {
 		s3, err := startS3(u, dir, f.versitygw)
 		if err != nil {
@@ -174,9 +177,42 @@ func killOne(cl *cluster, agents []*simAgent, at time.Duration) *killEvent {
 	return k
 }
 
+// reassignTimes reads from the control plane's audit when it moved each agent of the
+// killed replicator (source-server.assign entries after the kill), newest first.
+func (w *window) reassignTimes(ctx context.Context, cl *cluster, agents []*simAgent) error {
+	if w.kill == nil {
+		return nil
+	}
+	moved := map[string]bool{}
+	for _, a := range agents {
+		a.mu.Lock()
+		if a.movedFrom != "" {
+			moved[a.id] = true
+		}
+		a.mu.Unlock()
+	}
+	token := ""
+	for range 100 {
+		page, err := cl.admin.Audit(ctx, api.AuditFilter{Action: "source-server.assign", Limit: 500, PageToken: token})
+		if err != nil {
+			return fmt.Errorf("read the audit: %w", err)
+		}
+		for _, e := range page.Items {
+			if moved[e.TargetID] && e.Time.After(w.kill.when.Add(-time.Second)) {
+				w.reassign = append(w.reassign, e.Time.Sub(w.kill.when).Seconds())
+				delete(moved, e.TargetID)
+			}
+		}
+		if token = page.NextPageToken; token == "" || len(moved) == 0 {
+			return nil
+		}
+	}
+	return nil
+}
+
 // verifyStore stops the replicators (the writers have stopped) and runs lifeboat store
 // verify --read-data on the staging store with the control plane's master key.
-func verifyStore(ctx context.Context, cl *cluster) verifyResult {
+func verifyStore(ctx context.Context, cl *cluster, timeout time.Duration) verifyResult {
 	for _, p := range cl.reps {
 		p.stop()
 	}
@@ -184,7 +220,7 @@ func verifyStore(ctx context.Context, cl *cluster) verifyResult {
 	if url == "" {
 		url = "file://" + filepath.Join(cl.dir, "staging")
 	}
-	vctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+	vctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(vctx, cl.bin, "store", "verify", "--read-data", "--store", url,
 		"--key", filepath.Join(cl.dir, "cp", "staging.key"))
@@ -197,7 +233,10 @@ func verifyStore(ctx context.Context, cl *cluster) verifyResult {
 	v := verifyResult{ran: true, clean: err == nil, seconds: time.Since(t0).Seconds(), summary: lastLines(out.String(), 12)}
 	_ = os.WriteFile(filepath.Join(cl.dir, "verify.txt"), out.Bytes(), 0o644)
 	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
+	switch {
+	case vctx.Err() != nil && ctx.Err() == nil:
+		v.summary = fmt.Sprintf("timed out after %s\n%s", timeout, v.summary)
+	case err != nil && !errors.As(err, &ee):
 		v.summary = err.Error() + "\n" + v.summary
 	}
 	logf("store verify: clean %v in %.0f s\n%s", v.clean, v.seconds, v.summary)

@@ -55,6 +55,16 @@ func simResult(f *simFlags, agents []*simAgent, w *window, regTook time.Duration
 		ex["killAfterSeconds"], ex["killedAgents"] = w.kill.at.Seconds(), float64(moved)
 		ex["resumedAgents"], ex["notResumedAgents"] = float64(len(resume)), float64(notResumed)
 		ex["resumeP50Seconds"], ex["resumeP99Seconds"], ex["resumeMaxSeconds"] = pct(resume, 50), pct(resume, 99), pct(resume, 100)
+		for _, by := range []float64{30, 60, 120, 300} {
+			n := 0
+			for _, r := range resume {
+				if r <= by {
+					n++
+				}
+			}
+			ex[fmt.Sprintf("resumedBy%.0fs", by)] = float64(n)
+		}
+		ex["reassignedAgents"], ex["reassignMinSeconds"], ex["reassignMaxSeconds"] = float64(len(w.reassign)), pct(w.reassign, 0), pct(w.reassign, 100)
 	}
 	if w.verify.ran {
 		ex["verifyClean"], ex["verifySeconds"] = b2f(w.verify.clean), w.verify.seconds
@@ -81,6 +91,9 @@ func simNote(f *simFlags, agents []*simAgent, w *window, failed int) string {
 	}
 	if f.serverArgs != "" {
 		note += "; lifeboat server " + f.serverArgs
+	}
+	if f.replicatorArgs != "" {
+		note += "; lifeboat replicator " + f.replicatorArgs
 	}
 	if w.kill != nil {
 		note += fmt.Sprintf("; %s (%d agents) killed with SIGKILL %.0f s into the window", w.kill.name, w.kill.agents, w.kill.at.Seconds())
@@ -163,6 +176,11 @@ func (r *report) writeFleet(p func(string, ...any)) {
 		e := x.Extra
 		p("- %s: %s; measured %0.f s; %0.f acks, %0.f seals (p50 %s ms); %s MB/s; the simulator used %s%% of a core; agents with a session ended other than by the kill: %0.f.",
 			x.Name, x.Note, x.Seconds, e["acks"], e["seals"], fx(get(e, "sealP50Ms"), 0), fx(e["MBps"], 1), fx(e["simCPUPercent"], 0), e["failedAgents"])
+		if _, ok := e["reassignedAgents"]; ok {
+			p("  The control plane moved %0.f of the %0.f agents %s–%s s after the kill (its audit); the rest of their resume time is the agents' retry backoff and the new replicators' opening of their sessions. Resumed within 30 s: %0.f, 60 s: %0.f, 120 s: %0.f, 300 s: %0.f.",
+				e["reassignedAgents"], e["killedAgents"], fx(get(e, "reassignMinSeconds"), 1), fx(get(e, "reassignMaxSeconds"), 1),
+				e["resumedBy30s"], e["resumedBy60s"], e["resumedBy120s"], e["resumedBy300s"])
+		}
 		r.fleetGoals(x)
 	}
 	p("")

@@ -20,6 +20,8 @@
 #     writes, per point and per day after the default PIT policy thinned them.
 # Usage: bench/replication/run.sh [replbench run flags…]   (e.g. -reps 5)
 #   SIM=0 skips the simulated agents; OUT=dir works there instead of bench/out/replication.
+#   FLEET=1 adds the fleet of issue 19 (bench/replication/fleet.sh: 1,000 simulated agents over 3
+#   replicators on S3 (versitygw), one killed); its section is then part of RESULTS.md.
 #   Issue 15: SIM=0 bench/replication/run.sh -phases lag,metadata -fio-interval 10,1 -codecs s2 -anchors=false
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -45,6 +47,9 @@ if [ "${SIM:-1}" != 0 ]; then
     -name "300 agents, light writes" -agents 300 -mode light -blocks 1 -period 1s -marker 10s -duration 120s
   .cache/replbench sim -lifeboat .cache/lifeboat-bench -results "$res" -out "$out" \
     -name "15 volumes, streaming" -agents 15 -mode stream -duration 60s -warmup 10s
+fi
+if [ "${FLEET:-0}" != 0 ]; then
+  OUT="$out/fleet" RES="$res" RESULTS=0 bench/replication/fleet.sh
 fi
 after=$(load)
 

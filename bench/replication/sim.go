@@ -47,7 +47,8 @@ type simFlags struct {
 	volumeGiB                     int
 	replicators                   int
 	store, versitygw, serverArgs  string
-	killAfter                     time.Duration
+	replicatorArgs                string
+	killAfter, verifyTimeout      time.Duration
 	verify, keep                  bool
 	heap                          string
 }
@@ -107,7 +108,9 @@ func parseSimFlags(args []string) (simFlags, error) {
 	fs.StringVar(&f.versitygw, "versitygw", "", "versitygw binary for -store s3 (default: $LIFEBOAT_TEST_VERSITYGW, PATH, .cache/bin)")
 	fs.DurationVar(&f.killAfter, "kill-after", 0, "kill -9 one replicator, chosen at random, this long into the window (0: none)")
 	fs.StringVar(&f.serverArgs, "server-args", "", "extra flags of lifeboat server, space-separated")
+	fs.StringVar(&f.replicatorArgs, "replicator-args", "", "extra flags of lifeboat replicator, space-separated (e.g. --index-dir memory)")
 	fs.BoolVar(&f.verify, "verify", false, "at the end, stop the writers and replicators and run lifeboat store verify --read-data")
+	fs.DurationVar(&f.verifyTimeout, "verify-timeout", 20*time.Minute, "give up store verify after this long (recorded as not clean)")
 	repEnv := fs.String("replicator-env", "", "extra environment of the replicator, comma-separated (e.g. GODEBUG=gctrace=1)")
 	fs.BoolVar(&f.keep, "keep-logs", false, "copy the replicators' and control plane's logs to the output directory")
 	fs.StringVar(&f.heap, "heap-profile", "", "run the replicator in this process and write its heap profile here at the end of the window (diagnosis: RSS then includes the simulator)")
@@ -198,8 +201,11 @@ func cmdSim(ctx context.Context, args []string) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if err := w.reassignTimes(ctx, cl, agents); err != nil {
+		logf("%v", err)
+	}
 	if f.verify {
-		w.verify = verifyStore(ctx, cl)
+		w.verify = verifyStore(ctx, cl, f.verifyTimeout)
 	}
 	sink.add(simResult(&f, agents, w, regTook))
 	cl.stopAll()

@@ -198,7 +198,7 @@ func (s *simSession) open(ctx context.Context) (*wire.Welcome, error) {
 	}
 	hello := &wire.Hello{Version: wire.Version, SourceServerID: a.id, AgentVersion: "replbench", Tracker: "ebpf", TrackerGeneration: 1,
 		Volumes: []wire.Volume{{Name: "vda", SizeBytes: s.size, BlockSize: 512}}}
-	welcome, _, err := wire.Open(conn, hello, 60*time.Second)
+	welcome, _, err := wire.Open(conn, hello, 30*time.Second) // as the agent waits
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("open a session with %s: %w", s.rep.Address, err)
