@@ -74,6 +74,10 @@ type Health struct {
 	Status   string `json:"status"` // "ok"
 	Version  string `json:"version"`
 	Database string `json:"database"` // sqlite or postgres
+	// Coordinator: this control plane holds the coordinator lease, so it runs replicator
+	// assignment, consistency groups, plan runs and scheduled drills for every control
+	// plane sharing its database (docs/architecture.md "Two control planes").
+	Coordinator bool `json:"coordinator"`
 }
 
 // CAResponse carries the control plane's CA certificate, which signs only its serving

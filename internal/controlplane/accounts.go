@@ -15,7 +15,7 @@ func (cp *ControlPlane) health(c *call) (api.Health, error) {
 	if err := cp.db.Ping(c.ctx); err != nil {
 		return api.Health{}, api.Errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "the database does not answer: %v", err)
 	}
-	return api.Health{Status: "ok", Version: cp.cfg.Version, Database: string(cp.db.Kind())}, nil
+	return api.Health{Status: "ok", Version: cp.cfg.Version, Database: string(cp.db.Kind()), Coordinator: cp.Coordinating()}, nil
 }
 
 func (cp *ControlPlane) caCert(*call) (api.CAResponse, error) {

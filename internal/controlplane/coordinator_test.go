@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
+	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
 )
 
@@ -89,9 +91,60 @@ func TestOneOfTwoControlPlanesCoordinates(t *testing.T) {
 			if _, err := c2.ListSourceServers(e.ctx, api.SourceServerFilter{}); err != nil {
 				t.Fatalf("the second control plane does not serve the API: %v", err)
 			}
+			if h, err := c2.Health(e.ctx); err != nil || h.Coordinator {
+				t.Errorf("the second's health: %+v, %v; want coordinator false", h, err)
+			}
+			if h, err := e.admin.Health(e.ctx); err != nil || !h.Coordinator {
+				t.Errorf("the first's health: %+v, %v; want coordinator true", h, err)
+			}
+			stopped := time.Now()
 			e.stopCurrent()
 			waitFor(t, "the second control plane takes over", 3*time.Second, cp2.Coordinating)
+			t.Logf("the second coordinates %v after the first stopped (it gave up the lease)", time.Since(stopped).Round(time.Millisecond))
 			stop2()
+		})
+	}
+}
+
+// TestACrashedCoordinatorsLeaseLapses: a coordinator that died without giving up its
+// lease holds it until it lapses, then another control plane takes it, within a
+// quarter of the lease.
+func TestACrashedCoordinatorsLeaseLapses(t *testing.T) {
+	for _, kind := range dbtest.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			const ttl = 2 * time.Second
+			e := startWith(t, kind, func(c *controlplane.Config) { c.CoordinatorLease = ttl })
+			waitFor(t, "the first control plane coordinates", 5*time.Second, e.cp.Coordinating)
+			e.stopCurrent()
+			// What a crashed coordinator leaves: its lease, not given up.
+			d, err := db.Open(e.ctx, e.dbURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			now := e.clock.Now()
+			if err := d.Update(e.ctx, func(tx *db.Tx) error {
+				ok, err := tx.TakeLease("coordinator", "crashed-host", now, now.Add(ttl))
+				if err == nil && !ok {
+					err = errors.New("the crashed host did not get the lease")
+				}
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			cp2, _ := e.second()
+			time.Sleep(ttl) // four renewals at least: the lease holds (the clock stands still)
+			if cp2.Coordinating() {
+				t.Fatal("the second control plane coordinates while the crashed one's lease holds")
+			}
+			e.clock.Advance(ttl + time.Millisecond)
+			lapsed := time.Now()
+			waitFor(t, "the second control plane takes over", ttl, cp2.Coordinating)
+			t.Logf("the second coordinates %v after the crashed one's lease lapsed (lease %v)", time.Since(lapsed).Round(time.Millisecond), ttl)
+			var l db.Lease
+			if err := d.View(e.ctx, func(tx *db.Tx) (err error) { l, err = tx.LeaseHolder("coordinator"); return err }); err != nil || l.Holder == "crashed-host" {
+				t.Errorf("the lease after the takeover: %+v, %v", l, err)
+			}
 		})
 	}
 }

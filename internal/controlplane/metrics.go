@@ -37,7 +37,7 @@ type cpDescs struct {
 	repVolumes, repAssigned, repCert                                           *prometheus.Desc
 	jobs, jobDuration, launchRTO, launchServers                                *prometheus.Desc
 	planLastDrill, planLastDrillTime, planFailedDrills                         *prometheus.Desc
-	cert, build                                                                *prometheus.Desc
+	cert, build, coordinator                                                   *prometheus.Desc
 }
 
 func newCPDescs() *cpDescs {
@@ -77,6 +77,7 @@ func newCPDescs() *cpDescs {
 		planFailedDrills:  d("plan_failed_drills", "Failed drill runs among the recovery plan's kept runs.", "account", "plan"),
 		cert:              d("certificate_expiry_seconds", "Seconds until a certificate of the control plane expires: server (the CA-issued TLS certificate), operator (--tls-cert), control-plane-ca, agent-ca, replicator-ca.", "certificate"),
 		build:             d("build_info", "The control plane's version: 1.", "version"),
+		coordinator:       d("coordinator", "1 while this control plane holds the coordinator lease (it runs replicator assignment, consistency groups, plan runs and scheduled drills for every control plane sharing its database), else 0."),
 	}
 }
 
@@ -84,7 +85,7 @@ func (d *cpDescs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{d.serverInfo, d.state, d.ready, d.lag, d.rpo, d.backlog, d.throughput, d.freeze, d.syncRatio,
 		d.pitAge, d.recoverablePITAge, d.serverCert, d.repLive, d.repHeartbeatAge, d.repRSS, d.repCPU, d.repSessions,
 		d.repIngest, d.repVolumes, d.repAssigned, d.repCert, d.jobs, d.jobDuration, d.launchRTO, d.launchServers,
-		d.planLastDrill, d.planLastDrillTime, d.planFailedDrills, d.cert, d.build}
+		d.planLastDrill, d.planLastDrillTime, d.planFailedDrills, d.cert, d.build, d.coordinator}
 }
 
 // cpCollector gathers the control plane's series from the database at each scrape.
@@ -108,6 +109,7 @@ func (m *cpCollector) Collect(ch chan<- prometheus.Metric) {
 	now := m.cp.cfg.Now()
 	m.collectCertificates(ch, now)
 	ch <- prometheus.MustNewConstMetric(m.d.build, prometheus.GaugeValue, 1, m.cp.cfg.Version)
+	ch <- prometheus.MustNewConstMetric(m.d.coordinator, prometheus.GaugeValue, boolValue(m.cp.Coordinating()))
 	ctx, cancel := context.WithTimeout(m.ctx, metricsTimeout)
 	defer cancel()
 	families := []struct {

@@ -73,8 +73,16 @@ func (m *planRuns) resume(ctx context.Context) {
 	}
 }
 
-// start executes a run in the background, unless it executes here already or Serve
-// does not run yet (the loop resumes it then).
+// start executes a run in the background, unless it executes here already or this
+// control plane does not coordinate (the coordinator's loop resumes it).
+//
+// Runs execute only in the coordinator (coordinator.go). A run started through the API
+// of another control plane sharing the database is handed over through the database:
+// it is stored RUNNING, and the coordinator's loop, which resumes every RUNNING run not
+// executing in it, starts it within scheduleEvery. Executing it on the control plane
+// that received the request instead would need a lease per run; the coordinator lease
+// already guarantees one executor, and a run resumes from its saved steps wherever it
+// continues.
 func (m *planRuns) start(r db.PlanRun) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -160,6 +168,11 @@ func (m *planRuns) ended(ctx context.Context, account string, r *api.PlanRun) {
 
 // schedule starts the scheduled drills that are due, and sets each plan's next one. A
 // drill due while a run of its plan runs is skipped (the event says so).
+//
+// Only the coordinator runs this loop, and the database makes a drill start once even
+// if two control planes believed they coordinate (a lease handover between hosts whose
+// clocks disagree): the run is created in the transaction that moves the plan's next
+// drill on, from the time it was due, so the second finds it moved and starts nothing.
 func (m *planRuns) schedule(ctx context.Context) {
 	now := m.cp.cfg.Now()
 	var due []db.Plan
@@ -168,26 +181,38 @@ func (m *planRuns) schedule(ctx context.Context) {
 		return
 	}
 	for _, row := range due {
-		c := m.cp.planCall(ctx, row.AccountID, "schedule")
-		c.p.Kind, c.p.ID = "system", "plan-scheduler"
-		p, err := plan.Parse([]byte(row.Source))
-		var next time.Time
-		if err == nil && p.Schedule != nil {
-			next, err = p.Schedule.Next(now)
-		}
-		if err == nil {
-			_, err = c.createPlanRun(row, p, &api.StartPlanRunRequest{Mode: api.PlanDrill}, true)
-		}
-		if isConflict(err) {
-			m.cp.log.Info("a scheduled drill is skipped: a run of its plan runs", "plan", row.Name, "err", err)
-		} else if err != nil {
-			m.cp.log.Warn("a scheduled drill did not start", "plan", row.Name, "err", err)
-			m.cp.events.publish(row.AccountID, api.Event{Type: "plan.drill-failed", Time: now, TargetKind: "plan", TargetID: row.Name,
-				Data: map[string]any{"plan": row.Name, "scheduled": true, "reason": "the scheduled drill did not start: " + err.Error()}})
-		}
-		if err := m.cp.db.Update(ctx, func(tx *db.Tx) error { return tx.SetNextDrill(row.AccountID, row.Name, next) }); err != nil {
-			m.cp.log.Warn("recording the next scheduled drill failed", "plan", row.Name, "err", err)
-		}
+		m.scheduleOne(ctx, row, now)
+	}
+}
+
+// scheduleOne starts the due scheduled drill of a plan and sets its next one.
+func (m *planRuns) scheduleOne(ctx context.Context, row db.Plan, now time.Time) {
+	c := m.cp.planCall(ctx, row.AccountID, "schedule")
+	c.p.Kind, c.p.ID = "system", "plan-scheduler"
+	p, err := plan.Parse([]byte(row.Source))
+	var next time.Time
+	if err == nil && p.Schedule != nil {
+		next, err = p.Schedule.Next(now)
+	}
+	advance := func(tx *db.Tx) error { return tx.AdvanceNextDrill(row.AccountID, row.Name, row.NextDrillAt, next) }
+	if err == nil {
+		_, err = c.createPlanRun(row, p, &api.StartPlanRunRequest{Mode: api.PlanDrill}, advance)
+	}
+	switch {
+	case err == nil:
+		return // the run's transaction set the next drill
+	case errors.Is(err, db.ErrNotFound):
+		m.cp.log.Info("a scheduled drill was started by another control plane", "plan", row.Name)
+		return
+	case isConflict(err):
+		m.cp.log.Info("a scheduled drill is skipped: a run of its plan runs", "plan", row.Name, "err", err)
+	default:
+		m.cp.log.Warn("a scheduled drill did not start", "plan", row.Name, "err", err)
+		m.cp.events.publish(row.AccountID, api.Event{Type: "plan.drill-failed", Time: now, TargetKind: "plan", TargetID: row.Name,
+			Data: map[string]any{"plan": row.Name, "scheduled": true, "reason": "the scheduled drill did not start: " + err.Error()}})
+	}
+	if err := m.cp.db.Update(ctx, advance); err != nil && !errors.Is(err, db.ErrNotFound) {
+		m.cp.log.Warn("recording the next scheduled drill failed", "plan", row.Name, "err", err)
 	}
 }
 
@@ -204,12 +229,15 @@ func (c *call) startPlanRun(req *api.StartPlanRunRequest) (api.PlanRun, error) {
 	if err != nil {
 		return api.PlanRun{}, err
 	}
-	return c.createPlanRun(row, p, req, false)
+	return c.createPlanRun(row, p, req, nil)
 }
 
-// createPlanRun creates a run and starts it; a dry run is answered instead.
-func (c *call) createPlanRun(row db.Plan, p *plan.Plan, req *api.StartPlanRunRequest, scheduled bool) (api.PlanRun, error) {
+// createPlanRun creates a run and starts it; a dry run is answered instead. A
+// scheduled run passes advance, which moves the plan's schedule on in the transaction
+// that creates the run.
+func (c *call) createPlanRun(row db.Plan, p *plan.Plan, req *api.StartPlanRunRequest, advance func(*db.Tx) error) (api.PlanRun, error) {
 	now := c.cp.cfg.Now()
+	scheduled := advance != nil
 	run, err := plan.NewRun(p, row.Version, req.Mode, req.At, scheduled, api.NewID(api.PrefixPlanRun), c.createdBy(), now)
 	if err != nil {
 		return api.PlanRun{}, api.Invalid("plan %s: %v", row.Name, err)
@@ -220,6 +248,11 @@ func (c *call) createPlanRun(row db.Plan, p *plan.Plan, req *api.StartPlanRunReq
 		return *run, nil
 	}
 	err = c.update(func(tx *db.Tx) error {
+		if advance != nil {
+			if err := advance(tx); err != nil {
+				return err
+			}
+		}
 		if err := tx.CreatePlanRun(db.PlanRun{AccountID: c.p.AccountID, PlanRun: *run}, now); err != nil {
 			return err
 		}

@@ -106,6 +106,14 @@ func (t *Tx) SetNextDrill(accountID, name string, next time.Time) error {
 	return t.execOne(`UPDATE plans SET next_drill_at = ? WHERE account_id = ? AND name = ?`, msOrZero(next), accountID, name)
 }
 
+// AdvanceNextDrill moves a plan's next scheduled drill from from to next, only if it is
+// still from: of two control planes starting the same due drill, the second finds it
+// moved (ErrNotFound) and starts nothing.
+func (t *Tx) AdvanceNextDrill(accountID, name string, from, next time.Time) error {
+	return t.execOne(`UPDATE plans SET next_drill_at = ? WHERE account_id = ? AND name = ? AND next_drill_at = ?`,
+		msOrZero(next), accountID, name, msOrZero(from))
+}
+
 // PlanVersions lists a plan's versions, newest first.
 func (t *Tx) PlanVersions(accountID, name string) ([]api.PlanVersion, error) {
 	rows, err := t.query(`SELECT version, source, created_by, created_at FROM plan_versions WHERE account_id = ? AND name = ? ORDER BY version DESC`,
