@@ -69,11 +69,11 @@ type sizeJSON struct {
 func toSizeJSON(s indexSize) sizeJSON { return sizeJSON{s.chunks, s.raw, s.stored} }
 func (s sizeJSON) size() indexSize    { return indexSize{chunks: s.Chunks, raw: s.Raw, stored: s.Stored} }
 
-// diskMap is a chunkMap on a chunkindex directory. While it is filled in bulk (at open,
-// in a rebuild) pack ids are synced once before each flush, and flushes run in line.
-// Once it serves (steady), each pack id is synced as it is added, so a flush needs no
-// ordering with puts and runs in the background: an ingest holding the repository's
-// lock never waits for a segment write or merge.
+// diskMap is a chunkMap on a chunkindex directory. The pack list is synced as the
+// memtable is taken for a flush (chunkindex.Options.BeforeFlush), so a segment never
+// names a pack a crash could lose. While the map is filled in bulk (at open, in a
+// rebuild) flushes run in line; once it serves (steady) they run in the background: an
+// ingest holding the repository's lock never waits for a segment write or merge.
 type diskMap struct {
 	dir       string
 	idx       *chunkindex.Index
@@ -125,25 +125,18 @@ func (d *diskMap) put(id ID, l loc) error {
 	return nil
 }
 
-// addPack appends a pack id to "packs" (synced before the next flush).
+// addPack appends a pack id to "packs" (synced when the memtable is next flushed).
 func (d *diskMap) addPack(id ID) error {
 	if _, err := d.packs.Write(id[:]); err != nil {
 		return fmt.Errorf("local chunk index %s: record a pack: %w", d.dir, err)
 	}
 	d.npacks++
-	if d.steady {
-		if err := d.packs.Sync(); err != nil {
-			return fmt.Errorf("local chunk index %s: record a pack: %w", d.dir, err)
-		}
-	}
 	return nil
 }
 
-// flush makes every put durable: the packs they name first, then a segment.
+// flush makes every put durable: the packs they name first (BeforeFlush), then a
+// segment.
 func (d *diskMap) flush() error {
-	if err := d.packs.Sync(); err != nil {
-		return fmt.Errorf("local chunk index %s: %w", d.dir, err)
-	}
 	if err := d.idx.Flush(); err != nil {
 		return fmt.Errorf("local chunk index %s: %w", d.dir, err)
 	}
@@ -273,7 +266,7 @@ func openDiskMap(dir string, v *diskView) (*diskMap, []ID, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("local chunk index %s: pack list: %w", dir, err)
 	}
-	idx, err := chunkindex.Open(dir, chunkindex.Options{MemtableEntries: 2 * diskMemtable})
+	idx, err := chunkindex.Open(dir, chunkindex.Options{MemtableEntries: 2 * diskMemtable, BeforeFlush: f.Sync})
 	if err != nil {
 		f.Close()
 		return nil, nil, err

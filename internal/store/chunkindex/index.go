@@ -34,6 +34,11 @@ type Options struct {
 	// BitsPerKey sizes new segments' filters, 4 to 32 (default 12: about 0.5% false
 	// positives).
 	BitsPerKey int
+	// BeforeFlush, when set, is called before the memtable is written to a segment,
+	// with Put and Get held off: whatever its entries refer to is to be made durable
+	// there (the store syncs its list of packs), so a segment never names what a crash
+	// could lose.
+	BeforeFlush func() error
 }
 
 func (o *Options) fill() error {
@@ -215,6 +220,12 @@ func (x *Index) flush(force bool) error {
 	if len(x.mem) == 0 || !force && len(x.mem) < x.opts.MemtableEntries {
 		x.mu.Unlock()
 		return nil
+	}
+	if x.opts.BeforeFlush != nil {
+		if err := x.opts.BeforeFlush(); err != nil {
+			x.mu.Unlock()
+			return err
+		}
 	}
 	x.imm, x.mem = x.mem, map[ID]Loc{}
 	seq := x.nextSeq

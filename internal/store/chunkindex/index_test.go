@@ -1,6 +1,7 @@
 package chunkindex
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -421,6 +422,30 @@ func TestFewerMaxSegments(t *testing.T) {
 	defer x.Close()
 	if n := x.Segments(); n != 2 {
 		t.Fatalf("%d segments, want 2", n)
+	}
+	checkAll(t, x, want)
+}
+
+// BeforeFlush runs before each memtable is written; when it fails nothing is written
+// and the entries stay, to be flushed by the next Flush.
+func TestBeforeFlush(t *testing.T) {
+	dir := t.TempDir()
+	calls, fail := 0, true
+	x := open(t, dir, Options{MemtableEntries: 100, BeforeFlush: func() error {
+		calls++
+		if fail {
+			return errors.New("disk full")
+		}
+		return nil
+	}})
+	defer x.Close()
+	want := fill(t, x, 7, 50)
+	if err := x.Flush(); err == nil || calls != 1 || len(segFiles(t, dir)) != 0 {
+		t.Fatalf("flush with a failing BeforeFlush: %v, %d calls, %d segments; want its error and no segment", err, calls, len(segFiles(t, dir)))
+	}
+	fail = false
+	if err := x.Flush(); err != nil || calls != 2 || len(segFiles(t, dir)) != 1 {
+		t.Fatalf("flush: %v, %d calls, %d segments; want one segment", err, calls, len(segFiles(t, dir)))
 	}
 	checkAll(t, x, want)
 }
