@@ -3,15 +3,20 @@ package controlplane_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/consistency"
 	"github.com/lifeboat-dr/lifeboat/internal/controlplane"
 	"github.com/lifeboat-dr/lifeboat/internal/db"
 	"github.com/lifeboat-dr/lifeboat/internal/db/dbtest"
+	"github.com/lifeboat-dr/lifeboat/internal/recovery/recoverytest"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // second starts another control plane on e's database, with a copy of e's data
@@ -147,4 +152,116 @@ func TestACrashedCoordinatorsLeaseLapses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPlanRunsAndScheduledDrillsRunOnceOnTwoControlPlanes: a plan run started through
+// the control plane that does not coordinate is run, once, by the one that does; a
+// scheduled drill starts once; when the coordinator stops during it, the other resumes
+// it at its step and it completes, once.
+func TestPlanRunsAndScheduledDrillsRunOnceOnTwoControlPlanes(t *testing.T) {
+	for _, kind := range dbtest.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			e := startWith(t, kind, func(c *controlplane.Config) { c.CoordinatorLease = 2 * time.Second })
+			repo := recoverytest.Store(t, e.cp)
+			srv := recoverytest.Server(t, e.cp, "m1", map[string]int64{"vda": 1 << 20})
+			imageSettings(t, e, srv.ID)
+			recoverytest.PIT(t, e.cp, repo, srv, consistency.Crash, e.clock.Now().Add(-time.Minute),
+				recoverytest.Volume{Name: "vda", Image: image(t, 1<<20, 9)})
+			waitFor(t, "the first control plane coordinates", 5*time.Second, e.cp.Coordinating)
+			opTok := e.token(api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleOperator})
+			adminTok := e.token(api.CreateTokenRequest{Kind: api.TokenAPI, Role: api.RoleAdmin})
+			cp2, _ := e.second()
+			op2, err := api.NewClient(api.ClientConfig{Server: cp2.URL(), Token: opTok, CAPEM: cp2.CACertPEM()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer op2.Close()
+
+			// A run started through the second runs in the first, once.
+			if _, err := op2.ApplyPlan(e.ctx, api.ApplyPlanRequest{Source: onePlan("drill", srv.ID, "") + "drill:\n  terminate: true\n"}); err != nil {
+				t.Fatal(err)
+			}
+			run, err := op2.StartPlanRun(e.ctx, "drill", api.StartPlanRunRequest{Mode: api.PlanDrill})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if run = waitRun(t, op2, run.ID, 60*time.Second, runEnded); run.State != api.PlanRunSucceeded {
+				t.Fatalf("the run started on the second control plane ended as %+v", run)
+			}
+			wantRuns(t, op2, "drill", 1)
+
+			// A scheduled drill waiting at its check on a port nothing listens on yet.
+			port := testutil.FreePort(t)
+			check := fmt.Sprintf("    healthChecks:\n      - name: port\n        tcp: {address: \"127.0.0.1:%d\"}\n        interval: 200ms\n        timeout: 1s\n        retries: 10000\n", port)
+			if _, err := op2.ApplyPlan(e.ctx, api.ApplyPlanRequest{Source: onePlan("nightly", srv.ID, check) + "schedule:\n  drill: \"@every 1m\"\n"}); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Advance(time.Minute + time.Second)
+			scheduled := waitScheduled(t, op2, "nightly")
+			waitRun(t, op2, scheduled.ID, 60*time.Second, func(r api.PlanRun) bool {
+				return runEnded(r) || runStep(t, r, api.PlanStepCheck).State == api.PlanStepRunning
+			})
+
+			// The coordinator stops mid-drill: the second takes over and resumes it.
+			e.stopCurrent()
+			waitFor(t, "the second control plane takes over", 3*time.Second, cp2.Coordinating)
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatalf("listen on the checked port: %v", err)
+			}
+			defer l.Close()
+			waitRun(t, op2, scheduled.ID, 60*time.Second, func(r api.PlanRun) bool {
+				return runEnded(r) || runStep(t, r, api.PlanStepTerminate).State == api.PlanStepRunning
+			})
+			// The drill's instance was launched by the first: its termination waits for
+			// the first's claim on the job to lapse.
+			e.clock.Advance(31 * time.Second)
+			done := waitRun(t, op2, scheduled.ID, 60*time.Second, runEnded)
+			if done.State != api.PlanRunSucceeded {
+				t.Fatalf("the scheduled drill ended as %+v", done)
+			}
+			wantRuns(t, op2, "nightly", 1)
+			admin2, err := api.NewClient(api.ClientConfig{Server: cp2.URL(), Token: adminTok, CAPEM: cp2.CACertPEM()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer admin2.Close()
+			audit, err := admin2.Audit(e.ctx, api.AuditFilter{Action: "plan.run", Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(audit.Items); n != 2 {
+				t.Errorf("plan.run audit entries: %d, want 2 (the run started by hand and the scheduled drill): %+v", n, audit.Items)
+			}
+		})
+	}
+}
+
+// wantRuns checks a plan has n runs.
+func wantRuns(t *testing.T, c *api.Client, plan string, n int) {
+	t.Helper()
+	l, err := c.PlanRuns(context.Background(), plan, 0, "")
+	if err != nil || len(l.Items) != n {
+		t.Fatalf("runs of plan %s: %+v, %v; want %d", plan, l.Items, err, n)
+	}
+}
+
+// waitScheduled waits for the scheduled drill of a plan to start and returns it.
+func waitScheduled(t *testing.T, c *api.Client, plan string) api.PlanRunSummary {
+	t.Helper()
+	var run api.PlanRunSummary
+	waitFor(t, "the scheduled drill of "+plan+" starts", 15*time.Second, func() bool {
+		l, err := c.PlanRuns(context.Background(), plan, 0, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range l.Items {
+			if r.Scheduled {
+				run = r
+				return true
+			}
+		}
+		return false
+	})
+	return run
 }
