@@ -197,7 +197,9 @@ func cmdSim(ctx context.Context, args []string) error {
 	sleepCtx(ctx, f.warmup)
 	w := measure(ctx, cl, agents, &f, st)
 	cancel()
-	wg.Wait()
+	if !waitTimeout(&wg, time.Minute) {
+		logf("some simulated agents had not stopped a minute after the window; going on")
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -213,6 +215,21 @@ func cmdSim(ctx context.Context, args []string) error {
 		keepLogs(cl, f.out)
 	}
 	return nil
+}
+
+// waitTimeout waits for wg, at most d; it reports whether wg was done.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // waitOpened waits (2 minutes at most) until every agent opened a session.

@@ -171,6 +171,9 @@ func (a *simAgent) session(ctx context.Context, f *simFlags, st *simState) (stri
 	s.win = wire.NewWindow(welcome.WindowBytes)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A write blocked on a replicator that stopped reading ends 5 s after the session.
+	stopDeadline := context.AfterFunc(sctx, func() { _ = s.conn.SetDeadline(time.Now().Add(5 * time.Second)) })
+	defer stopDeadline()
 	recvErr := make(chan error, 1)
 	go func() {
 		recvErr <- s.receive()
