@@ -44,6 +44,7 @@ kill_after=${KILL_AFTER:-$((60 + RANDOM % 31))s}
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 before=$(load)
 started=$(date -u +%Y-%m-%dT%H:%MZ)
+rev=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- cmd internal || echo ' with uncommitted changes under cmd/ or internal/')
 args=(-name "1,000 agents, 3 replicators, S3, one killed" -agents 1000 -replicators 3 -store s3 -versitygw "$vgw"
   -mode light -blocks 1 -period 10s -marker 60s -warmup 30s -duration 480s -kill-after "$kill_after" -verify -verify-timeout 12m -keep-logs
   ${SERVER_ARGS:+-server-args "$SERVER_ARGS"})
@@ -54,7 +55,7 @@ if [ "${RESULTS:-1}" != 0 ]; then
   {
     echo
     .cache/replbench fleet-report -command "bench/replication/fleet.sh${*:+ $*} (replbench sim ${args[*]} $*)" \
-      -about "Started $started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(go version | cut -d' ' -f3); the machine is shared: load average $before before, $after after. Logs of the control plane, the replicators and store verify: $out." \
+      -about "Lifeboat $rev. Started $started, $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(go version | cut -d' ' -f3); the machine is shared: load average $before before, $after after. Logs of the control plane, the replicators and store verify: $out." \
       "$res"
   } >>bench/replication/RESULTS.md
   tail -n 40 bench/replication/RESULTS.md
