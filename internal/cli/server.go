@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,6 +19,7 @@ type serverFlags struct {
 	replicatorListen                  string // up only
 	storeKey                          string // server only: the master key file (default DATA/staging.key)
 	metricsListen                     string // the metrics listener (docs/metrics.md)
+	coordinatorLease                  time.Duration
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
@@ -25,6 +27,7 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl.StringVar(&f.data, "data", defaultDataDir(), "data directory: CA, certificates, database (and staging for up)")
 	if withDB {
 		fl.StringVar(&f.db, "db", "", "database: postgres://… for PostgreSQL, its password in PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE); default an SQLite file in the data directory (env "+envDB+")")
+		fl.DurationVar(&f.coordinatorLease, "coordinator-lease", 20*time.Second, "of the control planes sharing a PostgreSQL database, the one holding the coordinator lease runs replicator assignment, consistency groups, plan runs and scheduled drills; another takes over at most this long after it died (docs/architecture.md \"Two control planes\")")
 		fl.StringVar(&f.storeKey, "store-key", "", "master key file: wraps every account's key and opens every staging store (default DATA/staging.key, created with a new database)")
 	}
 	fl.StringVar(&f.listen, "listen", controlplane.DefaultListen, "API address")
@@ -40,7 +43,8 @@ func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
 	self, _ := os.Executable()
 	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, PublicURL: f.publicURL, Hosts: f.hosts,
 		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger,
-		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}, MetricsListen: f.metricsListen}
+		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}, MetricsListen: f.metricsListen,
+		CoordinatorLease: f.coordinatorLease}
 }
 
 func newServerCmd(g *globals) *cobra.Command {
