@@ -358,7 +358,7 @@ func (x *Index) Close() error {
 
 func (x *Index) closeFiles() {
 	for _, s := range x.segs {
-		s.f.Close()
+		s.close()
 	}
 	x.segs = nil
 	x.lock.Close() // releases the flock

@@ -114,7 +114,7 @@ func (x *Index) mergeTail(k int) error {
 	x.segs = append(x.segs[:len(x.segs)-k:len(x.segs)-k], s)
 	x.mu.Unlock() // no Get reads the inputs any more
 	for _, old := range in {
-		old.f.Close()
+		old.close()
 		if err := os.Remove(old.path); err != nil {
 			return fmt.Errorf("remove a merged chunk index segment: %w", err)
 		}

@@ -8,8 +8,12 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"sort"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Segment format (version 1), all integers little-endian:
@@ -90,6 +94,11 @@ func decodeFooter(b []byte, size int64) (footer, error) {
 }
 
 // segment is one open segment file: its fences and filter in RAM, its pages on disk.
+// The fences and filter are mapped from the file (meta) where the platform allows it:
+// they are then page cache, outside the Go heap, so a process's soft memory limit
+// (the replicator's --memory-limit) counts only what it allocates — with them in the
+// heap, 100 million entries took 190 MB of a 224 MiB limit and the collector ran
+// without pause.
 type segment struct {
 	path   string
 	f      *os.File
@@ -97,6 +106,42 @@ type segment struct {
 	count  uint64
 	fences []ID
 	filter filter
+	meta   []byte // the mapping of fences, filter and footer; nil: read into the heap
+}
+
+// close closes the file and unmaps its fences and filter: no Get may use it after.
+func (s *segment) close() {
+	s.f.Close()
+	if s.meta != nil {
+		unix.Munmap(s.meta)
+		s.meta, s.fences, s.filter.words = nil, nil, nil
+	}
+}
+
+// littleEndian: the file's words can be used in place.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// mapMeta maps the fences, filter and footer of f (from off, to its end) and checks
+// their checksum. ok is false when the platform cannot use them in place (then they
+// are read into the heap).
+func (s *segment) mapMeta(ft footer, off, size int64) (ok bool, err error) {
+	if !littleEndian || off%int64(os.Getpagesize()) != 0 || size-off > math.MaxInt32 {
+		return false, nil
+	}
+	m, err := unix.Mmap(int(s.f.Fd()), off, int(size-off), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return false, nil // read them instead
+	}
+	n := len(m) - 4
+	if crc32.Checksum(m[:n], castagnoli) != binary.LittleEndian.Uint32(m[n:]) {
+		unix.Munmap(m)
+		return true, errors.New("the checksum of its fences, filter and footer does not match (the file is damaged)")
+	}
+	fenceBytes := int(ft.pages) * fenceSize
+	s.meta = m
+	s.fences = unsafe.Slice((*ID)(unsafe.Pointer(&m[0])), ft.pages)
+	s.filter = filter{words: unsafe.Slice((*uint64)(unsafe.Pointer(&m[fenceBytes])), ft.filterBlocks*blockWords), k: ft.hashes}
+	return true, nil
 }
 
 // openSegment opens a segment file, reading only its footer, fences and filter.
@@ -131,18 +176,25 @@ func loadSegment(f *os.File, path string) (*segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &segment{path: path, f: f, count: ft.count, fences: make([]ID, ft.pages),
-		filter: newFilter(ft.filterBlocks, ft.hashes)}
-	crc, err := s.readMeta(int64(ft.pages) * pageSize)
+	s := &segment{path: path, f: f, count: ft.count}
+	mapped, err := s.mapMeta(ft, int64(ft.pages)*pageSize, size)
 	if err != nil {
 		return nil, err
 	}
-	crc = crc32.Update(crc, castagnoli, fb[:footerSize-4])
-	if crc != binary.LittleEndian.Uint32(fb[footerSize-4:]) {
-		return nil, errors.New("the checksum of its fences, filter and footer does not match (the file is damaged)")
+	if !mapped {
+		s.fences, s.filter = make([]ID, ft.pages), newFilter(ft.filterBlocks, ft.hashes)
+		crc, err := s.readMeta(int64(ft.pages) * pageSize)
+		if err != nil {
+			return nil, err
+		}
+		crc = crc32.Update(crc, castagnoli, fb[:footerSize-4])
+		if crc != binary.LittleEndian.Uint32(fb[footerSize-4:]) {
+			return nil, errors.New("the checksum of its fences, filter and footer does not match (the file is damaged)")
+		}
 	}
 	for i := 1; i < len(s.fences); i++ {
 		if bytes.Compare(s.fences[i-1][:], s.fences[i][:]) >= 0 {
+			s.close()
 			return nil, fmt.Errorf("its page %d does not start after page %d (the file is damaged)", i, i-1)
 		}
 	}

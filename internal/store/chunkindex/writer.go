@@ -100,11 +100,8 @@ func (w *segWriter) finish(lo, hi uint64) (*segment, error) {
 	if err := syncDir(filepath.Dir(w.path)); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(w.path)
-	if err != nil {
-		return nil, fmt.Errorf("open chunk index segment: %w", err)
-	}
-	return &segment{path: w.path, f: f, lo: lo, hi: hi, count: w.count, fences: w.fences, filter: w.filter}, nil
+	// Opened again, so that its fences and filter are mapped rather than kept in the heap.
+	return openSegment(w.path, lo, hi)
 }
 
 // writeMeta writes the fences and the filter and returns their CRC.
