@@ -302,6 +302,12 @@ func (g *groupCoordinator) report(ctx context.Context, serverID, pointID string,
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	run := g.runs[pointID]
+	if run == nil && !g.cp.Coordinating() {
+		// The barriers live in the coordinator's memory (docs/architecture.md "Two
+		// control planes"): a report reaching another control plane cannot be counted.
+		return api.GroupPointDecision{Action: api.GroupActionAbort, Reason: "group point " + pointID +
+			" is run by the coordinating control plane and this report reached another: send agents to the coordinator (docs/architecture.md, Two control planes)"}, nil
+	}
 	if run == nil {
 		return api.GroupPointDecision{Action: api.GroupActionAbort, Reason: "group point " + pointID + " is over or unknown"}, nil
 	}

@@ -146,6 +146,11 @@ type clusterOptions struct {
 	dir       string // the cluster's directory (default: a test temporary directory)
 	// serverExtra and repExtra are more arguments of lifeboat server and replicator.
 	serverExtra, repExtra []string
+	// cpPort is the port the control plane listens on (0: a free one).
+	cpPort int
+	// front, when set, is a load balancer's host:port in front of the control plane:
+	// its --url, and what clients, agents and the replicator reach it at.
+	front string
 }
 
 // newCluster starts a control plane and a replicator writing to a local staging store.
@@ -165,8 +170,15 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 		dir = t.TempDir()
 	}
 	c := &cluster{t: t, dir: dir, repNS: o.repNS, advertise: o.advertise, repExtra: o.repExtra}
-	port, rport := testutil.FreePort(t), testutil.FreePort(t)
+	port, rport := o.cpPort, testutil.FreePort(t)
+	if port == 0 {
+		port = testutil.FreePort(t)
+	}
 	c.url = fmt.Sprintf("https://%s:%d", o.cpHost, port)
+	if o.front != "" {
+		c.url = "https://" + o.front
+		o.serverExtra = append([]string{"--url", c.url}, o.serverExtra...)
+	}
 	c.repAddr = fmt.Sprintf("%s:%d", o.repHost, rport)
 	data := filepath.Join(dir, "cp")
 	// The control plane makes its master key (DATA/staging.key) and gives the replicator
