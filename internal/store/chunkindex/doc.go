@@ -10,10 +10,11 @@
 //   - A segment is an immutable file of fixed-size records sorted by id, in 4 KiB pages
 //     each closed by a CRC-32C, followed by the first id of every page (the fences), a
 //     blocked Bloom filter of its ids and a footer with counts, the format version and
-//     a CRC-32C of the fences, filter and footer. Open reads only the footers, fences
-//     and filters (about 1.9 bytes of RAM per entry at the default 12 bits per key), and
-//     checks their checksum and the file's size; a damaged or truncated segment is
-//     refused with the file's name and what is wrong. Data pages are checked on every
+//     a CRC-32C of the fences, filter and footer. Open maps only the footers, fences
+//     and filters (about 1.9 bytes of RAM per entry at the default 12 bits per key, in
+//     the page cache rather than the Go heap), and checks their checksum and the
+//     file's size; a damaged or truncated segment is refused with the file's name and
+//     what is wrong. Data pages are checked on every
 //     read (and all of them by Verify).
 //   - Get looks in the memtable, then in the segments newest first: a segment whose
 //     filter says no costs nothing, otherwise the fences name the one page that can hold
