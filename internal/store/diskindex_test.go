@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,22 +12,9 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
-// getCounter counts the Gets of index objects.
-type getCounter struct {
-	backend.Backend
-	indexGets atomic.Int64
-}
-
-func (g *getCounter) Get(ctx context.Context, name string) ([]byte, error) {
-	if strings.HasPrefix(name, "index/") {
-		g.indexGets.Add(1)
-	}
-	return g.Backend.Get(ctx, name)
-}
-
 // diskEnv is a repository written through a disk index, with what it holds.
 type diskEnv struct {
-	be    *getCounter
+	be    *countingBackend // counts index objects read
 	mk    MasterKey
 	opts  Options
 	pit   PIT
@@ -47,7 +33,7 @@ func newDiskEnv(t *testing.T) (*diskEnv, *Repo) {
 	opts.PackSize = 64 << 10 // many packs and index objects
 	opts.IndexDir = t.TempDir()
 	r, be, mk := newTestRepo(t, opts)
-	e := &diskEnv{be: &getCounter{Backend: be}, mk: mk, opts: opts, m: model{}}
+	e := &diskEnv{be: &countingBackend{Backend: be, prefix: "index/"}, mk: mk, opts: opts, m: model{}}
 	h, err := r.OpenHead(ctx, "s-d", "vda", diskSize, HeadOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +73,7 @@ func TestDiskIndexOpensWithoutReadingTheIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := e.open(t)
-	if n := e.be.indexGets.Load(); n != 0 {
+	if n := e.be.gets.Load(); n != 0 {
 		t.Fatalf("open read %d index objects of %d; want none", n, e.index)
 	}
 	if r2.disk == nil {
@@ -114,7 +100,7 @@ func TestDiskIndexCatchesUpAfterACrash(t *testing.T) {
 	r.unlockDiskIndex() // the process is gone: the kernel drops its lock
 	r.mu.Unlock()
 	r2 := e.open(t)
-	if n := e.be.indexGets.Load(); n == 0 || n > int64(e.index) {
+	if n := e.be.gets.Load(); n == 0 || n > int64(e.index) {
 		t.Fatalf("open after a crash read %d index objects of %d; want those since the last checkpoint", n, e.index)
 	}
 	checkPIT(t, r2, e.pit, "vda", diskSize, e.m)
@@ -150,8 +136,8 @@ func TestDamagedDiskIndexIsRebuilt(t *testing.T) {
 			}
 			r2 := e.open(t)
 			checkPIT(t, r2, e.pit, "vda", diskSize, e.m)
-			if e.be.indexGets.Load() < int64(e.index) {
-				t.Fatalf("read %d index objects of %d: the index was not rebuilt", e.be.indexGets.Load(), e.index)
+			if e.be.gets.Load() < int64(e.index) {
+				t.Fatalf("read %d index objects of %d: the index was not rebuilt", e.be.gets.Load(), e.index)
 			}
 			if r2.ixBroken.Load() {
 				t.Fatal("the index is still marked broken after its rebuild")

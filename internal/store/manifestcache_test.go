@@ -11,15 +11,16 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store/backend"
 )
 
-// countingBackend counts the reads of PIT manifests.
+// countingBackend counts the reads of objects whose names start with prefix.
 type countingBackend struct {
 	backend.Backend
-	manifestGets atomic.Int64
+	prefix string
+	gets   atomic.Int64
 }
 
 func (b *countingBackend) Get(ctx context.Context, name string) ([]byte, error) {
-	if strings.HasPrefix(name, "snapshots/") {
-		b.manifestGets.Add(1)
+	if strings.HasPrefix(name, b.prefix) {
+		b.gets.Add(1)
 	}
 	return b.Backend.Get(ctx, name)
 }
@@ -33,7 +34,7 @@ func TestListPITsReadsOnlyNewManifests(t *testing.T) {
 	opts := testOptions()
 	opts.Now = func() time.Time { return now }
 	_, be, mk := newTestRepo(t, opts)
-	cb := &countingBackend{Backend: be}
+	cb := &countingBackend{Backend: be, prefix: "snapshots/"}
 	r, err := Open(ctx, cb, mk, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -54,12 +55,12 @@ func TestListPITsReadsOnlyNewManifests(t *testing.T) {
 	}
 	list := func(want int) int64 {
 		t.Helper()
-		before := cb.manifestGets.Load()
+		before := cb.gets.Load()
 		pits, err := r.ListPITs(ctx, "s-1")
 		if err != nil || len(pits) != want {
 			t.Fatalf("ListPITs: %d PITs (%v), want %d", len(pits), err, want)
 		}
-		return cb.manifestGets.Load() - before
+		return cb.gets.Load() - before
 	}
 	list(3)
 	if n := list(3); n != 0 {

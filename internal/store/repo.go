@@ -457,7 +457,7 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	if err != nil {
 		return err
 	}
-	_, pendIDs, err := r.loadView(ctx, nil, p.newPending)
+	pendIDs, err := r.loadPending(ctx, p.newPending)
 	if err != nil {
 		return err
 	}
@@ -482,8 +482,11 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 			return err
 		}
 	default:
-		loaded, _, err := r.loadView(ctx, p.toLoad, nil)
-		if err != nil {
+		loaded := make(map[string][]packEntries, len(p.toLoad))
+		if err := r.streamIndex(ctx, p.toLoad, func(name string, packs []packEntries) error {
+			loaded[name] = packs
+			return nil
+		}); err != nil {
 			return err
 		}
 		fresh = r.memIndex(p, loaded)
@@ -559,16 +562,17 @@ func (r *Repo) planView(ctx context.Context, full bool) (viewPlan, error) {
 
 // memIndex applies index objects read to the index in RAM: into a new one when the
 // refresh is full (returned, to be swapped in), else into the current one.
-func (r *Repo) memIndex(p viewPlan, loaded [][]packEntries) *indexState {
+func (r *Repo) memIndex(p viewPlan, loaded map[string][]packEntries) *indexState {
 	add := func(st *indexState) {
-		for i, packs := range loaded {
-			if packs == nil {
-				continue
+		for _, name := range p.toLoad { // in the listing's order, as packs are numbered
+			packs, ok := loaded[name]
+			if !ok {
+				continue // removed since it was listed
 			}
 			for _, pe := range packs {
 				_ = st.addPack(pe.Pack, pe.Entries) // a map does not fail
 			}
-			st.loaded[p.toLoad[i]] = true
+			st.loaded[name] = true
 		}
 	}
 	if p.full {
@@ -649,25 +653,13 @@ func (r *Repo) streamIndex(ctx context.Context, names []string, apply func(name 
 	return nil
 }
 
-// loadView reads, in parallel, the index objects and GC pending objects a view
-// refresh needs. An object removed since it was listed is skipped (nil): a garbage
-// collection consolidated or finished it, and a later refresh sees the result.
-func (r *Repo) loadView(ctx context.Context, indexNames, pendingNames []string) ([][]packEntries, [][]ID, error) {
-	loaded := make([][]packEntries, len(indexNames))
+// loadPending reads, in parallel, GC pending objects. One removed since it was listed
+// is skipped (nil): its collection finished, and a later refresh sees the result.
+func (r *Repo) loadPending(ctx context.Context, names []string) ([][]ID, error) {
+	ids := make([][]ID, len(names))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
-	for i, n := range indexNames {
-		g.Go(func() error {
-			p, err := r.loadIndexObject(gctx, n)
-			if errors.Is(err, backend.ErrNotFound) {
-				return nil // removed by a concurrent GC after we listed it; a later refresh reloads
-			}
-			loaded[i] = p
-			return err
-		})
-	}
-	pendIDs := make([][]ID, len(pendingNames))
-	for i, n := range pendingNames {
+	for i, n := range names {
 		g.Go(func() error {
 			plain, err := r.getSealed(gctx, n)
 			if errors.Is(err, backend.ErrNotFound) {
@@ -676,18 +668,16 @@ func (r *Repo) loadView(ctx context.Context, indexNames, pendingNames []string) 
 			if err != nil {
 				return err
 			}
-			ids, err := decodeIDs(pendingMagic, plain)
-			if err != nil {
+			if ids[i], err = decodeIDs(pendingMagic, plain); err != nil {
 				return corrupt(n, err)
 			}
-			pendIDs[i] = ids
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, fmt.Errorf("load the repository index: %w", err)
+		return nil, fmt.Errorf("read garbage collection state: %w", err)
 	}
-	return loaded, pendIDs, nil
+	return ids, nil
 }
 
 // ensureFreshView refreshes the view when it is older than a quarter of the GC grace.
