@@ -342,6 +342,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { cp.coordinate(bgCtx) })
+	wg.Go(func() { cp.listenWakes(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 	if cp.metricsSrv != nil {
 		wg.Go(func() {

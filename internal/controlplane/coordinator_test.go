@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -264,4 +265,52 @@ func waitScheduled(t *testing.T, c *api.Client, plan string) api.PlanRunSummary 
 		return false
 	})
 	return run
+}
+
+// TestAChangeThroughOneControlPlaneWakesAgentsWaitingOnTheOther: an agent long-polling
+// the second control plane for its config learns at once of a change made through the
+// first (PostgreSQL's notifications), not at the end of its poll.
+func TestAChangeThroughOneControlPlaneWakesAgentsWaitingOnTheOther(t *testing.T) {
+	e := startWith(t, db.Postgres, nil)
+	_, reg := e.agent("m1")
+	id := reg.SourceServer.ID
+	cp2, _ := e.second()
+	_, keyPEM := csr(t)
+	cert, err := tls.X509KeyPair([]byte(reg.Certificate), keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent2, err := api.NewClient(api.ClientConfig{Server: cp2.URL(), CAPEM: cp2.CACertPEM(), Certificate: &cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent2.Close()
+	cfg, err := agent2.ReplicationConfigWait(e.ctx, id, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		cfg  api.ReplicationConfig
+		err  error
+		took time.Duration
+	}
+	got := make(chan answer, 1)
+	time.Sleep(500 * time.Millisecond) // the second listens
+	go func() {
+		start := time.Now()
+		c, err := agent2.ReplicationConfigWait(e.ctx, id, cfg.Fingerprint(), 20*time.Second)
+		got <- answer{c, err, time.Since(start)}
+	}()
+	time.Sleep(500 * time.Millisecond) // the poll waits
+	if _, err := e.admin.ReplicationAction(e.ctx, id, api.ActionPause); err != nil {
+		t.Fatal(err)
+	}
+	a := <-got
+	if a.err != nil || a.cfg.Fingerprint() == cfg.Fingerprint() {
+		t.Fatalf("the long poll on the second control plane: %+v, %v; want the paused config", a.cfg, a.err)
+	}
+	if a.took > 5*time.Second {
+		t.Errorf("the agent waiting on the second control plane learned of the pause after %v, want at once", a.took)
+	}
+	t.Logf("the agent on the second control plane learned of a pause made through the first after %v", a.took.Round(time.Millisecond))
 }

@@ -113,16 +113,20 @@ func (cp *ControlPlane) groupsChanged() {
 }
 
 // wakeAgents wakes the agents of servers waiting on their replication config, and only
-// them (serverChanged also wakes every replicator).
+// them (serverChanged also wakes every replicator); those waiting on another control
+// plane are woken through the database, with its replicators.
 func (cp *ControlPlane) wakeAgents(ids []string) {
 	cp.watchMu.Lock()
-	defer cp.watchMu.Unlock()
 	for _, id := range ids {
 		if ch, ok := cp.watchers[id]; ok {
 			close(ch)
 			delete(cp.watchers, id)
 		}
 	}
+	cp.watchMu.Unlock()
+	// The group coordinator calls this holding its lock: the notification must not
+	// hold it a database round trip longer (it is bounded by announceWithin).
+	go cp.announce(slices.Clone(ids)...)
 }
 
 // system is a call made by the control plane itself.

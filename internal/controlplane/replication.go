@@ -243,8 +243,15 @@ func (cp *ControlPlane) watchReplicators() <-chan struct{} {
 }
 
 // serverChanged wakes the agents waiting on a server's replication config ("" wakes
-// all: an account's template changed), and the replicators waiting on their lists.
+// all: an account's template changed), and the replicators waiting on their lists, in
+// this process and in the other control planes sharing the database (wakes.go).
 func (cp *ControlPlane) serverChanged(id string) {
+	cp.wakeLocal(id)
+	cp.announce(id)
+}
+
+// wakeLocal is serverChanged within this process.
+func (cp *ControlPlane) wakeLocal(id string) {
 	cp.watchMu.Lock()
 	defer cp.watchMu.Unlock()
 	for k, ch := range cp.watchers {
