@@ -3,6 +3,7 @@ package controlplane_test
 import (
 	"context"
 	"crypto/tls"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -313,4 +314,38 @@ func TestAChangeThroughOneControlPlaneWakesAgentsWaitingOnTheOther(t *testing.T)
 		t.Errorf("the agent waiting on the second control plane learned of the pause after %v, want at once", a.took)
 	}
 	t.Logf("the agent on the second control plane learned of a pause made through the first after %v", a.took.Round(time.Millisecond))
+}
+
+// TestACoordinatorWhoseDatabaseHangsStops: a coordinator whose lease renewals hang (the
+// leases table locked by another transaction) stops coordinating within three
+// quarters of the lease, before another could take it, and coordinates again once the
+// database answers.
+func TestACoordinatorWhoseDatabaseHangsStops(t *testing.T) {
+	const ttl = 2 * time.Second
+	e := startWith(t, db.Postgres, func(c *controlplane.Config) { c.CoordinatorLease = ttl })
+	waitFor(t, "the control plane coordinates", 5*time.Second, e.cp.Coordinating)
+	sdb, err := sql.Open("pgx", e.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdb.Close()
+	tx, err := sdb.BeginTx(e.ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(e.ctx, "LOCK TABLE leases IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	locked := time.Now()
+	waitFor(t, "the coordinator stops", ttl, func() bool { return !e.cp.Coordinating() })
+	took := time.Since(locked)
+	t.Logf("the coordinator stopped %v after its database stopped answering (lease %v)", took.Round(time.Millisecond), ttl)
+	if took > ttl*3/4+200*time.Millisecond {
+		t.Errorf("the coordinator stopped %v after its database hung; want within three quarters of the lease (%v)", took, ttl*3/4)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the control plane coordinates again", 2*ttl, e.cp.Coordinating)
 }
