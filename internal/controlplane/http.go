@@ -217,7 +217,10 @@ func (c *call) update(fn func(tx *db.Tx) error) error {
 		c.cp.events.publish(e.account, e.ev)
 	}
 	for _, id := range c.wakes {
-		c.cp.serverChanged(id)
+		c.cp.wakeLocal(id)
+	}
+	if len(c.wakes) > 0 {
+		c.cp.announce(c.wakes...) // in as few notifications as they fit
 	}
 	c.pending, c.wakes = nil, nil
 	return nil
