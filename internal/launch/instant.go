@@ -81,8 +81,8 @@ func OpenRawView(ctx context.Context, dir string, images []string, sizes []int64
 		v.Paths = append(v.Paths, mnt)
 		node := fmt.Sprintf("img%d", i)
 		args = append(args,
-			"--blockdev", fmt.Sprintf("driver=qcow2,node-name=%s,file.driver=file,file.filename=%s", node, opt(img)),
-			"--export", fmt.Sprintf("type=fuse,id=exp%d,node-name=%s,mountpoint=%s,writable=on", i, node, opt(mnt)))
+			"--blockdev", fmt.Sprintf("driver=qcow2,node-name=%s,file.driver=file,file.filename=%s", node, qemu.OptValue(img)),
+			"--export", fmt.Sprintf("type=fuse,id=exp%d,node-name=%s,mountpoint=%s,writable=on", i, node, qemu.OptValue(mnt)))
 	}
 	v.cmd = exec.Command(bin, args...)
 	out := &strings.Builder{}
@@ -147,9 +147,6 @@ func (v *RawView) Close() error {
 	}
 	return err
 }
-
-// opt escapes a value for a QEMU comma-separated option list.
-func opt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // Hydration is where copying an instant launch's disks to local storage stands.
 type Hydration struct {

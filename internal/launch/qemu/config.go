@@ -337,23 +337,23 @@ func (n Network) normalize(name string) (Network, error) {
 	return n, nil
 }
 
-// opt escapes a value for a QEMU comma-separated option list.
-func opt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+// OptValue escapes a value for a QEMU comma-separated option list (a comma is doubled).
+func OptValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // args builds QEMU's command line. firmware is the OVMF code and variables files for
 // UEFI boot (empty otherwise).
 func (c Config) args(fw firmware) []string {
 	f := c.files()
 	a := []string{
-		"-name", "guest=" + opt(c.Name),
+		"-name", "guest=" + OptValue(c.Name),
 		"-machine", "q35",
 		"-accel", c.Accel,
 		"-smp", strconv.Itoa(c.CPUs),
 		"-m", strconv.Itoa(c.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-chardev", "file,id=serial0,path=" + opt(f.serial),
+		"-chardev", "file,id=serial0,path=" + OptValue(f.serial),
 		"-serial", "chardev:serial0",
-		"-qmp", "unix:" + opt(f.qmp) + ",server=on,wait=off",
+		"-qmp", "unix:" + OptValue(f.qmp) + ",server=on,wait=off",
 		"-pidfile", f.pid,
 		// With a log file, the daemon keeps writing its errors there instead of to
 		// /dev/null; guest_errors is the quietest log category.
@@ -368,13 +368,13 @@ func (c Config) args(fw firmware) []string {
 	for i, d := range c.Disks {
 		id := "disk" + strconv.Itoa(i)
 		a = append(a,
-			"-drive", "if=none,id="+id+",file="+opt(d.Path)+",format="+d.Format+",cache=writeback,discard=unmap",
+			"-drive", "if=none,id="+id+",file="+OptValue(d.Path)+",format="+d.Format+",cache=writeback,discard=unmap",
 			"-device", "virtio-blk-pci,drive="+id+bootIndex(i == 0 && c.Boot.Mode == BootDisk))
 	}
 	for i, d := range c.ExtraDrives {
 		id := "extra" + strconv.Itoa(i)
 		a = append(a,
-			"-drive", "if=none,id="+id+",file="+opt(d.Path)+",format="+d.Format+",readonly=on",
+			"-drive", "if=none,id="+id+",file="+OptValue(d.Path)+",format="+d.Format+",readonly=on",
 			"-device", "virtio-blk-pci,drive="+id)
 	}
 	switch c.Boot.Mode {
@@ -386,8 +386,8 @@ func (c Config) args(fw firmware) []string {
 	case BootDisk:
 		if c.Boot.Firmware == FirmwareUEFI {
 			a = append(a,
-				"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+opt(fw.code),
-				"-drive", "if=pflash,format=raw,unit=1,file="+opt(fw.vars))
+				"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OptValue(fw.code),
+				"-drive", "if=pflash,format=raw,unit=1,file="+OptValue(fw.vars))
 		}
 	}
 	if c.Network.Mode == NetworkUser {
