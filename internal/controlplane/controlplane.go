@@ -107,6 +107,7 @@ type ControlPlane struct {
 	stopping chan struct{} // closed when shutdown begins: ends event streams
 
 	coordinating atomic.Bool // it holds the coordinator lease (coordinator.go)
+	relay        groupRelay  // group-point reports relayed to the coordinator (grouprelay.go)
 
 	watchMu  sync.Mutex               // guards watchers and repWatch
 	watchers map[string]chan struct{} // source server id → closed when its config changes
@@ -176,6 +177,7 @@ func Open(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp := &ControlPlane{cfg: cfg, log: cfg.Logger, events: newBroker(cfg.Limits.MaxEventStreamsPerAccount), guard: newGuard(cfg.Limits),
 		stopping: make(chan struct{})}
 	cp.groups = newGroupCoordinator(cp)
+	cp.relay.waiting = map[string]chan relayMsg{}
 	cp.plans = newPlanRuns(cp)
 
 	pkiDir := filepath.Join(cfg.DataDir, "pki")
@@ -343,6 +345,7 @@ func (cp *ControlPlane) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { cp.coordinate(bgCtx) })
 	wg.Go(func() { cp.listenWakes(bgCtx) })
+	wg.Go(func() { cp.listenRelay(bgCtx) })
 	wg.Go(func() { cp.rec.runner.Run(bgCtx) })
 	if cp.metricsSrv != nil {
 		wg.Go(func() {

@@ -349,3 +349,40 @@ func TestACoordinatorWhoseDatabaseHangsStops(t *testing.T) {
 	}
 	waitFor(t, "the control plane coordinates again", 2*ttl, e.cp.Coordinating)
 }
+
+// TestGroupPointReportsThroughEitherControlPlane: members of a consistency group whose
+// agents reach different control planes meet at the group point's barriers (reports
+// reaching the one that does not coordinate are relayed to the one that does): every
+// member freezes, then thaws at one instant.
+func TestGroupPointReportsThroughEitherControlPlane(t *testing.T) {
+	e := startWith(t, db.Postgres, nil)
+	waitFor(t, "the first control plane coordinates", 5*time.Second, e.cp.Coordinating)
+	ms, _ := replicatingGroup(t, e, 3)
+	cp2, _ := e.second()
+	time.Sleep(500 * time.Millisecond) // the second listens
+	// The first member's agent reaches the second control plane.
+	_, keyPEM := csr(t)
+	cert, err := tls.X509KeyPair([]byte(ms[0].cert), keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent2, err := api.NewClient(api.ClientConfig{Server: cp2.URL(), CAPEM: cp2.CACertPEM(), Certificate: &cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent2.Close()
+	ms[0].agent = agent2
+	gp := invitation(t, e, ms[0])
+	for _, d := range reportAll(t, e, ms, gp.ID, api.GroupPhaseReady) {
+		if d.Action != api.GroupActionFreeze {
+			t.Fatalf("ready answered %+v, want freeze", d)
+		}
+	}
+	var at time.Time
+	for _, d := range reportAll(t, e, ms, gp.ID, api.GroupPhaseFrozen) {
+		if d.Action != api.GroupActionThaw || d.Time == nil || !at.IsZero() && !d.Time.Equal(at) {
+			t.Fatalf("frozen answered %+v, want thaw at one instant for all", d)
+		}
+		at = *d.Time
+	}
+}

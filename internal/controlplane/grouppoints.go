@@ -306,12 +306,6 @@ func (g *groupCoordinator) report(ctx context.Context, serverID, pointID string,
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	run := g.runs[pointID]
-	if run == nil && !g.cp.Coordinating() {
-		// The barriers live in the coordinator's memory (docs/architecture.md "Two
-		// control planes"): a report reaching another control plane cannot be counted.
-		return api.GroupPointDecision{Action: api.GroupActionAbort, Reason: "group point " + pointID +
-			" is run by the coordinating control plane and this report reached another: send agents to the coordinator (docs/architecture.md, Two control planes)"}, nil
-	}
 	if run == nil {
 		return api.GroupPointDecision{Action: api.GroupActionAbort, Reason: "group point " + pointID + " is over or unknown"}, nil
 	}
@@ -586,8 +580,29 @@ func (c *call) groupControl(tx *db.Tx, s db.SourceServer, ctl *api.ReplicationCo
 		return err
 	}
 	ctl.Group = &api.GroupMembership{ID: grp.ID, IntervalSeconds: grp.IntervalSeconds}
+	if !c.cp.Coordinating() && c.cp.db.Kind() == db.Postgres {
+		ctl.GroupPoint, err = orderFromDB(tx, grp.ID, c.cp.cfg.Now())
+		return err
+	}
 	ctl.GroupPoint = c.cp.groups.order(grp.ID, s.ID)
 	return nil
+}
+
+// orderFromDB is the invitation to a group point as a control plane that does not
+// coordinate gives it (its agents' reports are relayed, grouprelay.go): the group's
+// point being prepared, as the coordinator recorded it, until its prepare deadline. A
+// member that reported ready already is invited again; its agent ignores a point it
+// handled.
+func orderFromDB(tx *db.Tx, groupID string, now time.Time) (*api.GroupPointOrder, error) {
+	ps, _, err := tx.ListGroupPoints(groupID, 1, "", false)
+	if err != nil || len(ps) == 0 {
+		return nil, err
+	}
+	deadline := ps[0].CreatedAt.Add(groupPrepareWithin)
+	if ps[0].State != api.GroupPointPreparing || !now.Before(deadline) {
+		return nil, nil
+	}
+	return &api.GroupPointOrder{ID: ps[0].ID, Deadline: deadline}, nil
 }
 
 // clip cuts s to at most n bytes, at a rune boundary.
@@ -603,5 +618,8 @@ func clip(s string, n int) string {
 
 // reportGroupPoint is an agent's report of a phase of a group point of its server.
 func (c *call) reportGroupPoint(req *api.GroupPointReport) (api.GroupPointDecision, error) {
+	if !c.cp.Coordinating() && c.cp.db.Kind() == db.Postgres {
+		return c.cp.relayReport(c.ctx, c.pathID(), c.r.PathValue("point"), *req)
+	}
 	return c.cp.groups.report(c.ctx, c.pathID(), c.r.PathValue("point"), *req)
 }

@@ -19,6 +19,7 @@ import (
 type groupMember struct {
 	id    string
 	agent *api.Client
+	cert  string // the agent's certificate (PEM)
 }
 
 // replicatingGroup registers n servers replicating continuously and puts them in a
@@ -33,7 +34,7 @@ func replicatingGroup(t *testing.T, e *env, n int) ([]groupMember, api.Consisten
 		if _, err := agent.UpdateReplicationState(e.ctx, reg.SourceServer.ID, api.ReplicationStateUpdate{DataReplicationState: &state}); err != nil {
 			t.Fatal(err)
 		}
-		ms = append(ms, groupMember{id: reg.SourceServer.ID, agent: agent})
+		ms = append(ms, groupMember{id: reg.SourceServer.ID, agent: agent, cert: reg.Certificate})
 		ids = append(ids, reg.SourceServer.ID)
 	}
 	g, err := e.admin.CreateConsistencyGroup(e.ctx, api.CreateConsistencyGroupRequest{Name: "app", SourceServerIDs: ids})

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,7 +49,17 @@ func URL(t testing.TB, kind db.Kind) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := admin.ExecContext(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+		// A query a stopped control plane cancelled may still run on the server for a
+		// moment (its connection is closed, its backend not yet): the drop, which locks
+		// table after table, can then deadlock with it. It is tried again.
+		var err error
+		for try := 0; try < 5; try++ {
+			if _, err = admin.ExecContext(ctx, "DROP SCHEMA "+schema+" CASCADE"); err == nil || !strings.Contains(err.Error(), "40P01") {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err != nil {
 			t.Errorf("drop test schema %s: %v", schema, err)
 		}
 		admin.Close()
