@@ -95,8 +95,10 @@ func Open(ctx context.Context, url string, opts ...Option) (*DB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open PostgreSQL: %w", err)
 		}
-		s.SetMaxOpenConns(16)
-		s.SetMaxIdleConns(16)
+		// 16 for queries, and the connections a control plane holds to listen for the
+		// others' notifications (notify.go: wake-ups, group-point relay).
+		s.SetMaxOpenConns(16 + 2)
+		s.SetMaxIdleConns(16 + 2)
 		d = &DB{sql: s, kind: Postgres}
 	} else {
 		path := strings.TrimPrefix(url, "sqlite://")
