@@ -33,9 +33,9 @@ type Stores struct {
 	access   AccessFunc
 	indexDir string // the stores' chunk indexes (store.Options.IndexDir); "": in RAM
 	log      *slog.Logger
-	mu      sync.Mutex
-	open    map[string]*store.Repo // by canonical URL
-	opening map[string]*sync.Mutex
+	mu       sync.Mutex
+	open     map[string]*store.Repo // by canonical URL
+	opening  map[string]*sync.Mutex
 }
 
 // NewStores returns a cache of stores opened with the keys access gives, their chunk
