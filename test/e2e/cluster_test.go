@@ -213,6 +213,12 @@ func newClusterWith(t *testing.T, o clusterOptions) *cluster {
 	}
 	// The tests run with the default settings (points every second), on their own store.
 	tmpl, err := c.admin.ReplicationTemplate(context.Background())
+	// A load balancer may first send a call to a control plane not started yet, until its
+	// health check marks that one down.
+	for deadline := time.Now().Add(20 * time.Second); err != nil && o.front != "" && time.Now().Before(deadline); {
+		time.Sleep(250 * time.Millisecond)
+		tmpl, err = c.admin.ReplicationTemplate(context.Background())
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
