@@ -254,6 +254,16 @@ func firstErr(agents []*simAgent) string {
 
 // registerSims registers n source servers, eight at a time.
 func registerSims(ctx context.Context, cl *cluster, n int, volSize int64) ([]*simAgent, error) {
+	if n > api.DefaultQuotaSourceServers {
+		// An account may replicate 300 servers unless a system admin raises its quota.
+		who, err := cl.admin.Whoami(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("whoami: %w", err)
+		}
+		if _, err := cl.admin.UpdateAccount(ctx, who.AccountID, api.UpdateAccountRequest{QuotaSourceServers: &n}); err != nil {
+			return nil, fmt.Errorf("raise the account's quota to %d servers: %w", n, err)
+		}
+	}
 	tok, err := cl.admin.CreateToken(ctx, api.CreateTokenRequest{Kind: api.TokenInstall, Uses: n})
 	if err != nil {
 		return nil, err
