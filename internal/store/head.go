@@ -300,6 +300,7 @@ func resizeEntry(size int64) journalEntry {
 // opts.AcceptRollback a head that fails the check starts over empty.
 func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	r := h.r
+	began := r.opts.Now()
 	heads, err := r.headObjects(ctx, h.prefix)
 	if err != nil {
 		return err
@@ -368,9 +369,11 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	h.seq = st.Seq
 	// Replay journals written after the checkpoint, in order. Another process (the
 	// head's previous writer) may have written them, naming chunks of packs this view
-	// has not indexed yet: bring it up to date first.
+	// has not indexed yet: bring it up to date first — with any refresh begun since this
+	// open began (the journals' packs were stored before), so that many heads opened at
+	// once (a replicator's servers moved to this one) share one refresh.
 	if len(journals) > 0 && journals[len(journals)-1].seq > st.Seq {
-		if err := r.refreshView(ctx, false); err != nil {
+		if err := r.refreshViewSince(ctx, began); err != nil {
 			return err
 		}
 	}

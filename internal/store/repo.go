@@ -452,8 +452,14 @@ func (r *Repo) loadIndexObject(ctx context.Context, name string) ([]packEntries,
 func (r *Repo) refreshView(ctx context.Context, full bool) error {
 	r.viewMu.Lock()
 	defer r.viewMu.Unlock()
+	return r.refreshViewLocked(ctx, full)
+}
+
+// refreshViewLocked is refreshView with viewMu held.
+func (r *Repo) refreshViewLocked(ctx context.Context, full bool) error {
 	started := r.opts.Now()
-	p, err := r.planView(ctx, full || r.ixBroken.Load())
+	listing := time.Now() // the packer's clock: what it stored after this may be unlisted
+	p, err := r.planView(ctx, full || r.ixBroken.Load(), listing)
 	if err != nil {
 		return err
 	}
@@ -500,7 +506,7 @@ func (r *Repo) refreshView(ctx context.Context, full bool) error {
 		}
 	}
 	if r.packer != nil {
-		r.packer.reindexLocked(p.present, started) // packs this process wrote during the listing
+		r.packer.reindexLocked(p.present, listing) // packs this process wrote during the listing
 	}
 	r.setPendingLocked(p.pendingNow, p.newPending, pendIDs)
 	r.viewTime = started
@@ -518,8 +524,10 @@ type viewPlan struct {
 
 // planView lists the index and GC pending objects and decides what to read: all index
 // objects when full, or when a GC finished or index objects were removed since the
-// last refresh (chunks they named may be gone); else the new ones.
-func (r *Repo) planView(ctx context.Context, full bool) (viewPlan, error) {
+// last refresh (chunks they named may be gone); else the new ones. An index object this
+// process stored after listing began may be missing from the listing without having
+// been removed.
+func (r *Repo) planView(ctx context.Context, full bool, listing time.Time) (viewPlan, error) {
 	p := viewPlan{full: full, present: map[string]bool{}, pendingNow: map[string]bool{}}
 	if err := r.be.List(ctx, "gc/pending-", func(oi backend.ObjectInfo) error {
 		p.pendingNow[oi.Name] = true
@@ -542,8 +550,16 @@ func (r *Repo) planView(ctx context.Context, full bool) (viewPlan, error) {
 			p.full = true // a GC finished: chunks it deleted must leave our index
 		}
 	}
+	storedSince := map[string]bool{}
+	if r.packer != nil {
+		for _, c := range r.packer.recent {
+			if !c.at.Before(listing) {
+				storedSince[c.index] = true
+			}
+		}
+	}
 	for name := range r.ix.loaded {
-		if !p.present[name] {
+		if !p.present[name] && !storedSince[name] {
 			p.full = true // index objects were consolidated or removed
 		}
 	}
@@ -682,13 +698,22 @@ func (r *Repo) loadPending(ctx context.Context, names []string) ([][]ID, error) 
 
 // ensureFreshView refreshes the view when it is older than a quarter of the GC grace.
 func (r *Repo) ensureFreshView(ctx context.Context) error {
+	return r.refreshViewSince(ctx, r.opts.Now().Add(-r.opts.GCGrace/4))
+}
+
+// refreshViewSince makes sure the view is from a refresh begun at since or later: it
+// refreshes unless one did meanwhile. Callers that wait for one another's refresh (many
+// flushes, many heads opened at once) share it instead of listing the store each.
+func (r *Repo) refreshViewSince(ctx context.Context, since time.Time) error {
+	r.viewMu.Lock()
+	defer r.viewMu.Unlock()
 	r.mu.RLock()
-	age := r.opts.Now().Sub(r.viewTime)
+	fresh := !r.viewTime.Before(since) && !r.ixBroken.Load()
 	r.mu.RUnlock()
-	if age < r.opts.GCGrace/4 {
+	if fresh {
 		return nil
 	}
-	return r.refreshView(ctx, false)
+	return r.refreshViewLocked(ctx, false)
 }
 
 // viewAge is how old the view is.
