@@ -74,6 +74,7 @@ type simAgent struct {
 
 	mu          sync.Mutex              // guards what follows (sessions, receivers, writer, measurement)
 	rep         *api.ReplicatorEndpoint // the replicator the control plane last named
+	known       string                  // the fingerprint of the config it named it in
 	pending     []pendingWrite
 	lat         []float64 // ms, written → acknowledged, in the measurement window
 	latMoved    []float64 // the part of lat acknowledged after the kill, of an agent of the killed replicator

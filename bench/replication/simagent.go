@@ -114,8 +114,23 @@ func (a *simAgent) run(ctx context.Context, f *simFlags, st *simState) {
 		if acked {
 			backoff = time.Second
 		}
-		sleepCtx(ctx, backoff)
+		a.waitMove(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// waitMove waits d, or less if the control plane changes this server's config (moves
+// it to another replicator), as the agent's config watch wakes its retry.
+func (a *simAgent) waitMove(ctx context.Context, d time.Duration) {
+	if a.known == "" || d < time.Second {
+		sleepCtx(ctx, d)
+		return
+	}
+	start := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, d+5*time.Second)
+	defer cancel()
+	if _, err := a.client.ReplicationConfigWait(wctx, a.id, a.known, d); err != nil {
+		sleepCtx(ctx, d-time.Since(start))
 	}
 }
 
@@ -133,6 +148,7 @@ func (a *simAgent) configure(ctx context.Context) error {
 	a.mu.Lock()
 	a.rep = cfg.Replicator
 	a.mu.Unlock()
+	a.known = cfg.Fingerprint()
 	return nil
 }
 

@@ -320,7 +320,9 @@ func (a *Agent) replicate(ctx context.Context) {
 				Message: "the connection to the replication server failed: " + err.Error() + "; the agent reconnects and resumes by itself"})
 		}
 		a.log.Warn("replication session ended", "err", err, "retry_in", backoff)
-		sleep(ctx, backoff)
+		// A new config ends the wait: the control plane moving this server to another
+		// replicator (its own was lost) is acted on at once, not after up to 30 s.
+		a.waitConfigChange(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }

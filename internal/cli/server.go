@@ -20,6 +20,8 @@ type serverFlags struct {
 	storeKey                          string // server only: the master key file (default DATA/staging.key)
 	metricsListen                     string // the metrics listener (docs/metrics.md)
 	coordinatorLease                  time.Duration
+	replicatorTimeout                 time.Duration
+	heartbeatInterval                 time.Duration
 }
 
 func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
@@ -35,6 +37,8 @@ func (f *serverFlags) register(cmd *cobra.Command, withDB bool) {
 	fl.StringSliceVar(&f.hosts, "hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain to serve instead of one from Lifeboat's CA")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.DurationVar(&f.heartbeatInterval, "heartbeat-interval", 10*time.Second, "how often replicators report to the control plane (1s to 1m)")
+	fl.DurationVar(&f.replicatorTimeout, "replicator-timeout", 45*time.Second, "a replicator silent this long is lost and its source servers move to another live replicator of its site (at least two heartbeat intervals)")
 	fl.StringVar(&f.metricsListen, "metrics-listen", "", "also serve every account's Prometheus metrics on this address, over plain HTTP without authentication (e.g. 127.0.0.1:9450; default off: GET /metrics on the API needs a viewer token)")
 }
 
@@ -44,7 +48,7 @@ func (f *serverFlags) config(g *globals, storeURL string) controlplane.Config {
 	return controlplane.Config{DataDir: f.data, DBURL: f.db, Listen: f.listen, PublicURL: f.publicURL, Hosts: f.hosts,
 		TLSCertFile: f.tlsCert, TLSKeyFile: f.tlsKey, DefaultStoreURL: storeURL, Version: version, Logger: g.logger,
 		StoreKeyFile: f.storeKey, Recovery: controlplane.RecoveryConfig{AgentBinary: self}, MetricsListen: f.metricsListen,
-		CoordinatorLease: f.coordinatorLease}
+		CoordinatorLease: f.coordinatorLease, ReplicatorTimeout: f.replicatorTimeout, HeartbeatInterval: f.heartbeatInterval}
 }
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -71,6 +75,12 @@ to DATA/admin-token (mode 0600). Restarting on the same data directory resumes.`
 func runServer(ctx context.Context, g *globals, f *serverFlags, dbGiven bool) error {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return usagef("give both --tls-cert and --tls-key, or neither")
+	}
+	if f.heartbeatInterval < time.Second || f.heartbeatInterval > time.Minute {
+		return usagef("--heartbeat-interval %v is not between 1s and 1m", f.heartbeatInterval)
+	}
+	if f.replicatorTimeout < 2*f.heartbeatInterval {
+		return usagef("--replicator-timeout %v is shorter than two heartbeat intervals (%v): a replicator would be lost for one late beat", f.replicatorTimeout, 2*f.heartbeatInterval)
 	}
 	switch {
 	case !dbGiven:
