@@ -29,8 +29,8 @@ import (
 // The directory holds the chunkindex segments, "packs" (the pack ids in the order the
 // index numbered them, 32 bytes each, appended) and "view.json" (the index objects and
 // GC pending objects the segments reflect, and the chunk counts). Crash safety:
-//   - a segment may name only packs durable in "packs": the map flushes its memtable
-//     itself (never chunkindex on its own) and syncs "packs" first;
+//   - a segment may name only packs durable in "packs": chunkindex calls BeforeFlush,
+//     which syncs "packs", with the memtable held, before it writes a segment;
 //   - view.json lists an index object only once its entries are in flushed segments:
 //     it is written after a flush. Index objects stored after it are read again at the
 //     next open (putting an entry twice is harmless: same id, same location);
