@@ -156,6 +156,87 @@ func TestSimultaneousOpensLeaveOneWriter(t *testing.T) {
 	}
 }
 
+// A writer that checkpoints while a newer one reads the head (it checked it still
+// owned the head just before the newer one claimed it) removes the journals it folded:
+// the newer one must read its head object, not the older one without those journals.
+func TestAnOlderWritersCheckpointDuringANewerOpenLosesNothing(t *testing.T) {
+	ctx := context.Background()
+	r1, be, mk := newTestRepo(t, testOptions())
+	const size = 16 * testBS
+	first, err := r1.OpenHead(ctx, "s-c", "vda", size, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	acked := model{}
+	write(t, first, acked, map[uint64]uint32{1: 1, 2: 1}) // in a journal, not a checkpoint
+	if err := first.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The second writer's checkpoint waits, after its owner check, until the third has
+	// read the first's head object; the third lists the journals once that checkpoint
+	// removed them.
+	r2, r3 := reopen(t, be, mk, testOptions()), reopen(t, be, mk, testOptions())
+	readHead, checkpointed := make(chan struct{}), make(chan struct{})
+	lh, listed := &listHook{Backend: be}, false
+	lh.before = func(prefix string) {
+		if strings.HasSuffix(prefix, "/j-") && !listed {
+			listed = true
+			close(readHead)
+			<-checkpointed
+		}
+	}
+	r3.be = lh
+	var third *Head
+	var thirdErr error
+	opened, started := make(chan struct{}), false
+	ph := &putHook{Backend: be}
+	ph.before = func(name string) {
+		if isHeadObject(name) && !started {
+			started = true
+			go func() {
+				defer close(opened)
+				third, thirdErr = r3.OpenHead(ctx, "s-c", "vda", size, HeadOptions{})
+			}()
+			<-readHead
+		}
+	}
+	r2.be = ph
+	second, err := r2.OpenHead(ctx, "s-c", "vda", size, HeadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	close(checkpointed)
+	<-opened
+	if thirdErr != nil {
+		t.Fatalf("the newest writer's open: %v", thirdErr)
+	}
+	defer third.Close()
+	if err := second.WriteBlocks(ctx, []Block{{Index: 5, Data: content(5, 2)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Flush(ctx); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the second writer's flush after the third opened: %v, want ErrFenced", err)
+	}
+	p := seal(t, r3, "pit-1", third)
+	checkPIT(t, r3, p, "vda", size, acked) // blocks 1 and 2, which the first acknowledged
+}
+
+// listHook calls before ahead of every List.
+type listHook struct {
+	backend.Backend
+	before func(prefix string)
+}
+
+func (l *listHook) List(ctx context.Context, prefix string, fn func(backend.ObjectInfo) error) error {
+	if l.before != nil {
+		l.before(prefix)
+	}
+	return l.Backend.List(ctx, prefix, fn)
+}
+
 // putHook calls before ahead of every Put.
 type putHook struct {
 	backend.Backend

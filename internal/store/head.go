@@ -257,7 +257,7 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 	// after this is never acknowledged, and one it acknowledged is read below.
 	h.claim, err = r.claimHead(ctx, h.prefix)
 	if err == nil {
-		err = h.recover(ctx, opts)
+		err = h.recoverSettled(ctx, opts)
 	}
 	if err == nil {
 		// Checkpoint at once into this epoch's head object, past every journal of older
@@ -295,6 +295,28 @@ func resizeEntry(size int64) journalEntry {
 	return e
 }
 
+// errVanished is a head object or journal listed by recover that was gone when read.
+var errVanished = errors.New("an object of the head vanished while it was read")
+
+// recoverSettled recovers the head, again when an object it listed vanished before it
+// was read: a writer that opened the head just before this one checkpointed it (a
+// newer head object, its older objects removed) while this one read the older. Its
+// head object holds what it removed, so reading again from the listing is complete;
+// that writer is fenced by this one's claim.
+func (h *Head) recoverSettled(ctx context.Context, opts HeadOptions) error {
+	const attempts = 4
+	for i := 1; ; i++ {
+		err := h.recover(ctx, opts)
+		if !errors.Is(err, errVanished) || i == attempts {
+			return err
+		}
+		h.r.log.Debug("reading the head again: an older writer checkpointed it meanwhile", "head", h.prefix, "err", err)
+		clear(h.dirty)
+		h.account(-h.dirtyBytes)
+		h.fresh, h.seeded = false, false
+	}
+}
+
 // recover loads the head's durable state: its checkpoint, then the journals written
 // after it, in order. It checks the state against what was recorded of it first; with
 // opts.AcceptRollback a head that fails the check starts over empty.
@@ -320,6 +342,8 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 		if st.Server != h.server || st.Volume != h.volume {
 			return corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
 		}
+	case errors.Is(err, backend.ErrNotFound) && len(heads) > 0:
+		return fmt.Errorf("%w: %s: %w", errVanished, name, err)
 	case errors.Is(err, backend.ErrNotFound):
 		exists = false
 		h.fresh = true
@@ -329,6 +353,13 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	journals, err := h.journals(ctx)
 	if err != nil {
 		return err
+	}
+	// A writer that checkpoints between the reads above removes the journals it folded
+	// before this listing; its head object, stored first, is listed now.
+	if again, err := r.headObjects(ctx, h.prefix); err != nil {
+		return err
+	} else if len(again) > 0 && again[len(again)-1] != name {
+		return fmt.Errorf("%w: %s is newer than %s", errVanished, again[len(again)-1], name)
 	}
 	if err := h.checkRollback(name, st, exists, journals, opts); err != nil {
 		if !opts.AcceptRollback {
@@ -464,6 +495,9 @@ func (h *Head) restart(st headState, journals []journalName, opts HeadOptions) {
 func (h *Head) replay(ctx context.Context, jn journalName) error {
 	r := h.r
 	plain, err := r.getSealed(ctx, jn.name)
+	if errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("%w: %s: %w", errVanished, jn.name, err)
+	}
 	if err != nil {
 		return err
 	}
