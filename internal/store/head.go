@@ -253,6 +253,7 @@ func (r *Repo) OpenHead(ctx context.Context, server, volume string, size int64, 
 		return nil, fmt.Errorf("open the head of %s/%s: %w", server, volume, err)
 	}
 	h.chain = chain
+	r.startRefresher()
 	// Claim the head before reading it (fence.go): a journal an older writer stores
 	// after this is never acknowledged, and one it acknowledged is read below.
 	h.claim, err = r.claimHead(ctx, h.prefix)

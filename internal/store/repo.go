@@ -81,7 +81,12 @@ type Options struct {
 	// that reads only the index objects stored since the last. One process at a time
 	// may use a directory. Empty: the index is kept in RAM and read whole at open.
 	IndexDir string
-	Logger   *slog.Logger
+	// RefreshInBackground keeps the view fresh in the background once a head is open
+	// (every GCGrace/8), so that flushes do not wait for a refresh: for a long-running
+	// writer of many heads (a replicator), whose refreshes read what other writers
+	// stored meanwhile.
+	RefreshInBackground bool
+	Logger              *slog.Logger
 	Now      func() time.Time
 }
 
@@ -161,6 +166,8 @@ type Repo struct {
 	chains   map[string]*pitChain // servers with open heads → what their PITs recorded
 
 	manifests manifestCache // PIT manifests decoded, for ListPITs
+
+	refresher refresher // Options.RefreshInBackground (refresher.go)
 }
 
 // loc is where a chunk is.
@@ -316,6 +323,7 @@ func (r *Repo) start() { r.packer = newPacker(r) }
 // Close waits for pending pack uploads and releases resources. Heads must be flushed
 // first: what was not flushed is not durable.
 func (r *Repo) Close() error {
+	r.refresher.stop()
 	if r.packer != nil {
 		r.packer.close()
 	}
@@ -510,8 +518,15 @@ func (r *Repo) refreshViewLocked(ctx context.Context, full bool) error {
 	}
 	r.setPendingLocked(p.pendingNow, p.newPending, pendIDs)
 	r.viewTime = started
+	if took := r.opts.Now().Sub(started); took > slowRefresh {
+		r.log.Info("refreshing the view of the store took long", "seconds", took.Seconds(),
+			"indexObjects", len(p.present), "read", len(p.toLoad), "full", p.full)
+	}
 	return r.maybeCheckpointLocked(started)
 }
+
+// slowRefresh is how long a view refresh may take before it is logged.
+const slowRefresh = 5 * time.Second
 
 // viewPlan is what a view refresh found in the backend and is to read.
 type viewPlan struct {
