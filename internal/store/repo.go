@@ -87,7 +87,7 @@ type Options struct {
 	// stored meanwhile.
 	RefreshInBackground bool
 	Logger              *slog.Logger
-	Now      func() time.Time
+	Now                 func() time.Time
 }
 
 func (o *Options) fill() {
