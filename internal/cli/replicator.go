@@ -116,7 +116,7 @@ func runReplicator(ctx context.Context, g *globals, f *replicatorFlags) error {
 		indexDir = ""
 	}
 	rep, err := replicator.New(replicator.Config{ID: creds.ID, ControlPlane: client, TLS: wire.ServerTLSConfig(cert, pool, creds.AccountID),
-		Listen: f.listen, DefaultStoreURL: f.store, StoreOptions: store.Options{IndexDir: indexDir, RefreshInBackground: true}, Logger: g.logger})
+		Listen: f.listen, DefaultStoreURL: f.store, StoreOptions: store.Options{IndexDir: indexDir}, Logger: g.logger})
 	if err != nil {
 		return err
 	}

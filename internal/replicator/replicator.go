@@ -63,7 +63,9 @@ type Config struct {
 	// key of each store (its account's) comes from the control plane, which makes the
 	// store when it does not exist; it is kept in memory only.
 	DefaultStoreURL string
-	StoreOptions    store.Options
+	// StoreOptions open every store; the replicator sets RefreshInBackground, and a
+	// CommitInterval of 200 ms unless one is given.
+	StoreOptions store.Options
 
 	WindowBytes   uint64        // agents' flow-control window (default 64 MiB)
 	MaxBatchBytes uint32        // largest Blocks frame accepted (default 4 MiB)
@@ -401,6 +403,12 @@ func (r *Replicator) repo(ctx context.Context, url string) (*store.Repo, error) 
 	}
 	opts := r.cfg.StoreOptions
 	opts.Logger = r.log
+	// Many servers' heads write into one repository: its view is kept fresh in the
+	// background, and their flushes share packs (docs/scaling.md).
+	opts.RefreshInBackground = true
+	if opts.CommitInterval == 0 {
+		opts.CommitInterval = 200 * time.Millisecond
+	}
 	repo, err := store.Open(ctx, be, key, opts)
 	if err != nil {
 		be.Close()

@@ -32,6 +32,8 @@ type packer struct {
 	recent   []completedPack // packs indexed since the last view refresh
 	closed   bool
 	queuing  int // full packs waiting for the uploader outside the lock (sendLocked)
+	lastSent time.Time
+	timerGen uint64 // generation a group-commit timer will send (commitLocked)
 	senders  sync.WaitGroup
 	stopped  chan struct{}
 	cancel   context.CancelFunc
@@ -169,7 +171,32 @@ func (p *packer) rotateLocked() *packBuf {
 	full := p.cur
 	p.gen++
 	p.cur = p.newBuf(p.gen)
+	p.lastSent = time.Now()
 	return full
+}
+
+// commitLocked queues the current pack b, which a flush waits for, unless a pack was
+// queued less than Options.CommitInterval ago: then b is queued when the interval ends,
+// with what other flushes add meanwhile (group commit). A replicator's many servers
+// flush a few blocks each, and a pack each would be as many pack and index objects to
+// store, and for every other process to list and read.
+func (p *packer) commitLocked(b *packBuf) {
+	wait := time.Until(p.lastSent.Add(p.r.opts.CommitInterval))
+	if wait <= 0 {
+		p.sendCurLocked(b)
+		return
+	}
+	if p.timerGen == b.gen {
+		return // already set
+	}
+	p.timerGen = b.gen
+	time.AfterFunc(wait, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.cur == b && !p.closed && len(b.entries) > 0 {
+			p.sendCurLocked(b)
+		}
+	})
 }
 
 // wait makes every generation up to gen durable and reports whether any generation
@@ -177,9 +204,9 @@ func (p *packer) rotateLocked() *packBuf {
 func (p *packer) wait(ctx context.Context, since, gen uint64) error {
 	p.mu.Lock()
 	if p.cur.gen <= gen && len(p.cur.entries) > 0 && !p.closed {
-		p.sendCurLocked(p.cur)
+		p.commitLocked(p.cur)
 	}
-	if p.cur.gen <= gen {
+	if p.cur.gen <= gen && len(p.cur.entries) == 0 {
 		// Nothing of gen was ever added (an empty generation): it is done.
 		gen = p.cur.gen - 1
 	}

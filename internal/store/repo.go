@@ -86,8 +86,13 @@ type Options struct {
 	// writer of many heads (a replicator), whose refreshes read what other writers
 	// stored meanwhile.
 	RefreshInBackground bool
-	Logger              *slog.Logger
-	Now                 func() time.Time
+	// CommitInterval is how long after a pack was stored a flush waits for others to
+	// join the next (group commit): it bounds a busy process to a pack and index object
+	// per interval however many heads flush, and adds at most that to a flush. 0: every
+	// flush stores its pack at once.
+	CommitInterval time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
 func (o *Options) fill() {

@@ -48,14 +48,17 @@ func newTestRepo(t testing.TB, opts Options) (*Repo, backend.Backend, MasterKey)
 // withTestIndexDir gives opts a chunk index directory of its own when the suite runs
 // with LIFEBOAT_TEST_STORE_INDEX=disk (scripts/test runs it so as well): every test
 // that opens its repositories through newTestRepo and reopen then runs on the disk
-// index, with the view refreshed in the background unless the test sets the clock, as
-// a replicator's.
+// index, with the view refreshed in the background unless the test sets the clock and
+// flushes that share packs, as a replicator's.
 func withTestIndexDir(t testing.TB, opts Options) Options {
 	if os.Getenv("LIFEBOAT_TEST_STORE_INDEX") == "disk" && opts.IndexDir == "" {
 		// As the replicator opens the store (tests that set the clock by hand refresh
 		// when they say).
 		opts.IndexDir = t.TempDir()
 		opts.RefreshInBackground = opts.Now == nil
+		if opts.CommitInterval == 0 {
+			opts.CommitInterval = 2 * time.Millisecond
+		}
 	}
 	return opts
 }

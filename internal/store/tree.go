@@ -51,6 +51,7 @@ func (r *Repo) storeChunk(ctx context.Context, typ blobType, plain []byte) (ID, 
 
 // readChunk returns the plaintext of a chunk, appended to dst.
 func (r *Repo) readChunk(ctx context.Context, id ID, typ blobType, dst []byte) ([]byte, error) {
+	var tried ID // the pack last found missing
 	for attempt := 0; ; attempt++ {
 		l, pack, ok := r.lookup(id)
 		if !ok {
@@ -65,8 +66,11 @@ func (r *Repo) readChunk(ctx context.Context, id ID, typ blobType, dst []byte) (
 		}
 		sealed, err := r.be.ReadAt(ctx, packName(pack), int64(l.offset), int64(l.length))
 		if err != nil {
-			if attempt == 0 && errors.Is(err, backend.ErrNotFound) {
-				// A garbage collection repacked it: reload the index and retry.
+			// A garbage collection repacked it: reload the index and retry — again while
+			// the index moves it on (collections one after another), never for a pack
+			// found missing twice.
+			if errors.Is(err, backend.ErrNotFound) && pack != tried && attempt < 5 {
+				tried = pack
 				if err := r.refreshView(ctx, true); err != nil {
 					return nil, err
 				}
