@@ -145,6 +145,11 @@ func serveControlPlane(ctx context.Context, g *globals, cfg controlplane.Config,
 			<-ctx.Done()
 		}
 	}
+	if ctx.Err() != nil {
+		// Told to stop (or the control plane stopped, whose error is below) while
+		// starting: what was cut short is not a failure of its own.
+		err = nil
+	}
 	cancel()
 	if sErr := <-serveErr; err == nil {
 		err = sErr
