@@ -184,8 +184,12 @@ func newTransport(cfg Config) (*http.Transport, error) {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: time.Minute,
 		ExpectContinueTimeout: time.Second,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
+		// A replicator of many servers makes hundreds of requests at once (heads opened
+		// when servers move to it): beyond this many connections they wait for one
+		// rather than each dialing (and closing) its own.
+		MaxConnsPerHost:     128,
+		MaxIdleConnsPerHost: 128,
+		IdleConnTimeout:     90 * time.Second,
 	}, nil
 }
 
