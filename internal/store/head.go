@@ -47,8 +47,11 @@ type Head struct {
 	win    *window // what the blocks written since the last flush need
 	last   *Flusher
 	added  atomic.Int64 // bytes stored since the last seal
-	mu     sync.Mutex   // guards broken (flushes complete in other goroutines)
+	mu     sync.Mutex   // guards broken and journaled (flushes complete in other goroutines)
 	broken error
+	// journaled is the sequence numbers of the journals stored since the last
+	// checkpoint, or listed when the head was opened: what the next checkpoint removes.
+	journaled []uint64
 	codec  Codec
 	fresh  bool   // no checkpoint or journal existed when it was opened
 	seeded bool   // it was opened as HeadOptions.Seed (new, or rebased)
@@ -355,6 +358,12 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	if err != nil {
 		return err
 	}
+	h.mu.Lock()
+	h.journaled = h.journaled[:0]
+	for _, j := range journals {
+		h.journaled = append(h.journaled, j.seq)
+	}
+	h.mu.Unlock()
 	// A writer that checkpoints between the reads above removes the journals it folded
 	// before this listing; its head object, stored first, is listed now.
 	if again, err := r.headObjects(ctx, h.prefix); err != nil {
@@ -906,10 +915,12 @@ func (f *Flusher) commit(ctx context.Context) error {
 	}
 	if f.seq > 0 {
 		j := journal{Seq: f.seq, Size: uint64(w.size), Entries: w.pending}
-		name := fmt.Sprintf("%sj-%016x", h.prefix, j.Seq)
-		if err := r.putSealed(ctx, name, encodeJournal(j), backend.PutOptions{}); err != nil {
+		if err := r.putSealed(ctx, journalObject(h.prefix, j.Seq), encodeJournal(j), backend.PutOptions{}); err != nil {
 			return err
 		}
+		h.mu.Lock()
+		h.journaled = append(h.journaled, j.Seq)
+		h.mu.Unlock()
 		// Acknowledged only if no newer writer claimed the head before the journal was
 		// stored: it has then read it (fence.go).
 		if err := r.checkOwner(ctx, h.prefix, h.claim); err != nil {
@@ -990,22 +1001,40 @@ func (h *Head) fold(ctx context.Context) (headState, error) {
 	h.leaves = newLeaves
 	clear(h.dirty)
 	h.account(-h.dirtyBytes)
-	// The journals are folded in; removing them is housekeeping (recovery skips them).
-	var names []string
-	_ = r.be.List(ctx, h.prefix+"j-", func(oi backend.ObjectInfo) error {
-		names = append(names, oi.Name)
-		return nil
-	})
-	for _, name := range names {
-		seq, err := strconv.ParseUint(strings.TrimPrefix(name, h.prefix+"j-"), 16, 64)
-		if err == nil && seq <= st.Seq {
-			if err := r.be.Delete(ctx, name); err != nil {
-				r.log.Warn("could not remove a folded journal; it will be skipped", "object", name, "err", err)
-			}
-		}
-	}
+	h.removeFolded(ctx, st.Seq)
 	return st, nil
 }
+
+// removeFolded deletes the journals this head stored or found that a checkpoint up to
+// seq folded in: housekeeping, as recovery skips them. It does not list them (a list
+// per checkpoint, at a site's rate of checkpoints, costs the store more than the
+// deletes); one whose store failed and landed all the same is listed, and removed,
+// when the head is opened next.
+func (h *Head) removeFolded(ctx context.Context, seq uint64) {
+	h.mu.Lock()
+	var folded []uint64
+	keep := h.journaled[:0]
+	for _, s := range h.journaled {
+		if s <= seq {
+			folded = append(folded, s)
+		} else {
+			keep = append(keep, s)
+		}
+	}
+	h.journaled = keep
+	h.mu.Unlock()
+	for _, s := range folded {
+		name := journalObject(h.prefix, s)
+		if err := h.r.be.Delete(ctx, name); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			h.r.log.Warn("could not remove a folded journal; the next checkpoint tries again", "object", name, "err", err)
+			h.mu.Lock()
+			h.journaled = append(h.journaled, s)
+			h.mu.Unlock()
+		}
+	}
+}
+
+func journalObject(prefix string, seq uint64) string { return fmt.Sprintf("%sj-%016x", prefix, seq) }
 
 // Close releases the head. Unflushed writes are dropped (they were never acknowledged).
 func (h *Head) Close() error {
