@@ -52,10 +52,10 @@ type Head struct {
 	// journaled is the sequence numbers of the journals stored since the last
 	// checkpoint, or listed when the head was opened: what the next checkpoint removes.
 	journaled []uint64
-	codec  Codec
-	fresh  bool   // no checkpoint or journal existed when it was opened
-	seeded bool   // it was opened as HeadOptions.Seed (new, or rebased)
-	base   string // the seed it started as
+	codec     Codec
+	fresh     bool   // no checkpoint or journal existed when it was opened
+	seeded    bool   // it was opened as HeadOptions.Seed (new, or rebased)
+	base      string // the seed it started as
 
 	dirtyBytes int64 // memory held by dirty
 }
