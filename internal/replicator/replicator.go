@@ -85,8 +85,11 @@ type Config struct {
 	// handshake (default 1024; a replicator serves one account, so this is its cap).
 	MaxHandshakes, MaxHandshakesPerIP, MaxSessions int
 
-	Logger *slog.Logger
-	Now    func() time.Time
+	// OnSessions, when set, is told the number of open agent sessions whenever it
+	// changes (lifeboat replicator grows its soft memory limit with it).
+	OnSessions func(sessions int)
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 func (c *Config) fill() {

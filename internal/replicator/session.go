@@ -107,6 +107,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	if err != nil {
 		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
 	}
+	began := time.Now()
 	if err := hello.CheckPeer(peer); err != nil {
 		return &wire.Error{Code: wire.CodeNotAuthorized, Message: err.Error()}
 	}
@@ -122,10 +123,12 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	if s.repo, err = s.r.repo(ctx, a.Settings.StagingStoreURL); err != nil {
 		return storeError(err)
 	}
+	heads := time.Now()
 	welcome, werr := s.openHeads(ctx, a, hello)
 	if werr != nil {
 		return werr
 	}
+	opened := time.Since(heads)
 	if s.ws, err = wire.SendWelcome(s.conn, hello, welcome); err != nil {
 		return &wire.Error{Code: wire.CodeProtocol, Message: err.Error()}
 	}
@@ -133,7 +136,8 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	s.r.volumes.Add(int64(len(s.heads)))
 	s.r.stats.sessionsOpened.Add(1)
 	s.served = true
-	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration)
+	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration,
+		"seconds", roundSeconds(time.Since(began)), "heads_seconds", roundSeconds(opened))
 	return nil
 }
 
@@ -164,6 +168,7 @@ func (r *Replicator) claim(ctx context.Context, s *session) *wire.Error {
 	r.mu.Lock()
 	old := r.sessions[s.server]
 	r.sessions[s.server] = s
+	r.sessionsChangedLocked()
 	r.mu.Unlock()
 	if old == nil {
 		return nil
@@ -178,6 +183,14 @@ func (r *Replicator) claim(ctx context.Context, s *session) *wire.Error {
 		return &wire.Error{Code: wire.CodeShuttingDown, Message: "the replicator is stopping: reconnect later"}
 	case <-t.C:
 		return &wire.Error{Code: wire.CodeShuttingDown, Message: "the previous session of this server is still ending: retry later"}
+	}
+}
+
+// sessionsChangedLocked tells Config.OnSessions how many sessions are open now, in
+// order (r.mu held).
+func (r *Replicator) sessionsChangedLocked() {
+	if r.cfg.OnSessions != nil {
+		r.cfg.OnSessions(len(r.sessions))
 	}
 }
 
@@ -309,6 +322,7 @@ func (s *session) close() {
 	if s.r.sessions[s.server] == s {
 		delete(s.r.sessions, s.server)
 	}
+	s.r.sessionsChangedLocked()
 	s.r.mu.Unlock()
 	close(s.done)
 	if s.served {
@@ -413,3 +427,6 @@ func (s *session) sender() {
 		}
 	}
 }
+
+// roundSeconds is d in seconds to the millisecond, for logs.
+func roundSeconds(d time.Duration) float64 { return d.Round(time.Millisecond).Seconds() }

@@ -197,10 +197,15 @@ func TestSessionOverAConnection(t *testing.T) {
 	e := newIngestEnv(t, store.Options{}, 4)
 	cp := &stubControlPlane{}
 	r := e.replicator(cp)
+	sessions := make(chan int, 8)
+	r.cfg.OnSessions = func(n int) { sessions <- n }
 	a, served := e.connect(ctx, r)
 	w, _, err := wire.Open(a, e.hello(), guard)
 	if err != nil || w.Volumes[0].Exists || w.BlockSize != testBlockSize {
 		t.Fatalf("welcome %+v, %v; want a fresh replica of %d-byte blocks", w, err, testBlockSize)
+	}
+	if n := <-sessions; n != 1 {
+		t.Fatalf("OnSessions(%d) when the session opened, want 1", n)
 	}
 	write(t, a, &wire.Ping{Nonce: 7})
 	if m, ok := read(t, a).(*wire.Pong); !ok || m.Nonce != 7 {
@@ -222,6 +227,10 @@ func TestSessionOverAConnection(t *testing.T) {
 		}
 	}
 	<-served
+	if n := <-sessions; n != 0 {
+		t.Fatalf("OnSessions(%d) when the session ended, want 0", n)
+	}
+	r.cfg.OnSessions = nil
 
 	a, _ = e.connect(ctx, r)
 	if w, _, err := wire.Open(a, e.hello(), guard); err != nil || !w.Volumes[0].Exists {
