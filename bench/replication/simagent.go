@@ -92,7 +92,10 @@ func (a *simAgent) run(ctx context.Context, f *simFlags, st *simState) {
 	for first := true; ctx.Err() == nil; first = false {
 		var err error
 		if !first || a.rep == nil {
-			err = a.configure(ctx)
+			was := a.rep
+			if err = a.configure(ctx); err == nil && was != nil && a.rep.ID != was.ID {
+				backoff = time.Second // moved: retries on the new replicator start short, as the agent's
+			}
 		}
 		acked := false
 		var addr string

@@ -271,10 +271,16 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) replicate(ctx context.Context) {
 	backoff := time.Second
 	var lastGen int64 = -1
+	lastReplicator := ""
 	for ctx.Err() == nil {
 		cfg, ok := a.config(ctx)
 		if !ok {
 			return
+		}
+		if cfg.Replicator != nil && cfg.Replicator.ID != lastReplicator {
+			// Moved to another replicator (its own was lost, or drained): failures on
+			// the old one say nothing of the new, so retries start short again.
+			lastReplicator, backoff = cfg.Replicator.ID, time.Second
 		}
 		if lastGen >= 0 && cfg.Control.Generation != lastGen {
 			a.setRescan("an operator asked to restart replication")
