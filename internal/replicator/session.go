@@ -137,7 +137,7 @@ func (s *session) open(ctx context.Context, peer pki.Identity) *wire.Error {
 	s.r.stats.sessionsOpened.Add(1)
 	s.served = true
 	s.log.Info("agent session started", "volumes", len(s.heads), "tracker", hello.Tracker, "generation", hello.TrackerGeneration,
-		"seconds", roundSeconds(time.Since(began)), "heads_seconds", roundSeconds(opened))
+		"took", time.Since(began).Round(time.Millisecond), "heads_took", opened.Round(time.Millisecond))
 	return nil
 }
 
@@ -427,6 +427,3 @@ func (s *session) sender() {
 		}
 	}
 }
-
-// roundSeconds is d in seconds to the millisecond, for logs.
-func roundSeconds(d time.Duration) float64 { return d.Round(time.Millisecond).Seconds() }
