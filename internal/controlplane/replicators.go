@@ -416,10 +416,11 @@ func findByID(reps []db.Replicator, id string) *db.Replicator {
 	return nil
 }
 
-// assignLoop moves the servers of replicators that stopped beating, every heartbeat
-// interval, until ctx ends.
+// assignLoop moves the servers of replicators that stopped beating, until ctx ends. It
+// looks every tenth of the replicator timeout (a second at least, a heartbeat interval
+// at most), so a lost replicator's servers move within 1.1 timeouts of its last beat.
 func (cp *ControlPlane) assignLoop(ctx context.Context) {
-	t := time.NewTicker(cp.cfg.HeartbeatInterval)
+	t := time.NewTicker(max(min(cp.cfg.HeartbeatInterval, cp.cfg.ReplicatorTimeout/10), time.Second))
 	defer t.Stop()
 	for {
 		select {
