@@ -327,50 +327,11 @@ func (h *Head) recoverSettled(ctx context.Context, opts HeadOptions) error {
 func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 	r := h.r
 	began := r.opts.Now()
-	heads, err := r.headObjects(ctx, h.prefix)
+	name, st, exists, journals, err := h.readDurable(ctx)
 	if err != nil {
 		return err
 	}
-	name := headObject(h.prefix, 0)
-	if len(heads) > 0 {
-		name = heads[len(heads)-1] // the newest epoch's
-	}
-	var st headState
-	exists := true
-	plain, err := r.getSealed(ctx, name)
-	switch {
-	case err == nil:
-		if st, err = decodeHeadState(plain); err != nil {
-			return corrupt(name, err)
-		}
-		if st.Server != h.server || st.Volume != h.volume {
-			return corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
-		}
-	case errors.Is(err, backend.ErrNotFound) && len(heads) > 0:
-		return fmt.Errorf("%w: %s: %w", errVanished, name, err)
-	case errors.Is(err, backend.ErrNotFound):
-		exists = false
-		h.fresh = true
-	default:
-		return err
-	}
-	journals, err := h.journals(ctx)
-	if err != nil {
-		return err
-	}
-	h.mu.Lock()
-	h.journaled = h.journaled[:0]
-	for _, j := range journals {
-		h.journaled = append(h.journaled, j.seq)
-	}
-	h.mu.Unlock()
-	// A writer that checkpoints between the reads above removes the journals it folded
-	// before this listing; its head object, stored first, is listed now.
-	if again, err := r.headObjects(ctx, h.prefix); err != nil {
-		return err
-	} else if len(again) > 0 && again[len(again)-1] != name {
-		return fmt.Errorf("%w: %s is newer than %s", errVanished, again[len(again)-1], name)
-	}
+	h.fresh = !exists
 	if err := h.checkRollback(name, st, exists, journals, opts); err != nil {
 		if !opts.AcceptRollback {
 			return err
@@ -429,6 +390,55 @@ func (h *Head) recover(ctx context.Context, opts HeadOptions) error {
 		h.seq = jn.seq
 	}
 	return nil
+}
+
+// readDurable reads what a crash leaves of the head: its newest head object (name; st,
+// or exists false when there is none) and its journals, which it also records for the
+// next checkpoint to remove. errVanished says a writer checkpointed meanwhile.
+func (h *Head) readDurable(ctx context.Context) (name string, st headState, exists bool, journals []journalName, err error) {
+	r := h.r
+	heads, err := r.headObjects(ctx, h.prefix)
+	if err != nil {
+		return "", st, false, nil, err
+	}
+	name = headObject(h.prefix, 0)
+	if len(heads) > 0 {
+		name = heads[len(heads)-1] // the newest epoch's
+	}
+	plain, err := r.getSealed(ctx, name)
+	switch {
+	case err == nil:
+		if st, err = decodeHeadState(plain); err != nil {
+			return "", st, false, nil, corrupt(name, err)
+		}
+		if st.Server != h.server || st.Volume != h.volume {
+			return "", st, false, nil, corrupt(name, fmt.Errorf("head state names %s/%s", st.Server, st.Volume))
+		}
+		exists = true
+	case errors.Is(err, backend.ErrNotFound) && len(heads) > 0:
+		return "", st, false, nil, fmt.Errorf("%w: %s: %w", errVanished, name, err)
+	case !errors.Is(err, backend.ErrNotFound):
+		return "", st, false, nil, err
+	}
+	if journals, err = h.journals(ctx); err != nil {
+		return "", st, false, nil, err
+	}
+	h.mu.Lock()
+	h.journaled = h.journaled[:0]
+	for _, j := range journals {
+		h.journaled = append(h.journaled, j.seq)
+	}
+	h.mu.Unlock()
+	// A writer that checkpoints between the reads above removes the journals it folded
+	// before this listing; its head object, stored first, is listed now.
+	again, err := r.headObjects(ctx, h.prefix)
+	if err != nil {
+		return "", st, false, nil, err
+	}
+	if len(again) > 0 && again[len(again)-1] != name {
+		return "", st, false, nil, fmt.Errorf("%w: %s is newer than %s", errVanished, again[len(again)-1], name)
+	}
+	return name, st, exists, journals, nil
 }
 
 // journalName is a journal object of a head and its sequence number.
