@@ -15,6 +15,9 @@ type chunkMap interface {
 	get(id ID) (loc, bool, error)
 	// put records where id is; the caller checks first that it is not there.
 	put(id ID, l loc) error
+	// addPack is told of each pack before the first chunk that names it is put: the
+	// disk index records pack numbers durably (diskindex.go).
+	addPack(id ID) error
 	close() error
 }
 
@@ -23,6 +26,7 @@ type memMap map[ID]loc
 
 func (m memMap) get(id ID) (loc, bool, error) { l, ok := m[id]; return l, ok, nil }
 func (m memMap) put(id ID, l loc) error       { m[id] = l; return nil }
+func (m memMap) addPack(ID) error             { return nil }
 func (m memMap) close() error                 { return nil }
 
 // indexState is the repository's view of its index: which chunks are where, the packs
@@ -35,9 +39,6 @@ type indexState struct {
 	packIDs []ID          // pack number → pack id
 	packNum map[ID]uint32 // pack id → number
 	loaded  map[string]bool
-	// newPack, when set, is told of each pack before the first chunk that names it is
-	// put: the disk index records pack numbers durably (diskindex.go).
-	newPack func(id ID) error
 }
 
 func newIndexState(chunks chunkMap) indexState {
@@ -48,10 +49,8 @@ func newIndexState(chunks chunkMap) indexState {
 func (s *indexState) addPack(pack ID, entries []entry) error {
 	n, ok := s.packNum[pack]
 	if !ok {
-		if s.newPack != nil {
-			if err := s.newPack(pack); err != nil {
-				return err
-			}
+		if err := s.chunks.addPack(pack); err != nil {
+			return err
 		}
 		n = uint32(len(s.packIDs))
 		s.packIDs = append(s.packIDs, pack)

@@ -199,7 +199,6 @@ func openDiskState(dir, repoID string) (st indexState, d *diskMap, v *diskView, 
 		return st, nil, nil, nil, err
 	}
 	st = newIndexState(d)
-	st.newPack = d.addPack
 	for i, id := range ids {
 		st.packIDs = append(st.packIDs, id)
 		st.packNum[id] = uint32(i)
