@@ -129,6 +129,13 @@ func waitPage(t *testing.T, url, want string, timeout time.Duration) {
 // waitServer waits until a source server of that hostname is registered and in state.
 func (c *cluster) waitServer(hostname string, timeout time.Duration, state string) api.SourceServer {
 	c.t.Helper()
+	return c.waitServerWhere(hostname, timeout, state, func(s api.SourceServer) bool { return s.Replication.DataReplicationState == state })
+}
+
+// waitServerWhere waits for the source server of hostname to be as ok says (what: the
+// words for it in the failure).
+func (c *cluster) waitServerWhere(hostname string, timeout time.Duration, what string, ok func(api.SourceServer) bool) api.SourceServer {
+	c.t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last api.SourceServer
 	for time.Now().Before(deadline) {
@@ -137,7 +144,7 @@ func (c *cluster) waitServer(hostname string, timeout time.Duration, state strin
 			for _, s := range page.Items {
 				if s.Hostname == hostname && s.Reversed == nil {
 					last = s
-					if s.Replication.DataReplicationState == state {
+					if ok(s) {
 						return s
 					}
 				}
@@ -145,7 +152,7 @@ func (c *cluster) waitServer(hostname string, timeout time.Duration, state strin
 		}
 		time.Sleep(time.Second)
 	}
-	c.t.Fatalf("source server %s did not reach %s within %s: %+v\n%s", hostname, state, timeout, last.Replication, c.logs())
+	c.t.Fatalf("source server %s did not reach %s within %s: %+v\n%s", hostname, what, timeout, last.Replication, c.logs())
 	return last
 }
 

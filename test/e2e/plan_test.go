@@ -191,7 +191,10 @@ func newPlanLab(t *testing.T, yaml string) *planLab {
 	ls := webSettings(api.ProviderQEMU, "")
 	ls.PostLaunchActions = nil // the plan's health checks gate its waves
 	for _, s := range l.web {
-		s.server = c.waitServer(s.name, 5*time.Minute, api.StateContinuous)
+		// A failover needs a consistent PIT: CONTINUOUS may come before the first.
+		s.server = c.waitServerWhere(s.name, 5*time.Minute, "CONTINUOUS with a consistent PIT", func(s api.SourceServer) bool {
+			return s.Replication.DataReplicationState == api.StateContinuous && s.Replication.ReadyForRecovery
+		})
 		if _, err := c.admin.SetLaunchSettings(context.Background(), s.server.ID, ls); err != nil {
 			t.Fatal(err)
 		}
